@@ -1,0 +1,41 @@
+"""tooln1: Tool-N1 (GRPO tool-calling RL) in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="tooln1",
+    version="0.1.0",
+    description="JAX/Flax reimplementation of Nemotron-Research-Tool-N1: GRPO for tool-calling LLMs",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["tooln1", "tooln1.*"]),
+    package_data={"tooln1": ["assets/**/*"]},
+    include_package_data=True,
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.11",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "transformers>=4.51",
+        "datasets>=3.0",
+        "numpy>=1.26",
+        "ml-collections>=1.0",
+        "tensorboardX>=2.6",
+        "safetensors>=0.4",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        # torch: install the pinned CPU wheel first (`pip install torch==2.13.0`), see README.
+        "test": ["pytest>=8", "hypothesis>=6.100", "torch"],
+        "eval": ["matplotlib>=3.8"],
+        "gpu": ["jax[cuda12]"],
+        "tpu": ["jax[tpu]"],
+    },
+    entry_points={
+        "console_scripts": [
+            "tooln1-train=tooln1.train:main",
+            "tooln1-eval=tooln1.eval.cli:main",
+            "tooln1-convert=tooln1.hf_io:main",
+        ]
+    },
+)
