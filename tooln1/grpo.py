@@ -1,0 +1,248 @@
+"""GRPO maths (DESIGN §8): group advantages, the clipped surrogate with a k3 KL penalty, and
+per-token log-probs / entropies of sampled tokens.
+
+Everything here is a pure function over arrays, usable inside ``jax.jit``. The optimiser machinery
+that drives these losses over mini-/micro-batches lives in :mod:`tooln1.update`.
+
+Conventions: token-level arrays are ``[N, T]`` with ``N = B*G`` responses (groups contiguous: row
+``b*G + g`` is sample ``g`` of prompt ``b``) and a 0/1 ``mask`` marking the response tokens that
+count (1 up to and including the first EOS).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+
+# k3 is clamped to [-10, 10]; exp(δ)-δ-1 already exceeds 10 for δ > 2.7 or δ < -11.1, so limiting δ
+# to ±_K3_DELTA_LIMIT before the exp changes neither values nor gradients, but keeps exp finite
+# (an inf there turns the clamp's zero cotangent into 0*inf = NaN in the backward pass).
+_K3_DELTA_LIMIT = 30.0
+# exp overflows float32 beyond ~88.7; the log-ratio is limited just below that so an absurd ratio
+# stays finite (its value is meaningless there anyway) instead of producing NaN gradients.
+_LOG_RATIO_LIMIT = 80.0
+
+
+# --------------------------------------------------------------------------------------------
+# advantages
+
+
+def compute_advantages(rewards: Any, group_size: int, eps: float = 1e-6) -> Array:
+    """Group-relative advantages ``(r - mean_g) / (std_g + eps)`` with the unbiased (ddof=1) std.
+
+    ``rewards`` is ``[B*G]`` with groups contiguous. Equal rewards in a group give 0; a group of
+    one (``group_size=1``) gives ``r / (1 + eps)`` (verl's convention: mean 0, std 1).
+    """
+    rewards = jnp.asarray(rewards, dtype=jnp.float32)
+    if rewards.ndim != 1:
+        raise ValueError(f"compute_advantages: rewards must be 1-D [B*G], got shape {rewards.shape}")
+    if not isinstance(group_size, (int, np.integer)) or group_size < 1:
+        raise ValueError(f"compute_advantages: group_size must be a positive int, got {group_size!r}")
+    if rewards.shape[0] % group_size:
+        raise ValueError(
+            f"compute_advantages: {rewards.shape[0]} rewards are not a whole number of groups of "
+            f"group_size={group_size}"
+        )
+    groups = rewards.reshape(-1, group_size)
+    if group_size == 1:
+        mean = jnp.zeros_like(groups)
+        std = jnp.ones_like(groups)
+    else:
+        mean = groups.mean(axis=1, keepdims=True)
+        std = groups.std(axis=1, ddof=1, keepdims=True)
+    return ((groups - mean) / (std + eps)).reshape(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# aggregation
+
+
+def _check_agg(loss_agg: str) -> None:
+    if loss_agg not in LOSS_AGG_MODES:
+        raise ValueError(f"unknown loss_agg {loss_agg!r}; expected one of {LOSS_AGG_MODES}")
+
+
+def agg_totals(mask: Array) -> dict[str, Array]:
+    """Denominators of the aggregations for a batch: response tokens and non-empty sequences.
+
+    Micro-batched training passes the *mini-batch's* totals to every micro-batch so that the sum of
+    the micro-batch losses equals the loss of the whole mini-batch (global token-mean).
+    """
+    mask = mask.astype(jnp.float32)
+    return {
+        "tokens": mask.sum(),
+        "seqs": (mask.sum(axis=-1) > 0).astype(jnp.float32).sum(),
+    }
+
+
+def aggregate_loss(
+    per_token: Array,
+    mask: Array,
+    loss_agg: str = "token-mean",
+    totals: Mapping[str, Array] | None = None,
+) -> Array:
+    """Reduce a per-token loss ``[N, T]`` to a scalar.
+
+    - ``token-mean``: sum over all valid tokens / number of valid tokens (DESIGN default; long and
+      short responses weigh per token).
+    - ``seq-mean-token-mean``: mean over each sequence's tokens, then mean over sequences (gives
+      short responses more weight per token: the length bias of per-sequence normalisation).
+    - ``seq-mean-token-sum``: sum over each sequence's tokens, then mean over sequences.
+
+    Sequences with no valid token are ignored by the sequence means. ``totals`` (from
+    :func:`agg_totals`) overrides the denominators, for micro-batch accumulation.
+    """
+    _check_agg(loss_agg)
+    mask = mask.astype(jnp.float32)
+    if totals is None:
+        totals = agg_totals(mask)
+    masked = jnp.where(mask > 0, per_token, 0.0)
+    if loss_agg == "token-mean":
+        return masked.sum() / jnp.maximum(totals["tokens"], 1.0)
+    seq_sum = masked.sum(axis=-1)
+    if loss_agg == "seq-mean-token-mean":
+        seq_val = seq_sum / jnp.maximum(mask.sum(axis=-1), 1.0)
+    else:  # seq-mean-token-sum
+        seq_val = seq_sum
+    return seq_val.sum() / jnp.maximum(totals["seqs"], 1.0)
+
+
+def masked_mean(x: Array, mask: Array) -> Array:
+    """Mean of ``x`` over ``mask`` (0 when the mask is empty)."""
+    mask = mask.astype(jnp.float32)
+    return jnp.where(mask > 0, x, 0.0).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+def masked_max(x: Array, mask: Array) -> Array:
+    """Max of ``x`` over ``mask``; ``-inf`` when the mask is empty (neutral for later maxes)."""
+    return jnp.where(mask > 0, x, -jnp.inf).max()
+
+
+def masked_min(x: Array, mask: Array) -> Array:
+    """Min of ``x`` over ``mask``; ``+inf`` when the mask is empty (neutral for later mins)."""
+    return jnp.where(mask > 0, x, jnp.inf).min()
+
+
+# --------------------------------------------------------------------------------------------
+# policy loss
+
+
+def k3_kl(logprobs: Array, ref_logprobs: Array) -> Array:
+    """Per-token "low_var_kl" (k3) estimator of KL(π‖π_ref): ``exp(δ) − δ − 1`` with
+    ``δ = lp_ref − lp``, clamped to [−10, 10] as verl does. Its gradient is that of a *forward*
+    KL (a known property, DESIGN §8)."""
+    delta = jnp.clip(ref_logprobs - logprobs, -_K3_DELTA_LIMIT, _K3_DELTA_LIMIT)
+    return jnp.clip(jnp.exp(delta) - delta - 1.0, -10.0, 10.0)
+
+
+def policy_loss(
+    logprobs: Array,
+    old_logprobs: Array,
+    ref_logprobs: Array,
+    advantages: Array,
+    mask: Array,
+    clip_eps: float = 0.2,
+    kl_coef: float = 1e-3,
+    loss_agg: str = "token-mean",
+    *,
+    totals: Mapping[str, Array] | None = None,
+) -> tuple[Array, dict[str, Array]]:
+    """GRPO objective (DESIGN §8): aggregate of ``ℓ + kl_coef·k3`` over the response tokens.
+
+    ``ℓ = max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε))`` with ``ρ = exp(lp − lp_old)``. ``logprobs``,
+    ``old_logprobs``, ``ref_logprobs`` and ``mask`` are ``[N, T]``; ``advantages`` is ``[N]``
+    (broadcast over tokens) or ``[N, T]``. Masked-out positions never contribute to values or
+    gradients, whatever they hold (inf/NaN included).
+
+    Returns ``(loss, metrics)``; metrics are token means over the valid tokens of *this* batch
+    (for logging, whatever ``loss_agg``): ``pg_loss``, ``kl`` (k3 mean), ``clip_frac`` (fraction of
+    tokens where the clipped branch is the active one), ``ratio_mean``/``ratio_min``/``ratio_max``,
+    ``approx_kl_old`` (mean ``lp_old − lp``), ``advantage_mean`` and ``num_tokens``.
+    ``totals`` overrides the aggregation denominators (see :func:`agg_totals`).
+    """
+    _check_agg(loss_agg)
+    logprobs = jnp.asarray(logprobs)
+    shape = logprobs.shape
+    if logprobs.ndim != 2:
+        raise ValueError(f"policy_loss: logprobs must be [N, T], got shape {shape}")
+    for name, arr in (("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs), ("mask", mask)):
+        if jnp.shape(arr) != shape:
+            raise ValueError(f"policy_loss: {name} has shape {jnp.shape(arr)}, expected {shape} like logprobs")
+    advantages = jnp.asarray(advantages, dtype=jnp.float32)
+    if advantages.shape == shape[:1]:
+        advantages = advantages[:, None]
+    elif advantages.shape != shape:
+        raise ValueError(
+            f"policy_loss: advantages has shape {advantages.shape}, expected [N]={shape[:1]} or [N, T]={shape}"
+        )
+    if clip_eps < 0:
+        raise ValueError(f"policy_loss: clip_eps must be >= 0, got {clip_eps}")
+
+    valid = jnp.asarray(mask) > 0
+    # Sanitise masked positions first so garbage there cannot leak NaN through where-gradients.
+    lp = jnp.where(valid, logprobs.astype(jnp.float32), 0.0)
+    old = jnp.where(valid, jnp.asarray(old_logprobs, jnp.float32), 0.0)
+    ref = jnp.where(valid, jnp.asarray(ref_logprobs, jnp.float32), 0.0)
+    adv = jnp.where(valid, advantages, 0.0)
+
+    log_ratio = jnp.clip(lp - old, -_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT)
+    ratio = jnp.exp(log_ratio)
+    pg_unclipped = -adv * ratio
+    pg_clipped = -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+    pg = jnp.maximum(pg_unclipped, pg_clipped)
+    kl = k3_kl(lp, ref)
+    per_token = pg + kl_coef * kl
+    loss = aggregate_loss(per_token, valid, loss_agg, totals)
+
+    sg = jax.lax.stop_gradient
+    metrics = {
+        "pg_loss": masked_mean(sg(pg), valid),
+        "kl": masked_mean(sg(kl), valid),
+        "clip_frac": masked_mean((sg(pg_clipped) > sg(pg_unclipped)).astype(jnp.float32), valid),
+        "ratio_mean": masked_mean(sg(ratio), valid),
+        "ratio_min": masked_min(sg(ratio), valid),
+        "ratio_max": masked_max(sg(ratio), valid),
+        "approx_kl_old": masked_mean(sg(old - lp), valid),
+        "advantage_mean": masked_mean(sg(jnp.broadcast_to(adv, shape)), valid),
+        "num_tokens": valid.astype(jnp.float32).sum(),
+    }
+    return loss, metrics
+
+
+# --------------------------------------------------------------------------------------------
+# log-probs and entropy of sampled tokens
+
+
+def token_logprobs(
+    logits: Array,
+    targets: Array,
+    temperature: float = 1.0,
+    *,
+    return_entropy: bool = False,
+) -> Array | tuple[Array, Array]:
+    """``log_softmax(logits / temperature)[..., targets]`` without materialising the full
+    log-softmax: ``z[target] − logsumexp(z)`` (XLA fuses the scaling into the reductions).
+
+    ``logits`` ``[..., V]``, ``targets`` ``[...]`` int. ``temperature <= 0`` means greedy sampling
+    and uses the raw logits (the sampler's convention). With ``return_entropy`` also returns the
+    per-position entropy of ``softmax(z)`` (no gradient; for logging).
+    """
+    z = logits.astype(jnp.float32)
+    if temperature > 0 and temperature != 1.0:
+        z = z / temperature
+    lse = jax.nn.logsumexp(z, axis=-1)
+    picked = jnp.take_along_axis(z, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    lp = picked - lse
+    if not return_entropy:
+        return lp
+    zs = jax.lax.stop_gradient(z)
+    lse_s = jax.lax.stop_gradient(lse)
+    probs = jnp.exp(zs - lse_s[..., None])
+    entropy = lse_s - jnp.sum(probs * zs, axis=-1)
+    return lp, entropy
