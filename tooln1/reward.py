@@ -41,23 +41,19 @@ _NO_CALLS = Verdict(False, False, False, False)
 
 
 def _last_block(text: str) -> str | None:
-    """Content of the last non-overlapping ``<tool_call>(.*?)</tool_call>`` match, in linear time.
+    """Content of the last ``<tool_call>(.*?)</tool_call>`` match (lazy, DOTALL), in linear time.
 
-    Same matches as ``re.finditer`` with a lazy DOTALL pattern: each match starts at the first
-    opening tag after the previous match and ends at the first closing tag after that opening.
+    ``re.finditer`` yields one match per closing tag whose preceding segment (the text since the
+    previous closing tag) holds an opening tag: it runs from the segment's first opening tag to
+    that closing tag; closing tags in segments without an opening tag are strays. So the last
+    match is found by splitting on the closing tag and scanning segments from the end.
     """
-    span = None
-    pos = 0
-    while True:
-        start = text.find(_OPEN, pos)
-        if start < 0:
-            break
-        end = text.find(_CLOSE, start + len(_OPEN))
-        if end < 0:
-            break
-        span = (start + len(_OPEN), end)
-        pos = end + len(_CLOSE)
-    return None if span is None else text[span[0] : span[1]]
+    segments = text.split(_CLOSE)
+    for segment in reversed(segments[:-1]):
+        start = segment.find(_OPEN)
+        if start >= 0:
+            return segment[start + len(_OPEN) :]
+    return None
 
 
 def _loads(text: str) -> tuple[bool, Any]:
