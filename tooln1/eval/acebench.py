@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from tooln1.eval.parsing import ToolCallParseError, parse_for_checker
+from tooln1.eval.prompting import preamble_with
 from tooln1.eval.samples import EvalSample, Verdict
 
 __all__ = [
@@ -119,7 +120,7 @@ def load_samples(categories: Iterable[str] | None = None, limit: int | None = No
             record = {
                 "id": row["id"],
                 "source": f"acebench/{cat}",
-                "system": f"The current time is {row['time']}." if row.get("time") else "",
+                "system": preamble_with(f"The current time is {row['time']}." if row.get("time") else ""),
                 "tools": [_to_tool(f) for f in row["function"]],
                 "conversation": _conversation(row["question"]),
                 "answer": truth[row["id"]],

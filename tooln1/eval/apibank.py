@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from tooln1.eval.parsing import ToolCallParseError, extract_tool_calls, render_tool_calls
+from tooln1.eval.prompting import preamble_with
 from tooln1.eval.samples import EvalSample, Verdict
 
 __all__ = ["CATEGORIES", "DEFAULT_DATA_DIR", "resolve_data_dir", "load_samples", "to_tool", "score"]
@@ -95,7 +96,7 @@ def load_samples(categories: Iterable[str] | None = None, limit: int | None = No
             record = {
                 "id": sid,
                 "source": f"apibank/{cat}",
-                "system": "",
+                "system": preamble_with(""),
                 "tools": [to_tool(t) for t in row["tools"]],
                 "conversation": conversation,
                 "answer": row["answers"],

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tooln1.eval.parsing import ToolCallParseError, parse_for_checker
+from tooln1.eval.prompting import preamble_with
 from tooln1.eval.samples import EvalSample, Verdict
 
 __all__ = [
@@ -170,7 +171,7 @@ def load_samples(categories: Iterable[str] | None = None, limit: int | None = No
             record = {
                 "id": row["id"],
                 "source": f"bfcl/{cat}",
-                "system": system,
+                "system": preamble_with(system),
                 "tools": prepare_functions(row["function"], cat),
                 "conversation": conversation,
                 "answer": truth,

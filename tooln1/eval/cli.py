@@ -1,0 +1,116 @@
+"""``tooln1-eval``: evaluate a checkpoint on BFCL v3, API-Bank and ACEBench.
+
+    tooln1-eval --model PATH --benchmarks bfcl,apibank,acebench [--categories simple,level-1]
+                [--limit N] [--output DIR] [--batch-size 16] [--max-new-tokens 1024]
+    tooln1-eval --model oracle ...          # score the reference answers (checks the pipeline)
+    tooln1-eval --compare a/results.json b/results.json --output DIR   # one table, one chart
+
+Writes DIR/results.json (per-sample prompts, outputs, verdicts), DIR/table.md and
+DIR/accuracy.png, and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main", "build_parser"]
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tooln1-eval", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="HF checkpoint directory, or 'oracle' to score the reference answers")
+    p.add_argument("--name", help="model name shown in the table (default: the folder name)")
+    p.add_argument("--benchmarks", default="bfcl,apibank,acebench", help="comma list of bfcl,apibank,acebench")
+    p.add_argument("--categories", help="comma list of categories (e.g. simple,live_simple,level-1,atom_bool)")
+    p.add_argument("--limit", type=int, help="first N samples of each category")
+    p.add_argument("--output", default="eval_results", help="output folder (default ./eval_results)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    p.add_argument("--apibank-dir", help="API-Bank folder (default ../shared/data/apibank)")
+    p.add_argument("--acebench-dir", help="ACEBench folder (default ../shared/data/acebench)")
+    p.add_argument("--acebench-keep-whitespace", action="store_true",
+                   help="do not reproduce ACEBench's whitespace stripping (see docs/evaluation.md)")
+    p.add_argument("--compare", nargs="+", metavar="RESULTS_JSON",
+                   help="only tabulate/plot existing results.json files together")
+    return p
+
+
+def _compare(paths: Sequence[str], output: str) -> int:
+    from tooln1.eval import report
+
+    results = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise SystemExit(f"tooln1-eval: results file {path} not found")
+        with open(path, encoding="utf-8") as f:
+            results.append(json.load(f))
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    table = report.format_table(results)
+    (out / "table.md").write_text(table + "\n", encoding="utf-8")
+    report.plot_categories(results, out / "accuracy.png")
+    print(table)
+    print(f"[eval] wrote {out / 'table.md'} and {out / 'accuracy.png'}")
+    return 0
+
+
+def _oracle(args: argparse.Namespace, data_dirs: dict) -> dict:
+    from tooln1.eval.oracle import oracle_response
+    from tooln1.eval.runner import load_benchmarks, score_outputs, write_results
+
+    samples = load_benchmarks(_csv(args.benchmarks), _csv(args.categories), args.limit, data_dirs)
+    results = score_outputs(samples, [oracle_response(s) for s in samples],
+                            acebench_strip_whitespace=not args.acebench_keep_whitespace)
+    results = {"model": args.name or "oracle", "settings": {"oracle": True, "limit": args.limit}, **results}
+    write_results(results, args.output)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.compare:
+        return _compare(args.compare, args.output)
+    if not args.model:
+        raise SystemExit("tooln1-eval: --model PATH (or --model oracle, or --compare FILES) is required")
+    data_dirs = {k: v for k, v in {"apibank": args.apibank_dir, "acebench": args.acebench_dir}.items() if v}
+    try:
+        if args.model == "oracle":
+            results = _oracle(args, data_dirs)
+        else:
+            model_dir = Path(args.model)
+            if not (model_dir / "config.json").is_file():
+                raise SystemExit(f"tooln1-eval: --model {args.model} is not a Hugging Face checkpoint "
+                                 f"directory (no config.json there)")
+            import tooln1
+            from transformers import AutoTokenizer
+
+            from tooln1.eval.runner import evaluate
+
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+            model = tooln1.load_model(str(model_dir), dtype=args.dtype)
+            results = evaluate(model, tokenizer, benchmarks=_csv(args.benchmarks), categories=_csv(args.categories),
+                               limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                               data_dirs=data_dirs, output_dir=args.output,
+                               model_name=args.name or model_dir.resolve().name,
+                               acebench_strip_whitespace=not args.acebench_keep_whitespace)
+    except (FileNotFoundError, ImportError, ValueError) as err:
+        print(f"tooln1-eval: error: {err}", file=sys.stderr)
+        return 2
+    from tooln1.eval import report
+
+    print(report.format_table([results]))
+    print(f"[eval] results in {Path(args.output).resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Result tables laid out like the paper's Table 2 (plus API-Bank and ACEBench) and bar charts.
+
+``format_table(results_list)`` gives one Markdown row per model (readable in a terminal too);
+``plot_categories(results_list, path)`` draws accuracy per category, one bar per model.
+Accuracies are shown in percent with two decimals; "N/A" where a column was not evaluated.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+__all__ = ["COLUMNS", "table_row", "format_table", "plot_categories"]
+
+# (header, getter over a results dict). Table 2 of the paper: Overall, then Non-Live and Live
+# (Simple, Multiple, Parallel, Parallel Multiple, summary); we add the relevance columns and the
+# API-Bank / ACEBench accuracies of Figure 3.
+COLUMNS: list[tuple[str, tuple[str, ...]]] = [
+    ("Overall", ("summary", "bfcl", "overall")),
+    ("NL Simple", ("summary", "bfcl", "non_live_simple")),
+    ("NL Multiple", ("categories", "bfcl", "multiple")),
+    ("NL Parallel", ("categories", "bfcl", "parallel")),
+    ("NL Par.Mult.", ("categories", "bfcl", "parallel_multiple")),
+    ("Non-Live", ("summary", "bfcl", "non_live")),
+    ("L Simple", ("categories", "bfcl", "live_simple")),
+    ("L Multiple", ("categories", "bfcl", "live_multiple")),
+    ("L Parallel", ("categories", "bfcl", "live_parallel")),
+    ("L Par.Mult.", ("categories", "bfcl", "live_parallel_multiple")),
+    ("Live", ("summary", "bfcl", "live")),
+    ("Irrel.", ("categories", "bfcl", "irrelevance")),
+    ("L Irrel.", ("categories", "bfcl", "live_irrelevance")),
+    ("API-Bank L1", ("categories", "apibank", "level-1")),
+    ("API-Bank L2", ("categories", "apibank", "level-2")),
+    ("ACE Atom", ("summary", "acebench", "atom")),
+    ("ACE Single-Turn", ("summary", "acebench", "single_turn")),
+]
+
+
+def _lookup(results: Mapping[str, Any], path: tuple[str, ...]) -> float | None:
+    node: Any = results
+    for key in path:
+        if not isinstance(node, Mapping) or node.get(key) is None:
+            return None
+        node = node[key]
+    return node.get("accuracy") if isinstance(node, Mapping) else None
+
+
+def table_row(results: Mapping[str, Any]) -> list[str]:
+    """The model name followed by one cell per :data:`COLUMNS` entry."""
+    cells = [str(results.get("model", "model"))]
+    for _, path in COLUMNS:
+        acc = _lookup(results, path)
+        cells.append("N/A" if acc is None else f"{100 * acc:.2f}")
+    return cells
+
+
+def format_table(results_list: Sequence[Mapping[str, Any]], drop_empty: bool = True) -> str:
+    """Markdown table, one row per results dict; with ``drop_empty`` columns that are N/A for
+    every model are left out (a BFCL-only run shows no API-Bank columns)."""
+    header = ["Model"] + [name for name, _ in COLUMNS]
+    rows = [table_row(r) for r in results_list]
+    keep = [0] + [j for j in range(1, len(header))
+                  if not drop_empty or any(row[j] != "N/A" for row in rows)]
+    header = [header[j] for j in keep]
+    rows = [[row[j] for j in keep] for row in rows]
+    widths = [max(len(header[j]), *(len(row[j]) for row in rows)) for j in range(len(header))]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) if j == 0 else c.rjust(w)  # noqa: E731
+                                          for j, (c, w) in enumerate(zip(cells, widths))) + " |"
+    sep = "|" + "|".join(("-" * (w + 2)) if j == 0 else ("-" * (w + 1) + ":") for j, w in enumerate(widths)) + "|"
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+def plot_categories(results_list: Sequence[Mapping[str, Any]], path: str | Path,
+                    title: str = "Accuracy per category") -> Path:
+    """Bar chart of every evaluated category's accuracy (%), grouped by benchmark, one bar
+    colour per model; saved as PNG (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels: list[str] = []
+    for results in results_list:
+        for bench, cats in results.get("categories", {}).items():
+            for cat in cats:
+                label = f"{bench}:{cat}"
+                if label not in labels:
+                    labels.append(label)
+    if not labels:
+        raise ValueError("no evaluated categories to plot")
+    n_models = len(results_list)
+    width = 0.8 / n_models
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(labels) * max(1, n_models) ** 0.5 + 2), 4.8))
+    for m, results in enumerate(results_list):
+        values = []
+        for label in labels:
+            bench, cat = label.split(":", 1)
+            entry = results.get("categories", {}).get(bench, {}).get(cat)
+            values.append(100 * entry["accuracy"] if entry else 0.0)
+        xs = [i + (m - (n_models - 1) / 2) * width for i in range(len(labels))]
+        bars = ax.bar(xs, values, width, label=str(results.get("model", f"model {m}")))
+        if n_models == 1:
+            ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=8)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.set_title(title)
+    if n_models > 1:
+        ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
