@@ -1,0 +1,288 @@
+"""Hugging Face checkpoints in and out: safetensors <-> sharded NNX parameters.
+
+Import streams one tensor at a time from memory-mapped safetensors straight onto its
+`NamedSharding`, so host memory peaks near the largest tensor rather than the whole model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from tooln1.models.config import ModelConfig
+from tooln1.models.decoder import CausalLM
+from tooln1.sharding import named_sharding
+
+SAFETENSORS_SINGLE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.json", "merges.txt", "chat_template.jinja",
+)
+# Buffers some exporters write that carry no parameters.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be read as the model it claims to be."""
+
+
+# -- name and layout mapping ---------------------------------------------------------------
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+def _tensor_map(config: ModelConfig) -> dict[str, tuple[tuple[Any, ...], Transform, Transform]]:
+    """HF tensor name -> (our parameter path, HF->ours transform, ours->HF transform)."""
+    c = config
+    d, h, kv, hd = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
+    same = (lambda w: w, lambda w: w)
+    transpose = (lambda w: w.T, lambda w: w.T)
+
+    def heads_in(n):  # [n*hd, d] <-> [d, n, hd]
+        return (lambda w: w.T.reshape(d, n, hd), lambda w: w.reshape(d, n * hd).T)
+
+    def bias(n):  # [n*hd] <-> [n, hd]
+        return (lambda w: w.reshape(n, hd), lambda w: w.reshape(n * hd))
+
+    heads_out = (lambda w: w.T.reshape(h, hd, d), lambda w: w.reshape(h * hd, d).T)  # [d, h*hd] <-> [h, hd, d]
+    table = {"model.embed_tokens.weight": (("embed",), *same), "model.norm.weight": (("final_norm", "weight"), *same)}
+    if not c.tie_word_embeddings:
+        table["lm_head.weight"] = (("lm_head",), *transpose)
+    for i in range(c.num_layers):
+        hf, ours = f"model.layers.{i}.", ("layers", i)
+        table[hf + "input_layernorm.weight"] = (ours + ("input_norm", "weight"), *same)
+        table[hf + "post_attention_layernorm.weight"] = (ours + ("post_attention_norm", "weight"), *same)
+        for proj, n in (("q", h), ("k", kv), ("v", kv)):
+            table[hf + f"self_attn.{proj}_proj.weight"] = (ours + ("attention", f"{proj}_kernel"), *heads_in(n))
+            if c.qkv_bias:
+                table[hf + f"self_attn.{proj}_proj.bias"] = (ours + ("attention", f"{proj}_bias"), *bias(n))
+        table[hf + "self_attn.o_proj.weight"] = (ours + ("attention", "o_kernel"), *heads_out)
+        for proj in ("gate", "up", "down"):
+            table[hf + f"mlp.{proj}_proj.weight"] = (ours + ("mlp", f"{proj}_kernel"), *transpose)
+    return table
+
+
+# -- reading --------------------------------------------------------------------------------
+def _read_config(path: str) -> dict[str, Any]:
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint directory not found: {path}")
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise CheckpointError(f"{path}: no config.json (not a Hugging Face checkpoint directory)")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{config_path}: invalid JSON ({e})") from None
+
+
+def _weight_files(path: str) -> dict[str, str]:
+    """Tensor name -> safetensors file, from the index or the single file."""
+    index_path = os.path.join(path, SAFETENSORS_INDEX)
+    if os.path.isfile(index_path):
+        with open(index_path, encoding="utf-8") as f:
+            weight_map = json.load(f).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index_path}: no 'weight_map' object")
+        missing = sorted({f for f in weight_map.values() if not os.path.isfile(os.path.join(path, f))})
+        if missing:
+            raise CheckpointError(f"{index_path} names shard files that do not exist: {', '.join(missing)}")
+        return {name: os.path.join(path, f) for name, f in weight_map.items()}
+    single = os.path.join(path, SAFETENSORS_SINGLE)
+    if os.path.isfile(single):
+        with safe_open(single, framework="numpy") as f:
+            return {name: single for name in f.keys()}
+    if any(n.endswith((".bin", ".pt", ".pth")) for n in os.listdir(path)):
+        raise CheckpointError(f"{path}: only pickle weights (*.bin) found; tooln1 loads safetensors only")
+    raise CheckpointError(f"{path}: no {SAFETENSORS_SINGLE} or {SAFETENSORS_INDEX}")
+
+
+def _iter_tensors(files: dict[str, str], names: list[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield tensors one at a time, opening each shard once."""
+    by_file: dict[str, list[str]] = {}
+    for name in names:
+        by_file.setdefault(files[name], []).append(name)
+    for file, file_names in by_file.items():
+        with safe_open(file, framework="numpy") as f:
+            for name in file_names:
+                yield name, f.get_tensor(name)
+
+
+def _place(value: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+    """Put a host array on its sharding; each process only materialises its own shards."""
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+def load_model(
+    path: str,
+    dtype: str = "float32",
+    mesh: Mesh | None = None,
+    compute_dtype: str | None = None,
+    remat: bool = False,
+) -> CausalLM:
+    """Load an HF Qwen2/Llama checkpoint directory as a `CausalLM`.
+
+    ``dtype`` is the parameter dtype; ``compute_dtype`` (default: ``dtype``) that of activations.
+    With a ``mesh`` each parameter is placed directly on its `NamedSharding`.
+    """
+    hf_config = _read_config(path)
+    try:
+        config = ModelConfig.from_hf(hf_config, param_dtype=dtype, dtype=compute_dtype or dtype, remat=remat)
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}/config.json: missing or invalid field {e}") from None
+    except ValueError as e:
+        raise CheckpointError(f"{path}/{e}") from None
+    files = _weight_files(path)
+    table = _tensor_map(config)
+    ignored = {n for n in files if n.endswith(_IGNORED_SUFFIXES)}
+    if config.tie_word_embeddings and "lm_head.weight" in files:
+        ignored.add("lm_head.weight")  # some exporters duplicate the tied head
+    unexpected = sorted(set(files) - set(table) - ignored)
+    missing = sorted(set(table) - set(files))
+    if missing:
+        raise CheckpointError(f"{path}: missing tensors {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
+    if unexpected:
+        raise CheckpointError(
+            f"{path}: unexpected tensors {', '.join(unexpected[:8])}" + (" ..." if len(unexpected) > 8 else "")
+            + f" (config.json says {config.architecture}, tie_word_embeddings={config.tie_word_embeddings})"
+        )
+
+    abstract = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0), mesh=mesh))
+    graphdef, state = nnx.split(abstract)
+    variables = dict(nnx.to_flat_state(state))
+    param_dtype = jnp.dtype(dtype)
+    for name, tensor in _iter_tensors(files, list(table)):
+        target, to_ours, _ = table[name]
+        variable = variables[target]
+        expected = variable.value.shape
+        try:
+            value = to_ours(tensor)
+        except ValueError:
+            value = None
+        if value is None or value.shape != expected:
+            raise CheckpointError(
+                f"{path}: tensor {name} has shape {tuple(tensor.shape)}, which does not fit the model "
+                f"described by config.json (expected {expected} after transposing to our layout)"
+            )
+        value = np.asarray(value, dtype=param_dtype)
+        if mesh is None:
+            sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        else:
+            sharding = named_sharding(variable.get_metadata()["logical_axes"], value.shape, mesh)
+        variables[target] = variable.replace(value=_place(value, sharding))
+    model = nnx.merge(graphdef, nnx.from_flat_state(variables))
+    model.source_dir = os.path.abspath(path)
+    model.hf_config_json = json.dumps(hf_config, sort_keys=True)
+    return model
+
+
+# -- writing --------------------------------------------------------------------------------
+def _to_host(x: jax.Array) -> np.ndarray:
+    if not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(jax.device_get(x))
+
+
+def _parse_size(size: int | str) -> int:
+    if isinstance(size, int):
+        return size
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    s = size.strip().upper()
+    for unit, mult in sorted(units.items(), key=lambda kv: -len(kv[0])):
+        if s.endswith(unit):
+            return int(float(s[: -len(unit)]) * mult)
+    return int(s)
+
+
+def save_pretrained(model: CausalLM, out_dir: str, max_shard_size: int | str = "5GB") -> None:
+    """Write ``model`` as an HF checkpoint that `transformers` loads.
+
+    Tensors above ``max_shard_size`` in total are split into numbered shards with an index.
+    Tokenizer and generation config files are copied from the source checkpoint when it had them.
+    Only process 0 writes; every process must call this (it gathers sharded parameters).
+    """
+    config = model.config
+    table = _tensor_map(config)
+    variables = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+    tensors: dict[str, np.ndarray] = {}
+    for name, (target, _, to_hf) in table.items():
+        tensors[name] = np.ascontiguousarray(to_hf(_to_host(variables[target].value)))
+    if jax.process_index() != 0:
+        return
+    os.makedirs(out_dir, exist_ok=True)
+    for stale in os.listdir(out_dir):  # never leave shards of an earlier export behind
+        if stale.endswith(".safetensors") or stale == SAFETENSORS_INDEX:
+            os.remove(os.path.join(out_dir, stale))
+
+    limit = _parse_size(max_shard_size)
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for name, tensor in tensors.items():
+        if shards[-1] and size + tensor.nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += tensor.nbytes
+    metadata = {"format": "pt"}
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(out_dir, SAFETENSORS_SINGLE), metadata=metadata)
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards, 1):
+            filename = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, os.path.join(out_dir, filename), metadata=metadata)
+            weight_map.update({name: filename for name in shard})
+        index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())}, "weight_map": weight_map}
+        with open(os.path.join(out_dir, SAFETENSORS_INDEX), "w", encoding="utf-8") as f:
+            json.dump(index, f, indent=2)
+
+    hf_config = json.loads(model.hf_config_json) if model.hf_config_json else config.to_hf()
+    hf_config.update(architectures=[config.architecture], torch_dtype=config.param_dtype)
+    hf_config.pop("dtype", None)
+    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(hf_config, f, indent=2, sort_keys=True)
+    source = model.source_dir
+    copied = False
+    if source and os.path.abspath(source) != os.path.abspath(out_dir):
+        for filename in TOKENIZER_FILES + ("generation_config.json",):
+            if os.path.isfile(os.path.join(source, filename)):
+                shutil.copy2(os.path.join(source, filename), os.path.join(out_dir, filename))
+                copied |= filename == "generation_config.json"
+    if not copied and not os.path.isfile(os.path.join(out_dir, "generation_config.json")):
+        generation = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if hf_config.get(k) is not None}
+        with open(os.path.join(out_dir, "generation_config.json"), "w", encoding="utf-8") as f:
+            json.dump(generation, f, indent=2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`tooln1-convert SRC DST`: load an HF checkpoint into JAX and write it back (a round-trip check)."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("src", help="HF checkpoint directory (config.json + safetensors)")
+    parser.add_argument("dst", help="output directory")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--max-shard-size", default="5GB")
+    args = parser.parse_args(argv)
+    try:
+        model = load_model(args.src, dtype=args.dtype)
+    except CheckpointError as e:
+        raise SystemExit(f"tooln1-convert: {e}")
+    model.save_pretrained(args.dst, max_shard_size=args.max_shard_size)
+    n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    print(f"converted {args.src} -> {args.dst}: {config_summary(model.config)}, {n:,} parameters")
+
+
+def config_summary(config: ModelConfig) -> str:
+    return (f"{config.architecture} L={config.num_layers} d={config.hidden_size} heads={config.num_heads}/"
+            f"{config.num_kv_heads} vocab={config.vocab_size} tied={config.tie_word_embeddings}")

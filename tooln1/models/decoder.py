@@ -1,0 +1,251 @@
+"""Qwen2-family causal decoder (Qwen2 and Llama-3 blocks) as a Flax NNX module.
+
+One code path serves the full forward (training, log-probs) and cached decoding: attention always
+runs over a key/value sequence with an explicit boolean mask, which for the full forward is the
+causal mask over the left-padded batch and for decoding is "valid cache slot at or before me".
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from tooln1.models.config import ModelConfig
+from tooln1.sharding import constrain
+
+CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
+
+
+class KVCache(flax.struct.PyTreeNode):
+    """Preallocated keys/values of every layer plus which slots hold real tokens."""
+
+    k: jax.Array  # [L, B, S, kv_heads, head_dim], compute dtype
+    v: jax.Array
+    mask: jax.Array  # [B, S] bool
+    index: jax.Array  # int32 scalar: next slot to write
+
+    @property
+    def max_length(self) -> int:
+        return self.k.shape[2]
+
+
+def default_positions(attention_mask: jax.Array) -> jax.Array:
+    """Positions of a left-padded batch: 0 at the first real token (what HF generate uses)."""
+    return jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0).astype(jnp.int32)
+
+
+def rope_inverse_frequencies(config: ModelConfig) -> np.ndarray:
+    """RoPE inverse frequencies in float32, with optional llama3-style scaling."""
+    dim = config.head_dim
+    exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+    inv_freq = (1.0 / (np.float32(config.rope_theta) ** exponents)).astype(np.float32)
+    if config.rope_llama3_scaling is None:
+        return inv_freq
+    factor, low, high, original = config.rope_llama3_scaling
+    low_wavelen, high_wavelen = original / low, original / high
+    wavelen = 2 * np.pi / inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (original / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def _rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate-half RoPE (the HF convention); x [B, T, H, D], cos/sin [B, T, D]."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+def _param(rngs: nnx.Rngs | None, shape, dtype, axes, init: str = "normal") -> nnx.Param:
+    if init == "ones":
+        value = jnp.ones(shape, dtype)
+    elif init == "zeros" or rngs is None:
+        value = jnp.zeros(shape, dtype)
+    else:
+        value = (0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+    return nnx.Param(value, logical_axes=axes)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, param_dtype):
+        self.weight = _param(None, (dim,), param_dtype, ("norm",), init="ones")
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.weight.value.astype(x.dtype) * y.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    """GQA self-attention with optional q/k/v bias and no output bias."""
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        c, pd = config, jnp.dtype(config.param_dtype)
+        self.q_kernel = _param(rngs, (c.hidden_size, c.num_heads, c.head_dim), pd, ("embed", "heads", "head_dim"))
+        self.k_kernel = _param(rngs, (c.hidden_size, c.num_kv_heads, c.head_dim), pd, ("embed", "kv_heads", "head_dim"))
+        self.v_kernel = _param(rngs, (c.hidden_size, c.num_kv_heads, c.head_dim), pd, ("embed", "kv_heads", "head_dim"))
+        self.o_kernel = _param(rngs, (c.num_heads, c.head_dim, c.hidden_size), pd, ("heads", "head_dim", "embed"))
+        if c.qkv_bias:
+            self.q_bias = _param(None, (c.num_heads, c.head_dim), pd, ("heads", "head_dim"))
+            self.k_bias = _param(None, (c.num_kv_heads, c.head_dim), pd, ("kv_heads", "head_dim"))
+            self.v_bias = _param(None, (c.num_kv_heads, c.head_dim), pd, ("kv_heads", "head_dim"))
+        self.qkv_bias = c.qkv_bias
+        self.dtype = jnp.dtype(c.dtype)
+
+    def _project(self, x, kernel, bias):
+        y = jnp.einsum("btd,dhk->bthk", x, kernel.value.astype(self.dtype))
+        return y + bias.value.astype(self.dtype) if self.qkv_bias else y
+
+    def __call__(self, x, cos, sin, allowed, cache, layer: int, index, mesh: Mesh | None):
+        """``allowed`` [B, T, S]: which keys each query sees. ``cache`` is None or (k_all, v_all)."""
+        q = _rotate(self._project(x, self.q_kernel, getattr(self, "q_bias", None)), cos, sin)
+        k = _rotate(self._project(x, self.k_kernel, getattr(self, "k_bias", None)), cos, sin)
+        v = self._project(x, self.v_kernel, getattr(self, "v_bias", None))
+        q = constrain(q, ("batch", "length", "heads", "head_dim"), mesh)
+        if cache is not None:
+            k_all, v_all = cache
+            at = (layer, 0, index, 0, 0)
+            k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), at)
+            v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), at)
+            k, v = k_all[layer].astype(self.dtype), v_all[layer].astype(self.dtype)
+            cache = (k_all, v_all)
+        b, t, heads, dim = q.shape
+        groups = heads // k.shape[2]
+        q = q.reshape(b, t, k.shape[2], groups, dim)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (dim**-0.5)
+        scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, heads, dim)
+        return jnp.einsum("bthk,hkd->btd", out, self.o_kernel.value.astype(self.dtype)), cache
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)), no biases."""
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        c, pd = config, jnp.dtype(config.param_dtype)
+        self.gate_kernel = _param(rngs, (c.hidden_size, c.intermediate_size), pd, ("embed", "mlp"))
+        self.up_kernel = _param(rngs, (c.hidden_size, c.intermediate_size), pd, ("embed", "mlp"))
+        self.down_kernel = _param(rngs, (c.intermediate_size, c.hidden_size), pd, ("mlp", "embed"))
+        self.dtype = jnp.dtype(c.dtype)
+
+    def __call__(self, x: jax.Array, mesh: Mesh | None) -> jax.Array:
+        gate = x @ self.gate_kernel.value.astype(self.dtype)
+        up = x @ self.up_kernel.value.astype(self.dtype)
+        hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"), mesh)
+        return hidden @ self.down_kernel.value.astype(self.dtype)
+
+
+class Block(nnx.Module):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        pd = jnp.dtype(config.param_dtype)
+        self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd)
+        self.attention = Attention(config, rngs)
+        self.post_attention_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd)
+        self.mlp = MLP(config, rngs)
+
+    def __call__(self, x, cos, sin, allowed, cache, layer, index, mesh):
+        attended, cache = self.attention(self.input_norm(x), cos, sin, allowed, cache, layer, index, mesh)
+        x = constrain(x + attended, ("batch", "length", None), mesh)
+        x = constrain(x + self.mlp(self.post_attention_norm(x), mesh), ("batch", "length", None), mesh)
+        return x, cache
+
+
+def _run_block(block: Block, x, cos, sin, allowed, cache, layer, index, mesh):
+    return block(x, cos, sin, allowed, cache, layer, index, mesh)
+
+
+class CausalLM(nnx.Module):
+    """Decoder-only LM. ``mesh`` (static) enables activation sharding constraints."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, mesh: Mesh | None = None):
+        c, pd = config, jnp.dtype(config.param_dtype)
+        self.config = config
+        self.mesh = mesh
+        self.embed = _param(rngs, (c.vocab_size, c.hidden_size), pd, ("vocab", "embed"))
+        self.layers = nnx.List([Block(c, rngs) for _ in range(c.num_layers)])
+        self.final_norm = RMSNorm(c.hidden_size, c.rms_norm_eps, pd)
+        if not c.tie_word_embeddings:
+            self.lm_head = _param(rngs, (c.hidden_size, c.vocab_size), pd, ("embed", "vocab"))
+        self.source_dir: str | None = None  # HF directory it was loaded from (tokenizer files for export)
+        self.hf_config_json: str | None = None  # its config.json, re-emitted on export
+
+    # -- public API -------------------------------------------------------------------------
+    def __call__(self, input_ids, attention_mask=None, positions=None) -> jax.Array:
+        """Logits [B, T, V] (float32) of a left-padded batch."""
+        return self.logits_from_hidden(self.hidden_states(input_ids, attention_mask, positions))
+
+    def hidden_states(self, input_ids, attention_mask=None, positions=None) -> jax.Array:
+        """Final-normed hidden states [B, T, D]: lets callers compute log-probs in chunks."""
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+        positions = default_positions(mask) if positions is None else jnp.asarray(positions, jnp.int32)
+        t = input_ids.shape[1]
+        allowed = mask.astype(bool)[:, None, :] & jnp.tril(jnp.ones((t, t), bool))[None]
+        return self._forward(input_ids, positions, allowed, None, 0)[0]
+
+    def init_cache(self, batch_size: int, max_length: int, dtype: Any = None) -> KVCache:
+        c = self.config
+        shape = (c.num_layers, batch_size, max_length, c.num_kv_heads, c.head_dim)
+        dtype = jnp.dtype(dtype or c.dtype)
+        k = constrain(jnp.zeros(shape, dtype), CACHE_AXES, self.mesh)
+        v = constrain(jnp.zeros(shape, dtype), CACHE_AXES, self.mesh)
+        return KVCache(k=k, v=v, mask=jnp.zeros((batch_size, max_length), bool), index=jnp.zeros((), jnp.int32))
+
+    def decode_step(self, input_ids, positions, cache: KVCache, attention_mask=None) -> tuple[jax.Array, KVCache]:
+        """Append ``T`` tokens at ``cache.index``; returns their logits [B, T, V] and the new cache."""
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        b, t = input_ids.shape
+        new_mask = jnp.ones((b, t), bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
+        kv_mask = jax.lax.dynamic_update_slice(cache.mask, new_mask, (0, cache.index))
+        slots = cache.index + jnp.arange(t)
+        allowed = kv_mask[:, None, :] & (jnp.arange(cache.max_length)[None, None, :] <= slots[None, :, None])
+        hidden, (k, v) = self._forward(input_ids, jnp.asarray(positions, jnp.int32), allowed, (cache.k, cache.v),
+                                       cache.index)
+        k, v = constrain(k, CACHE_AXES, self.mesh), constrain(v, CACHE_AXES, self.mesh)
+        return self.logits_from_hidden(hidden), KVCache(k=k, v=v, mask=kv_mask, index=cache.index + t)
+
+    def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
+        dtype = jnp.dtype(self.config.dtype)
+        if self.config.tie_word_embeddings:
+            return jnp.einsum("btd,vd->btv", hidden, self.embed.value.astype(dtype),
+                              preferred_element_type=jnp.float32)
+        return jnp.einsum("btd,dv->btv", hidden, self.lm_head.value.astype(dtype), preferred_element_type=jnp.float32)
+
+    def save_pretrained(self, out_dir: str, **kwargs: Any) -> None:
+        """Write an HF checkpoint directory (see `tooln1.hf_io.save_pretrained`)."""
+        from tooln1.hf_io import save_pretrained
+
+        save_pretrained(self, out_dir, **kwargs)
+
+    # -- internals --------------------------------------------------------------------------
+    def _forward(self, input_ids, positions, allowed, cache, index):
+        dtype = jnp.dtype(self.config.dtype)
+        x = jnp.take(self.embed.value, input_ids, axis=0).astype(dtype)
+        x = constrain(x, ("batch", "length", None), self.mesh)
+        angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inverse_frequencies(self.config))
+        angles = jnp.concatenate([angles, angles], axis=-1)
+        cos, sin = jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
+        run = nnx.remat(_run_block, static_argnums=(6, 8)) if self.config.remat else _run_block
+        for layer, block in enumerate(self.layers):
+            x, cache = run(block, x, cos, sin, allowed, cache, layer, index, self.mesh)
+        return self.final_norm(x), cache
+
+
+def count_params(config: ModelConfig) -> int:
+    """Number of parameters, for MFU estimates and sanity checks."""
+    c = config
+    attn = c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
+    bias = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim if c.qkv_bias else 0
+    mlp = 3 * c.hidden_size * c.intermediate_size
+    per_layer = attn + bias + mlp + 2 * c.hidden_size
+    head = 0 if c.tie_word_embeddings else c.hidden_size * c.vocab_size
+    return c.vocab_size * c.hidden_size + c.num_layers * per_layer + c.hidden_size + head

@@ -1,0 +1,116 @@
+"""Device mesh and the single table mapping logical axis names to mesh axes.
+
+Parameters and activations are annotated with *logical* axis names ("embed", "heads", ...);
+`LOGICAL_RULES` decides which mesh axis each one is split over. A dimension that the mesh axis does
+not divide is replicated instead, so e.g. Qwen2.5-0.5B's 2 KV heads work on a tensor axis of 4.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axis (or tuple of mesh axes, or None = replicated)
+LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("length", None),
+    ("layers", None),
+    ("norm", None),
+)
+
+
+def make_mesh(shape: Mapping[str, int] | Sequence[int] | None = None, devices: Sequence[Any] | None = None) -> Mesh:
+    """A mesh over ``devices`` (default: all) with axes (data, fsdp, tensor).
+
+    ``shape`` is a dict or a 3-sequence; one entry may be -1 to take the remaining devices.
+    The default puts every device on fsdp.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if shape is None:
+        shape = {"fsdp": -1}
+    if not isinstance(shape, Mapping):
+        if len(shape) != len(MESH_AXES):
+            raise ValueError(f"mesh shape {tuple(shape)} must have one size per axis {MESH_AXES}")
+        shape = dict(zip(MESH_AXES, shape))
+    unknown = set(shape) - set(MESH_AXES)
+    if unknown:
+        raise ValueError(f"unknown mesh axes {sorted(unknown)}; expected a subset of {MESH_AXES}")
+    sizes = [int(shape.get(axis, 1)) for axis in MESH_AXES]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh shape {dict(shape)}: at most one axis may be -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if known <= 0 or len(devices) % known:
+            raise ValueError(f"mesh shape {dict(shape)} does not divide the {len(devices)} available devices")
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices) or min(sizes) < 1:
+        raise ValueError(
+            f"mesh shape {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+            f"but {len(devices)} are available ({jax.default_backend()})"
+        )
+    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+
+
+def logical_to_spec(
+    logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules=LOGICAL_RULES
+) -> PartitionSpec:
+    """PartitionSpec for an array; each mesh axis is used at most once and only where it divides."""
+    table = dict(rules)
+    if len(logical_axes) != len(shape):
+        raise ValueError(f"logical axes {tuple(logical_axes)} do not match array shape {tuple(shape)}")
+    used: set[str] = set()
+    spec = []
+    for name, dim in zip(logical_axes, shape):
+        if name is not None and name not in table:
+            raise KeyError(f"logical axis {name!r} has no rule in LOGICAL_RULES")
+        target = table.get(name) if name else None
+        axes = (target,) if isinstance(target, str) else tuple(target or ())
+        chosen = []
+        for axis in axes:
+            size = mesh.shape[axis]
+            if axis in used or size == 1:
+                continue
+            if dim % (math.prod(mesh.shape[a] for a in chosen) * size) == 0:
+                chosen.append(axis)
+        used.update(chosen)
+        spec.append(None if not chosen else chosen[0] if len(chosen) == 1 else tuple(chosen))
+    return PartitionSpec(*spec)
+
+
+def named_sharding(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(logical_axes, shape, mesh))
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[str | None], mesh: Mesh | None) -> jax.Array:
+    """Sharding constraint on an activation inside jit; a no-op without a mesh."""
+    if mesh is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, named_sharding(logical_axes, x.shape, mesh))
+
+
+def state_shardings(state: Any, mesh: Mesh) -> Any:
+    """The state with each variable's value replaced by its NamedSharding (from ``logical_axes`` metadata)."""
+    from flax import nnx
+
+    def one(variable):
+        axes = variable.get_metadata().get("logical_axes")
+        shape = variable.value.shape
+        sharding = named_sharding(axes, shape, mesh) if axes else NamedSharding(mesh, PartitionSpec())
+        return variable.replace(value=sharding)
+
+    return jax.tree.map(one, state, is_leaf=lambda v: isinstance(v, nnx.Variable))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
