@@ -67,7 +67,7 @@ def _message(msg: dict[str, str]) -> dict[str, str]:
                                         think="I need to call the API.")
         except (json.JSONDecodeError, TypeError, KeyError):
             pass  # keep the text as it is
-    elif msg["role"] == "agent":
+    else:  # API-Bank's "Generate API Request:" cue ends the last message; it is not dialogue
         content = _TRAILER.sub("", content)
     return {"role": role, "content": content}
 
