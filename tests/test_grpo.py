@@ -16,6 +16,10 @@ from tooln1.grpo import (
     token_logprobs,
 )
 
+# Jitted once per signature: eager op-by-op dispatch compiles every primitive and is slower on CI.
+PL = jax.jit(policy_loss, static_argnames=("clip_eps", "kl_coef", "loss_agg"))
+ADV = jax.jit(compute_advantages, static_argnames=("group_size", "eps"))
+
 # ----------------------------------------------------------------------------- numpy reference
 
 
@@ -97,15 +101,15 @@ def random_batch(seed, n=12, t=9, group_size=4):
 
 
 def test_advantages_documented_examples():
-    adv = np.asarray(compute_advantages(np.array([1, 0, 0, 0, 0, 1, 1, 0, 0, 0]), group_size=5))
+    adv = np.asarray(ADV(np.array([1, 0, 0, 0, 0, 1, 1, 0, 0, 0]), group_size=5))
     np.testing.assert_allclose(adv[:5], [1.7889, -0.4472, -0.4472, -0.4472, -0.4472], atol=1e-4)
     np.testing.assert_allclose(adv[5:], [1.0954, 1.0954, -0.7303, -0.7303, -0.7303], atol=1e-4)
 
 
 def test_advantages_equal_group_and_group_of_one():
-    adv = compute_advantages(jnp.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0]), group_size=3)
+    adv = ADV(jnp.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.2, 0.2, 0.2]), group_size=3)
     np.testing.assert_array_equal(np.asarray(adv), 0.0)
-    single = compute_advantages(jnp.array([1.0, 0.0, 0.5]), group_size=1)
+    single = ADV(jnp.array([1.0, 0.0, 0.5]), group_size=1)
     np.testing.assert_allclose(np.asarray(single), np.array([1.0, 0.0, 0.5]) / (1 + 1e-6), rtol=1e-7)
 
 
@@ -113,14 +117,13 @@ def test_advantages_equal_group_and_group_of_one():
 def test_advantages_match_reference(group_size):
     rng = np.random.default_rng(group_size)
     rewards = rng.normal(size=group_size * 7).astype(np.float32)
-    rewards[:group_size] = 0.3
-    got = np.asarray(compute_advantages(rewards, group_size=group_size))
+    rewards[:group_size] = 0.3  # all equal but not exactly representable: still exactly 0
+    got = np.asarray(ADV(rewards, group_size=group_size))
     np.testing.assert_allclose(got, ref_advantages(rewards, group_size), rtol=1e-5, atol=1e-5)
 
 
 def test_advantages_jit_and_errors():
-    f = jax.jit(compute_advantages, static_argnames="group_size")
-    np.testing.assert_allclose(f(jnp.array([1.0, 0.0]), group_size=2), [0.7071061, -0.7071061], rtol=1e-5)
+    np.testing.assert_allclose(ADV(jnp.array([1.0, 0.0]), group_size=2), [0.7071061, -0.7071061], rtol=1e-5)
     with pytest.raises(ValueError, match="whole number of groups"):
         compute_advantages(np.zeros(7), group_size=5)
     with pytest.raises(ValueError, match="1-D"):
@@ -136,9 +139,7 @@ def test_advantages_jit_and_errors():
 @pytest.mark.parametrize("seed", [0, 1])
 def test_policy_loss_matches_reference(agg, seed):
     lp, old, ref, adv, mask = random_batch(seed)
-    loss, metrics = jax.jit(policy_loss, static_argnames=("clip_eps", "kl_coef", "loss_agg"))(
-        lp, old, ref, adv, mask, clip_eps=0.2, kl_coef=0.05, loss_agg=agg
-    )
+    loss, metrics = PL(lp, old, ref, adv, mask, clip_eps=0.2, kl_coef=0.05, loss_agg=agg)
     want, want_m = ref_loss(lp, old, ref, adv, mask, 0.2, 0.05, agg)
     np.testing.assert_allclose(float(loss), want, rtol=2e-5, atol=1e-6)
     for key, val in want_m.items():
@@ -149,7 +150,7 @@ def test_policy_loss_matches_reference(agg, seed):
 def test_policy_loss_token_level_advantages_and_defaults():
     lp, old, ref, adv, mask = random_batch(3)
     adv_tok = np.broadcast_to(adv[:, None], lp.shape) * np.linspace(0.5, 1.5, lp.shape[1])[None, :]
-    loss, _ = policy_loss(lp, old, ref, adv_tok, mask)
+    loss, _ = PL(lp, old, ref, adv_tok, mask)
     want, _ = ref_loss(lp, old, ref, adv_tok, mask, 0.2, 1e-3, "token-mean")
     np.testing.assert_allclose(float(loss), want, rtol=2e-5)
 
@@ -159,7 +160,7 @@ def test_policy_loss_gradient_matches_analytic():
     derivative 1 − exp(δ) unless clamped; zero on masked tokens."""
     lp, old, ref, adv, mask = random_batch(4)
     eps, beta = 0.2, 0.1
-    g = np.asarray(jax.grad(lambda x: policy_loss(x, old, ref, adv, mask, eps, beta)[0])(jnp.asarray(lp)))
+    g = np.asarray(jax.jit(jax.grad(lambda x: policy_loss(x, old, ref, adv, mask, eps, beta)[0]))(jnp.asarray(lp)))
     lp64, old64, ref64 = (np.where(mask > 0, x, 0.0).astype(np.float64) for x in (lp, old, ref))
     a = adv[:, None].astype(np.float64)
     ratio = np.exp(lp64 - old64)
@@ -176,13 +177,13 @@ def test_policy_loss_gradient_matches_analytic():
 
 def test_totals_make_micro_batches_sum_to_the_whole():
     lp, old, ref, adv, mask = random_batch(5)
+    totals = agg_totals(jnp.asarray(mask))
+    part_loss = jax.jit(
+        lambda b, agg: policy_loss(*b, loss_agg=agg, totals=totals)[0], static_argnums=1
+    )
     for agg in LOSS_AGG_MODES:
-        whole, _ = policy_loss(lp, old, ref, adv, mask, loss_agg=agg)
-        totals = agg_totals(jnp.asarray(mask))
-        parts = [
-            policy_loss(lp[s], old[s], ref[s], adv[s], mask[s], loss_agg=agg, totals=totals)[0]
-            for s in (slice(0, 5), slice(5, 12))
-        ]
+        whole = part_loss((lp, old, ref, adv, mask), agg)
+        parts = [part_loss(tuple(x[s] for x in (lp, old, ref, adv, mask)), agg) for s in (slice(0, 6), slice(6, 12))]
         np.testing.assert_allclose(float(sum(parts)), float(whole), rtol=1e-5, err_msg=agg)
 
 
@@ -191,8 +192,9 @@ def test_policy_loss_extreme_values_stay_finite():
     old = jnp.array([[-0.1, -150.0, -3.0]])
     ref = jnp.array([[-0.1, -0.1, -300.0]])
     mask = jnp.ones((1, 3))
+    f = jax.jit(jax.value_and_grad(lambda x, a: policy_loss(x, old, ref, a, mask)[0]))
     for a in (1.0, -1.0):
-        loss, grads = jax.value_and_grad(lambda x: policy_loss(x, old, ref, jnp.array([a]), mask)[0])(lp)
+        loss, grads = f(lp, jnp.array([a]))
         assert np.isfinite(float(loss)) and np.all(np.isfinite(np.asarray(grads)))
 
 
@@ -214,7 +216,8 @@ def test_token_logprobs_and_entropy(temperature):
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, size=(2, 5, 11)).astype(np.float32)
     targets = rng.integers(0, 11, size=(2, 5))
-    lp, ent = token_logprobs(jnp.asarray(logits), jnp.asarray(targets), temperature, return_entropy=True)
+    f = jax.jit(token_logprobs, static_argnames=("temperature", "return_entropy"))
+    lp, ent = f(jnp.asarray(logits), jnp.asarray(targets), temperature, return_entropy=True)
     z = logits.astype(np.float64) / (temperature if temperature > 0 else 1.0)
     logp = z - np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1, keepdims=True)) - z.max(-1, keepdims=True)
     want = np.take_along_axis(logp, targets[..., None], -1)[..., 0]

@@ -10,6 +10,7 @@ count (1 up to and including the first EOS).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping
 
 import jax
@@ -51,12 +52,13 @@ def compute_advantages(rewards: Any, group_size: int, eps: float = 1e-6) -> Arra
         )
     groups = rewards.reshape(-1, group_size)
     if group_size == 1:
-        mean = jnp.zeros_like(groups)
-        std = jnp.ones_like(groups)
-    else:
-        mean = groups.mean(axis=1, keepdims=True)
-        std = groups.std(axis=1, ddof=1, keepdims=True)
-    return ((groups - mean) / (std + eps)).reshape(-1)
+        return groups.reshape(-1) / (1.0 + eps)
+    mean = groups.mean(axis=1, keepdims=True)
+    std = groups.std(axis=1, ddof=1, keepdims=True)
+    # An all-equal group must give exactly 0: in float32 its mean can be off by an ulp (e.g. five
+    # rewards of 0.2), which divided by std + eps ≈ 1e-6 would be a spurious advantage.
+    equal = groups.max(axis=1, keepdims=True) == groups.min(axis=1, keepdims=True)
+    return jnp.where(equal, 0.0, (groups - mean) / (std + eps)).reshape(-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,3 +248,149 @@ def token_logprobs(
     probs = jnp.exp(zs - lse_s[..., None])
     entropy = lse_s - jnp.sum(probs * zs, axis=-1)
     return lp, entropy
+
+
+def hidden_logprobs(
+    model: Any,
+    hidden: Array,
+    targets: Array,
+    temperature: float = 1.0,
+    *,
+    chunk_size: int | None = None,
+    return_entropy: bool = False,
+) -> Array | tuple[Array, Array]:
+    """Log-probs (and entropies) of ``targets`` ``[n, t]`` from final hidden states ``[n, t, D]``.
+
+    With ``chunk_size`` the LM head runs over ``chunk_size`` positions at a time under
+    ``jax.checkpoint``, so neither the forward nor the backward pass ever holds more than
+    ``[n, chunk_size, V]`` logits (V is ~152k for Qwen2.5).
+    """
+
+    def one(h: Array, t: Array):
+        return token_logprobs(model.logits_from_hidden(h), t, temperature, return_entropy=return_entropy)
+
+    n, length = targets.shape
+    if chunk_size is None or chunk_size >= length:
+        return one(hidden, targets)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size}")
+    pad = (-length) % chunk_size
+    chunks = (length + pad) // chunk_size
+    hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+    targets = jnp.pad(targets, ((0, 0), (0, pad)))
+    hs = hidden.reshape(n, chunks, chunk_size, hidden.shape[-1]).swapaxes(0, 1)
+    ts = targets.reshape(n, chunks, chunk_size).swapaxes(0, 1)
+    out = jax.lax.map(jax.checkpoint(lambda args: one(*args)), (hs, ts))
+
+    def unchunk(x: Array) -> Array:
+        return x.swapaxes(0, 1).reshape(n, chunks * chunk_size)[:, :length]
+
+    return jax.tree.map(unchunk, out)
+
+
+def response_logprobs(
+    model: Any,
+    prompt_ids: Array,
+    prompt_mask: Array,
+    response_ids: Array,
+    response_mask: Array,
+    temperature: float = 1.0,
+    *,
+    chunk_size: int | None = None,
+    return_entropy: bool = False,
+) -> Array | tuple[Array, Array]:
+    """Per-token ``log_softmax(logits / T)`` of the sampled response tokens, ``[n, R]``.
+
+    The model sees ``concat(prompt, response)`` (prompts left-padded, as the sampler returns them);
+    the logits at position ``P − 1 + j`` score response token ``j``. Values after the first EOS are
+    computed but meaningless; the loss masks them.
+    """
+    if prompt_ids.shape[1] < 1:
+        raise ValueError("response_logprobs: prompts must have at least one position")
+    p, r = prompt_ids.shape[1], response_ids.shape[1]
+    ids = jnp.concatenate([prompt_ids, response_ids], axis=1).astype(jnp.int32)
+    mask = jnp.concatenate([prompt_mask, response_mask], axis=1).astype(jnp.int32)
+    hidden = model.hidden_states(ids, mask)[:, p - 1 : p + r - 1]
+    return hidden_logprobs(
+        model, hidden, response_ids, temperature, chunk_size=chunk_size, return_entropy=return_entropy
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# the loss object the update machinery drives
+
+
+GRPO_BATCH_KEYS = (
+    "prompt_ids",  # [N, P] int, left-padded
+    "prompt_mask",  # [N, P]
+    "response_ids",  # [N, R] int
+    "response_mask",  # [N, R], 1 up to and including the first EOS
+    "old_logprobs",  # [N, R], recomputed by the trainer with the pre-update params
+    "ref_logprobs",  # [N, R], from the frozen initial params (may be omitted when kl_coef == 0)
+    "advantages",  # [N] or [N, R]
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOLoss:
+    """GRPO objective over a batch dict with :data:`GRPO_BATCH_KEYS`, for :class:`tooln1.update.Updater`.
+
+    Hashable (static under jit). ``temperature`` is the sampling temperature (DESIGN §8: all
+    log-probs use ``logits / T``). ``logprob_chunk_size`` bounds the logits held at once.
+    ``compute_entropy`` adds the policy's mean token entropy to the metrics (no gradient).
+    """
+
+    clip_eps: float = 0.2
+    kl_coef: float = 1e-3
+    loss_agg: str = "token-mean"
+    temperature: float = 1.0
+    logprob_chunk_size: int | None = None
+    compute_entropy: bool = True
+
+    def __post_init__(self):
+        _check_agg(self.loss_agg)
+        if self.clip_eps < 0 or self.kl_coef < 0:
+            raise ValueError(f"GRPOLoss: clip_eps and kl_coef must be >= 0, got {self.clip_eps}, {self.kl_coef}")
+        if self.logprob_chunk_size is not None and self.logprob_chunk_size < 1:
+            raise ValueError(f"GRPOLoss: logprob_chunk_size must be >= 1 or None, got {self.logprob_chunk_size}")
+
+    @property
+    def required_keys(self) -> tuple[str, ...]:
+        return tuple(k for k in GRPO_BATCH_KEYS if not (k == "ref_logprobs" and self.kl_coef == 0))
+
+    @property
+    def logprob_keys(self) -> tuple[str, ...]:
+        """Keys :meth:`logprobs` reads (what the trainer must have before recomputing old/ref log-probs)."""
+        return GRPO_BATCH_KEYS[:4]
+
+    def totals(self, batch: Mapping[str, Array]) -> dict[str, Array]:
+        """Additive aggregation denominators of a (mini-)batch."""
+        return agg_totals(batch["response_mask"])
+
+    def logprobs(self, model: Any, batch: Mapping[str, Array]) -> Array:
+        """Response log-probs under ``model`` (old / reference log-probs)."""
+        return response_logprobs(
+            model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["response_mask"],
+            self.temperature, chunk_size=self.logprob_chunk_size,
+        )
+
+    def __call__(
+        self, model: Any, batch: Mapping[str, Array], totals: Mapping[str, Array] | None = None
+    ) -> tuple[Array, dict[str, Array]]:
+        out = response_logprobs(
+            model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["response_mask"],
+            self.temperature, chunk_size=self.logprob_chunk_size, return_entropy=self.compute_entropy,
+        )
+        lp, entropy = out if self.compute_entropy else (out, None)
+        ref = batch.get("ref_logprobs")
+        if ref is None:
+            if self.kl_coef:
+                raise KeyError("GRPOLoss: batch has no 'ref_logprobs' but kl_coef > 0")
+            ref = jax.lax.stop_gradient(lp)
+        loss, metrics = policy_loss(
+            lp, batch["old_logprobs"], ref, batch["advantages"], batch["response_mask"],
+            self.clip_eps, self.kl_coef, self.loss_agg, totals=totals,
+        )
+        if entropy is not None:
+            metrics["entropy"] = masked_mean(entropy, batch["response_mask"])
+        return loss, metrics
