@@ -200,3 +200,26 @@ def test_validate_record_names_the_field():
         validate_record({**record, "answer": [{"name": "f"}]})
     with pytest.raises(ValueError, match=r"conversation\[0\]"):
         validate_record({**record, "conversation": [{"role": "narrator", "content": "x"}]})
+
+
+def test_prepare_data_cli(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "prepare_data", os.path.join(os.path.dirname(__file__), "..", "tools", "prepare_data.py"))
+    prepare_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare_data)
+    summary = prepare_data.main([
+        "--source", f"xlam:{FIX}/xlam_sample.json", "--source", f"toolace:{FIX}/toolace_sample.json",
+        "--source", "synthetic:40", "--out", str(tmp_path), "--format", "jsonl", "--val-size", "5",
+        "--ratio", "synthetic=0.5"])
+    out = capsys.readouterr().out
+    assert "toolace" in out and "unparseable_tools" in out and "no_tool_call" in out
+    assert summary["sources"]["toolace"] == {"raw_rows": 11, "raw_single": 9, "raw_multi": 2, "kept_single": 4,
+                                             "kept_multi": 1, "dropped": {"unparseable_tools": 2, "unknown_tool": 2,
+                                             "unparseable_call": 1, "no_tool_call": 1, "empty_conversation": 1,
+                                             "bad_turn": 1}}
+    assert summary["train"] + summary["validation"] == 5 + 5 + 20 and summary["validation"] == 5
+    train = read_records(str(tmp_path / "train.jsonl"))
+    assert len(train) == 25 and {r["source"] for r in train} == {"xlam", "toolace", "synthetic"}
+    assert json.load(open(tmp_path / "stats.json"))["train"] == 25
