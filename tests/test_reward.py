@@ -240,7 +240,7 @@ def responses(draw):
     return head + middle + tail, answer
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(responses())
 def test_fuzz_binary_agrees_with_reference_and_values_in_range(case):
     text, answer = case
@@ -256,7 +256,7 @@ def test_fuzz_binary_agrees_with_reference_and_values_in_range(case):
     assert values["binary"] <= values["binary_no_think"]
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.text(max_size=200), st.one_of(st.text(max_size=50), st.lists(st.dictionaries(st.text(max_size=3), json_values))))
 def test_fuzz_arbitrary_text_never_raises(text, answer):
     for kind in KINDS:

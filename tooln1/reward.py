@@ -209,12 +209,15 @@ _POOLS: dict[int, ProcessPoolExecutor] = {}
 
 
 def _pool(num_workers: int) -> ProcessPoolExecutor:
-    """A cached process pool (spawn: the trainer process holds JAX threads, so no fork)."""
+    """A cached process pool. Workers come from a forkserver that imported this module once:
+    no fork of the trainer process (it holds JAX threads), and no per-worker re-import."""
     pool = _POOLS.get(num_workers)
     if pool is None:
         import multiprocessing
 
-        pool = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context("spawn"))
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
+        pool = ProcessPoolExecutor(num_workers, mp_context=ctx)
         _POOLS[num_workers] = pool
     return pool
 
@@ -236,8 +239,8 @@ def score_batch(
 
     ``answers`` has one entry per response (repeat each prompt's answer G times for groups).
     Diagnostics keys: ``format_ok``, ``json_ok``, ``names_match``, ``full_match`` (see Verdict);
-    the trainer logs their means. ``num_workers > 0`` scores in that many spawned processes,
-    worth it only for thousands of long responses.
+    the trainer logs their means. ``num_workers > 0`` scores in that many worker processes (kept
+    for later calls; ``shutdown_pools()`` stops them), worth it only for thousands of long responses.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown reward kind {kind!r}; expected one of {KINDS}")

@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"[prepare_data] loading {spec} ...", flush=True)
         records, st = load_records_with_stats(spec, args.split)
         st.source = name
-        per_source[name], stats[len(stats):] = records, [st]
+        per_source[name] = records
+        stats.append(st)
         print(f"[prepare_data]   {name}: {st.raw_rows} rows -> {st.kept} examples ({time.time() - t0:.1f}s)", flush=True)
 
     tokenizer, length_counts = None, {}
