@@ -223,3 +223,37 @@ def test_prepare_data_cli(tmp_path, capsys):
     train = read_records(str(tmp_path / "train.jsonl"))
     assert len(train) == 25 and {r["source"] for r in train} == {"xlam", "toolace", "synthetic"}
     assert json.load(open(tmp_path / "stats.json"))["train"] == 25
+
+
+def test_fixture_files_match_their_generator():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_fixtures", os.path.join(FIX, "make_fixtures.py"))
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert json.load(open(f"{FIX}/xlam_sample.json")) == gen.xlam
+    assert json.load(open(f"{FIX}/toolace_sample.json")) == gen.toolace
+
+
+# ---------------------------------------------------------------- parser round trip (property)
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(alphabet="ab ,()[]{}'\"=\\\n:é", max_size=8),
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text("xyz_", min_size=1, max_size=3), kids, max_size=3),
+    max_leaves=6)
+_calls = st.lists(st.fixed_dictionaries({
+    "name": st.sampled_from(["f", "Weather API", "a.b.c", "Get 3-Day Forecast", "Stock|v2?", "x/y"]),
+    "arguments": st.dictionaries(st.sampled_from(["a", "b_c", "x1", "long_name", "_k"]), _values, max_size=4),
+}), min_size=1, max_size=3)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_calls)
+def test_parse_calls_round_trips_python_repr(calls):
+    text = "[" + ", ".join(
+        f"{c['name']}(" + ", ".join(f"{k}={v!r}" for k, v in c["arguments"].items()) + ")" for c in calls) + "]"
+    assert parse_calls(text) == calls
