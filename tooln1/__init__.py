@@ -2,19 +2,25 @@
 
 Public API (DESIGN §3): `load_model`, `generate`, `CausalLM.save_pretrained`,
 `tooln1.reward.compute_reward`, `tooln1.grpo.compute_advantages` / `policy_loss`.
+Imports are lazy so host-only modules (reward, data) load without JAX.
 """
-from tooln1.hf_io import CheckpointError, load_model
-from tooln1.models import CausalLM, ModelConfig
+import importlib
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "load_model": "tooln1.hf_io",
+    "CheckpointError": "tooln1.hf_io",
+    "CausalLM": "tooln1.models",
+    "ModelConfig": "tooln1.models",
+    "generate": "tooln1.sampling",
+}
 
-def generate(model, tokenizer, prompts, n=1, max_new_tokens=64, temperature=0.0, top_p=1.0, top_k=0, seed=0):
-    """Sample ``n`` completions per templated prompt; see `tooln1.sampling.generate`."""
-    from tooln1.sampling import generate as _generate
 
-    return _generate(model, tokenizer, prompts, n=n, max_new_tokens=max_new_tokens, temperature=temperature,
-                     top_p=top_p, top_k=top_k, seed=seed)
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tooln1' has no attribute {name!r}")
 
 
-__all__ = ["CausalLM", "CheckpointError", "ModelConfig", "generate", "load_model"]
+__all__ = sorted(_LAZY)

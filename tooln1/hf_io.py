@@ -164,7 +164,7 @@ def load_model(
     for name, tensor in _iter_tensors(files, list(table)):
         target, to_ours, _ = table[name]
         variable = variables[target]
-        expected = variable.value.shape
+        expected = variable.get_value().shape
         try:
             value = to_ours(tensor)
         except ValueError:
@@ -218,7 +218,7 @@ def save_pretrained(model: CausalLM, out_dir: str, max_shard_size: int | str = "
     variables = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     tensors: dict[str, np.ndarray] = {}
     for name, (target, _, to_hf) in table.items():
-        tensors[name] = np.ascontiguousarray(to_hf(_to_host(variables[target].value)))
+        tensors[name] = np.ascontiguousarray(to_hf(_to_host(variables[target][...])))
     if jax.process_index() != 0:
         return
     os.makedirs(out_dir, exist_ok=True)

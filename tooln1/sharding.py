@@ -105,7 +105,7 @@ def state_shardings(state: Any, mesh: Mesh) -> Any:
 
     def one(variable):
         axes = variable.get_metadata().get("logical_axes")
-        shape = variable.value.shape
+        shape = variable.get_value().shape
         sharding = named_sharding(axes, shape, mesh) if axes else NamedSharding(mesh, PartitionSpec())
         return variable.replace(value=sharding)
 

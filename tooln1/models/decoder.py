@@ -6,6 +6,7 @@ causal mask over the left-padded batch and for decoding is "valid cache slot at 
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -81,7 +82,7 @@ class RMSNorm(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
         y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return self.weight.value.astype(x.dtype) * y.astype(x.dtype)
+        return self.weight[...].astype(x.dtype) * y.astype(x.dtype)
 
 
 class Attention(nnx.Module):
@@ -101,8 +102,8 @@ class Attention(nnx.Module):
         self.dtype = jnp.dtype(c.dtype)
 
     def _project(self, x, kernel, bias):
-        y = jnp.einsum("btd,dhk->bthk", x, kernel.value.astype(self.dtype))
-        return y + bias.value.astype(self.dtype) if self.qkv_bias else y
+        y = jnp.einsum("btd,dhk->bthk", x, kernel[...].astype(self.dtype))
+        return y + bias[...].astype(self.dtype) if self.qkv_bias else y
 
     def __call__(self, x, cos, sin, allowed, cache, layer: int, index, mesh: Mesh | None):
         """``allowed`` [B, T, S]: which keys each query sees. ``cache`` is None or (k_all, v_all)."""
@@ -124,7 +125,7 @@ class Attention(nnx.Module):
         scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
         out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, heads, dim)
-        return jnp.einsum("bthk,hkd->btd", out, self.o_kernel.value.astype(self.dtype)), cache
+        return jnp.einsum("bthk,hkd->btd", out, self.o_kernel[...].astype(self.dtype)), cache
 
 
 class MLP(nnx.Module):
@@ -138,10 +139,10 @@ class MLP(nnx.Module):
         self.dtype = jnp.dtype(c.dtype)
 
     def __call__(self, x: jax.Array, mesh: Mesh | None) -> jax.Array:
-        gate = x @ self.gate_kernel.value.astype(self.dtype)
-        up = x @ self.up_kernel.value.astype(self.dtype)
+        gate = x @ self.gate_kernel[...].astype(self.dtype)
+        up = x @ self.up_kernel[...].astype(self.dtype)
         hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"), mesh)
-        return hidden @ self.down_kernel.value.astype(self.dtype)
+        return hidden @ self.down_kernel[...].astype(self.dtype)
 
 
 class Block(nnx.Module):
@@ -157,6 +158,12 @@ class Block(nnx.Module):
         x = constrain(x + attended, ("batch", "length", None), mesh)
         x = constrain(x + self.mlp(self.post_attention_norm(x), mesh), ("batch", "length", None), mesh)
         return x, cache
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _jitted_logits(graphdef, state, input_ids, attention_mask, positions):
+    model = nnx.merge(graphdef, state)
+    return model.logits_from_hidden(model.hidden_states(input_ids, attention_mask, positions))
 
 
 def _run_block(block: Block, x, cos, sin, allowed, cache, layer, index, mesh):
@@ -180,8 +187,12 @@ class CausalLM(nnx.Module):
 
     # -- public API -------------------------------------------------------------------------
     def __call__(self, input_ids, attention_mask=None, positions=None) -> jax.Array:
-        """Logits [B, T, V] (float32) of a left-padded batch."""
-        return self.logits_from_hidden(self.hidden_states(input_ids, attention_mask, positions))
+        """Logits [B, T, V] (float32) of a left-padded batch, computed by one compiled program."""
+        input_ids = jnp.asarray(input_ids, jnp.int32)
+        mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
+        positions = default_positions(mask) if positions is None else jnp.asarray(positions, jnp.int32)
+        graphdef, state = nnx.split(self)
+        return _jitted_logits(graphdef, state, input_ids, mask, positions)
 
     def hidden_states(self, input_ids, attention_mask=None, positions=None) -> jax.Array:
         """Final-normed hidden states [B, T, D]: lets callers compute log-probs in chunks."""
@@ -216,9 +227,9 @@ class CausalLM(nnx.Module):
     def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
         dtype = jnp.dtype(self.config.dtype)
         if self.config.tie_word_embeddings:
-            return jnp.einsum("btd,vd->btv", hidden, self.embed.value.astype(dtype),
+            return jnp.einsum("btd,vd->btv", hidden, self.embed[...].astype(dtype),
                               preferred_element_type=jnp.float32)
-        return jnp.einsum("btd,dv->btv", hidden, self.lm_head.value.astype(dtype), preferred_element_type=jnp.float32)
+        return jnp.einsum("btd,dv->btv", hidden, self.lm_head[...].astype(dtype), preferred_element_type=jnp.float32)
 
     def save_pretrained(self, out_dir: str, **kwargs: Any) -> None:
         """Write an HF checkpoint directory (see `tooln1.hf_io.save_pretrained`)."""
@@ -229,7 +240,7 @@ class CausalLM(nnx.Module):
     # -- internals --------------------------------------------------------------------------
     def _forward(self, input_ids, positions, allowed, cache, index):
         dtype = jnp.dtype(self.config.dtype)
-        x = jnp.take(self.embed.value, input_ids, axis=0).astype(dtype)
+        x = jnp.take(self.embed[...], input_ids, axis=0).astype(dtype)
         x = constrain(x, ("batch", "length", None), self.mesh)
         angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inverse_frequencies(self.config))
         angles = jnp.concatenate([angles, angles], axis=-1)

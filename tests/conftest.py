@@ -1,0 +1,35 @@
+"""Shared fixtures. Eight host CPU devices for every test, so sharded runs use a real mesh."""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> str:
+    """A tiny random Qwen2 checkpoint (tied, non-zero q/k/v biases) with the tiny tokenizer."""
+    from tooln1.testing import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny_qwen2")), nonzero_biases=True, random_norms=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from tooln1.testing import load_tiny_tokenizer
+
+    return load_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+    """../shared/data beside the project; tests that need it skip when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"benchmark data folder {SHARED_DATA} is absent")
+    return SHARED_DATA

@@ -1,0 +1,103 @@
+"""The decoder against transformers' PyTorch implementation, and its KV cache against itself."""
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+
+import tooln1
+from tooln1.testing import make_tiny_checkpoint
+
+
+def _batch(vocab: int, seed: int = 0):
+    """A left-padded batch: rows with 4, 1 and 0 pad tokens."""
+    ids = np.random.RandomState(seed).randint(0, vocab, (3, 11))
+    mask = np.ones_like(ids)
+    mask[0, :4] = 0
+    mask[1, :1] = 0
+    return ids, mask, np.maximum(mask.cumsum(-1) - 1, 0)
+
+
+def _hf_logits(path, ids, mask, pos):
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=torch.tensor(pos))
+    return out.logits.numpy()
+
+
+@pytest.mark.parametrize(
+    "arch,tied", [("qwen2", True), ("qwen2", False), ("llama", False)], ids=["qwen2-tied", "qwen2-untied", "llama"]
+)
+def test_logits_match_transformers(tmp_path, arch, tied):
+    path = make_tiny_checkpoint(str(tmp_path), arch=arch, tied=tied, init_std=0.1, nonzero_biases=arch == "qwen2",
+                                random_norms=True, seed=3)
+    model = tooln1.load_model(path)
+    assert model.config.qkv_bias == (arch == "qwen2") and model.config.tie_word_embeddings == tied
+    ids, mask, pos = _batch(model.config.vocab_size)
+    ours = np.asarray(model(ids, attention_mask=mask))
+    ref = _hf_logits(path, ids, mask, pos)
+    real = mask.astype(bool)
+    assert np.abs(ours - ref)[real].max() <= 1e-5
+    # The biases matter: zeroing them must move the logits, or the test could not catch their loss.
+    if arch == "qwen2":
+        model.layers[0].attention.q_bias[...] = 0 * model.layers[0].attention.q_bias[...]
+        assert np.abs(np.asarray(model(ids, attention_mask=mask)) - ref)[real].max() > 1e-3
+
+
+def test_llama3_rope_scaling_matches_transformers(tmp_path):
+    """Llama-3.1's llama3 RoPE frequency scaling, at positions beyond the original context."""
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
+        rope_parameters=dict(rope_type="llama3", rope_theta=5e5, factor=8.0, low_freq_factor=1.0,
+                             high_freq_factor=4.0, original_max_position_embeddings=32))
+    transformers.LlamaForCausalLM(config).save_pretrained(tmp_path)
+    model = tooln1.load_model(str(tmp_path))
+    assert model.config.rope_llama3_scaling == (8.0, 1.0, 4.0, 32)
+    ids = np.random.RandomState(1).randint(0, 64, (1, 100))
+    mask = np.ones_like(ids)
+    ref = _hf_logits(str(tmp_path), ids, mask, np.arange(100)[None])
+    assert np.abs(np.asarray(model(ids, mask)) - ref).max() <= 1e-5
+
+
+def test_kv_cache_prefill_then_steps_equals_full_forward(tiny_checkpoint):
+    model = tooln1.load_model(tiny_checkpoint)
+    ids, mask, pos = _batch(model.config.vocab_size, seed=1)
+    full = np.asarray(model(ids, attention_mask=mask))
+    step = nnx.jit(lambda m, *args: m.decode_step(*args))
+    prefill = 6
+    cache = model.init_cache(ids.shape[0], 16)
+    logits, cache = step(model, ids[:, :prefill], pos[:, :prefill], cache, mask[:, :prefill])
+    steps = [np.asarray(logits)]
+    for t in range(prefill, ids.shape[1]):
+        logits, cache = step(model, ids[:, t:t + 1], pos[:, t:t + 1], cache, np.ones((3, 1), np.int32))
+        steps.append(np.asarray(logits))
+    cached = np.concatenate(steps, axis=1)
+    assert int(cache.index) == ids.shape[1]
+    assert np.abs(cached - full)[mask.astype(bool)].max() <= 1e-5
+
+
+def test_bf16_compute_close_to_fp32(tiny_checkpoint):
+    fp32 = tooln1.load_model(tiny_checkpoint)
+    bf16 = tooln1.load_model(tiny_checkpoint, dtype="float32", compute_dtype="bfloat16")
+    ids, mask, _ = _batch(fp32.config.vocab_size)
+    a, b = np.asarray(fp32(ids, mask)), np.asarray(bf16(ids, mask))
+    assert b.dtype == np.float32
+    real = mask.astype(bool)
+    assert 0 < np.abs(a - b)[real].max() < 0.1
+
+
+def test_remat_gives_same_logits_and_gradients(tiny_checkpoint):
+    import jax
+
+    plain = tooln1.load_model(tiny_checkpoint)
+    remat = tooln1.load_model(tiny_checkpoint, remat=True)
+    ids, mask, _ = _batch(plain.config.vocab_size)
+
+    def loss(m):
+        return (m(ids, mask) * mask[..., None]).mean()
+
+    g1, g2 = nnx.grad(loss)(plain), nnx.grad(loss)(remat)
+    for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
