@@ -74,6 +74,10 @@ def test_kv_cache_prefill_then_steps_equals_full_forward(tiny_checkpoint):
         logits, cache = step(model, ids[:, t:t + 1], pos[:, t:t + 1], cache, np.ones((3, 1), np.int32))
         steps.append(np.asarray(logits))
     cached = np.concatenate(steps, axis=1)
+    last, _ = nnx.jit(lambda m, *a: m.decode_step(*a, last_only=True))(
+        model, ids[:, :prefill], pos[:, :prefill], model.init_cache(ids.shape[0], 16), mask[:, :prefill])
+    assert last.shape == (3, 1, model.config.vocab_size)
+    np.testing.assert_allclose(np.asarray(last)[:, 0], full[:, prefill - 1], atol=1e-5)
     assert int(cache.index) == ids.shape[1]
     assert np.abs(cached - full)[mask.astype(bool)].max() <= 1e-5
 

@@ -211,8 +211,14 @@ class CausalLM(nnx.Module):
         v = constrain(jnp.zeros(shape, dtype), CACHE_AXES, self.mesh)
         return KVCache(k=k, v=v, mask=jnp.zeros((batch_size, max_length), bool), index=jnp.zeros((), jnp.int32))
 
-    def decode_step(self, input_ids, positions, cache: KVCache, attention_mask=None) -> tuple[jax.Array, KVCache]:
-        """Append ``T`` tokens at ``cache.index``; returns their logits [B, T, V] and the new cache."""
+    def decode_step(
+        self, input_ids, positions, cache: KVCache, attention_mask=None, last_only: bool = False
+    ) -> tuple[jax.Array, KVCache]:
+        """Append ``T`` tokens at ``cache.index``; returns their logits [B, T, V] and the new cache.
+
+        ``last_only`` projects only the last position to the vocabulary ([B, 1, V]): a prefill needs
+        nothing else, and [B, P, V] logits at a 152k vocabulary would dwarf the KV cache.
+        """
         input_ids = jnp.asarray(input_ids, jnp.int32)
         b, t = input_ids.shape
         new_mask = jnp.ones((b, t), bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
@@ -222,6 +228,8 @@ class CausalLM(nnx.Module):
         hidden, (k, v) = self._forward(input_ids, jnp.asarray(positions, jnp.int32), allowed, (cache.k, cache.v),
                                        cache.index)
         k, v = constrain(k, CACHE_AXES, self.mesh), constrain(v, CACHE_AXES, self.mesh)
+        if last_only:
+            hidden = hidden[:, -1:]
         return self.logits_from_hidden(hidden), KVCache(k=k, v=v, mask=kv_mask, index=cache.index + t)
 
     def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
