@@ -1,0 +1,65 @@
+"""Quickstart: tiny random Qwen2 + synthetic tool-calling data on 2 CPU cores, a few minutes.
+
+    tooln1-train --config configs/quickstart.py
+
+A short SFT warm-up teaches the tiny model the paper's reply format
+(<think>..</think><tool_call>[..]</tool_call><|im_end|>), then GRPO with the binary reward raises
+the greedy validation reward, then the model is exported in HF format to <workdir>/hf_export.
+The validation reward before and after GRPO is printed at the end (and is in metrics.jsonl).
+"""
+import importlib.util
+import os
+
+
+def _common():
+    spec = importlib.util.spec_from_file_location(
+        "tooln1_configs_common", os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def get_config(arg=None):
+    common = _common()
+    c = common.base_config()
+    c.name = "quickstart"
+    c.workdir = "runs/quickstart"
+    c.seed = 0
+    common.apply_model(c, "tiny")
+    common.apply_mesh(c, "cpu")
+    c.model.dtype = "float32"
+    c.model.compute_dtype = "float32"
+    c.model.remat = False
+    c.model.tiny.update(dict(layers=2, hidden=96, heads=4, kv_heads=2, intermediate=256, seed=0))
+
+    c.data.sources = "synthetic-simple:2000:0"
+    c.data.val_size = 64
+    c.data.max_prompt_tokens = 1024
+
+    c.sft.enabled = True
+    c.sft.target = "reason"
+    c.sft.think_text = "call {names}"
+    c.sft.steps = 60
+    c.sft.batch_size = 16
+    c.sft.max_seq_len = 768
+    c.sft.optimizer.learning_rate = 3e-3
+    c.sft.optimizer.weight_decay = 0.0
+
+    c.grpo.enabled = True
+    c.grpo.batch_size = 8
+    c.grpo.group_size = 8
+    c.grpo.steps = 20
+    c.grpo.num_mini_batches = 2
+    c.grpo.temperature = 1.0
+    c.grpo.max_response_tokens = 64
+    c.grpo.kl_coef = 1e-3
+    c.grpo.optimizer.learning_rate = 1e-3
+    c.grpo.optimizer.weight_decay = 0.0
+
+    c.eval.every = 0
+    c.eval.batch_size = 64
+    c.eval.max_new_tokens = 64
+    c.checkpoint.every = 10
+    c.checkpoint.keep = 2
+    c.log.peak_tflops = 0.0
+    return c
