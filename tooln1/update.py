@@ -28,7 +28,6 @@ keys ending in ``_max``/``_min`` are reduced by max/min. Usage::
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any, Callable, Mapping
 
 import flax.struct
@@ -40,7 +39,6 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 Array = jax.Array
-log = logging.getLogger(__name__)
 
 BATCH_AXES = ("data", "fsdp")  # mesh axes the batch dimension is split over (tooln1.sharding "batch")
 
@@ -313,7 +311,7 @@ class Updater:
             weight = micro_metrics.get("num_tokens", jnp.ones((k,), jnp.float32))
             metrics = _reduce_metrics(micro_metrics, weight)
 
-            grad_norm = optax.global_norm(grads)
+            grad_norm = optax.tree.norm(grads)
             ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
             grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
             updates, new_opt = self.optimizer.update(grads, opt_state, params)

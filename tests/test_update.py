@@ -1,0 +1,234 @@
+"""The jitted update machinery on a tiny decoder.
+
+Compiles are the cost on CI, so one module-scoped run of the updater (2 mini-batches × 2
+micro-batches, AdamW with clipping) is checked against an independent composition: direct
+whole-mini-batch gradients of the loss + a numpy AdamW. The same shapes then serve the non-finite,
+no-recompile, sharded and finite-difference checks.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from tooln1.grpo import GRPOLoss, token_logprobs
+from tooln1.models import CausalLM, ModelConfig
+from tooln1.sharding import make_mesh, state_shardings
+from tooln1.update import OptimizerConfig, ReferencePolicy, Updater, make_optimizer
+
+CFG = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4,
+                  num_kv_heads=2, head_dim=8)
+# eps 1e-3 keeps Adam's first steps (≈ sign(g)) smooth in g, so float reordering cannot flip them.
+OPT = OptimizerConfig(learning_rate=1e-2, b1=0.9, b2=0.99, eps=1e-3, weight_decay=0.1, max_grad_norm=0.5)
+LOSS = GRPOLoss(clip_eps=0.2, kl_coef=0.05, temperature=0.7, logprob_chunk_size=4)
+N, P, R, MINI, MICRO = 32, 4, 6, 2, 8
+
+
+def make_batch(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    prompt_mask = np.ones((N, P), np.int32)
+    prompt_mask[::3, :2] = 0  # left padding
+    lengths = rng.integers(1, R + 1, N)
+    lengths[0] = R
+    return dict(
+        prompt_ids=rng.integers(0, CFG.vocab_size, (N, P)).astype(np.int32),
+        prompt_mask=prompt_mask,
+        response_ids=rng.integers(0, CFG.vocab_size, (N, R)).astype(np.int32),
+        response_mask=(np.arange(R)[None] < lengths[:, None]).astype(np.int32),
+        advantages=rng.normal(size=N).astype(np.float32),
+    )
+
+
+def to_np(tree):
+    return jax.tree.map(lambda x: np.array(x), tree)
+
+
+def split_rows(batch, i, parts):
+    n = len(next(iter(batch.values())))
+    return {k: v[i * n // parts : (i + 1) * n // parts] for k, v in batch.items()}
+
+
+def numpy_adamw(params, grads_fn, batches, cfg: OptimizerConfig):
+    """AdamW + global-norm clipping written out, one step per batch."""
+    p = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
+    mu = jax.tree.map(np.zeros_like, p)
+    nu = jax.tree.map(np.zeros_like, p)
+    norms = []
+    for t, b in enumerate(batches, 1):
+        g = jax.tree.map(lambda x: np.asarray(x, np.float64), grads_fn(jax.tree.map(np.float32, p), b))
+        norm = np.sqrt(sum((x**2).sum() for x in jax.tree.leaves(g)))
+        norms.append(norm)
+        g = jax.tree.map(lambda x: x * min(1.0, cfg.max_grad_norm / norm), g)
+        mu = jax.tree.map(lambda m, x: cfg.b1 * m + (1 - cfg.b1) * x, mu, g)
+        nu = jax.tree.map(lambda v, x: cfg.b2 * v + (1 - cfg.b2) * x * x, nu, g)
+        step = lambda x, m, v: x - cfg.learning_rate * (  # noqa: E731
+            (m / (1 - cfg.b1**t)) / (np.sqrt(v / (1 - cfg.b2**t)) + cfg.eps) + cfg.weight_decay * x
+        )
+        p = jax.tree.map(step, p, mu, nu)
+    return p, norms
+
+
+@pytest.fixture(scope="module")
+def run():
+    """One model, one updater, one step; everything later tests compare against."""
+    model = CausalLM(CFG, rngs=nnx.Rngs(0))
+    graphdef, _ = nnx.split(model)
+    params0 = to_np(nnx.state(model, nnx.Param))
+    updater = Updater(model, LOSS, OPT, num_mini_batches=MINI, micro_batch_size=MICRO)
+    reference = ReferencePolicy(nnx.state(model, nnx.Param), offload_to_host=True)
+    state = updater.init(model)
+    batch = make_batch()
+    batch["old_logprobs"] = np.asarray(updater.compute_logprobs(state.params, batch))
+    ref = np.asarray(updater.compute_logprobs(reference.params(), batch))
+    batch["ref_logprobs"] = ref + np.random.default_rng(1).normal(0, 0.3, ref.shape).astype(np.float32)
+    donated = jax.tree.leaves(state.params)[0]
+    state, metrics = updater.step(state, batch)
+    return dict(model=model, graphdef=graphdef, params0=params0, params1=to_np(state.params), updater=updater,
+                state=state, metrics=jax.device_get(metrics), batch=batch, donated=donated)
+
+
+def direct_fns(run):
+    """Loss and gradient of one whole mini-batch, straight from the loss object (no accumulation);
+    jitted once per module."""
+    if "direct" not in run:
+        graphdef = run["graphdef"]
+
+        def loss(params, batch):
+            return LOSS(nnx.merge(graphdef, params), batch)[0]
+
+        run["direct"] = jax.jit(loss), jax.jit(jax.grad(loss))
+    return run["direct"]
+
+
+def test_step_matches_direct_gradients_and_numpy_adamw(run):
+    """Micro-batched accumulation = one big batch, mini-batches are sequential AdamW steps, clipping
+    uses the global norm, and params/optimizer state keep their shardings."""
+    _, grad = direct_fns(run)
+    minis = [split_rows(run["batch"], i, MINI) for i in range(MINI)]
+    want, norms = numpy_adamw(run["params0"], lambda p, b: grad(p, b), minis, OPT)
+    got = run["params1"]
+    for path, g in jax.tree_util.tree_leaves_with_path(got):
+        w = dict(jax.tree_util.tree_leaves_with_path(want))[path]
+        np.testing.assert_allclose(g, w, atol=2e-6, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
+    m = run["metrics"]
+    np.testing.assert_allclose(m["grad_norm"], np.mean(norms), rtol=1e-4)
+    np.testing.assert_allclose(m["grad_norm_max"], np.max(norms), rtol=1e-4)
+    assert max(norms) > OPT.max_grad_norm  # clipping was exercised
+    assert m["skipped"] == 0 and m["num_tokens"] == run["batch"]["response_mask"].sum()
+    assert 0 < m["clip_frac"] < 1 and m["kl"] > 0 and m["entropy"] > 0 and m["ratio_max"] > m["ratio_min"]
+    assert m["learning_rate"] == pytest.approx(OPT.learning_rate)
+    assert run["donated"].is_deleted(), "the incoming state should have been donated"
+
+
+def test_update_lowers_loss_and_skips_non_finite_without_recompiling(run):
+    loss, _ = direct_fns(run)
+    batch = run["batch"]
+    before = sum(float(loss(run["params0"], split_rows(batch, i, MINI))) for i in range(MINI))
+    after = sum(float(loss(run["params1"], split_rows(batch, i, MINI))) for i in range(MINI))
+    assert after < before - 1e-3
+
+    compiles = []
+    listener = lambda event, secs, **kw: compiles.append(event) if "backend_compile" in event else None  # noqa: E731
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        updater = run["updater"]
+        state, metrics = updater.step(run["state"], batch)  # same shapes: no recompile
+        kept = to_np(state.params)
+        bad = dict(batch, advantages=np.where(np.arange(N) == 3, np.nan, batch["advantages"]).astype(np.float32))
+        state, metrics = updater.step(state, bad)
+        assert float(metrics["skipped"]) == 1.0  # the mini-batch holding row 3; the other one applies
+        half = to_np(state.params)
+        assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(kept), jax.tree.leaves(half)))
+        bad_all = dict(batch, old_logprobs=np.full_like(batch["old_logprobs"], np.nan))
+        state, metrics = updater.step(state, bad_all)
+        assert float(metrics["skipped"]) == MINI
+        jax.tree.map(np.testing.assert_array_equal, to_np(state.params), half)
+        run["state"] = state
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == []
+
+
+def test_compute_logprobs_matches_unchunked_model(run):
+    """Micro-batched, chunked log-probs = log_softmax(logits / T) of the full model forward."""
+    graphdef = run["graphdef"]
+    b = run["batch"]
+    ids = np.concatenate([b["prompt_ids"], b["response_ids"]], 1)
+    mask = np.concatenate([b["prompt_mask"], b["response_mask"]], 1)
+
+    @jax.jit
+    def full(params, ids, mask, targets):
+        logits = nnx.merge(graphdef, params)(ids, attention_mask=mask)[:, P - 1 : P + R - 1]
+        return token_logprobs(logits, targets, LOSS.temperature)
+
+    want = np.asarray(full(run["params0"], ids, mask, b["response_ids"]))
+    np.testing.assert_allclose(b["old_logprobs"], want, atol=2e-5)
+
+
+def test_sharded_update_equals_single_device(run):
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 devices (tests/conftest.py sets 8 host CPU devices)")
+    mesh = make_mesh({"data": 2, "fsdp": 4})
+    model = CausalLM(CFG, rngs=nnx.Rngs(0), mesh=mesh)
+    shardings = state_shardings(nnx.state(model, nnx.Param), mesh)
+    nnx.update(model, jax.device_put(run["params0"], shardings))
+    updater = Updater(model, LOSS, OPT, num_mini_batches=MINI, micro_batch_size=MICRO)
+    state = updater.init(model)
+    assert updater.mesh is mesh
+    mu = state.opt_state[1][0].mu  # chain(clip, adamw(scale_by_adam, ...)): Adam's first moment
+    spec = lambda t: [x.sharding.spec for x in jax.tree.leaves(t)]  # noqa: E731
+    assert spec(mu) == spec(state.params) and any(s != jax.sharding.PartitionSpec() for s in spec(mu))
+    state, metrics = updater.step(state, run["batch"])
+    assert spec(state.params) == [s.spec for s in jax.tree.leaves(shardings)]
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=2e-6, rtol=1e-4), to_np(state.params),
+                 run["params1"])
+    for key in ("loss", "grad_norm", "kl", "entropy", "clip_frac"):
+        np.testing.assert_allclose(float(metrics[key]), float(run["metrics"][key]), rtol=1e-5, atol=1e-7)
+
+
+def test_gradient_matches_finite_differences(run):
+    """d loss / d params through the whole model, along a random direction, by central differences."""
+    loss, grad = direct_fns(run)
+    b = split_rows(run["batch"], 0, MINI)
+    b = dict(b, old_logprobs=b["old_logprobs"] + 0.5 * np.sign(b["advantages"])[:, None])  # ratios away from 1
+    p0 = run["params0"]
+    rng = np.random.default_rng(0)
+    direction = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), p0)
+    g = grad(p0, b)
+    analytic = sum(float((np.asarray(a) * d).sum()) for a, d in zip(jax.tree.leaves(g), jax.tree.leaves(direction)))
+    h = 3e-4  # weights are ~0.02: larger steps leave the linear regime
+    shifted = lambda s: jax.tree.map(lambda x, d: x + s * h * d, p0, direction)  # noqa: E731
+    numeric = (float(loss(shifted(1.0), b)) - float(loss(shifted(-1.0), b))) / (2 * h)
+    assert analytic == pytest.approx(numeric, rel=5e-3, abs=1e-4)
+
+
+def test_batch_validation_messages(run):
+    updater = run["updater"]
+    batch = run["batch"]
+    with pytest.raises(KeyError, match="missing \\['ref_logprobs'\\]"):
+        updater.step(run["state"], {k: v for k, v in batch.items() if k != "ref_logprobs"})
+    with pytest.raises(ValueError, match="num_mini_batches=2"):
+        updater.step(run["state"], {k: v[:31] for k, v in batch.items()})
+    with pytest.raises(ValueError, match="micro_batch_size=8"):
+        updater.step(run["state"], {k: v[:20] for k, v in batch.items()})
+    with pytest.raises(ValueError, match="same leading size"):
+        updater.step(run["state"], dict(batch, advantages=batch["advantages"][:16]))
+    with pytest.raises(ValueError, match="unknown loss_agg"):
+        GRPOLoss(loss_agg="mean")
+    with pytest.raises(ValueError, match="unknown keys"):
+        OptimizerConfig.from_mapping({"lr": 1e-6})
+    assert OptimizerConfig.from_mapping({"learning_rate": 3e-6}).learning_rate == 3e-6
+    assert isinstance(make_optimizer(OptimizerConfig(max_grad_norm=None)), optax.GradientTransformation)
+
+
+def test_reference_policy_is_a_frozen_copy():
+    params = {"w": jnp.arange(4.0)}
+    for offload in (False, True):
+        ref = ReferencePolicy(params, offload_to_host=offload)
+        out = ref.params()
+        np.testing.assert_array_equal(out["w"], np.arange(4.0))
+        assert out["w"].sharding.memory_kind == params["w"].sharding.memory_kind
+        assert out["w"] is not params["w"]
