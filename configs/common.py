@@ -71,6 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.name = "tooln1"
     c.workdir = "runs/tooln1"  # checkpoints, tensorboard, metrics.jsonl, hf_export/
     c.seed = 0
+    c.compile_cache_dir = ""  # JAX persistent compilation cache ("" = off)
 
     c.model = ml_collections.ConfigDict(dict(
         preset="qwen2.5-7b",  # tooln1.models.PRESETS key, "" = don't check
@@ -121,6 +122,7 @@ def base_config() -> ml_collections.ConfigDict:
         top_p=1.0,
         top_k=0,
         max_response_tokens=8192,
+        prompt_bucket=0,  # pad prompts to a multiple of this (0 = powers of two, the sampler's default)
         trim_responses=True,  # cut the update batch to the longest response (power-of-two bucket)
         clip_eps=0.2,
         kl_coef=1e-3,

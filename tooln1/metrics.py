@@ -1,0 +1,176 @@
+"""Training metrics: tensorboardX scalars + a JSONL log, a tqdm progress bar, and the MFU estimate.
+
+MFU (model FLOPs utilisation) of the *update*: the FLOPs the trainer spends on the rollout batch —
+old and reference log-prob forwards (2·N·tokens each, the reference one only with KL) and the
+training forward+backward (6·N·tokens), plus attention (``12·L·d·T`` per token for training,
+``4·L·d·T`` per forward) — divided by the update wall time and by the peak FLOP/s of all devices.
+``N`` is :func:`tooln1.models.count_params` without the embedding table, tokens are the padded
+``rows × (P + R)`` actually computed. The peak is ``log.peak_tflops`` per device when set, else a
+table by device kind (bf16 dense), else (CPU) a measured float32 matmul rate.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# Dense bf16 peak TFLOP/s per device by jax device_kind substring.
+PEAK_TFLOPS = {
+    "H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "A10": 125.0,
+    "TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v5": 459.0, "TPU v6": 918.0,
+}
+
+
+_MEASURED: dict[str, float] = {}
+
+
+def measure_matmul_tflops(n: int = 512, repeats: int = 5) -> float:
+    """Achieved float32 matmul TFLOP/s of one device (CPU fallback for the MFU peak; cached)."""
+    if "v" in _MEASURED:
+        return _MEASURED["v"]
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        f(a).block_until_ready()
+    dt = (time.perf_counter() - t) / repeats
+    _MEASURED["v"] = 2 * n**3 / max(dt, 1e-9) / 1e12
+    return _MEASURED["v"]
+
+
+def peak_flops(peak_tflops_per_device: float = 0.0) -> float:
+    """Peak FLOP/s of all devices."""
+    devices = jax.devices()
+    if peak_tflops_per_device and peak_tflops_per_device > 0:
+        return peak_tflops_per_device * 1e12 * len(devices)
+    kind = devices[0].device_kind
+    for name, tflops in PEAK_TFLOPS.items():
+        if name.lower() in kind.lower():
+            return tflops * 1e12 * len(devices)
+    # CPU: the devices share the host's cores, so the measured rate of one is the machine's.
+    return measure_matmul_tflops() * 1e12
+
+
+def non_embedding_params(config: Any) -> int:
+    from tooln1.models import count_params
+
+    n = count_params(config)
+    n -= config.vocab_size * config.hidden_size  # the embedding lookup costs no FLOPs ...
+    if config.tie_word_embeddings:
+        n += config.vocab_size * config.hidden_size  # ... but a tied head is a matmul
+    return n
+
+
+def update_flops(config: Any, rows: int, seq_len: int, with_reference: bool = True) -> float:
+    """FLOPs of old/ref log-prob forwards + the training pass over ``rows × seq_len`` tokens."""
+    n = non_embedding_params(config)
+    tokens = rows * seq_len
+    attn_fwd = 4 * config.num_layers * config.num_heads * config.head_dim * seq_len  # per token, causal ignored
+    forward = (2 * n + attn_fwd) * tokens
+    passes = 1 + (1 if with_reference else 0)  # old (+ ref) log-probs
+    return passes * forward + 3 * forward
+
+
+def sft_flops(config: Any, rows: int, seq_len: int) -> float:
+    n = non_embedding_params(config)
+    attn_fwd = 4 * config.num_layers * config.num_heads * config.head_dim * seq_len
+    return 3 * (2 * n + attn_fwd) * rows * seq_len
+
+
+def _scalar(v: Any) -> float | None:
+    try:
+        f = float(np.asarray(v))
+    except (TypeError, ValueError):
+        return None
+    return f
+
+
+class MetricsWriter:
+    """Scalars to tensorboard (``<logdir>``) and one JSON object per write to ``<logdir>/metrics.jsonl``."""
+
+    def __init__(self, logdir: str, tensorboard: bool = True, enabled: bool = True):
+        self.logdir = logdir
+        self.enabled = enabled and jax.process_index() == 0
+        self._tb = None
+        self._jsonl = None
+        if not self.enabled:
+            return
+        os.makedirs(logdir, exist_ok=True)
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(logdir)
+        self._jsonl = open(os.path.join(logdir, "metrics.jsonl"), "a", encoding="utf-8")
+
+    def write(self, step: int, scalars: Mapping[str, Any], **extra: Any) -> dict[str, float]:
+        clean = {k: s for k, s in ((k, _scalar(v)) for k, v in scalars.items()) if s is not None}
+        if not self.enabled:
+            return clean
+        if self._tb is not None:
+            for k, v in clean.items():
+                if math.isfinite(v):
+                    self._tb.add_scalar(k, v, step)
+        record = {"step": int(step), **extra, **{k: (v if math.isfinite(v) else str(v)) for k, v in clean.items()}}
+        self._jsonl.write(json.dumps(record, sort_keys=True) + "\n")
+        self._jsonl.flush()
+        return clean
+
+    def text(self, tag: str, text: str, step: int) -> None:
+        if self.enabled and self._tb is not None:
+            self._tb.add_text(tag, text, step)
+
+    def flush(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+
+
+class Progress:
+    """A tqdm bar (``enabled``) over ``total`` steps starting at ``initial``; ``update(postfix)``."""
+
+    def __init__(self, total: int, initial: int = 0, desc: str = "", enabled: bool = True):
+        self.bar = None
+        if enabled and jax.process_index() == 0:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, smoothing=0.1)
+
+    def update(self, postfix: Mapping[str, Any] | None = None, n: int = 1) -> None:
+        if self.bar is None:
+            return
+        if postfix:
+            self.bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in postfix.items()},
+                                 refresh=False)
+        self.bar.update(n)
+
+    def write(self, msg: str) -> None:
+        if self.bar is not None:
+            self.bar.write(msg)
+        else:
+            print(msg, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+__all__ = ["MetricsWriter", "Progress", "peak_flops", "update_flops", "sft_flops", "measure_matmul_tflops",
+           "PEAK_TFLOPS", "non_embedding_params"]
