@@ -232,3 +232,11 @@ def test_reference_policy_is_a_frozen_copy():
         np.testing.assert_array_equal(out["w"], np.arange(4.0))
         assert out["w"].sharding.memory_kind == params["w"].sharding.memory_kind
         assert out["w"] is not params["w"]
+
+
+def test_remat_switch_does_not_touch_the_callers_model():
+    model = CausalLM(CFG, rngs=nnx.Rngs(0))
+    updater = Updater(model, LOSS, OPT, remat=True)
+    state = updater.init(model)
+    assert updater.model(state).config.remat is True and model.config.remat is False
+    assert jax.tree.leaves(state.params)[0] is jax.tree.leaves(nnx.state(model, nnx.Param))[0]

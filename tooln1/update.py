@@ -242,7 +242,10 @@ class Updater:
         Metrics (device scalars; fetch them once per rollout step): ``loss`` and ``grad_norm``
         (pre-clip) averaged over mini-batches, ``grad_norm_max``, ``skipped`` (mini-batches whose
         update was dropped for a non-finite loss/gradient), ``learning_rate`` when known, and the
-        loss object's metrics token-weighted over the whole batch.
+        loss object's metrics token-weighted over the whole batch. A skipped mini-batch's metrics
+        are NaN and stay visible in the averages (``skipped`` says why).
+
+        ``state`` must carry :attr:`state_shardings` (restore orbax checkpoints against them).
         """
         self.check_batch(batch)
         required = tuple(getattr(self.loss_fn, "required_keys", tuple(batch)))
