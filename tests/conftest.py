@@ -1,7 +1,15 @@
-"""Shared fixtures. Eight host CPU devices for every test, so sharded runs use a real mesh."""
+"""Shared fixtures. Eight host CPU devices for every test, so sharded runs use a real mesh.
+
+The tests' models are tiny, so XLA's CPU backend optimisations cost far more compile time than they
+save at run time: turning them off compiles a model gradient ~3x faster (measured 3.7 -> 1.3 CPU-s).
+"""
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault(
+    "XLA_FLAGS",
+    "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
+    "--xla_llvm_disable_expensive_passes=true",
+)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
