@@ -30,35 +30,36 @@ def get_config(arg=None):
     c.model.dtype = "float32"
     c.model.compute_dtype = "float32"
     c.model.remat = False
-    c.model.tiny.update(dict(layers=2, hidden=96, heads=4, kv_heads=2, intermediate=256, seed=0))
+    c.model.tiny.update(dict(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=192, seed=0))
 
     c.data.sources = "synthetic-simple:2000:0"
-    c.data.val_size = 64
+    c.data.val_size = 32
     c.data.max_prompt_tokens = 640
     c.grpo.prompt_bucket = 640  # every prompt padded to 640: one compiled shape
 
     c.sft.enabled = True
     c.sft.target = "reason"
     c.sft.think_text = "call {names}"
-    c.sft.steps = 80
+    c.sft.steps = 60
     c.sft.batch_size = 16
     c.sft.max_seq_len = 704
     c.sft.optimizer.learning_rate = 3e-3
     c.sft.optimizer.weight_decay = 0.0
 
     c.grpo.enabled = True
-    c.grpo.batch_size = 8
+    c.grpo.batch_size = 4
     c.grpo.group_size = 8
-    c.grpo.steps = 16
+    c.grpo.steps = 12
     c.grpo.num_mini_batches = 2
     c.grpo.temperature = 1.0
     c.grpo.max_response_tokens = 64
+    c.grpo.trim_responses = False  # one compiled update shape
     c.grpo.kl_coef = 1e-3
     c.grpo.optimizer.learning_rate = 5e-4
     c.grpo.optimizer.weight_decay = 0.0
 
-    c.eval.every = 8
-    c.eval.batch_size = 64
+    c.eval.every = 0
+    c.eval.batch_size = 32
     c.eval.max_new_tokens = 64
     c.checkpoint.every = 10
     c.checkpoint.keep = 2
