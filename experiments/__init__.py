@@ -1,0 +1,1 @@
+"""Paper-reproduction entries (one module per result); see experiments/README.md."""
