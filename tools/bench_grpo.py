@@ -1,0 +1,359 @@
+#!/usr/bin/env python
+"""One full GRPO iteration (sample + score + update): tooln1 (JAX) against TRL's GRPOTrainer (PyTorch).
+
+Both sides get the same random-weight HF checkpoint (``tooln1.testing.make_tiny_checkpoint``), the
+same prompts (token ids identical on both sides), the same G, prompt length, number of new tokens,
+sampling (temperature, top_p 1, top_k off), beta (k3 KL coef), epsilon (clip), loss aggregation
+(global token-mean: ours ``token-mean``, TRL ``loss_type="dapo"``), optimizer (AdamW lr 1e-6, betas
+(0.9, 0.999), eps 1e-8, weight decay 0.01, grad-norm clip 1.0, constant lr), one optimizer step per
+iteration, fp32 params and compute, no gradient checkpointing/remat, and the same binary reward
+(``tooln1.reward``). Responses have a fixed length on both sides (ours ``ignore_eos``, TRL
+``min_new_tokens = max_new_tokens``), so both generate and train on exactly the same number of tokens.
+
+Each side runs in its own subprocess (one at a time, so they never compete for the cores or the
+memory); the first iteration is a warm-up (JAX compile, torch allocator) and is excluded from the
+per-iteration figure; our compile time is reported separately.
+
+    python tools/bench_grpo.py                                    # tiny shape, both sides
+    python tools/bench_grpo.py --shape qwen2.5-0.5b --prompts 2 --group 4 --prompt-len 32 --new-tokens 32 --iters 2
+    python tools/bench_grpo.py --side ours --json /tmp/ours.json  # one side only
+
+Our FLOP/s figure is for the update step (``Updater.step``: forward + backward + AdamW of one
+optimizer step over the whole batch) using the analytic model FLOPs (below) and XLA's own count,
+against a large fp32 matmul measured with JAX on the same machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+ANSWER = [{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}]
+WORDS = ("weather city paris tool call function arguments please find the current temperature in "
+         "what is flight book hotel price stock search query user assistant json name value list of "
+         "numbers compute sum order pizza send email calendar event tomorrow morning").split()
+
+
+# --------------------------------------------------------------------------------------------
+# shared set-up
+
+
+def make_prompts(tokenizer, num_prompts: int, length: int, seed: int = 0) -> tuple[list[str], list[list[int]]]:
+    """``num_prompts`` texts whose tokenization is exactly ``length`` ids (and round-trips)."""
+    import random
+
+    rng = random.Random(seed)
+    texts, ids = [], []
+    while len(texts) < num_prompts:
+        words = " ".join(rng.choice(WORDS) for _ in range(length * 2))
+        tok = tokenizer(words, add_special_tokens=False)["input_ids"][:length]
+        text = tokenizer.decode(tok)
+        if len(tok) == length and tokenizer(text, add_special_tokens=False)["input_ids"] == tok:
+            texts.append(text)
+            ids.append(tok)
+    return texts, ids
+
+
+def ensure_checkpoint(shape: str, ckpt_dir: str | None) -> str:
+    from tooln1.testing import make_tiny_checkpoint
+
+    path = ckpt_dir or os.path.join(tempfile.gettempdir(), f"tooln1_bench_{shape}")
+    if not os.path.exists(os.path.join(path, "config.json")):
+        make_tiny_checkpoint(path, shape=None if shape == "tiny" else shape)
+    return path
+
+
+def count_params(config) -> dict:
+    """Parameter counts from a ModelConfig (matmul weights only for the FLOP model)."""
+    h, layers, v = config.hidden_size, config.num_layers, config.vocab_size
+    q = config.num_heads * config.head_dim
+    kv = config.num_kv_heads * config.head_dim
+    per_layer = h * q + 2 * h * kv + q * h + 3 * h * config.intermediate_size
+    return {"block_matmul": layers * per_layer, "lm_head": h * v}
+
+
+def update_model_flops(config, n: int, p: int, r: int) -> float:
+    """Analytic FLOPs of one forward + backward over n sequences of p + r tokens (3 × forward).
+
+    Forward: 2·(block matmul params)·tokens + attention (QKᵀ and AV, full T×T as computed with a
+    mask: 4·T²·heads·head_dim per layer and sequence) + the LM head on the r response positions.
+    """
+    pc = count_params(config)
+    t = p + r
+    fwd = 2 * pc["block_matmul"] * n * t
+    fwd += 4 * config.num_layers * n * t * t * config.num_heads * config.head_dim
+    fwd += 2 * pc["lm_head"] * n * r
+    return 3.0 * fwd
+
+
+def measure_matmul_flops(n: int = 2048, reps: int = 10) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best
+
+
+# --------------------------------------------------------------------------------------------
+# our side
+
+
+def run_ours(args) -> dict:
+    import jax
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    import tooln1
+    from tooln1.grpo import GRPOLoss, compute_advantages
+    from tooln1.reward import score_batch
+    from tooln1.sampling import SamplingConfig, sample
+    from tooln1.update import OptimizerConfig, ReferencePolicy, Updater
+
+    tok = AutoTokenizer.from_pretrained(args.ckpt)
+    _, prompt_ids = make_prompts(tok, args.prompts, args.prompt_len)
+    prompt_ids = np.asarray(prompt_ids, np.int32)
+    prompt_mask = np.ones_like(prompt_ids)
+    answers = [json.dumps(ANSWER)] * (args.prompts * args.group)
+
+    model = tooln1.load_model(args.ckpt, dtype="float32", remat=False)
+    sampling = SamplingConfig(num_samples=args.group, max_new_tokens=args.new_tokens, temperature=args.temperature,
+                              top_p=1.0, top_k=0, pad_id=tok.pad_token_id, ignore_eos=True,
+                              eos_ids=(tok.convert_tokens_to_ids("<|im_end|>"),))
+    loss = GRPOLoss(clip_eps=args.epsilon, kl_coef=args.beta, loss_agg="token-mean", temperature=args.temperature)
+    updater = Updater(model, loss, OptimizerConfig(), num_mini_batches=1)
+    reference = ReferencePolicy(nnx_params(model), offload_to_host=False)
+    state = updater.init(model)
+
+    rows = []
+    flops_xla = None
+    for it in range(args.iters + 1):
+        t0 = time.perf_counter()
+        out = sample(updater.model(state), prompt_ids, prompt_mask, sampling, jax.random.key(it))
+        tokens = np.asarray(out.tokens)
+        t1 = time.perf_counter()
+        texts = tok.batch_decode(tokens, skip_special_tokens=False)
+        rewards, _ = score_batch(texts, answers, kind="binary")
+        adv = compute_advantages(rewards, args.group)
+        t2 = time.perf_counter()
+        batch = dict(prompt_ids=out.prompt_ids, prompt_mask=out.prompt_mask, response_ids=out.tokens,
+                     response_mask=out.mask, advantages=adv)
+        batch["old_logprobs"] = updater.compute_logprobs(state.params, batch)
+        batch["ref_logprobs"] = updater.compute_logprobs(reference.params(), batch)
+        jax.block_until_ready(batch["ref_logprobs"])
+        t3 = time.perf_counter()
+        if it == 0:  # XLA's FLOP count of the update step (its compile is not timed)
+            try:
+                req = {k: batch[k] for k in loss.required_keys}
+                cost = updater._step.lower(state, updater.rest, req).compile().cost_analysis()
+                cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+                flops_xla = float(cost.get("flops", 0.0)) or None
+            except Exception as e:  # cost analysis is best effort
+                print(f"[ours] XLA cost analysis unavailable: {e}", file=sys.stderr)
+        t3b = time.perf_counter()
+        state, metrics = updater.step(state, batch)
+        metrics = jax.device_get(metrics)
+        t4 = time.perf_counter()
+        n_tok = int(np.asarray(out.mask).sum())
+        rows.append(dict(total=(t3 - t0) + (t4 - t3b), sample=t1 - t0, score=t2 - t1, logprobs=t3 - t2,
+                         step=t4 - t3b, tokens=n_tok, loss=float(metrics["loss"])))
+        print(f"[ours] iter {it}: " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                               for k, v in rows[-1].items()), file=sys.stderr, flush=True)
+    model_flops = update_model_flops(model.config, args.prompts * args.group, args.prompt_len, args.new_tokens)
+    return dict(side="ours", rows=rows, flops_xla_step=flops_xla, model_flops_step=model_flops)
+
+
+def nnx_params(model):
+    from flax import nnx
+
+    return nnx.state(model, nnx.Param)
+
+
+# --------------------------------------------------------------------------------------------
+# TRL side
+
+
+def run_trl(args) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from tooln1.reward import score_batch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(int(args.threads))
+    tok = AutoTokenizer.from_pretrained(args.ckpt)
+    texts, _ = make_prompts(tok, args.prompts, args.prompt_len)
+    ds = Dataset.from_list([{"prompt": t, "answer": json.dumps(ANSWER)} for t in texts])
+
+    def tool_reward(prompts, completions, answer, **_):
+        rewards, _ = score_batch(list(completions), list(answer), kind="binary")
+        return [float(x) for x in rewards]
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.times, self.t0 = [], None
+
+        def on_step_begin(self, *a, **k):
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            self.times.append(time.perf_counter() - self.t0)
+            print(f"[trl] iter {len(self.times) - 1}: total={self.times[-1]:.3f}", file=sys.stderr, flush=True)
+
+    n = args.prompts * args.group
+    cfg = GRPOConfig(
+        output_dir=tempfile.mkdtemp(prefix="trl_bench_"),
+        per_device_train_batch_size=n, gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1,
+        num_generations=args.group, max_completion_length=args.new_tokens,
+        generation_kwargs={"min_new_tokens": args.new_tokens},
+        temperature=args.temperature, top_p=1.0, top_k=0,
+        beta=args.beta, epsilon=args.epsilon, loss_type="dapo", scale_rewards="group",
+        mask_truncated_completions=False,
+        learning_rate=1e-6, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, weight_decay=0.01,
+        max_grad_norm=1.0, lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch",
+        max_steps=args.iters + 1, gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=True,
+        report_to="none", logging_steps=10**6, save_strategy="no", disable_tqdm=True, shuffle_dataset=False,
+        dataloader_num_workers=0, seed=0, log_completions=False,
+        model_init_kwargs={"dtype": torch.float32},
+    )
+    timer = Timer()
+    trainer = GRPOTrainer(model=args.ckpt, reward_funcs=[tool_reward], args=cfg, train_dataset=ds,
+                          processing_class=tok, callbacks=[timer])
+    trainer.train()
+    return dict(side="trl", rows=[dict(total=t) for t in timer.times], torch_threads=torch.get_num_threads(),
+                trl_version=__import__("trl").__version__, torch_version=torch.__version__)
+
+
+# --------------------------------------------------------------------------------------------
+# driver
+
+
+def _median(xs):
+    import numpy as np
+
+    return float(np.median(xs))
+
+
+def summarise(args, ourses: list[dict], trls: list[dict]) -> dict:
+    """Per side: every thread setting's steady-state median s/iter; the fastest setting counts."""
+    res = dict(shape=args.shape, prompts=args.prompts, group=args.group, prompt_len=args.prompt_len,
+               new_tokens=args.new_tokens, iters=args.iters, beta=args.beta, epsilon=args.epsilon,
+               temperature=args.temperature, loadavg_start=args.loadavg_start, loadavg_end=os.getloadavg())
+    if ourses:
+        runs = []
+        for o in ourses:
+            steady = o["rows"][1:]
+            r = dict(threads=o["threads"], s_per_iter=_median([x["total"] for x in steady]),
+                     split_s={k: _median([x[k] for x in steady]) for k in ("sample", "score", "logprobs", "step")},
+                     iter_s=[x["total"] for x in o["rows"]], matmul_flops=o["matmul_flops"])
+            r["compile_s"] = o["rows"][0]["total"] - r["s_per_iter"]
+            r["step_flops_per_s"] = o["model_flops_step"] / r["split_s"]["step"]
+            r["step_frac_of_matmul"] = r["step_flops_per_s"] / o["matmul_flops"]
+            if o.get("flops_xla_step"):
+                r["step_xla_flops_per_s"] = o["flops_xla_step"] / r["split_s"]["step"]
+            runs.append(r)
+        res["ours_runs"] = runs
+        best = min(runs, key=lambda r: r["s_per_iter"])
+        res["ours_s_per_iter"], res["ours_best_threads"] = best["s_per_iter"], best["threads"]
+        res["ours_compile_s"] = best["compile_s"]
+        res["model_flops_step"], res["xla_flops_step"] = ourses[0]["model_flops_step"], ourses[0].get("flops_xla_step")
+        res["matmul_flops_best"] = max(r["matmul_flops"] for r in runs)
+        res["ours_step_flops_per_s"] = best["step_flops_per_s"]
+        res["ours_step_frac_of_best_matmul"] = best["step_flops_per_s"] / res["matmul_flops_best"]
+    if trls:
+        res["trl_runs"] = [dict(threads=t["threads"], torch_threads=t["torch_threads"],
+                                s_per_iter=_median([x["total"] for x in t["rows"][1:]]),
+                                iter_s=[x["total"] for x in t["rows"]]) for t in trls]
+        best = min(res["trl_runs"], key=lambda r: r["s_per_iter"])
+        res["trl_s_per_iter"], res["trl_best_threads"] = best["s_per_iter"], best["threads"]
+        res["trl_version"], res["torch_version"] = trls[0]["trl_version"], trls[0]["torch_version"]
+    if ourses and trls:
+        res["speedup"] = res["trl_s_per_iter"] / res["ours_s_per_iter"]
+    return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", default="tiny", help="tiny | qwen2.5-0.5b | ... (tooln1.testing.SHAPES)")
+    ap.add_argument("--ckpt", default=None, help="checkpoint dir (default: a cached one in the temp dir)")
+    ap.add_argument("--prompts", type=int, default=4)
+    ap.add_argument("--group", type=int, default=5)
+    ap.add_argument("--prompt-len", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--iters", type=int, default=3, help="timed iterations after the warm-up one")
+    ap.add_argument("--beta", type=float, default=1e-3)
+    ap.add_argument("--epsilon", type=float, default=0.2)
+    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--side", choices=["both", "ours", "trl"], default="both")
+    ap.add_argument("--matmul-n", type=int, default=2048)
+    ap.add_argument("--threads", default="1,2",
+                    help="comma list of thread settings; each side runs once per setting and its fastest counts. "
+                         "1: torch.set_num_threads(1) / XLA with --xla_cpu_multi_thread_eigen=false; N>1: "
+                         "torch.set_num_threads(N) / XLA's default pool. (On a loaded 2-core machine a 2-thread "
+                         "pool can be several times slower than 1 thread, for torch more than for XLA.)")
+    ap.add_argument("--json", default=None, help="write the summary here")
+    ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args._child:  # one side in this process; raw rows to the JSON path
+        if args.side == "ours":
+            res = run_ours(args)
+            res["matmul_flops"] = measure_matmul_flops(args.matmul_n)
+        else:
+            res = run_trl(args)
+        with open(args._child, "w") as f:
+            json.dump(res, f)
+        return res
+
+    args.loadavg_start = os.getloadavg()
+    args.ckpt = ensure_checkpoint(args.shape, args.ckpt)
+    runs = []
+    for t in [t.strip() for t in args.threads.split(",") if t.strip()]:
+        runs += [(side, t) for side in ("ours", "trl") if args.side in ("both", side)]
+    ourses, trls = [], []
+    for side, threads in runs:
+        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+            path = f.name
+        cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--_child", path, "--ckpt", args.ckpt,
+               "--shape", args.shape, "--prompts", str(args.prompts), "--group", str(args.group),
+               "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--iters", str(args.iters),
+               "--beta", str(args.beta), "--epsilon", str(args.epsilon), "--temperature", str(args.temperature),
+               "--matmul-n", str(args.matmul_n), "--threads", threads]
+        env = dict(os.environ)
+        if side == "ours" and threads == "1":
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, env=env)
+        with open(path) as f:
+            raw = json.load(f)
+        os.unlink(path)
+        raw["threads"] = int(threads)
+        (ourses if side == "ours" else trls).append(raw)
+        print(f"[{side} threads={threads}] process wall time "
+              f"{time.perf_counter() - t0:.1f} s, load average {os.getloadavg()}", file=sys.stderr, flush=True)
+    res = summarise(args, ourses, trls)
+    print(json.dumps(res, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    return res
+
+
+if __name__ == "__main__":
+    main()
