@@ -116,7 +116,7 @@ def base_config() -> ml_collections.ConfigDict:
         epochs=7,
         steps=0,  # > 0 overrides epochs
         num_mini_batches=4,
-        micro_batch_size=0,  # rows per gradient-accumulation micro-batch; 0 = whole mini-batch
+        micro_batch_size=64,  # rows per gradient-accumulation micro-batch (8 per GPU on gpu8); 0 = whole mini-batch
         logprob_micro_batch_size=0,  # rows per old/ref log-prob forward; 0 = micro_batch_size
         temperature=0.7,
         top_p=1.0,

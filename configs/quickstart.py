@@ -40,10 +40,10 @@ def get_config(arg=None):
     c.sft.enabled = True
     c.sft.target = "reason"
     c.sft.think_text = "call {names}"
-    c.sft.steps = 60
-    c.sft.batch_size = 16
+    c.sft.steps = 150
+    c.sft.batch_size = 8
     c.sft.max_seq_len = 704
-    c.sft.optimizer.learning_rate = 3e-3
+    c.sft.optimizer.learning_rate = 5e-3
     c.sft.optimizer.weight_decay = 0.0
 
     c.grpo.enabled = True
@@ -51,11 +51,12 @@ def get_config(arg=None):
     c.grpo.group_size = 8
     c.grpo.steps = 12
     c.grpo.num_mini_batches = 2
+    c.grpo.micro_batch_size = 0  # whole mini-batch
     c.grpo.temperature = 1.0
     c.grpo.max_response_tokens = 64
     c.grpo.trim_responses = False  # one compiled update shape
     c.grpo.kl_coef = 1e-3
-    c.grpo.optimizer.learning_rate = 5e-4
+    c.grpo.optimizer.learning_rate = 3e-4
     c.grpo.optimizer.weight_decay = 0.0
 
     c.eval.every = 0

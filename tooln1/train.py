@@ -625,7 +625,7 @@ class Trainer:
                                   top_p=cfg.top_p, top_k=cfg.top_k, eos_ids=self.eos_ids, pad_id=self.pad_id,
                                   **self._prompt_buckets())
         peak = peak_flops(self.cfg.log.peak_tflops)
-        lp_micro = cfg.logprob_micro_batch_size or cfg.micro_batch_size or None
+        lp_micro = cfg.logprob_micro_batch_size or cfg.micro_batch_size or (cfg.batch_size * G // cfg.num_mini_batches)
         bar = Progress(total, step, "grpo", self.cfg.log.progress)
         t_phase = time.perf_counter()
         eval_every = self.cfg.eval.every
