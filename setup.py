@@ -26,7 +26,7 @@ setup(
     ],
     extras_require={
         # torch: install the pinned CPU wheel first (`pip install torch==2.13.0`), see README.
-        "test": ["pytest>=8", "hypothesis>=6.100", "torch"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "matplotlib>=3.8", "torch"],
         "eval": ["matplotlib>=3.8"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
