@@ -330,7 +330,7 @@ def plan(exp: Experiment, opts: Options) -> list[Step]:
     argv = ["tooln1-eval", "--compare", *results, "--output", table_dir]
     steps.append(Step("compare", argv, os.path.join(table_dir, "table.md"), _cli_runner(argv), label=exp.name))
     if exp.size_plot:
-        argv = [sys.executable, "-m", "experiments.figure4_sizes", "--plot", *results, "--output",
+        argv = ["python", "-m", "experiments.figure4_sizes", "--plot", *results, "--output",
                 os.path.join(table_dir, "sizes.png")]
 
         def run_plot():
@@ -395,7 +395,8 @@ def execute(exps: Sequence[Experiment], opts: Options, dry_run: bool = False, lo
                 if opts.smoke:
                     step.run()
                 else:
-                    proc = subprocess.run(step.argv)
+                    argv = [sys.executable if a == "python" else a for a in step.argv[:1]] + step.argv[1:]
+                    proc = subprocess.run(argv)
                     if proc.returncode:
                         raise SystemExit(f"step failed (exit {proc.returncode}): {step.command()}")
                 rec["status"] = "ran"
