@@ -183,3 +183,23 @@ def test_iterator_shares_and_resume():
     assert [again.next().tolist() for _ in range(3)] == seen[2:]
     with pytest.raises(ValueError, match="processes"):
         BatchIterator(10, 3, process_index=0, process_count=2)
+
+
+def test_sft_examples_mask_exactly_the_reply(tiny_tokenizer):
+    from ml_collections import ConfigDict
+
+    from tooln1.data import load_records
+    from tooln1.reward import compute_reward
+    from tooln1.train import Trainer, sft_response
+
+    recs = load_records("synthetic-simple:3:1")
+    t = Trainer.__new__(Trainer)
+    t.tokenizer, t.pad_id, t.eos_text = tiny_tokenizer, 0, "<|im_end|>"
+    t.cfg = ConfigDict({"sft": {"target": "reason", "think_text": "call {names}", "max_seq_len": 700}})
+    ids, attn, lmask = t._sft_examples(recs)
+    for i, r in enumerate(recs):
+        reply = sft_response(r, "reason", "call {names}")
+        assert tiny_tokenizer.decode(ids[i][lmask[i] > 0]) == reply
+        assert compute_reward(reply.removesuffix("<|im_end|>"), r["answer"]) == 1.0
+        assert attn[i][: int((attn[i] == 0).sum())].sum() == 0  # left padded
+    assert sft_response(recs[0], "no_reason", "x").startswith("<tool_call>[")
