@@ -160,3 +160,21 @@ def test_error_index_names_missing_shard(tmp_path):
     os.remove(os.path.join(src, shard))
     with pytest.raises(CheckpointError, match=f"shard files that do not exist: {shard}"):
         tooln1.load_model(src)
+
+
+def test_quickstart_checkpoint_needs_no_torch(tmp_path):
+    """The quickstart runs after `pip install -e .` (no torch): its random checkpoint is made by tooln1."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None; from tooln1.testing import make_random_checkpoint; "
+            f"make_random_checkpoint({str(tmp_path)!r}, seed=1)")
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    ours = tooln1.load_model(str(tmp_path))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+    ids, mask = _ids(ours.config.vocab_size)
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                 position_ids=torch.tensor(np.maximum(mask.cumsum(-1) - 1, 0))).logits.numpy()
+    assert np.abs(np.asarray(ours(ids, mask)) - ref)[mask.astype(bool)].max() <= 1e-5
+    assert transformers.AutoTokenizer.from_pretrained(str(tmp_path)).eos_token == "<|im_end|>"

@@ -200,5 +200,45 @@ def make_tiny_checkpoint(
     return out_dir
 
 
-__all__ = ["make_tiny_checkpoint", "tiny_tokenizer_path", "load_tiny_tokenizer", "special_token_ids",
+
+def make_random_checkpoint(
+    out_dir: str,
+    *,
+    layers: int = 2,
+    hidden: int = 64,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int = 128,
+    seed: int = 0,
+    tied: bool = True,
+) -> str:
+    """A tiny random Qwen2 checkpoint written by tooln1 itself, without torch.
+
+    The quickstart runs after a plain ``pip install -e .`` (no torch), so it cannot use
+    `make_tiny_checkpoint`; this one initialises a `CausalLM` in JAX and exports it with
+    `save_pretrained`, giving the same HF layout with the tiny tokenizer.
+    """
+    from flax import nnx
+
+    from tooln1.models import CausalLM, ModelConfig
+
+    ids = special_token_ids()
+    pad_id, im_end_id = ids["<|endoftext|>"], ids["<|im_end|>"]
+    config = ModelConfig(vocab_size=max(ids.values()) + 1, hidden_size=hidden, intermediate_size=intermediate,
+                         num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, head_dim=hidden // heads,
+                         tie_word_embeddings=tied, max_position_embeddings=4096)
+    model = CausalLM(config, rngs=nnx.Rngs(seed))
+    model.source_dir = TINY_TOKENIZER_DIR  # export copies the tokenizer files from here
+    model.save_pretrained(out_dir)
+    tokens = dict(bos_token_id=pad_id, eos_token_id=im_end_id, pad_token_id=pad_id)
+    with open(os.path.join(out_dir, "config.json"), encoding="utf-8") as f:
+        hf_config = json.load(f)
+    hf_config.update(tokens)
+    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(hf_config, f, indent=2, sort_keys=True)
+    with open(os.path.join(out_dir, "generation_config.json"), "w", encoding="utf-8") as f:
+        json.dump({**tokens, "eos_token_id": [im_end_id, pad_id]}, f, indent=2)
+    return out_dir
+
+__all__ = ["make_random_checkpoint", "make_tiny_checkpoint", "tiny_tokenizer_path", "load_tiny_tokenizer", "special_token_ids",
            "SHAPES", "TINY_TOKENIZER_DIR"]
