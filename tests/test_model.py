@@ -105,3 +105,14 @@ def test_remat_gives_same_logits_and_gradients(tiny_checkpoint):
     g1, g2 = nnx.grad(loss)(plain), nnx.grad(loss)(remat)
     for x, y in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+
+
+def test_sampling_a_remat_model(tiny_checkpoint):
+    """Paper configs train with remat on; the same model must also sample (decoding skips remat)."""
+    from tooln1.sampling import SamplingConfig, sample
+
+    ids = np.random.RandomState(2).randint(0, 200, (2, 7))
+    config = SamplingConfig(max_new_tokens=4, temperature=0.0)
+    plain = sample(tooln1.load_model(tiny_checkpoint), ids, None, config, 0)
+    remat = sample(tooln1.load_model(tiny_checkpoint, remat=True), ids, None, config, 0)
+    np.testing.assert_array_equal(np.asarray(plain.tokens), np.asarray(remat.tokens))

@@ -201,7 +201,7 @@ class CausalLM(nnx.Module):
         positions = default_positions(mask) if positions is None else jnp.asarray(positions, jnp.int32)
         t = input_ids.shape[1]
         allowed = mask.astype(bool)[:, None, :] & jnp.tril(jnp.ones((t, t), bool))[None]
-        return self._forward(input_ids, positions, allowed, None, 0)[0]
+        return self._forward(input_ids, positions, allowed, None, 0, remat=self.config.remat)[0]
 
     def init_cache(self, batch_size: int, max_length: int, dtype: Any = None) -> KVCache:
         c = self.config
@@ -225,8 +225,9 @@ class CausalLM(nnx.Module):
         kv_mask = jax.lax.dynamic_update_slice(cache.mask, new_mask, (0, cache.index))
         slots = cache.index + jnp.arange(t)
         allowed = kv_mask[:, None, :] & (jnp.arange(cache.max_length)[None, None, :] <= slots[None, :, None])
+        # Decoding has no backward pass, so remat would only add an NNX transform inside the caller's loop.
         hidden, (k, v) = self._forward(input_ids, jnp.asarray(positions, jnp.int32), allowed, (cache.k, cache.v),
-                                       cache.index)
+                                       cache.index, remat=False)
         k, v = constrain(k, CACHE_AXES, self.mesh), constrain(v, CACHE_AXES, self.mesh)
         if last_only:
             hidden = hidden[:, -1:]
@@ -246,14 +247,14 @@ class CausalLM(nnx.Module):
         save_pretrained(self, out_dir, **kwargs)
 
     # -- internals --------------------------------------------------------------------------
-    def _forward(self, input_ids, positions, allowed, cache, index):
+    def _forward(self, input_ids, positions, allowed, cache, index, remat: bool):
         dtype = jnp.dtype(self.config.dtype)
         x = jnp.take(self.embed[...], input_ids, axis=0).astype(dtype)
         x = constrain(x, ("batch", "length", None), self.mesh)
         angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inverse_frequencies(self.config))
         angles = jnp.concatenate([angles, angles], axis=-1)
         cos, sin = jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
-        run = nnx.remat(_run_block, static_argnums=(6, 8)) if self.config.remat else _run_block
+        run = nnx.remat(_run_block, static_argnums=(6, 8)) if remat else _run_block
         for layer, block in enumerate(self.layers):
             x, cache = run(block, x, cos, sin, allowed, cache, layer, index, self.mesh)
         return self.final_norm(x), cache
