@@ -80,7 +80,7 @@ def test_quickstart_config_is_valid(tmp_path):
     from tooln1.train import validate_config
 
     c = load_config_module("quickstart").get_config()
-    assert c.model.tiny.enabled and c.sft.enabled and c.grpo.enabled and c.data.sources.startswith("synthetic-simple")
+    assert c.model.tiny.enabled and c.sft.enabled and c.grpo.enabled and c.data.sources.startswith("synthetic-tiny")
     c.mesh.fsdp = 1  # conftest gives 8 host devices; the quickstart mesh takes them all
     validate_config(c)
 

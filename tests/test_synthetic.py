@@ -88,3 +88,21 @@ def test_large_n_is_fast():
 def test_rejects_negative_n():
     with pytest.raises(ValueError, match="n=-1"):
         generate_xlam_rows(-1)
+
+
+def test_tiny_mode_is_a_small_closed_task():
+    from tooln1.data import load_records
+
+    rows = generate_xlam_rows(200, seed=0, tiny=True)
+    assert generate_xlam_rows(200, seed=0, tiny=True) == rows
+    names, values = set(), set()
+    for row in rows:
+        tools, answers = json.loads(row["tools"]), json.loads(row["answers"])
+        assert len(tools) == 2 and len(answers) == 1 and answers[0]["name"] in {t["name"] for t in tools}
+        (value,) = answers[0]["arguments"].values()
+        assert value in row["query"]
+        names.add(answers[0]["name"])
+        values.add(value)
+    assert len(names) == 3 and len(values) == 8
+    records = load_records("synthetic-tiny:5:1")
+    assert len(records) == 5 and all(r["source"] == "synthetic" for r in records)

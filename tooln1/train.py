@@ -67,19 +67,28 @@ def _looks_like_hub_id(location: str) -> bool:
             and not os.path.splitext(location)[1])
 
 
+SYNTHETIC_KINDS = ("synthetic", "synthetic-simple", "synthetic-tiny")
+
+
+def _source_kind(spec: str) -> str:
+    """The mixing kind of a spec: every synthetic variant counts as ``synthetic``."""
+    kind = spec.partition(":")[0]
+    return "synthetic" if kind in SYNTHETIC_KINDS else kind
+
+
 def _check_spec(key: str, spec: str) -> None:
     kind, sep, location = spec.partition(":")
     if not sep or not location:
         raise ConfigError(f"config.{key}: bad data spec {spec!r}; expected KIND:LOCATION (xlam:PATH, toolace:PATH, "
-                          "synthetic:N[:SEED], synthetic-simple:N[:SEED], prepared:PATH)")
-    if kind in ("synthetic", "synthetic-simple"):
+                          "synthetic:N[:SEED], synthetic-simple:N[:SEED], synthetic-tiny:N[:SEED], prepared:PATH)")
+    if kind in SYNTHETIC_KINDS:
         n, _, seed = location.partition(":")
         if not n.isdigit() or (seed and not seed.isdigit()):
             raise ConfigError(f"config.{key}: bad synthetic spec {spec!r}; expected {kind}:N[:SEED]")
         return
     if kind not in ("xlam", "toolace", "prepared"):
         raise ConfigError(f"config.{key}: unknown data source kind {kind!r} in {spec!r}; "
-                          "expected xlam, toolace, synthetic, synthetic-simple or prepared")
+                          "expected xlam, toolace, synthetic, synthetic-simple, synthetic-tiny or prepared")
     if os.path.exists(location):
         return
     if kind != "prepared" and _looks_like_hub_id(location):
@@ -167,7 +176,7 @@ def validate_config(cfg: Any, check_paths: bool = True) -> None:
     need(cfg.data.val_size > 0 or bool(cfg.data.val_spec), "config.data.val_size must be > 0 (or set data.val_spec)")
     try:
         ratios = _parse_ratios(cfg.data.mix_ratios)
-        kinds = {s.partition(":")[0].replace("synthetic-simple", "synthetic") for s in specs}
+        kinds = {_source_kind(s) for s in specs}
         unknown = sorted(set(ratios) - kinds)
         need(not unknown, f"config.data.mix_ratios names {unknown}, which are not among the sources {sorted(kinds)}")
     except ConfigError as e:
@@ -240,7 +249,7 @@ def load_data(cfg: Any, tokenizer: Any, say=print) -> tuple[list[dict], list[dic
     stats: dict[str, Any] = {}
     for spec in _split_specs(cfg.data.sources):
         records, st = load_records_with_stats(spec)
-        kind = spec.partition(":")[0].replace("synthetic-simple", "synthetic")
+        kind = _source_kind(spec)
         by_kind.setdefault(kind, []).extend(records)
         stats[spec] = {"kept": st.kept, "dropped": dict(st.dropped)}
     ratios = _parse_ratios(cfg.data.mix_ratios)
@@ -366,14 +375,14 @@ class Trainer:
         cfg = self.cfg
         path = cfg.model.path
         if cfg.model.tiny.enabled and (not path or not os.path.isfile(os.path.join(path, "config.json"))):
-            from tooln1.testing import make_tiny_checkpoint
+            from tooln1.testing import make_random_checkpoint
 
             path = path or os.path.join(self.workdir, "tiny_model")
             if not os.path.isfile(os.path.join(path, "config.json")):
                 t = cfg.model.tiny
                 if self.process_index == 0:
-                    make_tiny_checkpoint(path, layers=t.layers, hidden=t.hidden, heads=t.heads, kv_heads=t.kv_heads,
-                                         intermediate=t.intermediate, seed=t.seed)
+                    make_random_checkpoint(path, layers=t.layers, hidden=t.hidden, heads=t.heads, kv_heads=t.kv_heads,
+                                           intermediate=t.intermediate, seed=t.seed)
                 self.say(f"made a tiny random checkpoint in {path}")
         self.model_path = path
         shape = {"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp, "tensor": cfg.mesh.tensor}

@@ -320,13 +320,16 @@ def load_source(kind: str, location: str, split: str = "train", **kwargs: Any) -
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict]:
-    """``kind:location`` → (kind, location, options). ``synthetic-simple:N[:SEED]`` sets simple."""
+    """``kind:location`` → (kind, location, options). ``synthetic-simple:N[:SEED]`` sets simple,
+    ``synthetic-tiny:N[:SEED]`` tiny (see ``tooln1.data.synthetic``)."""
     kind, sep, location = spec.partition(":")
     if not sep or not location:
         raise ValueError(f"bad data spec {spec!r}: expected xlam:PATH_OR_HUB_ID, toolace:PATH_OR_HUB_ID, "
-                         "synthetic:N[:SEED], synthetic-simple:N[:SEED] or prepared:PATH")
+                         "synthetic:N[:SEED], synthetic-simple:N[:SEED], synthetic-tiny:N[:SEED] or prepared:PATH")
     if kind == "synthetic-simple":
         return "synthetic", location, {"simple": True}
+    if kind == "synthetic-tiny":
+        return "synthetic", location, {"tiny": True}
     return kind, location, {}
 
 

@@ -8,6 +8,10 @@ values span every JSON type (string, integer, float, boolean, array, object, nul
 ``simple=True`` makes the query → call mapping easy to learn for a tiny model trained for minutes:
 one short query pattern per tool, only required arguments, every value copied verbatim from the
 query, one call, two candidate tools and no irrelevant queries (each knob can be overridden).
+
+``tiny=True`` (the CPU quickstart) goes further: three one-argument tools (``TINY_TEMPLATES``) whose
+values come from closed sets of four, so the query → call mapping is closer to classification than
+to copying, and the tool block stays short; otherwise as simple mode (two candidates, one call).
 """
 from __future__ import annotations
 
@@ -307,7 +311,16 @@ TEMPLATES: tuple[Template, ...] = (
            _phrase({True: "with symbols", False: "without symbols"}))),
         ("password of {length} chars {include_symbols}", "Make me a {length}-character password {include_symbols}.")),
 )
+TINY_TEMPLATES: tuple[Template, ...] = (
+    Template("get_weather", "Weather in a city.", (_P("city", "str", "City.", _pick(CITIES[:4])),),
+             ("weather in {city}",)),
+    Template("get_time", "Local time in a city.", (_P("city", "str", "City.", _pick(CITIES[:4])),),
+             ("time in {city}",)),
+    Template("get_news", "News on a topic.", (_P("topic", "str", "Topic.", _pick(TOPICS[:4])),),
+             ("news about {topic}",)),
+)
 _TOOL_JSON = tuple(json.dumps(t.tool()) for t in TEMPLATES)
+_TINY_TOOL_JSON = tuple(json.dumps(t.tool()) for t in TINY_TEMPLATES)
 _VERBATIM = tuple(i for i, t in enumerate(TEMPLATES) if t.verbatim)
 
 
@@ -316,6 +329,7 @@ def generate_xlam_rows(
     seed: int = 0,
     simple: bool = False,
     *,
+    tiny: bool = False,
     num_candidates: int | None = None,
     parallel_fraction: float | None = None,
     irrelevant_fraction: float | None = None,
@@ -324,17 +338,20 @@ def generate_xlam_rows(
     """``n`` rows ``{id, query, answers, tools}`` (JSON strings), deterministic in ``seed``.
 
     Defaults: full mode 2-5 candidate tools, 20% parallel (2..max_parallel calls), 10% irrelevant
-    (answer ``[]``); simple mode 2 candidates, no parallel, no irrelevant. Rows of a larger ``n``
-    extend those of a smaller one with the same settings.
+    (answer ``[]``); simple mode 2 candidates, no parallel, no irrelevant; tiny mode is simple
+    mode over ``TINY_TEMPLATES``. Rows of a larger ``n`` extend those of a smaller one with the same
+    settings.
     """
     if n < 0:
         raise ValueError(f"generate_xlam_rows: n={n} must be >= 0")
     rng = random.Random(seed)
+    simple = simple or tiny
+    templates, tool_json = (TINY_TEMPLATES, _TINY_TOOL_JSON) if tiny else (TEMPLATES, _TOOL_JSON)
     parallel_fraction = (0.0 if simple else 0.2) if parallel_fraction is None else parallel_fraction
     irrelevant_fraction = (0.0 if simple else 0.1) if irrelevant_fraction is None else irrelevant_fraction
     rows = []
-    all_idx = range(len(TEMPLATES))
-    askable = _VERBATIM if simple else tuple(all_idx)
+    all_idx = range(len(templates))
+    askable = tuple(all_idx) if tiny else _VERBATIM if simple else tuple(all_idx)
     for i in range(n):
         candidates = num_candidates or (2 if simple else rng.randint(2, 5))
         u = rng.random()
@@ -352,13 +369,13 @@ def generate_xlam_rows(
             calls_from = asked
         queries, calls = [], []
         for j in asked:
-            query, arguments = TEMPLATES[j].instantiate(rng, simple)
+            query, arguments = templates[j].instantiate(rng, simple)
             queries.append(query)
-            calls.append({"name": TEMPLATES[j].name, "arguments": arguments})
+            calls.append({"name": templates[j].name, "arguments": arguments})
         rows.append({
             "id": i,
             "query": queries[0] if len(queries) == 1 else " Also, ".join(_sentence(q) for q in queries),
             "answers": json.dumps(calls if calls_from else []),
-            "tools": "[" + ", ".join(_TOOL_JSON[j] for j in tool_idx) + "]",
+            "tools": "[" + ", ".join(tool_json[j] for j in tool_idx) + "]",
         })
     return rows
