@@ -23,6 +23,7 @@ setup(
         "tensorboardX>=2.6",
         "safetensors>=0.4",
         "tqdm>=4.66",
+        "jinja2>=3.1",  # transformers renders chat templates with it but does not require it
     ],
     extras_require={
         # torch: install the pinned CPU wheel first (`pip install torch==2.13.0`), see README.
