@@ -178,3 +178,14 @@ def test_quickstart_checkpoint_needs_no_torch(tmp_path):
                  position_ids=torch.tensor(np.maximum(mask.cumsum(-1) - 1, 0))).logits.numpy()
     assert np.abs(np.asarray(ours(ids, mask)) - ref)[mask.astype(bool)].max() <= 1e-5
     assert transformers.AutoTokenizer.from_pretrained(str(tmp_path)).eos_token == "<|im_end|>"
+
+
+def test_convert_cli_round_trips_and_reports_bad_paths(tiny_checkpoint, tmp_path, capsys):
+    from tooln1.hf_io import main
+
+    main([tiny_checkpoint, str(tmp_path / "out")])
+    assert "converted" in capsys.readouterr().out
+    a, b = _params(tooln1.load_model(tiny_checkpoint)), _params(tooln1.load_model(str(tmp_path / "out")))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    with pytest.raises(SystemExit, match="tooln1-convert: checkpoint directory not found: .*missing"):
+        main([str(tmp_path / "missing"), str(tmp_path / "out2")])
