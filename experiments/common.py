@@ -72,9 +72,7 @@ SMOKE_TRAIN_OVERRIDES: dict[str, Any] = {
     "eval.at_start": False, "eval.every": 0, "eval.max_new_tokens": 16, "eval.batch_size": 2,
     "checkpoint.every": 0, "checkpoint.async_save": False,
     "log.tensorboard": False, "log.progress": False,
-    # remat only pays off for long sequences; and at the time of writing, sampling a model loaded with
-    # remat=True raises flax TraceContextError (reported), which the full configs (remat=True) hit.
-    "model.remat": False,
+    "model.remat": False,  # remat only pays off for long sequences; the smoke's are short
 }
 # tiny model shapes for the smoke (Figure 4 uses two sizes); keys of configs' model.tiny
 SMOKE_SIZES = {

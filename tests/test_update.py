@@ -7,6 +7,8 @@ no-recompile, sharded and finite-difference checks.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -203,6 +205,22 @@ def test_gradient_matches_finite_differences(run):
     shifted = lambda s: jax.tree.map(lambda x, d: x + s * h * d, p0, direction)  # noqa: E731
     numeric = (float(loss(shifted(1.0), b)) - float(loss(shifted(-1.0), b))) / (2 * h)
     assert analytic == pytest.approx(numeric, rel=5e-3, abs=1e-4)
+
+
+def test_on_policy_single_step_equals_recomputed_old_logprobs(run):
+    """One mini-batch, one micro-batch (the loop-free path) and ``on_policy`` (old log-probs taken
+    from the same forward) give the step that recomputed old log-probs give: numpy AdamW agrees."""
+    model = nnx.merge(run["graphdef"], jax.tree.map(jnp.asarray, run["params0"]))
+    updater = Updater(model, dataclasses.replace(LOSS, on_policy=True), OPT)
+    state = updater.init(model)
+    state, metrics = updater.step(state, {k: v for k, v in run["batch"].items() if k != "old_logprobs"})
+    _, grad = direct_fns(run)  # LOSS with the recomputed old log-probs of params0 in the batch
+    want, norms = numpy_adamw(run["params0"], grad, [run["batch"]], OPT)
+    jax.tree.map(lambda g, w: np.testing.assert_allclose(g, w, atol=2e-6, rtol=1e-4), to_np(state.params), want)
+    np.testing.assert_allclose(metrics["grad_norm"], norms[0], rtol=1e-4)
+    assert float(metrics["ratio_max"]) == float(metrics["ratio_min"]) == 1.0 and float(metrics["clip_frac"]) == 0.0
+    with pytest.raises(ValueError, match="on_policy=True.*num_mini_batches=2"):
+        Updater(model, dataclasses.replace(LOSS, on_policy=True), OPT, num_mini_batches=2)
 
 
 def test_batch_validation_messages(run):

@@ -338,6 +338,11 @@ class GRPOLoss:
     Hashable (static under jit). ``temperature`` is the sampling temperature (DESIGN §8: all
     log-probs use ``logits / T``). ``logprob_chunk_size`` bounds the logits held at once.
     ``compute_entropy`` adds the policy's mean token entropy to the metrics (no gradient).
+
+    ``on_policy``: the batch is consumed by a single optimizer step right after sampling
+    (``num_mini_batches == 1``), so the old policy *is* the current one and the old log-probs are
+    this forward pass's own (stop-gradient) instead of a separate recompute: same loss and gradient
+    (ρ = 1), one forward pass per rollout step fewer. The batch then needs no ``old_logprobs``.
     """
 
     clip_eps: float = 0.2
@@ -346,6 +351,7 @@ class GRPOLoss:
     temperature: float = 1.0
     logprob_chunk_size: int | None = None
     compute_entropy: bool = True
+    on_policy: bool = False
 
     def __post_init__(self):
         _check_agg(self.loss_agg)
@@ -356,7 +362,10 @@ class GRPOLoss:
 
     @property
     def required_keys(self) -> tuple[str, ...]:
-        return tuple(k for k in GRPO_BATCH_KEYS if not (k == "ref_logprobs" and self.kl_coef == 0))
+        return tuple(
+            k for k in GRPO_BATCH_KEYS
+            if not (k == "ref_logprobs" and self.kl_coef == 0) and not (k == "old_logprobs" and self.on_policy)
+        )
 
     @property
     def logprob_keys(self) -> tuple[str, ...]:
@@ -387,8 +396,9 @@ class GRPOLoss:
             if self.kl_coef:
                 raise KeyError("GRPOLoss: batch has no 'ref_logprobs' but kl_coef > 0")
             ref = jax.lax.stop_gradient(lp)
+        old = jax.lax.stop_gradient(lp) if self.on_policy else batch["old_logprobs"]
         loss, metrics = policy_loss(
-            lp, batch["old_logprobs"], ref, batch["advantages"], batch["response_mask"],
+            lp, old, ref, batch["advantages"], batch["response_mask"],
             self.clip_eps, self.kl_coef, self.loss_agg, totals=totals,
         )
         if entropy is not None:

@@ -602,8 +602,10 @@ class Trainer:
         G = cfg.group_size
         iterator = BatchIterator(len(self.train_records), cfg.batch_size, seed=self.cfg.data.seed)
         total = cfg.steps or cfg.epochs * iterator.steps_per_epoch
+        # One optimizer step per rollout batch: the old policy is the current one (no recompute).
         loss_fn = GRPOLoss(clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef, loss_agg=cfg.loss_agg,
-                           temperature=cfg.temperature, logprob_chunk_size=cfg.logprob_chunk_size or None)
+                           temperature=cfg.temperature, logprob_chunk_size=cfg.logprob_chunk_size or None,
+                           on_policy=cfg.num_mini_batches == 1)
         updater = Updater(model, loss_fn, OptimizerConfig.from_mapping(cfg.optimizer),
                           num_mini_batches=cfg.num_mini_batches, micro_batch_size=cfg.micro_batch_size or None)
         # The reference is the frozen policy at the start of GRPO: copy it before the first step.
@@ -664,7 +666,8 @@ class Trainer:
                     "response_ids": tokens[:, :r_len], "response_mask": rmask[:, :r_len],
                     "advantages": advantages.astype(np.float32)}
             batch = {k: global_array(v, self.mesh) for k, v in host.items()}
-            batch["old_logprobs"] = updater.compute_logprobs(state.params, batch, lp_micro)
+            if not loss_fn.on_policy:
+                batch["old_logprobs"] = updater.compute_logprobs(state.params, batch, lp_micro)
             if reference is not None:
                 batch["ref_logprobs"] = updater.compute_logprobs(reference.params(), batch, lp_micro)
             state, metrics = updater.step(state, batch)

@@ -20,7 +20,7 @@ keys ending in ``_max``/``_min`` are reduced by max/min. Usage::
                       micro_batch_size=8)
     reference = ReferencePolicy(nnx.state(model, nnx.Param), offload_to_host=True)  # before any step
     state = updater.init(model)          # state.params alias the model's arrays (then donated)
-    batch["old_logprobs"] = updater.compute_logprobs(state.params, batch)
+    batch["old_logprobs"] = updater.compute_logprobs(state.params, batch)  # not with GRPOLoss(on_policy=True)
     batch["ref_logprobs"] = updater.compute_logprobs(reference.params(), batch)
     state, metrics = updater.step(state, batch)
     policy = updater.model(state)        # the updated CausalLM for the sampler
@@ -166,6 +166,11 @@ class Updater:
             raise ValueError(f"num_mini_batches must be a positive int, got {num_mini_batches!r}")
         if micro_batch_size is not None and (not isinstance(micro_batch_size, (int, np.integer)) or micro_batch_size < 1):
             raise ValueError(f"micro_batch_size must be a positive int or None, got {micro_batch_size!r}")
+        if getattr(loss_fn, "on_policy", False) and num_mini_batches != 1:
+            raise ValueError(
+                f"{type(loss_fn).__name__}(on_policy=True) takes the old log-probs from the current policy, which "
+                f"holds only for one optimizer step per batch; got num_mini_batches={num_mini_batches}"
+            )
         config = getattr(model, "config", None)
         if remat is not None and config is not None and config.remat != remat:
             graphdef, state = nnx.split(model)
@@ -298,10 +303,12 @@ class Updater:
         grad_fn = jax.value_and_grad(self._loss, has_aux=True)
         f32 = lambda p: jnp.zeros(p.shape, jnp.float32)  # noqa: E731
 
-        def mini_step(carry, mbatch):
-            params, opt_state = carry
+        def mini_batch_grads(params, mbatch):
             # totals are additive: sum the per-micro-batch totals to get the mini-batch's.
             totals = jax.tree.map(lambda t: t.sum(0), jax.vmap(self.loss_fn.totals)(mbatch))
+            if k == 1:  # no accumulation: skips the f32 accumulator (a params-sized buffer) and its adds
+                (loss, metrics), grads = grad_fn(params, rest, jax.tree.map(lambda x: x[0], mbatch), totals)
+                return loss, metrics, grads
 
             def micro_step(acc, xb):
                 grads_acc, loss_acc = acc
@@ -312,8 +319,11 @@ class Updater:
             init = (jax.tree.map(f32, params), jnp.zeros((), jnp.float32))
             (grads, loss), micro_metrics = jax.lax.scan(micro_step, init, mbatch)
             weight = micro_metrics.get("num_tokens", jnp.ones((k,), jnp.float32))
-            metrics = _reduce_metrics(micro_metrics, weight)
+            return loss, _reduce_metrics(micro_metrics, weight), grads
 
+        def mini_step(carry, mbatch):
+            params, opt_state = carry
+            loss, metrics, grads = mini_batch_grads(params, mbatch)
             grad_norm = optax.tree.norm(grads)
             ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
             grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
@@ -325,7 +335,12 @@ class Updater:
             metrics.update(loss=loss, grad_norm=grad_norm, skipped=(~ok).astype(jnp.float32))
             return (params, opt_state), metrics
 
-        (params, opt_state), per_mini = jax.lax.scan(mini_step, (state.params, state.opt_state), batches)
+        if m == 1:  # no loop: a one-trip scan would copy the params and optimizer state through its carry
+            first = jax.tree.map(lambda x: x[0], batches)
+            (params, opt_state), per_mini = mini_step((state.params, state.opt_state), first)
+            per_mini = jax.tree.map(lambda x: x[None], per_mini)
+        else:
+            (params, opt_state), per_mini = jax.lax.scan(mini_step, (state.params, state.opt_state), batches)
         loss, grad_norm, skipped = per_mini.pop("loss"), per_mini.pop("grad_norm"), per_mini.pop("skipped")
         weight = per_mini.get("num_tokens", jnp.ones((m,), jnp.float32))
         metrics = _reduce_metrics(per_mini, weight)
