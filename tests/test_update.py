@@ -16,7 +16,7 @@ import optax
 import pytest
 from flax import nnx
 
-from tooln1.grpo import GRPOLoss, token_logprobs
+from tooln1.grpo import GRPOLoss, response_logprobs, token_logprobs
 from tooln1.models import CausalLM, ModelConfig
 from tooln1.sharding import make_mesh, state_shardings
 from tooln1.update import OptimizerConfig, ReferencePolicy, Updater, make_optimizer
@@ -221,6 +221,38 @@ def test_on_policy_single_step_equals_recomputed_old_logprobs(run):
     assert float(metrics["ratio_max"]) == float(metrics["ratio_min"]) == 1.0 and float(metrics["clip_frac"]) == 0.0
     with pytest.raises(ValueError, match="on_policy=True.*num_mini_batches=2"):
         Updater(model, dataclasses.replace(LOSS, on_policy=True), OPT, num_mini_batches=2)
+
+
+def test_shared_prompt_packing_matches_per_row_scoring(run):
+    """``group_size=G`` runs each group's prompt once (packed row, segment mask): log-probs,
+    entropies and the loss gradient equal the per-row forward, with ragged left-padded prompts and
+    responses that end early."""
+    g = 4
+    graphdef = run["graphdef"]
+    b = make_batch(1)
+    for key in ("prompt_ids", "prompt_mask"):  # the sampler's layout: a group's rows share its prompt
+        b[key] = np.repeat(b[key][::g], g, axis=0)
+    assert b["prompt_mask"][::g].min() == 0  # some prompts are left-padded
+    model = nnx.merge(graphdef, jax.tree.map(jnp.asarray, run["params0"]))
+    args = [jnp.asarray(b[k]) for k in ("prompt_ids", "prompt_mask", "response_ids", "response_mask")]
+    per_row = response_logprobs(model, *args, 0.7, return_entropy=True)
+    packed = response_logprobs(model, *args, 0.7, return_entropy=True, group_size=g)
+    valid = b["response_mask"] > 0
+    for want, got in zip(per_row, packed):
+        np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(want)[valid], atol=2e-5)
+    b["old_logprobs"] = np.asarray(per_row[0]) + 0.3 * np.sign(b["advantages"])[:, None]  # ratios away from 1
+    b["ref_logprobs"] = np.asarray(per_row[0]) - 0.2
+
+    def loss(params, group_size):
+        return dataclasses.replace(LOSS, group_size=group_size)(nnx.merge(graphdef, params), b)[0]
+
+    grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    (want_loss, want_grad), (got_loss, got_grad) = grad(run["params0"], 1), grad(run["params0"], g)
+    assert float(got_loss) == pytest.approx(float(want_loss), abs=1e-6)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6, rtol=1e-4), got_grad, want_grad)
+    updater = Updater(model, dataclasses.replace(LOSS, group_size=3), OPT, micro_batch_size=8)
+    with pytest.raises(ValueError, match="8 rows is not a whole number of groups of GRPOLoss.group_size=3"):
+        updater.check_batch(b)
 
 
 def test_batch_validation_messages(run):

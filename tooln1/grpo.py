@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tooln1.models.decoder import default_positions
+
 Array = jax.Array
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
@@ -298,19 +300,42 @@ def response_logprobs(
     *,
     chunk_size: int | None = None,
     return_entropy: bool = False,
+    group_size: int = 1,
 ) -> Array | tuple[Array, Array]:
     """Per-token ``log_softmax(logits / T)`` of the sampled response tokens, ``[n, R]``.
 
     The model sees ``concat(prompt, response)`` (prompts left-padded, as the sampler returns them);
     the logits at position ``P − 1 + j`` score response token ``j``. Values after the first EOS are
     computed but meaningless; the loss masks them.
+
+    ``group_size`` G > 1: rows ``b*G .. b*G+G-1`` share one prompt (the sampler's layout), so each
+    group becomes one packed row ``[prompt, response_1, …, response_G]`` in which a response sees
+    the prompt and itself only (``segment_ids``): the prompt runs through the model once, not G
+    times — the same values, with ``(P + G·R)`` instead of ``G·(P + R)`` tokens of work.
     """
     if prompt_ids.shape[1] < 1:
         raise ValueError("response_logprobs: prompts must have at least one position")
-    p, r = prompt_ids.shape[1], response_ids.shape[1]
-    ids = jnp.concatenate([prompt_ids, response_ids], axis=1).astype(jnp.int32)
-    mask = jnp.concatenate([prompt_mask, response_mask], axis=1).astype(jnp.int32)
-    hidden = model.hidden_states(ids, mask)[:, p - 1 : p + r - 1]
+    n, p, r = prompt_ids.shape[0], prompt_ids.shape[1], response_ids.shape[1]
+    if group_size > 1:
+        if n % group_size:
+            raise ValueError(f"response_logprobs: {n} rows are not whole groups of group_size={group_size}")
+        g = group_size
+        prompt_mask = jnp.asarray(prompt_mask, jnp.int32)[::g]
+        ids = jnp.concatenate([prompt_ids[::g], response_ids.reshape(n // g, g * r)], axis=1).astype(jnp.int32)
+        mask = jnp.concatenate([prompt_mask, response_mask.reshape(n // g, g * r)], axis=1).astype(jnp.int32)
+        segments = np.concatenate([np.zeros(p, np.int32), np.repeat(np.arange(1, g + 1, dtype=np.int32), r)])
+        prompt_len = prompt_mask.sum(-1, keepdims=True)
+        positions = jnp.concatenate(
+            [default_positions(prompt_mask), prompt_len + jnp.tile(jnp.arange(r, dtype=jnp.int32), g)[None]], axis=1
+        )
+        hidden = model.hidden_states(ids, mask, positions, jnp.broadcast_to(segments, ids.shape))
+        # response j's token t is scored at the prompt's last position (t = 0) or at its token t - 1
+        scorer = np.asarray([[p - 1] + [p + j * r + t - 1 for t in range(1, r)] for j in range(g)])
+        hidden = hidden[:, scorer].reshape(n, r, hidden.shape[-1])
+    else:
+        ids = jnp.concatenate([prompt_ids, response_ids], axis=1).astype(jnp.int32)
+        mask = jnp.concatenate([prompt_mask, response_mask], axis=1).astype(jnp.int32)
+        hidden = model.hidden_states(ids, mask)[:, p - 1 : p + r - 1]
     return hidden_logprobs(
         model, hidden, response_ids, temperature, chunk_size=chunk_size, return_entropy=return_entropy
     )
@@ -343,6 +368,10 @@ class GRPOLoss:
     (``num_mini_batches == 1``), so the old policy *is* the current one and the old log-probs are
     this forward pass's own (stop-gradient) instead of a separate recompute: same loss and gradient
     (ρ = 1), one forward pass per rollout step fewer. The batch then needs no ``old_logprobs``.
+
+    ``group_size`` G > 1: the batch's rows come in groups of G sharing one prompt (as the sampler
+    returns them) and every forward pass scores each prompt once (see :func:`response_logprobs`);
+    (micro-)batches must then hold whole groups. Pays when prompts are long next to G × responses.
     """
 
     clip_eps: float = 0.2
@@ -352,11 +381,14 @@ class GRPOLoss:
     logprob_chunk_size: int | None = None
     compute_entropy: bool = True
     on_policy: bool = False
+    group_size: int = 1
 
     def __post_init__(self):
         _check_agg(self.loss_agg)
         if self.clip_eps < 0 or self.kl_coef < 0:
             raise ValueError(f"GRPOLoss: clip_eps and kl_coef must be >= 0, got {self.clip_eps}, {self.kl_coef}")
+        if not isinstance(self.group_size, (int, np.integer)) or self.group_size < 1:
+            raise ValueError(f"GRPOLoss: group_size must be a positive int, got {self.group_size!r}")
         if self.logprob_chunk_size is not None and self.logprob_chunk_size < 1:
             raise ValueError(f"GRPOLoss: logprob_chunk_size must be >= 1 or None, got {self.logprob_chunk_size}")
 
@@ -380,7 +412,7 @@ class GRPOLoss:
         """Response log-probs under ``model`` (old / reference log-probs)."""
         return response_logprobs(
             model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["response_mask"],
-            self.temperature, chunk_size=self.logprob_chunk_size,
+            self.temperature, chunk_size=self.logprob_chunk_size, group_size=self.group_size,
         )
 
     def __call__(
@@ -389,6 +421,7 @@ class GRPOLoss:
         out = response_logprobs(
             model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["response_mask"],
             self.temperature, chunk_size=self.logprob_chunk_size, return_entropy=self.compute_entropy,
+            group_size=self.group_size,
         )
         lp, entropy = out if self.compute_entropy else (out, None)
         ref = batch.get("ref_logprobs")

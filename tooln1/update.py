@@ -239,7 +239,16 @@ class Updater:
                 f"update batch: a mini-batch of {mini} rows (N={n} / num_mini_batches={m}) is not a "
                 f"multiple of micro_batch_size={micro}"
             )
+        self._check_groups(micro, "a micro-batch")
         return n, mini, micro
+
+    def _check_groups(self, rows: int, what: str) -> None:
+        """A loss that packs groups of rows (``group_size``, e.g. G responses sharing a prompt)
+        needs every slice it sees to hold whole groups."""
+        group = getattr(self.loss_fn, "group_size", 1)
+        if rows % group:
+            raise ValueError(f"update batch: {what} of {rows} rows is not a whole number of groups of "
+                             f"{type(self.loss_fn).__name__}.group_size={group}")
 
     def step(self, state: TrainState, batch: Mapping[str, Any]) -> tuple[TrainState, dict[str, Array]]:
         """``num_mini_batches`` optimizer steps over ``batch``; returns the new state and metrics.
@@ -269,6 +278,7 @@ class Updater:
         micro = micro_batch_size or self.micro_batch_size or n
         if n % micro:
             raise ValueError(f"compute_logprobs: N={n} rows are not a multiple of micro_batch_size={micro}")
+        self._check_groups(micro, "a log-prob micro-batch")
         return self._logprobs(params, self.rest, batch, micro_batch_size=micro)
 
     # -- jitted bodies ----------------------------------------------------------------------

@@ -194,13 +194,22 @@ class CausalLM(nnx.Module):
         graphdef, state = nnx.split(self)
         return _jitted_logits(graphdef, state, input_ids, mask, positions)
 
-    def hidden_states(self, input_ids, attention_mask=None, positions=None) -> jax.Array:
-        """Final-normed hidden states [B, T, D]: lets callers compute log-probs in chunks."""
+    def hidden_states(self, input_ids, attention_mask=None, positions=None, segment_ids=None) -> jax.Array:
+        """Final-normed hidden states [B, T, D]: lets callers compute log-probs in chunks.
+
+        ``segment_ids`` [B, T] packs several continuations of one prefix into a row: 0 marks the
+        shared prefix, k > 0 continuation k, and a token sees the prefix and the earlier tokens of
+        its own continuation only. A GRPO group then runs its prompt through the model once instead
+        of G times (pass each continuation's ``positions`` as if it followed the prefix alone).
+        """
         input_ids = jnp.asarray(input_ids, jnp.int32)
         mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
         positions = default_positions(mask) if positions is None else jnp.asarray(positions, jnp.int32)
         t = input_ids.shape[1]
         allowed = mask.astype(bool)[:, None, :] & jnp.tril(jnp.ones((t, t), bool))[None]
+        if segment_ids is not None:
+            seg = jnp.asarray(segment_ids, jnp.int32)
+            allowed &= (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
         return self._forward(input_ids, positions, allowed, None, 0, remat=self.config.remat)[0]
 
     def init_cache(self, batch_size: int, max_length: int, dtype: Any = None) -> KVCache:
