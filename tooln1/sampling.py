@@ -19,6 +19,14 @@ GRPO's rollouts come from here (DESIGN §3, §8). For ``B`` prompts and ``G = nu
 
 On a mesh (``model.mesh``), the batch is split over ``("data", "fsdp")`` and heads over ``"tensor"`` by
 the model's own sharding annotations; the batch is padded to a multiple of the batch shards.
+
+Multi-host: when the mesh spans several processes, each process passes only *its* prompts (as the
+data iterator hands them out) and every process must call `sample` together. The processes agree on
+the padded prompt length and the padded per-process batch (the largest of all processes; counts may
+differ); the global batch is the processes' padded batches concatenated in process order, so a seed
+gives the same samples as one process holding all prompts whenever no process needs padding rows.
+The outputs are then global arrays with those padding rows; `SampleOutput.local` returns this
+process's rows as numpy.
 """
 from __future__ import annotations
 
@@ -32,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from tooln1.models.decoder import KVCache, default_positions
@@ -79,10 +88,20 @@ class SampleOutput(NamedTuple):
     mask: jax.Array  # [B*G, R] int32, 1 up to and including the first EOS
     prompt_ids: jax.Array  # [B*G, P] int32, left-padded, P = bucketed prompt length
     prompt_mask: jax.Array  # [B*G, P] int32
+    num_local: int | None = None  # rows of this process's own prompts (B_local*G); None = all rows
 
     @property
     def lengths(self) -> jax.Array:
         return self.mask.sum(-1)
+
+    def local(self) -> "SampleOutput":
+        """This process's rows as numpy, in the order of the prompts it passed, padding rows dropped.
+
+        Single-process the arrays already hold just the caller's rows, so this is ``np.asarray`` of
+        each; on a mesh spanning several processes the global arrays cannot be read whole.
+        """
+        arrays = (self.tokens, self.logprobs, self.mask, self.prompt_ids, self.prompt_mask)
+        return SampleOutput(*(_process_rows(x)[:self.num_local] for x in arrays), num_local=self.num_local)
 
 
 class _Static(NamedTuple):
@@ -237,6 +256,50 @@ def _batch_shards(mesh) -> int:
     return int(np.prod([mesh.shape[a] for a in ("data", "fsdp") if a in mesh.shape]))
 
 
+def _multi_process(mesh) -> bool:
+    return mesh is not None and mesh.is_multi_process
+
+
+def _batch_sharding(mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None))
+
+
+def _check_process_blocks(sharding: NamedSharding, rows: int) -> None:
+    """Require process ``p``'s devices to hold exactly rows ``[p*rows/P, (p+1)*rows/P)``.
+
+    Then the global rows are the processes' rows concatenated in process order (what the per-row
+    keys and the data iterator's update batches assume), and each process can read its rows back
+    from its own devices. A tensor axis spanning processes or a device order that interleaves
+    processes breaks this (`tooln1.sharding.make_mesh` orders devices by process).
+    """
+    block = rows // jax.process_count()
+    for device, index in sharding.devices_indices_map((rows, 1)).items():
+        lo, hi, _ = index[0].indices(rows)
+        p = device.process_index
+        if lo < p * block or hi > (p + 1) * block:
+            raise ValueError(
+                f"sampling on a mesh spanning {jax.process_count()} processes needs each process's devices to "
+                f"hold a contiguous, process-ordered share of the batch axes (data, fsdp); device {device.id} of "
+                f"process {p} holds rows {lo}:{hi} of {rows} (mesh {dict(sharding.mesh.shape)}: keep the tensor "
+                "axis within a process and order the devices by process)")
+
+
+def _global_rows(local: np.ndarray, mesh) -> jax.Array:
+    """The global batch-sharded array whose rows are every process's ``local`` rows in process order."""
+    sharding = _batch_sharding(mesh)
+    rows = local.shape[0] * jax.process_count()
+    _check_process_blocks(sharding, rows)
+    return jax.make_array_from_process_local_data(sharding, local, (rows, *local.shape[1:]))
+
+
+def _process_rows(x) -> np.ndarray:
+    """The rows of ``x`` on this process's devices, in order (replicas read once)."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(x)
+    shards = {s.index[0].indices(x.shape[0])[0]: s.data for s in x.addressable_shards}
+    return np.concatenate([np.asarray(shards[start]) for start in sorted(shards)])
+
+
 def left_pad(prompt_ids, prompt_mask, length: int, batch: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """Compact each row's real tokens (mask 1) and left-pad them to ``length``; add all-pad rows up to
     ``batch`` (those get one real pad token so no attention row is empty)."""
@@ -272,10 +335,14 @@ def _prepare(model, prompt_ids, prompt_mask, sampling: SamplingConfig, rng):
         raise ValueError(f"prompt_ids has token ids outside [0, {vocab})")
     if any(not 0 <= e < vocab for e in sampling.eos_ids):
         raise ValueError(f"eos_ids {sampling.eos_ids} outside the vocabulary [0, {vocab})")
-    p = bucket_length(int(lengths.max()), sampling.prompt_buckets)
     mesh = getattr(model, "mesh", None)
-    shards = _batch_shards(mesh)
-    b_pad = 1 << (b - 1).bit_length() if sampling.batch_buckets else b
+    longest, b_max, shards = int(lengths.max()), b, _batch_shards(mesh)
+    if _multi_process(mesh):  # one program for all processes: agree on the padded shapes
+        agreed = multihost_utils.process_allgather(np.array([longest, b], np.int32)).max(0)
+        longest, b_max = int(agreed[0]), int(agreed[1])
+        shards = max(shards // jax.process_count(), 1)  # batch shards per process
+    p = bucket_length(longest, sampling.prompt_buckets)
+    b_pad = 1 << (b_max - 1).bit_length() if sampling.batch_buckets else b_max
     b_pad = shards * math.ceil(b_pad / shards)
     ids_np, mask_np = left_pad(ids, mask, p, b_pad, sampling.pad_id)
 
@@ -284,8 +351,10 @@ def _prepare(model, prompt_ids, prompt_mask, sampling: SamplingConfig, rng):
     st = _Static(sampling.num_samples, sampling.max_new_tokens, sampling.greedy, sampling.top_k,
                  sampling.top_p < 1.0, sampling.eos_ids, sampling.pad_id, sampling.ignore_eos)
     graphdef, state = nnx.split(model)
-    if mesh is not None:
-        batch_sharding = NamedSharding(mesh, PartitionSpec(("data", "fsdp"), None))
+    if _multi_process(mesh):
+        ids_dev, mask_dev = _global_rows(ids_np, mesh), _global_rows(mask_np, mesh)
+    elif mesh is not None:
+        batch_sharding = _batch_sharding(mesh)
         ids_dev = jax.device_put(ids_np, batch_sharding)
         mask_dev = jax.device_put(mask_np, batch_sharding)
     else:
@@ -311,17 +380,29 @@ def sample(model, prompt_ids, prompt_mask, sampling: SamplingConfig, rng) -> Sam
 
     ``prompt_ids``/``prompt_mask`` are ``[B, T]`` (numpy or jax; any padding side: real tokens are
     those with mask 1). ``rng`` is a ``jax.random`` key or an int seed.
+
+    On a mesh spanning several processes, every process calls this with its own ``[B_p, T_p]``
+    prompts (``B_p`` and ``T_p`` may differ between processes; each needs at least one prompt) and
+    the same ``rng``; the result holds the global arrays, padding rows included, and
+    ``.local()`` gives this process's rows.
     """
     args, st, ids_np, mask_np, b = _prepare(model, prompt_ids, prompt_mask, sampling, rng)
     tokens, logprobs, resp_mask = _sample_core_jit(*args, st=st)
     g = sampling.num_samples
     prompt_ids_rep = np.repeat(ids_np, g, axis=0)
     prompt_mask_rep = np.repeat(mask_np, g, axis=0)
+    mesh = getattr(model, "mesh", None)
+    if _multi_process(mesh):  # a global array cannot drop other processes' padding rows: local() does
+        sharding = _batch_sharding(mesh)
+        tokens, logprobs, resp_mask = (jax.device_put(x, sharding) for x in (tokens, logprobs, resp_mask))
+        return SampleOutput(tokens, logprobs, resp_mask, _global_rows(prompt_ids_rep, mesh),
+                            _global_rows(prompt_mask_rep, mesh), num_local=b * g)
     if ids_np.shape[0] != b:
         keep = b * g
         tokens, logprobs, resp_mask = tokens[:keep], logprobs[:keep], resp_mask[:keep]
         prompt_ids_rep, prompt_mask_rep = prompt_ids_rep[:keep], prompt_mask_rep[:keep]
-    return SampleOutput(tokens, logprobs, resp_mask, jnp.asarray(prompt_ids_rep), jnp.asarray(prompt_mask_rep))
+    return SampleOutput(tokens, logprobs, resp_mask, jnp.asarray(prompt_ids_rep), jnp.asarray(prompt_mask_rep),
+                        num_local=b * g)
 
 
 # -- text in, text out -------------------------------------------------------------------------
@@ -350,7 +431,8 @@ def generate(model, tokenizer, prompts: Sequence[str], n: int = 1, max_new_token
 
     Responses are cut after the first EOS and decoded with special tokens kept (the EOS itself is
     dropped), as the reward expects. ``batch_size`` prompts go through the sampler at a time
-    (default: all at once).
+    (default: all at once). On a mesh spanning several processes each process gets the completions of
+    the prompts it passed.
     """
     if isinstance(prompts, str):
         raise TypeError("generate() takes a list of prompt strings, not a single string")
@@ -373,8 +455,8 @@ def generate(model, tokenizer, prompts: Sequence[str], n: int = 1, max_new_token
         for i, e in enumerate(enc):
             ids[i, width - len(e):] = e
             mask[i, width - len(e):] = 1
-        res = sample(model, ids, mask, cfg, jax.random.fold_in(key, start))
-        toks, m = np.asarray(res.tokens), np.asarray(res.mask)
+        res = sample(model, ids, mask, cfg, jax.random.fold_in(key, start)).local()
+        toks, m = res.tokens, res.mask
         eos_set = set(eos)
         for i in range(len(chunk)):
             group = []

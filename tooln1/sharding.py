@@ -34,9 +34,11 @@ def make_mesh(shape: Mapping[str, int] | Sequence[int] | None = None, devices: S
     """A mesh over ``devices`` (default: all) with axes (data, fsdp, tensor).
 
     ``shape`` is a dict or a 3-sequence; one entry may be -1 to take the remaining devices.
-    The default puts every device on fsdp.
+    The default puts every device on fsdp. Devices are grouped by process (stable order within one),
+    so on several hosts each process holds a contiguous, process-ordered share of the batch axes:
+    the layout that process-local batches (`tooln1.data.iterator.global_array`, sampling) assume.
     """
-    devices = list(jax.devices() if devices is None else devices)
+    devices = sorted(jax.devices() if devices is None else devices, key=lambda d: d.process_index)
     if shape is None:
         shape = {"fsdp": -1}
     if not isinstance(shape, Mapping):
