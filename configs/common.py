@@ -132,6 +132,9 @@ def base_config() -> ml_collections.ConfigDict:
         reward_workers=0,  # > 0: score in worker processes
         ref_offload=False,  # keep the frozen reference params in host memory between uses
         logprob_chunk_size=0,  # LM-head positions at a time (0 = all); bounds [n, chunk, V] logits
+        # score each group's prompt once, packed with its G responses (GRPOLoss.group_size): same values,
+        # P + G·R instead of G·(P + R) tokens per forward; needs (logprob_)micro_batch_size % group_size == 0
+        share_prompt=False,
         optimizer=optimizer(1e-6),
     ))
 

@@ -227,6 +227,9 @@ def validate_config(cfg: Any, check_paths: bool = True) -> None:
                               "micro_batch_size vs config.mesh)")
             lp_micro = grpo.logprob_micro_batch_size or micro
             need(rows % lp_micro == 0, f"config.grpo.logprob_micro_batch_size={lp_micro} does not divide {rows} rows")
+            need(not grpo.share_prompt or (micro % grpo.group_size == 0 and lp_micro % grpo.group_size == 0),
+                 f"config.grpo.share_prompt packs whole groups: micro_batch_size={micro} and logprob_micro_batch_size="
+                 f"{lp_micro} must be multiples of group_size={grpo.group_size}")
         need(grpo.batch_size % procs == 0, f"config.grpo.batch_size={grpo.batch_size} is not divisible by the {procs} processes")
 
     need(cfg.eval.batch_size >= 1 and cfg.eval.max_new_tokens >= 1, "config.eval.batch_size and max_new_tokens must be >= 1")
@@ -430,7 +433,14 @@ class Trainer:
 
     # -- validation -------------------------------------------------------------------------
     def validate(self, model: Any, step: int, tag: str) -> float:
-        """Greedy mean binary reward on the validation records (and diagnostics), logged under val/."""
+        """Greedy mean binary reward on the validation records (and diagnostics), logged under val/.
+
+        Each process samples and scores a contiguous share of the records, padded with copies of the
+        first record so that all processes make the same sampler calls; the means are over every
+        process's real records."""
+        import jax
+        from jax.experimental import multihost_utils
+
         from tooln1.reward import score_batch
         from tooln1.sampling import SamplingConfig, sample
 
@@ -439,25 +449,31 @@ class Trainer:
         sampling = SamplingConfig(num_samples=1, max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0,
                                   eos_ids=self.eos_ids, pad_id=self.pad_id, **self._prompt_buckets())
         responses: list[str] = []
-        recs = self.val_records
+        share = -(-len(self.val_records) // jax.process_count())
+        recs = self.val_records[self.process_index * share:(self.process_index + 1) * share]
+        real = np.arange(share) < len(recs)
+        recs = recs + [self.val_records[0]] * (share - len(recs))
         bs = cfg.eval.batch_size
         for start in range(0, len(recs), bs):
             chunk = recs[start:start + bs]
             toks = tokenize_prompts(chunk, self.tokenizer)
             ids, mask = left_pad(toks, max(len(t) for t in toks), self.pad_id)
-            out = sample(model, ids, mask, sampling, jax_key(0))
-            responses += self.decode(np.asarray(out.tokens), np.asarray(out.mask))
+            out = sample(model, ids, mask, sampling, jax_key(0)).local()
+            responses += self.decode(out.tokens, out.mask)
         answers = [r["answer"] for r in recs]
         rewards, diag = score_batch(responses, answers, "binary")
-        acc = float(rewards.mean())
-        scalars = {f"val/{k}": float(v.mean()) for k, v in diag.items()}
+        sums = np.array([real.sum(), rewards[real].sum(), *(v[real].sum() for v in diag.values())], np.float32)
+        if jax.process_count() > 1:
+            sums = multihost_utils.process_allgather(sums).sum(0)
+        acc = float(sums[1] / sums[0])
+        scalars = {f"val/{k}": float(v / sums[0]) for k, v in zip(diag, sums[2:])}
         scalars["val/accuracy"] = acc
         scalars["val/seconds"] = time.perf_counter() - t0
         self.writer.write(step, scalars, phase=tag)
         if responses:
             self.writer.text("val/example", responses[0], step)
-        self.say(f"validation ({tag}, step {step}): greedy mean binary reward {acc:.3f} on {len(recs)} prompts "
-                 f"(format {scalars['val/format_ok']:.2f}, json {scalars['val/json_ok']:.2f}, "
+        self.say(f"validation ({tag}, step {step}): greedy mean binary reward {acc:.3f} on {len(self.val_records)} "
+                 f"prompts (format {scalars['val/format_ok']:.2f}, json {scalars['val/json_ok']:.2f}, "
                  f"names {scalars['val/names_match']:.2f})")
         return acc
 
@@ -589,6 +605,7 @@ class Trainer:
     # -- GRPO -------------------------------------------------------------------------------
     def run_grpo(self, model: Any) -> tuple[Any, PhaseResult]:
         import jax
+        from jax.experimental import multihost_utils
 
         from tooln1.data.iterator import BatchIterator, global_array
         from tooln1.grpo import GRPOLoss, compute_advantages
@@ -605,7 +622,7 @@ class Trainer:
         # One optimizer step per rollout batch: the old policy is the current one (no recompute).
         loss_fn = GRPOLoss(clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef, loss_agg=cfg.loss_agg,
                            temperature=cfg.temperature, logprob_chunk_size=cfg.logprob_chunk_size or None,
-                           on_policy=cfg.num_mini_batches == 1)
+                           on_policy=cfg.num_mini_batches == 1, group_size=G if cfg.share_prompt else 1)
         updater = Updater(model, loss_fn, OptimizerConfig.from_mapping(cfg.optimizer),
                           num_mini_batches=cfg.num_mini_batches, micro_batch_size=cfg.micro_batch_size or None)
         # The reference is the frozen policy at the start of GRPO: copy it before the first step.
@@ -650,8 +667,8 @@ class Trainer:
             toks = tokenize_prompts(recs, self.tokenizer)
             ids, mask = left_pad(toks, max(len(t) for t in toks), self.pad_id)
             key = jax.random.fold_in(self.base_key, step)
-            out = sample(policy, ids, mask, sampling, key)
-            tokens, rmask = np.asarray(out.tokens), np.asarray(out.mask)
+            out = sample(policy, ids, mask, sampling, key).local()  # this process's rows
+            tokens, rmask = out.tokens, out.mask
             t1 = time.perf_counter()
             # 2. score on the host
             responses = self.decode(tokens, rmask)
@@ -661,7 +678,10 @@ class Trainer:
             t2 = time.perf_counter()
             # 3. update
             lengths = rmask.sum(-1)
-            r_len = min(_bucket(int(lengths.max())), tokens.shape[1]) if cfg.trim_responses else tokens.shape[1]
+            longest = int(lengths.max())
+            if jax.process_count() > 1:  # the global update batch needs one response length everywhere
+                longest = int(multihost_utils.process_allgather(np.int32(longest)).max())
+            r_len = min(_bucket(longest), tokens.shape[1]) if cfg.trim_responses else tokens.shape[1]
             host = {"prompt_ids": np.asarray(out.prompt_ids), "prompt_mask": np.asarray(out.prompt_mask),
                     "response_ids": tokens[:, :r_len], "response_mask": rmask[:, :r_len],
                     "advantages": advantages.astype(np.float32)}

@@ -10,8 +10,9 @@ one short query pattern per tool, only required arguments, every value copied ve
 query, one call, two candidate tools and no irrelevant queries (each knob can be overridden).
 
 ``tiny=True`` (the CPU quickstart) goes further: three one-argument tools (``TINY_TEMPLATES``) whose
-values come from closed sets of four, so the query → call mapping is closer to classification than
-to copying, and the tool block stays short; otherwise as simple mode (two candidates, one call).
+values come from closed sets of four and are quoted in the query as they are in the call
+(``weather in "Paris"`` → ``{"city": "Paris"}``: the same tokens, so a tiny model can copy them), and
+the tool block stays short; otherwise as simple mode (two candidates, one call).
 """
 from __future__ import annotations
 
@@ -313,11 +314,11 @@ TEMPLATES: tuple[Template, ...] = (
 )
 TINY_TEMPLATES: tuple[Template, ...] = (
     Template("get_weather", "Weather in a city.", (_P("city", "str", "City.", _pick(CITIES[:4])),),
-             ("weather in {city}",)),
+             ('weather in "{city}"',)),
     Template("get_time", "Local time in a city.", (_P("city", "str", "City.", _pick(CITIES[:4])),),
-             ("time in {city}",)),
+             ('time in "{city}"',)),
     Template("get_news", "News on a topic.", (_P("topic", "str", "Topic.", _pick(TOPICS[:4])),),
-             ("news about {topic}",)),
+             ('news about "{topic}"',)),
 )
 _TOOL_JSON = tuple(json.dumps(t.tool()) for t in TEMPLATES)
 _TINY_TOOL_JSON = tuple(json.dumps(t.tool()) for t in TINY_TEMPLATES)
