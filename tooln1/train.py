@@ -386,6 +386,10 @@ class Trainer:
                 if self.process_index == 0:
                     make_random_checkpoint(path, layers=t.layers, hidden=t.hidden, heads=t.heads, kv_heads=t.kv_heads,
                                            intermediate=t.intermediate, seed=t.seed)
+                if jax.process_count() > 1:  # the others load it next: wait until process 0 has written it
+                    from jax.experimental import multihost_utils
+
+                    multihost_utils.sync_global_devices("tooln1 tiny checkpoint written")
                 self.say(f"made a tiny random checkpoint in {path}")
         self.model_path = path
         shape = {"data": cfg.mesh.data, "fsdp": cfg.mesh.fsdp, "tensor": cfg.mesh.tensor}

@@ -79,16 +79,17 @@ def count_params(config) -> dict:
     return {"block_matmul": layers * per_layer, "lm_head": h * v}
 
 
-def update_model_flops(config, n: int, p: int, r: int) -> float:
-    """Analytic FLOPs of one forward + backward over n sequences of p + r tokens (3 × forward).
+def update_model_flops(config, n: int, p: int, r: int, group: int = 1) -> float:
+    """Analytic FLOPs of one forward + backward over n responses of r tokens after p-token prompts
+    (3 × forward), each group of ``group`` rows packed as one row of p + group·r tokens.
 
     Forward: 2·(block matmul params)·tokens + attention (QKᵀ and AV, full T×T as computed with a
-    mask: 4·T²·heads·head_dim per layer and sequence) + the LM head on the r response positions.
+    mask: 4·T²·heads·head_dim per layer and row) + the LM head on the r response positions.
     """
     pc = count_params(config)
-    t = p + r
-    fwd = 2 * pc["block_matmul"] * n * t
-    fwd += 4 * config.num_layers * n * t * t * config.num_heads * config.head_dim
+    rows, t = n // group, p + group * r
+    fwd = 2 * pc["block_matmul"] * rows * t
+    fwd += 4 * config.num_layers * rows * t * t * config.num_heads * config.head_dim
     fwd += 2 * pc["lm_head"] * n * r
     return 3.0 * fwd
 
@@ -134,7 +135,10 @@ def run_ours(args) -> dict:
     sampling = SamplingConfig(num_samples=args.group, max_new_tokens=args.new_tokens, temperature=args.temperature,
                               top_p=1.0, top_k=0, pad_id=tok.pad_token_id, ignore_eos=True,
                               eos_ids=(tok.convert_tokens_to_ids("<|im_end|>"),))
-    loss = GRPOLoss(clip_eps=args.epsilon, kl_coef=args.beta, loss_agg="token-mean", temperature=args.temperature)
+    # One optimizer step per generation: old log-probs = current ones (as TRL), no recompute.
+    # Each group's prompt is scored once (packed with its G responses) unless --no-share-prompt.
+    loss = GRPOLoss(clip_eps=args.epsilon, kl_coef=args.beta, loss_agg="token-mean", temperature=args.temperature,
+                    on_policy=True, group_size=1 if args.no_share_prompt else args.group)
     updater = Updater(model, loss, OptimizerConfig(), num_mini_batches=1)
     reference = ReferencePolicy(nnx_params(model), offload_to_host=False)
     state = updater.init(model)
@@ -152,7 +156,6 @@ def run_ours(args) -> dict:
         t2 = time.perf_counter()
         batch = dict(prompt_ids=out.prompt_ids, prompt_mask=out.prompt_mask, response_ids=out.tokens,
                      response_mask=out.mask, advantages=adv)
-        batch["old_logprobs"] = updater.compute_logprobs(state.params, batch)
         batch["ref_logprobs"] = updater.compute_logprobs(reference.params(), batch)
         jax.block_until_ready(batch["ref_logprobs"])
         t3 = time.perf_counter()
@@ -173,7 +176,8 @@ def run_ours(args) -> dict:
                          step=t4 - t3b, tokens=n_tok, loss=float(metrics["loss"])))
         print(f"[ours] iter {it}: " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                                                for k, v in rows[-1].items()), file=sys.stderr, flush=True)
-    model_flops = update_model_flops(model.config, args.prompts * args.group, args.prompt_len, args.new_tokens)
+    model_flops = update_model_flops(model.config, args.prompts * args.group, args.prompt_len, args.new_tokens,
+                                     loss.group_size)
     return dict(side="ours", rows=rows, flops_xla_step=flops_xla, model_flops_step=model_flops)
 
 
@@ -206,15 +210,37 @@ def run_trl(args) -> dict:
         return [float(x) for x in rewards]
 
     class Timer(TrainerCallback):
+        """Per iteration: the total, and a split timed around TRL's own methods: ``_generate``
+        (sample), ``_calculate_rewards`` (score), no-grad ``_get_per_token_logps_and_entropies``
+        (reference log-probs) and the rest (update: forward + backward + optimizer + bookkeeping)."""
+
         def __init__(self):
-            self.times, self.t0 = [], None
+            self.rows, self.t0, self.parts = [], None, {}
+
+        def wrap(self, obj, method: str, part: str, only_without_grad: bool = False):
+            inner = getattr(obj, method)
+
+            def timed(*a, **k):
+                if only_without_grad and torch.is_grad_enabled():
+                    return inner(*a, **k)
+                t = time.perf_counter()
+                try:
+                    return inner(*a, **k)
+                finally:
+                    self.parts[part] = self.parts.get(part, 0.0) + time.perf_counter() - t
+
+            setattr(obj, method, timed)
 
         def on_step_begin(self, *a, **k):
-            self.t0 = time.perf_counter()
+            self.t0, self.parts = time.perf_counter(), {}
 
         def on_step_end(self, *a, **k):
-            self.times.append(time.perf_counter() - self.t0)
-            print(f"[trl] iter {len(self.times) - 1}: total={self.times[-1]:.3f}", file=sys.stderr, flush=True)
+            row = dict(total=time.perf_counter() - self.t0)
+            row.update({p: self.parts.get(p, 0.0) for p in ("sample", "score", "logprobs")})
+            row["step"] = row["total"] - row["sample"] - row["score"] - row["logprobs"]
+            self.rows.append(row)
+            print(f"[trl] iter {len(self.rows) - 1}: " + " ".join(f"{k}={v:.3f}" for k, v in row.items()),
+                  file=sys.stderr, flush=True)
 
     n = args.prompts * args.group
     cfg = GRPOConfig(
@@ -235,8 +261,11 @@ def run_trl(args) -> dict:
     timer = Timer()
     trainer = GRPOTrainer(model=args.ckpt, reward_funcs=[tool_reward], args=cfg, train_dataset=ds,
                           processing_class=tok, callbacks=[timer])
+    timer.wrap(trainer, "_generate", "sample")
+    timer.wrap(trainer, "_calculate_rewards", "score")
+    timer.wrap(trainer, "_get_per_token_logps_and_entropies", "logprobs", only_without_grad=True)
     trainer.train()
-    return dict(side="trl", rows=[dict(total=t) for t in timer.times], torch_threads=torch.get_num_threads(),
+    return dict(side="trl", rows=timer.rows, torch_threads=torch.get_num_threads(),
                 trl_version=__import__("trl").__version__, torch_version=torch.__version__)
 
 
@@ -253,6 +282,7 @@ def _median(xs):
 def summarise(args, ourses: list[dict], trls: list[dict]) -> dict:
     """Per side: every thread setting's steady-state median s/iter; the fastest setting counts."""
     res = dict(shape=args.shape, prompts=args.prompts, group=args.group, prompt_len=args.prompt_len,
+               share_prompt=not args.no_share_prompt, ld_preload=os.environ.get("LD_PRELOAD", ""),
                new_tokens=args.new_tokens, iters=args.iters, beta=args.beta, epsilon=args.epsilon,
                temperature=args.temperature, loadavg_start=args.loadavg_start, loadavg_end=os.getloadavg())
     if ourses:
@@ -279,6 +309,8 @@ def summarise(args, ourses: list[dict], trls: list[dict]) -> dict:
     if trls:
         res["trl_runs"] = [dict(threads=t["threads"], torch_threads=t["torch_threads"],
                                 s_per_iter=_median([x["total"] for x in t["rows"][1:]]),
+                                split_s={k: _median([x[k] for x in t["rows"][1:]])
+                                         for k in ("sample", "score", "logprobs", "step")},
                                 iter_s=[x["total"] for x in t["rows"]]) for t in trls]
         best = min(res["trl_runs"], key=lambda r: r["s_per_iter"])
         res["trl_s_per_iter"], res["trl_best_threads"] = best["s_per_iter"], best["threads"]
@@ -301,6 +333,8 @@ def main(argv=None):
     ap.add_argument("--epsilon", type=float, default=0.2)
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--side", choices=["both", "ours", "trl"], default="both")
+    ap.add_argument("--no-share-prompt", action="store_true",
+                    help="ours: score every row's prompt separately (GRPOLoss.group_size=1) instead of once per group")
     ap.add_argument("--matmul-n", type=int, default=2048)
     ap.add_argument("--threads", default="1,2",
                     help="comma list of thread settings; each side runs once per setting and its fastest counts. "
@@ -334,7 +368,7 @@ def main(argv=None):
                "--shape", args.shape, "--prompts", str(args.prompts), "--group", str(args.group),
                "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--iters", str(args.iters),
                "--beta", str(args.beta), "--epsilon", str(args.epsilon), "--temperature", str(args.temperature),
-               "--matmul-n", str(args.matmul_n), "--threads", threads]
+               "--matmul-n", str(args.matmul_n), "--threads", threads] + (["--no-share-prompt"] * args.no_share_prompt)
         env = dict(os.environ)
         if side == "ours" and threads == "1":
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
