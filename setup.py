@@ -1,5 +1,5 @@
 """tooln1: Tool-N1 (GRPO tool-calling RL) in JAX/Flax."""
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="tooln1",
@@ -8,7 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["tooln1", "tooln1.*"]),
+    packages=find_namespace_packages(include=["tooln1", "tooln1.*"]),  # namespace: assets/ is data, not code
     package_data={"tooln1": ["assets/**/*"]},
     include_package_data=True,
     install_requires=[
