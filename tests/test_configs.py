@@ -103,6 +103,7 @@ def _cfg(tmp_path, **over):
     ({"grpo.group_size": 1}, "config.grpo.group_size=1"),
     ({"grpo.reward": "fuzzy"}, "config.grpo.reward='fuzzy'"),
     ({"grpo.num_mini_batches": 3}, "config.grpo.num_mini_batches=3"),
+    ({"grpo.micro_batch_size": 8}, "config.grpo.share_prompt packs whole groups: micro_batch_size=8"),
     ({"grpo.micro_batch_size": 5}, "config.grpo.micro_batch_size=5"),
     ({"mesh.fsdp": 8, "grpo.micro_batch_size": 4}, "data×fsdp size 8"),
     ({"mesh.fsdp": 8, "sft.batch_size": 12}, "config.sft"),
