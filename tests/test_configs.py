@@ -90,12 +90,7 @@ def _cfg(tmp_path, **over):
     c = load_config_module("quickstart").get_config()
     c.workdir = str(tmp_path)
     c.mesh.update(data=1, fsdp=1, tensor=1, num_devices=0)
-    for key, value in over.items():
-        node = c
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
+    c.update_from_flattened_dict(over)  # dotted keys, e.g. {"grpo.steps": 2}
     return c
 
 

@@ -40,12 +40,7 @@ def make_config(workdir, model_path, cache_dir, **over):
     c.eval.update(every=2, batch_size=4, max_new_tokens=16)
     c.checkpoint.update(every=1, keep=2, async_save=True)
     c.log.update(progress=False, data_ids=True)
-    for key, value in over.items():
-        node = c
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
+    c.update_from_flattened_dict(over)  # dotted keys, e.g. {"grpo.steps": 2}
     return c
 
 
