@@ -1,13 +1,13 @@
 """Qwen2-family causal decoder (Qwen2 and Llama-3 blocks) as a Flax NNX module.
 
-One code path serves the full forward (training, log-probs) and cached decoding: attention always
-runs over a key/value sequence with an explicit boolean mask, which for the full forward is the
-causal mask over the left-padded batch and for decoding is "valid cache slot at or before me".
+One code path serves the full forward (training, log-probs) and cached decoding: every block runs
+the same projections and MLP, and only its ``attend`` callback differs — over the sequence itself for
+the full forward, over a preallocated cache for decoding, over pages for the rollout engine.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax.struct
 import jax
@@ -105,27 +105,27 @@ class Attention(nnx.Module):
         y = jnp.einsum("btd,dhk->bthk", x, kernel[...].astype(self.dtype))
         return y + bias[...].astype(self.dtype) if self.qkv_bias else y
 
-    def __call__(self, x, cos, sin, allowed, cache, layer: int, index, mesh: Mesh | None):
-        """``allowed`` [B, T, S]: which keys each query sees. ``cache`` is None or (k_all, v_all)."""
+    def qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mesh: Mesh | None):
+        """Rotated queries [B, T, heads, D] and keys, plus values [B, T, kv_heads, D]."""
         q = _rotate(self._project(x, self.q_kernel, getattr(self, "q_bias", None)), cos, sin)
         k = _rotate(self._project(x, self.k_kernel, getattr(self, "k_bias", None)), cos, sin)
         v = self._project(x, self.v_kernel, getattr(self, "v_bias", None))
-        q = constrain(q, ("batch", "length", "heads", "head_dim"), mesh)
-        if cache is not None:
-            k_all, v_all = cache
-            at = (layer, 0, index, 0, 0)
-            k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), at)
-            v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), at)
-            k, v = k_all[layer].astype(self.dtype), v_all[layer].astype(self.dtype)
-            cache = (k_all, v_all)
-        b, t, heads, dim = q.shape
-        groups = heads // k.shape[2]
-        q = q.reshape(b, t, k.shape[2], groups, dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (dim**-0.5)
-        scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, heads, dim)
-        return jnp.einsum("bthk,hkd->btd", out, self.o_kernel[...].astype(self.dtype)), cache
+        return constrain(q, ("batch", "length", "heads", "head_dim"), mesh), k, v
+
+    def output(self, attended: jax.Array) -> jax.Array:
+        """Output projection of the attended values [B, T, heads, D]."""
+        return jnp.einsum("bthk,hkd->btd", attended, self.o_kernel[...].astype(self.dtype))
+
+
+def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array) -> jax.Array:
+    """GQA softmax attention under a boolean ``allowed`` [B, T, S] mask (the dense reference)."""
+    b, t, heads, dim = q.shape
+    groups = heads // k.shape[2]
+    q = q.reshape(b, t, k.shape[2], groups, dim)
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (dim**-0.5)
+    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, heads, dim)
 
 
 class MLP(nnx.Module):
@@ -153,21 +153,28 @@ class Block(nnx.Module):
         self.post_attention_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd)
         self.mlp = MLP(config, rngs)
 
-    def __call__(self, x, cos, sin, allowed, cache, layer, index, mesh):
-        attended, cache = self.attention(self.input_norm(x), cos, sin, allowed, cache, layer, index, mesh)
-        x = constrain(x + attended, ("batch", "length", None), mesh)
+    def __call__(self, x, cos, sin, attend: "Attend", state: Any, layer, mesh: Mesh | None):
+        """One pre-norm block. ``attend(q, k, v, state, layer) -> (attended, state)`` is the only thing
+        that differs between the full forward, cached decoding and a paged cache; ``state`` (a KV
+        cache, pages, or None) is threaded through every layer and updated in place at ``layer``."""
+        q, k, v = self.attention.qkv(self.input_norm(x), cos, sin, mesh)
+        attended, state = attend(q, k, v, state, layer)
+        x = constrain(x + self.attention.output(attended), ("batch", "length", None), mesh)
         x = constrain(x + self.mlp(self.post_attention_norm(x), mesh), ("batch", "length", None), mesh)
-        return x, cache
+        return x, state
+
+
+Attend = Callable[[jax.Array, jax.Array, jax.Array, Any, Any], tuple[jax.Array, Any]]
+
+
+def _run_block(block: Block, x, cos, sin, attend, state, layer, mesh):
+    return block(x, cos, sin, attend, state, layer, mesh)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _jitted_logits(graphdef, state, input_ids, attention_mask, positions):
     model = nnx.merge(graphdef, state)
     return model.logits_from_hidden(model.hidden_states(input_ids, attention_mask, positions))
-
-
-def _run_block(block: Block, x, cos, sin, allowed, cache, layer, index, mesh):
-    return block(x, cos, sin, allowed, cache, layer, index, mesh)
 
 
 class CausalLM(nnx.Module):
@@ -210,7 +217,13 @@ class CausalLM(nnx.Module):
         if segment_ids is not None:
             seg = jnp.asarray(segment_ids, jnp.int32)
             allowed &= (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
-        return self._forward(input_ids, positions, allowed, None, 0, remat=self.config.remat)[0]
+
+        def attend(q, k, v, state, layer):
+            return masked_attention(q, k, v, allowed), state
+
+        x, _ = self.run_layers(self.embed_tokens(input_ids), *self.rope(positions), attend, None,
+                               remat=self.config.remat)
+        return self.final_norm(x)
 
     def init_cache(self, batch_size: int, max_length: int, dtype: Any = None) -> KVCache:
         c = self.config
@@ -234,12 +247,21 @@ class CausalLM(nnx.Module):
         kv_mask = jax.lax.dynamic_update_slice(cache.mask, new_mask, (0, cache.index))
         slots = cache.index + jnp.arange(t)
         allowed = kv_mask[:, None, :] & (jnp.arange(cache.max_length)[None, None, :] <= slots[None, :, None])
+        dtype = jnp.dtype(self.config.dtype)
+
+        def attend(q, k, v, state, layer):
+            k_all, v_all = state
+            at = (layer, 0, cache.index, 0, 0)
+            k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), at)
+            v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), at)
+            attended = masked_attention(q, k_all[layer].astype(dtype), v_all[layer].astype(dtype), allowed)
+            return attended, (k_all, v_all)
+
         # Decoding has no backward pass, so remat would only add an NNX transform inside the caller's loop.
-        hidden, (k, v) = self._forward(input_ids, jnp.asarray(positions, jnp.int32), allowed, (cache.k, cache.v),
-                                       cache.index, remat=False)
+        x, (k, v) = self.run_layers(self.embed_tokens(input_ids), *self.rope(jnp.asarray(positions, jnp.int32)),
+                                    attend, (cache.k, cache.v), remat=False)
         k, v = constrain(k, CACHE_AXES, self.mesh), constrain(v, CACHE_AXES, self.mesh)
-        if last_only:
-            hidden = hidden[:, -1:]
+        hidden = self.final_norm(x[:, -1:] if last_only else x)
         return self.logits_from_hidden(hidden), KVCache(k=k, v=v, mask=kv_mask, index=cache.index + t)
 
     def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
@@ -255,18 +277,25 @@ class CausalLM(nnx.Module):
 
         save_pretrained(self, out_dir, **kwargs)
 
-    # -- internals --------------------------------------------------------------------------
-    def _forward(self, input_ids, positions, allowed, cache, index, remat: bool):
+    # -- the pieces every forward is made of (the rollout engine composes them too) -------------
+    def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
+        x = jnp.take(self.embed[...], input_ids, axis=0).astype(jnp.dtype(self.config.dtype))
+        return constrain(x, ("batch", "length", None), self.mesh)
+
+    def rope(self, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """cos, sin [B, T, head_dim] of integer ``positions`` [B, T], in the compute dtype."""
         dtype = jnp.dtype(self.config.dtype)
-        x = jnp.take(self.embed[...], input_ids, axis=0).astype(dtype)
-        x = constrain(x, ("batch", "length", None), self.mesh)
         angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(rope_inverse_frequencies(self.config))
         angles = jnp.concatenate([angles, angles], axis=-1)
-        cos, sin = jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
-        run = nnx.remat(_run_block, static_argnums=(6, 8)) if remat else _run_block
+        return jnp.cos(angles).astype(dtype), jnp.sin(angles).astype(dtype)
+
+    def run_layers(self, x: jax.Array, cos: jax.Array, sin: jax.Array, attend: Attend, state: Any,
+                   remat: bool = False) -> tuple[jax.Array, Any]:
+        """All blocks over ``x`` [B, T, D] (not final-normed), threading ``state`` through ``attend``."""
+        run = nnx.remat(_run_block, static_argnums=(4, 7)) if remat else _run_block
         for layer, block in enumerate(self.layers):
-            x, cache = run(block, x, cos, sin, allowed, cache, layer, index, self.mesh)
-        return self.final_norm(x), cache
+            x, state = run(block, x, cos, sin, attend, state, layer, self.mesh)
+        return x, state
 
 
 def count_params(config: ModelConfig) -> int:
