@@ -85,10 +85,10 @@ def test_params_land_on_their_mesh_shardings(tiny_checkpoint):
 
     mesh = make_mesh({"fsdp": 2, "tensor": 4})
     model = tooln1.load_model(tiny_checkpoint, mesh=mesh)
-    q = model.layers[0].attention.q_kernel[...]
-    assert q.sharding.mesh == mesh and q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
+    q = model.layers.attention.q_kernel[...]  # stacked over layers, which stay unsplit
+    assert q.sharding.mesh == mesh and q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
     # 2 KV heads cannot be split 4 ways: that dimension is replicated rather than failing.
-    assert model.layers[0].attention.k_kernel[...].sharding.spec == jax.sharding.PartitionSpec("fsdp", None, None)
+    assert model.layers.attention.k_kernel[...].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", None, None)
 
 
 # -- errors name the culprit ----------------------------------------------------------------------

@@ -40,7 +40,7 @@ def test_logits_match_transformers(tmp_path, arch, tied):
     assert np.abs(ours - ref)[real].max() <= 1e-5
     # The biases matter: zeroing them must move the logits, or the test could not catch their loss.
     if arch == "qwen2":
-        model.layers[0].attention.q_bias[...] = 0 * model.layers[0].attention.q_bias[...]
+        model.layers.attention.q_bias[...] = 0 * model.layers.attention.q_bias[...]
         assert np.abs(np.asarray(model(ids, attention_mask=mask)) - ref)[real].max() > 1e-3
 
 

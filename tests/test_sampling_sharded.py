@@ -30,7 +30,7 @@ def test_sharded_equals_single_device(tmp_path):
     assert single.tokens.shape == (8, 12)
     for name, shape in MESHES.items():
         model = load_model(path, dtype="float32", mesh=make_mesh(shape))
-        assert len(model.layers[0].attention.q_kernel[...].sharding.device_set) == 8, name
+        assert len(model.layers.attention.q_kernel[...].sharding.device_set) == 8, name
         out = sample(model, prompt_ids, prompt_mask, cfg, 3).local()
         np.testing.assert_array_equal(out.tokens, single.tokens, err_msg=name)
         np.testing.assert_array_equal(out.mask, single.mask, err_msg=name)

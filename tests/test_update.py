@@ -236,10 +236,12 @@ def test_shared_prompt_packing_matches_per_row_scoring(run):
     model = nnx.merge(graphdef, jax.tree.map(jnp.asarray, run["params0"]))
     args = [jnp.asarray(b[k]) for k in ("prompt_ids", "prompt_mask", "response_ids", "response_mask")]
     per_row = response_logprobs(model, *args, 0.7, return_entropy=True)
-    packed = response_logprobs(model, *args, 0.7, return_entropy=True, group_size=g)
     valid = b["response_mask"] > 0
-    for want, got in zip(per_row, packed):
-        np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(want)[valid], atol=2e-5)
+    for attention in ("dense", "blockwise"):  # blockwise: several key blocks per prompt and response
+        model.config = CFG.replace(attention=attention, attention_block_size=4)
+        packed = response_logprobs(model, *args, 0.7, return_entropy=True, group_size=g)
+        for want, got in zip(per_row, packed):
+            np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(want)[valid], atol=2e-5)
     b["old_logprobs"] = np.asarray(per_row[0]) + 0.3 * np.sign(b["advantages"])[:, None]  # ratios away from 1
     b["ref_logprobs"] = np.asarray(per_row[0]) - 0.2
 

@@ -310,8 +310,9 @@ def response_logprobs(
 
     ``group_size`` G > 1: rows ``b*G .. b*G+G-1`` share one prompt (the sampler's layout), so each
     group becomes one packed row ``[prompt, response_1, …, response_G]`` in which a response sees
-    the prompt and itself only (``segment_ids``): the prompt runs through the model once, not G
-    times — the same values, with ``(P + G·R)`` instead of ``G·(P + R)`` tokens of work.
+    the prompt and itself only (`CausalLM.hidden_states`'s ``shared_prefix``): the prompt runs
+    through the model once, not G times — the same values, with ``P + G·R`` instead of
+    ``G·(P + R)`` tokens of work and no more attention than the unpacked rows.
     """
     if prompt_ids.shape[1] < 1:
         raise ValueError("response_logprobs: prompts must have at least one position")
@@ -323,12 +324,11 @@ def response_logprobs(
         prompt_mask = jnp.asarray(prompt_mask, jnp.int32)[::g]
         ids = jnp.concatenate([prompt_ids[::g], response_ids.reshape(n // g, g * r)], axis=1).astype(jnp.int32)
         mask = jnp.concatenate([prompt_mask, response_mask.reshape(n // g, g * r)], axis=1).astype(jnp.int32)
-        segments = np.concatenate([np.zeros(p, np.int32), np.repeat(np.arange(1, g + 1, dtype=np.int32), r)])
         prompt_len = prompt_mask.sum(-1, keepdims=True)
         positions = jnp.concatenate(
             [default_positions(prompt_mask), prompt_len + jnp.tile(jnp.arange(r, dtype=jnp.int32), g)[None]], axis=1
         )
-        hidden = model.hidden_states(ids, mask, positions, jnp.broadcast_to(segments, ids.shape))
+        hidden = model.hidden_states(ids, mask, positions, shared_prefix=p, continuations=g)
         # response j's token t is scored at the prompt's last position (t = 0) or at its token t - 1
         scorer = np.asarray([[p - 1] + [p + j * r + t - 1 for t in range(1, r)] for j in range(g)])
         hidden = hidden[:, scorer].reshape(n, r, hidden.shape[-1])

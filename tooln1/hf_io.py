@@ -41,8 +41,8 @@ class CheckpointError(ValueError):
 Transform = Callable[[np.ndarray], np.ndarray]
 
 
-def _tensor_map(config: ModelConfig) -> dict[str, tuple[tuple[Any, ...], Transform, Transform]]:
-    """HF tensor name -> (our parameter path, HF->ours transform, ours->HF transform)."""
+def _tensor_map(config: ModelConfig) -> dict[str, tuple[tuple[Any, ...], int | None, Transform, Transform]]:
+    """HF tensor name -> (our parameter path, layer index in its stack or None, HF->ours, ours->HF)."""
     c = config
     d, h, kv, hd = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
     same = (lambda w: w, lambda w: w)
@@ -55,20 +55,21 @@ def _tensor_map(config: ModelConfig) -> dict[str, tuple[tuple[Any, ...], Transfo
         return (lambda w: w.reshape(n, hd), lambda w: w.reshape(n * hd))
 
     heads_out = (lambda w: w.T.reshape(h, hd, d), lambda w: w.reshape(h * hd, d).T)  # [d, h*hd] <-> [h, hd, d]
-    table = {"model.embed_tokens.weight": (("embed",), *same), "model.norm.weight": (("final_norm", "weight"), *same)}
+    table = {"model.embed_tokens.weight": (("embed",), None, *same),
+             "model.norm.weight": (("final_norm", "weight"), None, *same)}
     if not c.tie_word_embeddings:
-        table["lm_head.weight"] = (("lm_head",), *transpose)
-    for i in range(c.num_layers):
-        hf, ours = f"model.layers.{i}.", ("layers", i)
-        table[hf + "input_layernorm.weight"] = (ours + ("input_norm", "weight"), *same)
-        table[hf + "post_attention_layernorm.weight"] = (ours + ("post_attention_norm", "weight"), *same)
+        table["lm_head.weight"] = (("lm_head",), None, *transpose)
+    for i in range(c.num_layers):  # every layer's tensor is slice i of one stacked parameter
+        hf = f"model.layers.{i}."
+        table[hf + "input_layernorm.weight"] = (("layers", "input_norm", "weight"), i, *same)
+        table[hf + "post_attention_layernorm.weight"] = (("layers", "post_attention_norm", "weight"), i, *same)
         for proj, n in (("q", h), ("k", kv), ("v", kv)):
-            table[hf + f"self_attn.{proj}_proj.weight"] = (ours + ("attention", f"{proj}_kernel"), *heads_in(n))
+            table[hf + f"self_attn.{proj}_proj.weight"] = (("layers", "attention", f"{proj}_kernel"), i, *heads_in(n))
             if c.qkv_bias:
-                table[hf + f"self_attn.{proj}_proj.bias"] = (ours + ("attention", f"{proj}_bias"), *bias(n))
-        table[hf + "self_attn.o_proj.weight"] = (ours + ("attention", "o_kernel"), *heads_out)
+                table[hf + f"self_attn.{proj}_proj.bias"] = (("layers", "attention", f"{proj}_bias"), i, *bias(n))
+        table[hf + "self_attn.o_proj.weight"] = (("layers", "attention", "o_kernel"), i, *heads_out)
         for proj in ("gate", "up", "down"):
-            table[hf + f"mlp.{proj}_proj.weight"] = (ours + ("mlp", f"{proj}_kernel"), *transpose)
+            table[hf + f"mlp.{proj}_proj.weight"] = (("layers", "mlp", f"{proj}_kernel"), i, *transpose)
     return table
 
 
@@ -123,6 +124,29 @@ def _place(value: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
 
 
+def _sharding(logical_axes, shape, mesh: Mesh | None) -> jax.sharding.Sharding:
+    if mesh is None:
+        return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return named_sharding(logical_axes, shape, mesh)
+
+
+class _StackedParameter:
+    """A [num_layers, ...] parameter filled one layer at a time on its devices: the host never holds
+    more than one layer's tensor, the devices the stack plus that one slice."""
+
+    def __init__(self, variable: Any, dtype: Any, mesh: Mesh | None):
+        shape, axes = variable.get_value().shape, variable.get_metadata()["logical_axes"]
+        self.layer_shape = shape[1:]
+        self.layer_sharding = _sharding(axes[1:], shape[1:], mesh)
+        sharding = _sharding(axes, shape, mesh)
+        self.value = jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)()
+        self._set = jax.jit(lambda stack, x, i: jax.lax.dynamic_update_index_in_dim(stack, x, i, 0),
+                            donate_argnums=0, out_shardings=sharding)
+
+    def set(self, layer: int, value: np.ndarray) -> None:
+        self.value = self._set(self.value, _place(value, self.layer_sharding), np.int32(layer))
+
+
 def load_model(
     path: str,
     dtype: str = "float32",
@@ -161,10 +185,12 @@ def load_model(
     graphdef, state = nnx.split(abstract)
     variables = dict(nnx.to_flat_state(state))
     param_dtype = jnp.dtype(dtype)
+    stacks = {target: _StackedParameter(variables[target], param_dtype, mesh)
+              for target, layer, _, _ in table.values() if layer == 0}
     for name, tensor in _iter_tensors(files, list(table)):
-        target, to_ours, _ = table[name]
+        target, layer, to_ours, _ = table[name]
         variable = variables[target]
-        expected = variable.get_value().shape
+        expected = variable.get_value().shape if layer is None else stacks[target].layer_shape
         try:
             value = to_ours(tensor)
         except ValueError:
@@ -175,11 +201,13 @@ def load_model(
                 f"described by config.json (expected {expected} after transposing to our layout)"
             )
         value = np.asarray(value, dtype=param_dtype)
-        if mesh is None:
-            sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        if layer is None:
+            sharding = _sharding(variable.get_metadata()["logical_axes"], value.shape, mesh)
+            variables[target] = variable.replace(value=_place(value, sharding))
         else:
-            sharding = named_sharding(variable.get_metadata()["logical_axes"], value.shape, mesh)
-        variables[target] = variable.replace(value=_place(value, sharding))
+            stacks[target].set(layer, value)
+    for target, stack in stacks.items():
+        variables[target] = variables[target].replace(value=stack.value)
     model = nnx.merge(graphdef, nnx.from_flat_state(variables))
     model.source_dir = os.path.abspath(path)
     model.hf_config_json = json.dumps(hf_config, sort_keys=True)
@@ -217,8 +245,9 @@ def save_pretrained(model: CausalLM, out_dir: str, max_shard_size: int | str = "
     table = _tensor_map(config)
     variables = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     tensors: dict[str, np.ndarray] = {}
-    for name, (target, _, to_hf) in table.items():
-        tensors[name] = np.ascontiguousarray(to_hf(_to_host(variables[target][...])))
+    for name, (target, layer, _, to_hf) in table.items():
+        value = variables[target][...] if layer is None else variables[target][...][layer]
+        tensors[name] = np.ascontiguousarray(to_hf(_to_host(value)))
     if jax.process_index() != 0:
         return
     os.makedirs(out_dir, exist_ok=True)

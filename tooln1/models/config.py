@@ -6,6 +6,8 @@ from typing import Any, Mapping
 
 SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM", "LlamaForCausalLM")
 _DTYPES = ("float32", "bfloat16", "float16")
+REMAT_POLICIES = ("full", "dots", "offload")
+ATTENTION_IMPLEMENTATIONS = ("auto", "dense", "blockwise", "splash", "cudnn")  # tooln1.models.attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +31,11 @@ class ModelConfig:
     architecture: str = "Qwen2ForCausalLM"
     param_dtype: str = "float32"
     dtype: str = "float32"  # compute dtype of activations and the KV cache
-    remat: bool = False
+    remat: bool = False  # recompute each block in the backward pass
+    remat_policy: str = "full"  # what remat keeps: "full" nothing, "dots" matmul outputs, "offload" them on host
+    scan_layers: bool = True  # jax.lax.scan over the stacked layers; False unrolls them (debugging)
+    attention: str = "auto"  # tooln1.models.attention implementation
+    attention_block_size: int = 512  # query/key block of the blockwise and splash paths
 
     def __post_init__(self):
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -39,6 +45,10 @@ class ModelConfig:
         for name in ("param_dtype", "dtype"):
             if getattr(self, name) not in _DTYPES:
                 raise ValueError(f"ModelConfig.{name}={getattr(self, name)!r}; expected one of {_DTYPES}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"ModelConfig.remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"ModelConfig.attention={self.attention!r}; expected one of {ATTENTION_IMPLEMENTATIONS}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"

@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from tooln1.models.attention import attention, merge_partial
 from tooln1.models.config import ModelConfig
 from tooln1.sharding import constrain
 
@@ -64,7 +65,10 @@ def _rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
 
 
-def _param(rngs: nnx.Rngs | None, shape, dtype, axes, init: str = "normal") -> nnx.Param:
+def _param(rngs: nnx.Rngs | None, shape, dtype, axes, init: str = "normal", layers: int | None = None) -> nnx.Param:
+    """A parameter annotated with logical axes; ``layers`` stacks one per layer on a leading axis."""
+    if layers is not None:
+        shape, axes = (layers, *shape), ("layers", *axes)
     if init == "ones":
         value = jnp.ones(shape, dtype)
     elif init == "zeros" or rngs is None:
@@ -75,8 +79,8 @@ def _param(rngs: nnx.Rngs | None, shape, dtype, axes, init: str = "normal") -> n
 
 
 class RMSNorm(nnx.Module):
-    def __init__(self, dim: int, eps: float, param_dtype):
-        self.weight = _param(None, (dim,), param_dtype, ("norm",), init="ones")
+    def __init__(self, dim: int, eps: float, param_dtype, layers: int | None = None):
+        self.weight = _param(None, (dim,), param_dtype, ("norm",), init="ones", layers=layers)
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -88,16 +92,17 @@ class RMSNorm(nnx.Module):
 class Attention(nnx.Module):
     """GQA self-attention with optional q/k/v bias and no output bias."""
 
-    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, layers: int | None = None):
         c, pd = config, jnp.dtype(config.param_dtype)
-        self.q_kernel = _param(rngs, (c.hidden_size, c.num_heads, c.head_dim), pd, ("embed", "heads", "head_dim"))
-        self.k_kernel = _param(rngs, (c.hidden_size, c.num_kv_heads, c.head_dim), pd, ("embed", "kv_heads", "head_dim"))
-        self.v_kernel = _param(rngs, (c.hidden_size, c.num_kv_heads, c.head_dim), pd, ("embed", "kv_heads", "head_dim"))
-        self.o_kernel = _param(rngs, (c.num_heads, c.head_dim, c.hidden_size), pd, ("heads", "head_dim", "embed"))
+        param = functools.partial(_param, dtype=pd, layers=layers)
+        self.q_kernel = param(rngs, (c.hidden_size, c.num_heads, c.head_dim), axes=("embed", "heads", "head_dim"))
+        self.k_kernel = param(rngs, (c.hidden_size, c.num_kv_heads, c.head_dim), axes=("embed", "kv_heads", "head_dim"))
+        self.v_kernel = param(rngs, (c.hidden_size, c.num_kv_heads, c.head_dim), axes=("embed", "kv_heads", "head_dim"))
+        self.o_kernel = param(rngs, (c.num_heads, c.head_dim, c.hidden_size), axes=("heads", "head_dim", "embed"))
         if c.qkv_bias:
-            self.q_bias = _param(None, (c.num_heads, c.head_dim), pd, ("heads", "head_dim"))
-            self.k_bias = _param(None, (c.num_kv_heads, c.head_dim), pd, ("kv_heads", "head_dim"))
-            self.v_bias = _param(None, (c.num_kv_heads, c.head_dim), pd, ("kv_heads", "head_dim"))
+            self.q_bias = param(None, (c.num_heads, c.head_dim), axes=("heads", "head_dim"))
+            self.k_bias = param(None, (c.num_kv_heads, c.head_dim), axes=("kv_heads", "head_dim"))
+            self.v_bias = param(None, (c.num_kv_heads, c.head_dim), axes=("kv_heads", "head_dim"))
         self.qkv_bias = c.qkv_bias
         self.dtype = jnp.dtype(c.dtype)
 
@@ -117,25 +122,14 @@ class Attention(nnx.Module):
         return jnp.einsum("bthk,hkd->btd", attended, self.o_kernel[...].astype(self.dtype))
 
 
-def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array) -> jax.Array:
-    """GQA softmax attention under a boolean ``allowed`` [B, T, S] mask (the dense reference)."""
-    b, t, heads, dim = q.shape
-    groups = heads // k.shape[2]
-    q = q.reshape(b, t, k.shape[2], groups, dim)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (dim**-0.5)
-    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, heads, dim)
-
-
 class MLP(nnx.Module):
     """SwiGLU: down(silu(gate(x)) * up(x)), no biases."""
 
-    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, layers: int | None = None):
         c, pd = config, jnp.dtype(config.param_dtype)
-        self.gate_kernel = _param(rngs, (c.hidden_size, c.intermediate_size), pd, ("embed", "mlp"))
-        self.up_kernel = _param(rngs, (c.hidden_size, c.intermediate_size), pd, ("embed", "mlp"))
-        self.down_kernel = _param(rngs, (c.intermediate_size, c.hidden_size), pd, ("mlp", "embed"))
+        self.gate_kernel = _param(rngs, (c.hidden_size, c.intermediate_size), pd, ("embed", "mlp"), layers=layers)
+        self.up_kernel = _param(rngs, (c.hidden_size, c.intermediate_size), pd, ("embed", "mlp"), layers=layers)
+        self.down_kernel = _param(rngs, (c.intermediate_size, c.hidden_size), pd, ("mlp", "embed"), layers=layers)
         self.dtype = jnp.dtype(c.dtype)
 
     def __call__(self, x: jax.Array, mesh: Mesh | None) -> jax.Array:
@@ -146,12 +140,15 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
-    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    """A pre-norm decoder block; built with ``layers=L`` it holds all L blocks' parameters stacked on
+    a leading axis, and a slice of them along that axis is one block again."""
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, layers: int | None = None):
         pd = jnp.dtype(config.param_dtype)
-        self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd)
-        self.attention = Attention(config, rngs)
-        self.post_attention_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd)
-        self.mlp = MLP(config, rngs)
+        self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd, layers)
+        self.attention = Attention(config, rngs, layers)
+        self.post_attention_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd, layers)
+        self.mlp = MLP(config, rngs, layers)
 
     def __call__(self, x, cos, sin, attend: "Attend", state: Any, layer, mesh: Mesh | None):
         """One pre-norm block. ``attend(q, k, v, state, layer) -> (attended, state)`` is the only thing
@@ -167,8 +164,11 @@ class Block(nnx.Module):
 Attend = Callable[[jax.Array, jax.Array, jax.Array, Any, Any], tuple[jax.Array, Any]]
 
 
-def _run_block(block: Block, x, cos, sin, attend, state, layer, mesh):
-    return block(x, cos, sin, attend, state, layer, mesh)
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "offload": jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
+}
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -185,7 +185,7 @@ class CausalLM(nnx.Module):
         self.config = config
         self.mesh = mesh
         self.embed = _param(rngs, (c.vocab_size, c.hidden_size), pd, ("vocab", "embed"))
-        self.layers = nnx.List([Block(c, rngs) for _ in range(c.num_layers)])
+        self.layers = Block(c, rngs, layers=c.num_layers)  # stacked: [num_layers, ...] per parameter
         self.final_norm = RMSNorm(c.hidden_size, c.rms_norm_eps, pd)
         if not c.tie_word_embeddings:
             self.lm_head = _param(rngs, (c.hidden_size, c.vocab_size), pd, ("embed", "vocab"))
@@ -201,25 +201,41 @@ class CausalLM(nnx.Module):
         graphdef, state = nnx.split(self)
         return _jitted_logits(graphdef, state, input_ids, mask, positions)
 
-    def hidden_states(self, input_ids, attention_mask=None, positions=None, segment_ids=None) -> jax.Array:
+    def hidden_states(self, input_ids, attention_mask=None, positions=None, shared_prefix: int = 0,
+                      continuations: int = 1) -> jax.Array:
         """Final-normed hidden states [B, T, D]: lets callers compute log-probs in chunks.
 
-        ``segment_ids`` [B, T] packs several continuations of one prefix into a row: 0 marks the
-        shared prefix, k > 0 continuation k, and a token sees the prefix and the earlier tokens of
-        its own continuation only. A GRPO group then runs its prompt through the model once instead
-        of G times (pass each continuation's ``positions`` as if it followed the prefix alone).
+        ``shared_prefix`` P > 0 packs ``continuations`` G equal-length continuations of one prefix
+        into a row, ``[prefix (P), c_1, ..., c_G]``: a continuation token sees the prefix and its
+        own earlier tokens only. A GRPO group then runs its prompt through the model once, and
+        attention costs P² + G·R·P + G·R² — never more than the G rows of P + R it replaces. Pass
+        each continuation's ``positions`` as if it followed the prefix alone.
         """
         input_ids = jnp.asarray(input_ids, jnp.int32)
         mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
         positions = default_positions(mask) if positions is None else jnp.asarray(positions, jnp.int32)
-        t = input_ids.shape[1]
-        allowed = mask.astype(bool)[:, None, :] & jnp.tril(jnp.ones((t, t), bool))[None]
-        if segment_ids is not None:
-            seg = jnp.asarray(segment_ids, jnp.int32)
-            allowed &= (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
+        attend_kw = dict(implementation=self.config.attention, block_size=self.config.attention_block_size)
+        p, g = shared_prefix, continuations
+        if p:
+            b, t = mask.shape
+            if (t - p) % g:
+                raise ValueError(f"hidden_states: {t - p} tokens after the prefix are not {g} equal continuations")
+            r = (t - p) // g
+            prefix_mask, cont_mask = mask[:, :p], mask[:, p:].reshape(b * g, r)
 
-        def attend(q, k, v, state, layer):
-            return masked_attention(q, k, v, allowed), state
+            def attend(q, k, v, state, layer):
+                rows = lambda x: x.reshape(b * g, r, *x.shape[2:])  # noqa: E731
+                prefix = attention(q[:, :p], k[:, :p], v[:, :p], prefix_mask, prefix_mask, **attend_kw)
+                cross = attention(q[:, p:], k[:, :p], v[:, :p], jnp.ones((b, g * r), jnp.int32), prefix_mask,
+                                  causal=False, return_lse=True, **attend_kw)
+                own = attention(rows(q[:, p:]), rows(k[:, p:]), rows(v[:, p:]), cont_mask, cont_mask,
+                                return_lse=True, **attend_kw)
+                merged = merge_partial([tuple(rows(x) for x in cross), own]).reshape(b, g * r, *q.shape[2:])
+                return jnp.concatenate([prefix, merged], axis=1), state
+        else:
+
+            def attend(q, k, v, state, layer):
+                return attention(q, k, v, mask, mask, **attend_kw), state
 
         x, _ = self.run_layers(self.embed_tokens(input_ids), *self.rope(positions), attend, None,
                                remat=self.config.remat)
@@ -245,16 +261,18 @@ class CausalLM(nnx.Module):
         b, t = input_ids.shape
         new_mask = jnp.ones((b, t), bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
         kv_mask = jax.lax.dynamic_update_slice(cache.mask, new_mask, (0, cache.index))
-        slots = cache.index + jnp.arange(t)
-        allowed = kv_mask[:, None, :] & (jnp.arange(cache.max_length)[None, None, :] <= slots[None, :, None])
+        slots = jnp.broadcast_to(cache.index + jnp.arange(t, dtype=jnp.int32), (b, t))
         dtype = jnp.dtype(self.config.dtype)
+        attend_kw = dict(implementation=self.config.attention, block_size=self.config.attention_block_size)
 
         def attend(q, k, v, state, layer):
             k_all, v_all = state
             at = (layer, 0, cache.index, 0, 0)
             k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), at)
             v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), at)
-            attended = masked_attention(q, k_all[layer].astype(dtype), v_all[layer].astype(dtype), allowed)
+            # causal by cache slot; empty slots (and left padding) are segment 0
+            attended = attention(q, k_all[layer].astype(dtype), v_all[layer].astype(dtype), new_mask.astype(jnp.int32),
+                                 kv_mask.astype(jnp.int32), slots, None, **attend_kw)
             return attended, (k_all, v_all)
 
         # Decoding has no backward pass, so remat would only add an NNX transform inside the caller's loop.
@@ -291,10 +309,30 @@ class CausalLM(nnx.Module):
 
     def run_layers(self, x: jax.Array, cos: jax.Array, sin: jax.Array, attend: Attend, state: Any,
                    remat: bool = False) -> tuple[jax.Array, Any]:
-        """All blocks over ``x`` [B, T, D] (not final-normed), threading ``state`` through ``attend``."""
-        run = nnx.remat(_run_block, static_argnums=(4, 7)) if remat else _run_block
-        for layer, block in enumerate(self.layers):
-            x, state = run(block, x, cos, sin, attend, state, layer, self.mesh)
+        """All blocks over ``x`` [B, T, D] (not final-normed), threading ``state`` through ``attend``.
+
+        The stacked layers run under one ``jax.lax.scan``, so the program holds one block however
+        deep the model is (``config.scan_layers=False`` unrolls it, for debugging); ``layer`` is
+        then a traced index. ``remat`` recomputes each block in the backward pass, keeping what
+        ``config.remat_policy`` names.
+        """
+        graphdef, params = nnx.split(self.layers)
+        mesh = self.mesh
+
+        def body(carry, per_layer):
+            x, state = carry
+            layer_params, layer = per_layer
+            x, state = nnx.merge(graphdef, layer_params)(x, cos, sin, attend, state, layer, mesh)
+            return (x, state), None
+
+        if remat:
+            body = jax.checkpoint(body, policy=_REMAT_POLICIES[self.config.remat_policy], prevent_cse=False)
+        layers = self.config.num_layers
+        if self.config.scan_layers:
+            (x, state), _ = jax.lax.scan(body, (x, state), (params, jnp.arange(layers, dtype=jnp.int32)))
+        else:
+            for layer in range(layers):
+                (x, state), _ = body((x, state), (jax.tree.map(lambda a: a[layer], params), layer))
         return x, state
 
 
