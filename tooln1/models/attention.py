@@ -151,6 +151,10 @@ def _blockwise(q, k, v, q_seg, kv_seg, q_pos, kv_pos, causal, bq, bk):
     qb = _blocks(_grouped(q, k.shape[2]), bq)  # [nq, B, bq, KV, G, D]
     kb, vb = _blocks(k, bk), _blocks(v, bk)  # [nk, B, bk, KV, D]
     masks = (_blocks(q_seg, bq), _blocks(kv_seg, bk), _blocks(q_pos, bq), _blocks(kv_pos, bk))
+    # Tie the masks to the queries. Under a scan over layers the masks are loop constants, and
+    # scan's loop-invariant hoisting would otherwise split the block loops and precompute every
+    # block's visibility for all (query, key) block pairs at once: [T/bq, S/bk, bq, bk] memory.
+    qb, masks = jax.lax.optimization_barrier((qb, masks))
     out, lse = _flash(qb, kb, vb, masks, causal)
     out = _unblocks(out, t).reshape(b, t, heads, dim)
     lse = _unblocks(lse, t).reshape(b, t, heads)
