@@ -80,6 +80,9 @@ def base_config() -> ml_collections.ConfigDict:
         dtype="float32",  # parameter dtype (DESIGN §8: fp32 params)
         compute_dtype="bfloat16",  # activations
         remat=True,
+        remat_policy="full",  # what remat keeps: full (nothing) | dots (matmul outputs) | offload (them, on host)
+        attention="auto",  # auto | dense | blockwise | splash | cudnn (tooln1.models.attention)
+        scan_layers=True,  # False unrolls the layers (debugging; program size grows with depth)
         tiny=ml_collections.ConfigDict(dict(
             enabled=False, layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, seed=0,
         )),
@@ -131,7 +134,7 @@ def base_config() -> ml_collections.ConfigDict:
         reward="binary",  # binary | format_partial | format_name_partial | binary_no_think
         reward_workers=0,  # > 0: score in worker processes
         ref_offload=False,  # keep the frozen reference params in host memory between uses
-        logprob_chunk_size=0,  # LM-head positions at a time (0 = all); bounds [n, chunk, V] logits
+        logprob_chunk_size=512,  # LM-head positions at a time (0 = all); bounds [n, chunk, V] logits
         # score each group's prompt once, packed with its G responses (GRPOLoss.group_size): same values,
         # P + G·R instead of G·(P + R) tokens per forward; needs (logprob_)micro_batch_size % group_size == 0
         share_prompt=False,

@@ -286,6 +286,18 @@ def test_reference_policy_is_a_frozen_copy():
         assert out["w"] is not params["w"]
 
 
+def test_reference_in_the_compute_dtype_scores_like_the_fp32_params():
+    model = CausalLM(CFG.replace(dtype="bfloat16"), rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    ref = ReferencePolicy(params, dtype="bfloat16").params()
+    assert {x.dtype for x in jax.tree.leaves(ref)} == {jnp.dtype("bfloat16")}
+    ids = jnp.asarray(np.random.RandomState(0).randint(0, 64, (2, 6)))
+    mask = jnp.ones_like(ids)
+    want = response_logprobs(model, ids[:, :3], mask[:, :3], ids[:, 3:], mask[:, 3:])
+    got = response_logprobs(nnx.merge(graphdef, ref), ids[:, :3], mask[:, :3], ids[:, 3:], mask[:, 3:])
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 def test_remat_switch_does_not_touch_the_callers_model():
     model = CausalLM(CFG, rngs=nnx.Rngs(0))
     updater = Updater(model, LOSS, OPT, remat=True)

@@ -252,6 +252,11 @@ def token_logprobs(
     return lp, entropy
 
 
+# LM-head positions per chunk: at a 152k vocabulary, [rows, 512, V] float32 logits instead of
+# [rows, 8192, V]; a sequence no longer than this runs unchunked (the quickstart's do).
+LOGPROB_CHUNK_SIZE = 512
+
+
 def hidden_logprobs(
     model: Any,
     hidden: Array,
@@ -378,7 +383,7 @@ class GRPOLoss:
     kl_coef: float = 1e-3
     loss_agg: str = "token-mean"
     temperature: float = 1.0
-    logprob_chunk_size: int | None = None
+    logprob_chunk_size: int | None = LOGPROB_CHUNK_SIZE
     compute_entropy: bool = True
     on_policy: bool = False
     group_size: int = 1

@@ -153,11 +153,13 @@ def load_model(
     mesh: Mesh | None = None,
     compute_dtype: str | None = None,
     remat: bool = False,
+    **model_options: Any,
 ) -> CausalLM:
     """Load an HF Qwen2/Llama checkpoint directory as a `CausalLM`.
 
     ``dtype`` is the parameter dtype; ``compute_dtype`` (default: ``dtype``) that of activations.
-    With a ``mesh`` each parameter is placed directly on its `NamedSharding`.
+    With a ``mesh`` each parameter is placed directly on its `NamedSharding`. ``model_options``
+    set how it runs (`ModelConfig` fields: ``attention``, ``remat_policy``, ``scan_layers``, ...).
     """
     hf_config = _read_config(path)
     try:
@@ -166,6 +168,7 @@ def load_model(
         raise CheckpointError(f"{path}/config.json: missing or invalid field {e}") from None
     except ValueError as e:
         raise CheckpointError(f"{path}/{e}") from None
+    config = config.replace(**model_options)  # a bad option is the caller's error, not the checkpoint's
     files = _weight_files(path)
     table = _tensor_map(config)
     ignored = {n for n in files if n.endswith(_IGNORED_SUFFIXES)}

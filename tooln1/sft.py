@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from tooln1.grpo import _check_agg, agg_totals, aggregate_loss, hidden_logprobs, masked_mean
+from tooln1.grpo import LOGPROB_CHUNK_SIZE, _check_agg, agg_totals, aggregate_loss, hidden_logprobs, masked_mean
 
 Array = jax.Array
 
@@ -65,7 +65,7 @@ class SFTLoss:
     """SFT objective over a batch dict with :data:`SFT_BATCH_KEYS`, for :class:`tooln1.update.Updater`."""
 
     loss_agg: str = "token-mean"
-    logprob_chunk_size: int | None = None
+    logprob_chunk_size: int | None = LOGPROB_CHUNK_SIZE
 
     def __post_init__(self):
         _check_agg(self.loss_agg)

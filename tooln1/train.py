@@ -398,7 +398,9 @@ class Trainer:
             devices = devices[: math.prod(shape.values())]  # a smaller mesh on the first devices
         self.mesh = make_mesh(shape, devices=devices)
         self.model = tooln1.load_model(path, dtype=cfg.model.dtype, mesh=self.mesh,
-                                       compute_dtype=cfg.model.compute_dtype, remat=cfg.model.remat)
+                                       compute_dtype=cfg.model.compute_dtype, remat=cfg.model.remat,
+                                       remat_policy=cfg.model.remat_policy, attention=cfg.model.attention,
+                                       scan_layers=cfg.model.scan_layers)
         if cfg.model.preset:
             self._check_preset(cfg.model.preset)
         from transformers import AutoTokenizer
@@ -630,7 +632,8 @@ class Trainer:
         updater = Updater(model, loss_fn, OptimizerConfig.from_mapping(cfg.optimizer),
                           num_mini_batches=cfg.num_mini_batches, micro_batch_size=cfg.micro_batch_size or None)
         # The reference is the frozen policy at the start of GRPO: copy it before the first step.
-        reference = ReferencePolicy(nnx_params(model), offload_to_host=cfg.ref_offload) if cfg.kl_coef > 0 else None
+        reference = (ReferencePolicy(nnx_params(model), offload_to_host=cfg.ref_offload,
+                                     dtype=self.cfg.model.compute_dtype) if cfg.kl_coef > 0 else None)
         state = updater.init(model)
         ckpt = self._checkpointer("grpo")
         step = 0
