@@ -152,3 +152,16 @@ def test_unknown_implementation_is_named():
     seg = jnp.ones((1, 4), jnp.int32)
     with pytest.raises(ValueError, match="flash3"):
         attention(q, k, v, seg, seg, implementation="flash3")
+
+
+def test_splash_kernel_in_interpret_mode_matches_dense():
+    """The TPU path (Pallas splash attention, GQA through its MQA kernel, segment ids for the left
+    padding) run by Pallas' interpreter on the CPU."""
+    from tooln1.models import attention as module
+
+    q, k, v = _qkv(1, 256, 256, dim=128, seed=8)
+    seg = _left_padded(1, 256, [37])
+    out = module._splash(q, k, v, seg, seg, True, 128, interpret=True)
+    dense = attention(q, k, v, seg, seg, implementation="dense")
+    real = np.asarray(seg != 0)
+    np.testing.assert_allclose(np.asarray(out)[real], np.asarray(dense)[real], atol=2e-5)

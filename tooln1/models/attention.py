@@ -253,7 +253,7 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 # -- platform kernels ------------------------------------------------------------------------------
-def _splash(q, k, v, q_seg, kv_seg, causal, block_size):
+def _splash(q, k, v, q_seg, kv_seg, causal, block_size, interpret: bool = False):
     """Pallas splash attention (TPU): causal by index plus segment ids, one kv head per kernel call."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
@@ -266,7 +266,8 @@ def _splash(q, k, v, q_seg, kv_seg, causal, block_size):
         block_q=block_size, block_kv=block_size, block_kv_compute=block_size,
         block_q_dkv=block_size, block_kv_dkv=block_size, block_kv_dkv_compute=block_size,
         block_q_dq=block_size, block_kv_dq=block_size)
-    mqa = kernel.make_splash_mqa_single_device(masks.MultiHeadMask([base] * groups), block_sizes=blocks)
+    mqa = kernel.make_splash_mqa_single_device(masks.MultiHeadMask([base] * groups), block_sizes=blocks,
+                                               interpret=interpret)
     qg = (_grouped(q, kvh) * (dim**-0.5)).astype(q.dtype)  # [B, T, KV, G, D]; splash does not scale
 
     def one_row(qr, kr, vr, qs, ks):  # per kv head: q [G, T, D], k and v [T, D]
