@@ -139,7 +139,7 @@ def test_cudnn_row_rolling_matches_dense():
 
     module.jax.nn.dot_product_attention = xla
     try:
-        out = module._cudnn(q, k, v, seg, True)
+        out = module._cudnn(q, k, v, seg, causal=True)
     finally:
         module.jax.nn.dot_product_attention = original
     dense = attention(q, k, v, seg, seg, implementation="dense")
@@ -161,7 +161,7 @@ def test_splash_kernel_in_interpret_mode_matches_dense():
 
     q, k, v = _qkv(1, 256, 256, dim=128, seed=8)
     seg = _left_padded(1, 256, [37])
-    out = module._splash(q, k, v, seg, seg, True, 128, interpret=True)
+    out = module._splash(q, k, v, seg, seg, causal=True, block_size=128, interpret=True)
     dense = attention(q, k, v, seg, seg, implementation="dense")
     real = np.asarray(seg != 0)
     np.testing.assert_allclose(np.asarray(out)[real], np.asarray(dense)[real], atol=2e-5)

@@ -24,6 +24,8 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec
 
 from tooln1.models.config import ATTENTION_IMPLEMENTATIONS as IMPLEMENTATIONS
 _NEG = -1e30  # finite "minus infinity": exp() underflows to 0 without inf - inf = nan
@@ -42,6 +44,7 @@ def attention(
     implementation: str = "auto",
     block_size: int = 512,
     return_lse: bool = False,
+    mesh: Mesh | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Softmax attention of ``q`` [B, T, heads, D] over ``k``, ``v`` [B, S, kv_heads, D] (GQA).
 
@@ -49,6 +52,8 @@ def attention(
     tokens for the causal rule. Returns [B, T, heads, D] in ``q``'s dtype, and with ``return_lse``
     the per-query log-sum-exp [B, T, heads] (float32) that merges partial attentions exactly
     (`merge_partial`). A query that sees no key gets zeros and a log-sum-exp of about -1e30.
+    With a ``mesh``, "auto" picks by the mesh's devices (compile-only TPU devices included) and the
+    kernels run per batch shard under ``shard_map``, since XLA cannot partition a custom call.
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"attention implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")
@@ -63,11 +68,14 @@ def attention(
     kv_segment_ids = jnp.asarray(kv_segment_ids, jnp.int32)
     impl = implementation
     if impl == "auto":
-        platform = jax.devices()[0].platform
+        platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
         impl = {"tpu": "splash", "gpu": "cudnn"}.get(platform, "blockwise")
         if max(t, s) <= block_size:
             impl = "dense"
-    if impl in ("splash", "cudnn") and (explicit_positions or return_lse or t != s):
+    kernel_ok = not (explicit_positions or return_lse or t != s or b % _batch_shards(mesh))
+    if impl == "splash":  # its blocks tile the sequence: multiples of 128
+        kernel_ok = kernel_ok and t % min(block_size, t) == 0 and min(block_size, t) % 128 == 0
+    if impl in ("splash", "cudnn") and not kernel_ok:
         impl = "blockwise"
     if impl == "dense":
         out, lse = _dense(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, causal)
@@ -75,10 +83,29 @@ def attention(
         bq, bk = min(block_size, t), min(block_size, s)
         out, lse = _blockwise(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, causal, bq, bk)
     elif impl == "splash":
-        return _splash(q, k, v, q_segment_ids, kv_segment_ids, causal, block_size)
+        return _per_batch_shard(functools.partial(_splash, causal=causal, block_size=block_size), mesh,
+                                q, k, v, q_segment_ids, kv_segment_ids)
     else:
-        return _cudnn(q, k, v, q_segment_ids, causal)
+        return _per_batch_shard(functools.partial(_cudnn, causal=causal), mesh, q, k, v, q_segment_ids)
     return (out, lse) if return_lse else out
+
+
+def _batch_axes(mesh: Mesh | None) -> tuple[str, ...]:
+    return tuple(a for a in ("data", "fsdp") if mesh is not None and mesh.shape.get(a, 1) > 1)
+
+
+def _batch_shards(mesh: Mesh | None) -> int:
+    return 1 if mesh is None else int(np.prod([mesh.shape[a] for a in _batch_axes(mesh)]))
+
+
+def _per_batch_shard(kernel, mesh: Mesh | None, *arrays: jax.Array) -> jax.Array:
+    """Run ``kernel`` on each device's rows (all arrays and the output lead with the batch)."""
+    axes = _batch_axes(mesh)
+    if not axes:
+        return kernel(*arrays)
+    spec = PartitionSpec(axes)
+    return jax.shard_map(kernel, mesh=mesh, in_specs=(spec,) * len(arrays), out_specs=spec,
+                         check_vma=False)(*arrays)
 
 
 def merge_partial(parts: list[tuple[jax.Array, jax.Array]]) -> jax.Array:
@@ -253,7 +280,7 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 # -- platform kernels ------------------------------------------------------------------------------
-def _splash(q, k, v, q_seg, kv_seg, causal, block_size, interpret: bool = False):
+def _splash(q, k, v, q_seg, kv_seg, *, causal, block_size, interpret: bool = False):
     """Pallas splash attention (TPU): causal by index plus segment ids, one kv head per kernel call."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
@@ -262,10 +289,9 @@ def _splash(q, k, v, q_seg, kv_seg, causal, block_size, interpret: bool = False)
     kvh = k.shape[2]
     groups = heads // kvh
     base = masks.CausalMask((t, t)) if causal else masks.FullMask((t, t))
-    blocks = kernel.BlockSizes.get_default() if block_size >= t else kernel.BlockSizes(
-        block_q=block_size, block_kv=block_size, block_kv_compute=block_size,
-        block_q_dkv=block_size, block_kv_dkv=block_size, block_kv_dkv_compute=block_size,
-        block_q_dq=block_size, block_kv_dq=block_size)
+    n = min(block_size, t)
+    blocks = kernel.BlockSizes(block_q=n, block_kv=n, block_kv_compute=n, block_q_dkv=n, block_kv_dkv=n,
+                               block_kv_dkv_compute=n, block_q_dq=n, block_kv_dq=n)
     mqa = kernel.make_splash_mqa_single_device(masks.MultiHeadMask([base] * groups), block_sizes=blocks,
                                                interpret=interpret)
     qg = (_grouped(q, kvh) * (dim**-0.5)).astype(q.dtype)  # [B, T, KV, G, D]; splash does not scale
@@ -279,7 +305,7 @@ def _splash(q, k, v, q_seg, kv_seg, causal, block_size, interpret: bool = False)
     return jax.vmap(one_row)(qg, k, v, q_seg, kv_seg).astype(q.dtype)
 
 
-def _cudnn(q, k, v, seg, causal):
+def _cudnn(q, k, v, seg, *, causal):
     """cuDNN flash attention: roll each row so its real tokens come first, then per-row lengths."""
     b, t, heads, dim = q.shape
     real = seg != 0

@@ -214,7 +214,8 @@ class CausalLM(nnx.Module):
         input_ids = jnp.asarray(input_ids, jnp.int32)
         mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
         positions = default_positions(mask) if positions is None else jnp.asarray(positions, jnp.int32)
-        attend_kw = dict(implementation=self.config.attention, block_size=self.config.attention_block_size)
+        attend_kw = dict(implementation=self.config.attention, block_size=self.config.attention_block_size,
+                         mesh=self.mesh)
         p, g = shared_prefix, continuations
         if p:
             b, t = mask.shape
@@ -263,7 +264,8 @@ class CausalLM(nnx.Module):
         kv_mask = jax.lax.dynamic_update_slice(cache.mask, new_mask, (0, cache.index))
         slots = jnp.broadcast_to(cache.index + jnp.arange(t, dtype=jnp.int32), (b, t))
         dtype = jnp.dtype(self.config.dtype)
-        attend_kw = dict(implementation=self.config.attention, block_size=self.config.attention_block_size)
+        attend_kw = dict(implementation=self.config.attention, block_size=self.config.attention_block_size,
+                         mesh=self.mesh)
 
         def attend(q, k, v, state, layer):
             k_all, v_all = state
