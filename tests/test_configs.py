@@ -77,12 +77,14 @@ def test_bad_spec_names_the_key(paper, spec, needle):
 
 
 def test_quickstart_config_is_valid(tmp_path):
-    from tooln1.train import validate_config
+    """The shipped quickstart config, mesh included (fsdp=-1 takes conftest's 8 host devices)."""
+    from tooln1.config_validation import mesh_batch_shards, validate_config
 
     c = load_config_module("quickstart").get_config()
     assert c.model.tiny.enabled and c.sft.enabled and c.grpo.enabled and c.data.sources.startswith("synthetic-tiny")
-    c.mesh.fsdp = 1  # conftest gives 8 host devices; the quickstart mesh takes them all
+    assert (c.mesh.data, c.mesh.fsdp, c.mesh.tensor) == (1, -1, 1)
     validate_config(c)
+    assert mesh_batch_shards(c) == 8
 
 
 def _cfg(tmp_path, **over):
@@ -115,7 +117,7 @@ def _cfg(tmp_path, **over):
     ({"sft.enabled": False, "grpo.enabled": False}, "nothing to train"),
 ])
 def test_invalid_config_message(tmp_path, over, needle):
-    from tooln1.train import ConfigError, validate_config
+    from tooln1.config_validation import ConfigError, validate_config
 
     with pytest.raises(ConfigError) as e:
         validate_config(_cfg(tmp_path, **over))
@@ -123,7 +125,7 @@ def test_invalid_config_message(tmp_path, over, needle):
 
 
 def test_several_errors_in_one_message(tmp_path):
-    from tooln1.train import ConfigError, validate_config
+    from tooln1.config_validation import ConfigError, validate_config
 
     with pytest.raises(ConfigError) as e:
         validate_config(_cfg(tmp_path, **{"grpo.group_size": 1, "grpo.reward": "x"}))

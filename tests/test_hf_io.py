@@ -12,7 +12,7 @@ from flax import nnx
 
 import tooln1
 from tooln1.hf_io import CheckpointError
-from tooln1.testing import make_tiny_checkpoint
+from tooln1.tiny_checkpoint import make_tiny_checkpoint
 
 
 def _params(model):
@@ -167,7 +167,7 @@ def test_quickstart_checkpoint_needs_no_torch(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['torch'] = None; from tooln1.testing import make_random_checkpoint; "
+    code = ("import sys; sys.modules['torch'] = None; from tooln1.tiny_checkpoint import make_random_checkpoint; "
             f"make_random_checkpoint({str(tmp_path)!r}, seed=1)")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     ours = tooln1.load_model(str(tmp_path))

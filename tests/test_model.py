@@ -6,7 +6,7 @@ import transformers
 from flax import nnx
 
 import tooln1
-from tooln1.testing import make_tiny_checkpoint
+from tooln1.tiny_checkpoint import make_tiny_checkpoint
 
 
 def _batch(vocab: int, seed: int = 0):

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from tooln1.data.mixing import add_irrelevance, mix, train_val_split  # noqa: E402
 from tooln1.data.prompt import filter_by_prompt_length, render_prompt  # noqa: E402
 from tooln1.data.records import write_records  # noqa: E402
-from tooln1.data.sources import DROP_REASONS, SourceStats, load_records_with_stats, parse_spec  # noqa: E402
+from tooln1.data.sources import DROP_REASONS, SourceStats, load_records_with_stats, parse_data_spec  # noqa: E402
 
 
 def _key_values(items: list[str], flag: str) -> dict[str, float]:
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     per_source, stats = {}, []
     for spec in args.source:
-        kind = parse_spec(spec)[0]
+        kind = parse_data_spec(spec)[0]
         name = kind if kind not in per_source else f"{kind}{sum(k.startswith(kind) for k in per_source) + 1}"
         print(f"[prepare_data] loading {spec} ...", flush=True)
         records, st = load_records_with_stats(spec, args.split)
