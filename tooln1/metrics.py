@@ -170,5 +170,47 @@ class Progress:
             self.bar.close()
 
 
-__all__ = ["MetricsWriter", "Progress", "peak_flops", "update_flops", "sft_flops", "measure_matmul_tflops",
+CURVES = (  # (title, metrics.jsonl key, phases whose rows carry it)
+    ("GRPO reward (train mean)", "reward/mean", ("grpo",)),
+    ("validation accuracy (greedy binary reward)", "val/accuracy", None),
+    ("KL to the reference (k3)", "loss/kl", ("grpo",)),
+    ("response length (mean tokens)", "response/length_mean", ("grpo",)),
+)
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl``, a resumed run's later writes of a step replacing earlier ones."""
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                rows[(str(r.get("phase")), int(r["step"]))] = r
+    return list(rows.values())
+
+
+def plot_curves(metrics_path: str, out_path: str) -> None:
+    """The paper-style training curves of a run — reward, validation accuracy, KL and response length
+    against the GRPO step — as one PNG (matplotlib's Agg canvas, no global pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = read_metrics(metrics_path)
+    fig = Figure(figsize=(10, 7), layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, (title, key, phases) in enumerate(CURVES):
+        ax = fig.add_subplot(2, 2, i + 1)
+        pts = sorted((r["step"], r[key]) for r in rows
+                     if isinstance(r.get(key), (int, float)) and (phases is None or r.get("phase") in phases))
+        if pts:
+            ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, markersize=3)
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.savefig(out_path, dpi=100)
+
+
+__all__ = ["MetricsWriter", "Progress", "plot_curves", "read_metrics", "peak_flops", "update_flops", "sft_flops", "measure_matmul_tflops",
            "PEAK_TFLOPS", "non_embedding_params"]

@@ -615,6 +615,7 @@ class Trainer:
             summary["export_dir"] = out
             self.say(f"exported the policy as an HF checkpoint to {out}")
         self.final_model = model
+        summary["data"] = self.data_stats
         return self._finish(summary)
 
     def _finish(self, summary: dict[str, Any], killed: bool = False) -> dict[str, Any]:
@@ -624,10 +625,23 @@ class Trainer:
         if not killed and self.process_index == 0:
             with open(os.path.join(self.workdir, "summary.json"), "w", encoding="utf-8") as f:
                 json.dump(summary, f, indent=2, sort_keys=True)
+            self._plot_curves()
             if summary.get("val_before_grpo") is not None:
                 self.say(f"validation reward before GRPO: {summary['val_before_grpo']:.3f}  after GRPO: "
                          f"{summary['val_after_grpo']:.3f}  ({summary['wall_seconds']:.0f} s in all)")
         return summary
+
+
+    def _plot_curves(self) -> None:
+        """``<workdir>/curves.png`` from metrics.jsonl; one line instead when matplotlib is missing."""
+        try:
+            from tooln1.metrics import plot_curves
+
+            plot_curves(os.path.join(self.workdir, "metrics.jsonl"), os.path.join(self.workdir, "curves.png"))
+        except ImportError:
+            self.say("matplotlib is not installed: no curves.png (pip install matplotlib)")
+            return
+        self.say(f"training curves in {os.path.join(self.workdir, 'curves.png')}")
 
 
 def nnx_params(model: Any) -> Any:
