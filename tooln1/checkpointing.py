@@ -146,7 +146,9 @@ class Checkpointer:
             except CheckpointMismatch:
                 raise
             except Exception as e:  # noqa: BLE001 - orbax/TensorStore raise bare Exception for bad files
-                aside = os.path.join(self.directory, f"unreadable-{step}")
+                aside, n = os.path.join(self.directory, f"unreadable-{step}"), 1
+                while os.path.exists(aside):  # an earlier unreadable copy of the same step
+                    aside, n = os.path.join(self.directory, f"unreadable-{step}.{n}"), n + 1
                 os.replace(os.path.join(self.directory, str(step)), aside)
                 self.manager.reload()
                 then = f"resuming from step {steps[i + 1]}" if i + 1 < len(steps) else "no earlier checkpoint kept"
