@@ -21,7 +21,7 @@ sys.path.insert(0, ROOT)
 
 from experiments import common  # noqa: E402
 from experiments.run_all import EXPERIMENTS  # noqa: E402
-from tooln1.eval import report  # noqa: E402
+from tooln1.eval.report import table_row  # noqa: E402
 
 PAPER_RESULTS = {"table2", "table3", "table4", "table5", "figure4"}
 
@@ -131,7 +131,7 @@ def test_smoke_of_every_entry(tmp_path):
                 _check_eval_results(results)
                 row = next(line for line in table.splitlines() if line.startswith(f"| {rec['label']} "))
                 cells = [c.strip() for c in row.strip("|").split("|")][1:]
-                assert [c for c in report.table_row(results)[1:] if c != "N/A"] == [c for c in cells if c != "N/A"]
+                assert [c for c in table_row(results)[1:] if c != "N/A"] == [c for c in cells if c != "N/A"]
             if rec["kind"] == "train":
                 run_dir = out / "runs" / rec["label"]
                 summary = json.loads((run_dir / "summary.json").read_text())
