@@ -24,11 +24,11 @@ setup(
         "safetensors>=0.4",
         "tqdm>=4.66",
         "jinja2>=3.1",  # transformers renders chat templates with it but does not require it
+        "matplotlib>=3.8",  # every training run plots curves.png; tooln1-eval plots accuracy.png
     ],
     extras_require={
         # torch: install the pinned CPU wheel first (`pip install torch==2.13.0`), see README.
-        "test": ["pytest>=8", "hypothesis>=6.100", "matplotlib>=3.8", "torch"],
-        "eval": ["matplotlib>=3.8"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "torch"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },

@@ -348,7 +348,7 @@ def plan(exp: Experiment, opts: Options) -> list[Step]:
 
 def prepare_smoke(exps: Sequence[Experiment], opts: Options) -> None:
     """Tiny random base checkpoints (one per size the experiments use), made once."""
-    from tooln1.testing import make_tiny_checkpoint
+    from tooln1.tiny_checkpoint import make_tiny_checkpoint
 
     sizes = {smoke_size(row.model_key) for e in exps for row in e.rows_for(opts)}
     for size in sorted(sizes):

@@ -49,8 +49,45 @@ def test_restore_into_wrong_shape_names_the_array(tmp_path):
     from tooln1.checkpointing import Checkpointer
     from tooln1.update import TrainState
 
+    from tooln1.checkpointing import CheckpointMismatch
+
     ck = Checkpointer(str(tmp_path / "ck"), async_save=False)
     ck.save(1, TrainState(params={"w": jnp.zeros((4,))}, opt_state=()), {})
-    with pytest.raises(Exception, match="w"):
+    with pytest.raises(CheckpointMismatch, match=r"ck/1: params/w has shape \(4,\), the model needs \(5,\)"):
         ck.restore(TrainState(params={"w": jnp.zeros((5,))}, opt_state=()))
+    with pytest.raises(CheckpointMismatch, match=r"ck/1: missing arrays \['params/v'\]"):
+        ck.restore(TrainState(params={"v": jnp.zeros((4,)), "w": jnp.zeros((4,))}, opt_state=()))
+    ck.close()
+
+
+def _truncate_arrays(step_dir):
+    for blob in (step_dir / "state").rglob("*"):
+        if blob.is_file() and blob.parent.name == "d":
+            blob.write_bytes(blob.read_bytes()[: blob.stat().st_size // 2])
+
+
+def test_restore_latest_skips_an_unreadable_step(tmp_path):
+    from tooln1.checkpointing import Checkpointer, NoUsableCheckpoint
+    from tooln1.update import TrainState
+
+    state = lambda v: TrainState(params={"w": jnp.full((256,), v)}, opt_state=())  # noqa: E731
+    ck = Checkpointer(str(tmp_path / "ck"), keep=3, async_save=False)
+    for step in (1, 2):
+        ck.save(step, state(float(step)), {"n": step})
+    ck.close()
+    _truncate_arrays(tmp_path / "ck" / "2")
+    warnings = []
+    ck = Checkpointer(str(tmp_path / "ck"), keep=3)
+    restored, meta = ck.restore_latest(state(0.0), warnings.append)
+    assert meta["step"] == 1 and float(restored.params["w"][0]) == 1.0
+    assert len(warnings) == 1 and warnings[0].startswith("warning: checkpoint step 2 is unreadable (")
+    assert f"{tmp_path}/ck/2/state" in warnings[0] and warnings[0].endswith("; resuming from step 1")
+    assert ck.all_steps() == [1] and (tmp_path / "ck" / "unreadable-2").is_dir()
+    ck.save(2, state(2.0), {"n": 2})  # the set-aside step can be written again
+    ck.close()
+    for step in (1, 2):
+        _truncate_arrays(tmp_path / "ck" / str(step))
+    ck = Checkpointer(str(tmp_path / "ck"), keep=3)
+    with pytest.raises(NoUsableCheckpoint, match="no usable checkpoint \\(steps 2, 1 are unreadable\\)"):
+        ck.restore_latest(state(0.0), warnings.append)
     ck.close()

@@ -77,12 +77,14 @@ def test_bad_spec_names_the_key(paper, spec, needle):
 
 
 def test_quickstart_config_is_valid(tmp_path):
-    from tooln1.train import validate_config
+    """The shipped quickstart config, mesh included (fsdp=-1 takes conftest's 8 host devices)."""
+    from tooln1.config_validation import mesh_batch_shards, validate_config
 
     c = load_config_module("quickstart").get_config()
     assert c.model.tiny.enabled and c.sft.enabled and c.grpo.enabled and c.data.sources.startswith("synthetic-tiny")
-    c.mesh.fsdp = 1  # conftest gives 8 host devices; the quickstart mesh takes them all
+    assert (c.mesh.data, c.mesh.fsdp, c.mesh.tensor) == (1, -1, 1)
     validate_config(c)
+    assert mesh_batch_shards(c) == 8
 
 
 def _cfg(tmp_path, **over):
@@ -115,7 +117,7 @@ def _cfg(tmp_path, **over):
     ({"sft.enabled": False, "grpo.enabled": False}, "nothing to train"),
 ])
 def test_invalid_config_message(tmp_path, over, needle):
-    from tooln1.train import ConfigError, validate_config
+    from tooln1.config_validation import ConfigError, validate_config
 
     with pytest.raises(ConfigError) as e:
         validate_config(_cfg(tmp_path, **over))
@@ -123,7 +125,7 @@ def test_invalid_config_message(tmp_path, over, needle):
 
 
 def test_several_errors_in_one_message(tmp_path):
-    from tooln1.train import ConfigError, validate_config
+    from tooln1.config_validation import ConfigError, validate_config
 
     with pytest.raises(ConfigError) as e:
         validate_config(_cfg(tmp_path, **{"grpo.group_size": 1, "grpo.reward": "x"}))
@@ -141,3 +143,56 @@ def test_cli_rejects_bad_config_before_compiling(tmp_path):
     assert "config.grpo.group_size=1" in proc.stderr and "config.grpo.reward='nope'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "tiny_model").exists()  # nothing was built
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--config.grpo.lerning_rate=1"], "--config.grpo.lerning_rate: no such config key; did you mean "
+                                       "grpo.optimizer.learning_rate"),
+    (["--config.output_dir=x"], "--config.output_dir: no such config key; did you mean workdir?"),
+])
+def test_cli_names_the_closest_keys_of_a_misspelled_override(tmp_path, args, needle):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tooln1.train", "--config", str(ROOT / "configs" / "quickstart.py"), *args],
+        capture_output=True, text=True, cwd=tmp_path, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300,
+    )
+    assert proc.returncode == 2 and needle in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
+def test_cli_missing_config_file_and_uncreatable_workdir_are_one_line(tmp_path):
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "tooln1.train", *a], capture_output=True, text=True, cwd=tmp_path,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
+    proc = run("--config", "configs/nope.py")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "tooln1-train: config file configs/nope.py does not exist (TOOLN1_DEBUG=1 for the traceback)"]
+    (tmp_path / "file").write_text("")
+    proc = run("--config", str(ROOT / "configs" / "quickstart.py"), f"--config.workdir={tmp_path}/file/run")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
+    assert f"config.workdir='{tmp_path}/file/run': cannot create" in proc.stderr
+
+
+def test_invalid_config_leaves_no_workdir(tmp_path):
+    from tooln1.config_validation import ConfigError
+    from tooln1.train import Trainer
+
+    cfg = _cfg(tmp_path / "run", **{"grpo.group_size": 1})
+    with pytest.raises(ConfigError):
+        Trainer(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("entry", ["tooln1.train:main(['tooln1-train', '--config', 'nope.py'])",
+                                   "tooln1.eval.cli:main(['--compare', 'nope.json'])"])
+def test_clis_silence_transformers_pytorch_warning(entry):
+    """Without torch (the quickstart install) transformers warns that PyTorch was not found; our CLIs
+    run on JAX and switch that advisory off before transformers loads."""
+    module, call = entry.split(":")
+    code = (f"import sys; sys.modules['torch'] = None; import {module} as m\n"
+            f"try:\n    m.{call}\nexcept SystemExit:\n    pass\nimport transformers")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "PyTorch was not found" not in proc.stderr
+    plain = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None; import transformers"],
+                           capture_output=True, text=True, timeout=300)
+    assert "PyTorch was not found" in plain.stderr  # the warning this test is about

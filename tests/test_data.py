@@ -225,6 +225,19 @@ def test_prepare_data_cli(tmp_path, capsys):
     assert json.load(open(tmp_path / "stats.json"))["train"] == 25
 
 
+def test_prepare_data_warns_on_an_empty_validation_split(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "prepare_data", os.path.join(os.path.dirname(__file__), "..", "tools", "prepare_data.py"))
+    prepare_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prepare_data)
+    summary = prepare_data.main(["--source", "synthetic-tiny:20", "--out", str(tmp_path), "--format", "jsonl"])
+    err = capsys.readouterr().err
+    assert summary["validation"] == 0  # 2% of 20 rounds to 0
+    assert "warning: the validation split is empty (20 examples × --val-fraction 0.02)" in err
+
+
 def test_fixture_files_match_their_generator():
     import importlib.util
 

@@ -9,6 +9,7 @@ outputs: trained exports, results.json per row, one table per experiment, Figure
 from __future__ import annotations
 
 import json
+import pathlib
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ sys.path.insert(0, ROOT)
 
 from experiments import common  # noqa: E402
 from experiments.run_all import EXPERIMENTS  # noqa: E402
+from tooln1.eval.report import table_row  # noqa: E402
 
 PAPER_RESULTS = {"table2", "table3", "table4", "table5", "figure4"}
 
@@ -92,6 +94,15 @@ def test_set_overrides_reach_the_config(tmp_path):
     assert cfg.grpo.micro_batch_size == 8 and cfg.model.remat is False
 
 
+def _check_eval_results(results):
+    """Each category's accuracy is its correct/total, and those counts are its samples' verdicts."""
+    for bench, cats in results["categories"].items():
+        for cat, c in cats.items():
+            verdicts = [r["valid"] for r in results["samples"] if r["benchmark"] == bench and r["category"] == cat]
+            assert c["total_count"] == len(verdicts) > 0 and c["correct_count"] == sum(verdicts), (bench, cat)
+            assert c["accuracy"] == c["correct_count"] / c["total_count"]
+
+
 def test_smoke_of_every_entry(tmp_path):
     """All five smoke variants in one process (compiled programs reused across runs)."""
     opts = common.Options.for_smoke(str(tmp_path))
@@ -115,9 +126,21 @@ def test_smoke_of_every_entry(tmp_path):
             assert os.path.exists(os.path.join(ROOT, rec["output"])) or os.path.exists(rec["output"]), rec
             if rec["kind"] == "eval":
                 assert rec["label"] in table
+                path = rec["output"] if os.path.isabs(rec["output"]) else os.path.join(ROOT, rec["output"])
+                results = json.loads(pathlib.Path(path).read_text())
+                _check_eval_results(results)
+                row = next(line for line in table.splitlines() if line.startswith(f"| {rec['label']} "))
+                cells = [c.strip() for c in row.strip("|").split("|")][1:]
+                assert [c for c in table_row(results)[1:] if c != "N/A"] == [c for c in cells if c != "N/A"]
             if rec["kind"] == "train":
-                summary = json.loads((out / "runs" / rec["label"] / "summary.json").read_text())
+                run_dir = out / "runs" / rec["label"]
+                summary = json.loads((run_dir / "summary.json").read_text())
                 assert not summary["killed"] and summary["export_dir"]
+                logged = {r["phase"]: r["val/accuracy"] for r in map(json.loads, (run_dir / "metrics.jsonl").open())
+                          if "val/accuracy" in r}
+                for key, phase in (("val_after_grpo", "after GRPO"), ("val_after_sft", "after SFT")):
+                    if summary.get(key) is not None:
+                        assert logged[phase] == summary[key], (rec["label"], key)
     assert (out / "figure4" / "sizes.png").stat().st_size > 0
     # the shared Tool-N1-7B smoke run was trained once and reused by the later tables
     main_run = "qwen2.5-7b-rl-binary-xlam+toolace"

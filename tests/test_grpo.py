@@ -11,6 +11,7 @@ import pytest
 from tooln1.grpo import (
     LOSS_AGG_MODES,
     agg_totals,
+    aggregate_loss,
     compute_advantages,
     policy_loss,
     token_logprobs,
@@ -55,7 +56,7 @@ def ref_loss(lp, old, ref, adv, mask, clip_eps=0.2, kl_coef=1e-3, agg="token-mea
     lp, old, ref, adv = (np.where(m, x, 0.0) for x in (lp, old, ref, adv))  # masked: whatever they hold
     with np.errstate(over="ignore"):
         per_tok, pg, k, clipped, ratio = ref_per_token(lp, old, ref, adv, clip_eps, kl_coef)
-    if agg == "token-mean":
+    if agg in ("token-mean", "micro-token-mean"):  # one batch is one micro-batch
         loss = (per_tok * mask).sum() / mask.sum()
     else:
         vals = []
@@ -181,10 +182,27 @@ def test_totals_make_micro_batches_sum_to_the_whole():
     part_loss = jax.jit(
         lambda b, agg: policy_loss(*b, loss_agg=agg, totals=totals)[0], static_argnums=1
     )
-    for agg in LOSS_AGG_MODES:
+    for agg in set(LOSS_AGG_MODES) - {"micro-token-mean"}:  # that one is defined per micro-batch (below)
         whole = part_loss((lp, old, ref, adv, mask), agg)
         parts = [part_loss(tuple(x[s] for x in (lp, old, ref, adv, mask)), agg) for s in (slice(0, 6), slice(6, 12))]
         np.testing.assert_allclose(float(sum(parts)), float(whole), rtol=1e-5, err_msg=agg)
+
+
+def test_micro_token_mean_is_the_mean_of_micro_batch_token_means():
+    """verl 0.2's aggregation: each micro-batch's token-mean, averaged over the micro-batches (numpy
+    reference), given the mini-batch's summed totals as the updater passes them."""
+    rng = np.random.default_rng(9)
+    per_token = rng.normal(size=(12, 7)).astype(np.float32)
+    mask = (np.arange(7)[None] < rng.integers(1, 8, 12)[:, None]).astype(np.float32)
+    parts = (slice(0, 4), slice(4, 8), slice(8, 12))
+    totals = jax.tree.map(lambda *t: sum(t), *(agg_totals(jnp.asarray(mask[s])) for s in parts))
+    assert float(totals["micro_batches"]) == 3.0
+    got = sum(float(aggregate_loss(per_token[s], mask[s], "micro-token-mean", totals)) for s in parts)
+    want = np.mean([(per_token[s] * mask[s]).sum() / mask[s].sum() for s in parts])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    global_mean = (per_token * mask).sum() / mask.sum()
+    assert abs(want - global_mean) > 1e-3  # unequal micro-batch token counts: not the global token-mean
+    np.testing.assert_allclose(float(aggregate_loss(per_token, mask, "micro-token-mean")), global_mean, rtol=1e-6)
 
 
 def test_policy_loss_extreme_values_stay_finite():

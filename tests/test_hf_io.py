@@ -12,7 +12,7 @@ from flax import nnx
 
 import tooln1
 from tooln1.hf_io import CheckpointError
-from tooln1.testing import make_tiny_checkpoint
+from tooln1.tiny_checkpoint import make_tiny_checkpoint
 
 
 def _params(model):
@@ -154,6 +154,26 @@ def test_error_wrong_shape(broken):
         tooln1.load_model(str(broken))
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_error_unreadable_safetensors_names_the_file(broken, damage):
+    weights = broken / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not safetensors" * 100)
+    with pytest.raises(CheckpointError, match=f"{weights}: not a readable safetensors file"):
+        tooln1.load_model(str(broken))
+
+
+def test_export_is_readable_by_others(tiny_checkpoint, tmp_path):
+    """safetensors writes 0600; the export gets the mode open() gives (0644 under umask 022)."""
+    old = os.umask(0o022)
+    try:
+        tooln1.load_model(tiny_checkpoint).save_pretrained(str(tmp_path / "out"))
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "out" / "model.safetensors").st_mode & 0o777 == 0o644
+    assert os.stat(tmp_path / "out" / "config.json").st_mode & 0o777 == 0o644
+
+
 def test_error_index_names_missing_shard(tmp_path):
     src = make_tiny_checkpoint(str(tmp_path / "s"), shard_size="40KB")
     shard = sorted(f for f in os.listdir(src) if f.startswith("model-"))[0]
@@ -167,7 +187,7 @@ def test_quickstart_checkpoint_needs_no_torch(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['torch'] = None; from tooln1.testing import make_random_checkpoint; "
+    code = ("import sys; sys.modules['torch'] = None; from tooln1.tiny_checkpoint import make_random_checkpoint; "
             f"make_random_checkpoint({str(tmp_path)!r}, seed=1)")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     ours = tooln1.load_model(str(tmp_path))
@@ -189,3 +209,6 @@ def test_convert_cli_round_trips_and_reports_bad_paths(tiny_checkpoint, tmp_path
     assert all(np.array_equal(a[k], b[k]) for k in a)
     with pytest.raises(SystemExit, match="tooln1-convert: checkpoint directory not found: .*missing"):
         main([str(tmp_path / "missing"), str(tmp_path / "out2")])
+    (tmp_path / "out" / "model.safetensors").write_bytes(b"\0" * 64)
+    with pytest.raises(SystemExit, match=r"tooln1-convert: .*out/model.safetensors: not a readable safetensors file"):
+        main([str(tmp_path / "out"), str(tmp_path / "out3")])

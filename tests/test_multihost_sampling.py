@@ -13,7 +13,7 @@ import numpy as np
 from tooln1.hf_io import load_model
 from tooln1.sampling import SamplingConfig, sample
 from tooln1.sharding import make_mesh
-from tooln1.testing import make_tiny_checkpoint, special_token_ids
+from tooln1.tiny_checkpoint import make_tiny_checkpoint, special_token_ids
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESH = {"data": 2, "fsdp": 2, "tensor": 2}

@@ -1,7 +1,6 @@
 """Reward rules of DESIGN §7, one test per rule and kind, plus fuzzing for robustness and speed."""
 import json
 import re
-import time
 
 import numpy as np
 import pytest
@@ -263,33 +262,35 @@ def test_fuzz_arbitrary_text_never_raises(text, answer):
         assert 0.0 <= compute_reward(text, answer, kind) <= 1.0
 
 
-ADVERSARIAL_1MB = {
-    "unclosed_opens": "<tool_call>" * 95_000,
-    "open_close_pairs": "<tool_call>[</tool_call>" * 42_000,
-    "deep_list": "<think></think><tool_call>" + "[" * 1_000_000 + "</tool_call>",
-    "deep_dict": "<tool_call>" + '{"a":' * 200_000 + "</tool_call>",
-    "huge_int": "<tool_call>" + "9" * 1_000_000 + "</tool_call>",
-    "backslashes": '<tool_call>"' + "\\\\" * 500_000 + '"</tool_call>',
-    "many_calls": "<think></think><tool_call>[" + '{"name": "f", "arguments": {"x": [1, {"y": null}]}},' * 20_000
-                  + '{"name": "f", "arguments": {}}]</tool_call>',
-    "long_think": "<think>" + "word " * 200_000 + "</think>" + call_block(ANSWER),
-    "markers": "<|im_start|>assistant" * 48_000,
-    "think_soup": "<think></think><tool_call>" * 40_000,
-}
+def _bench_reward():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "tools" / "bench_reward.py"
+    spec = importlib.util.spec_from_file_location("bench_reward", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ADVERSARIAL_1MB = _bench_reward().ADVERSARIAL_1MB  # timed by tools/bench_reward.py
 
 
 @pytest.mark.parametrize("name", sorted(ADVERSARIAL_1MB))
-def test_one_megabyte_inputs_are_fast(name):
+def test_one_megabyte_inputs_decode_little(name, monkeypatch):
+    """The work on a 1 MB response is bounded: one linear scan for the last block, and at most
+    MAX_BLOCK_CHARS + 8 × the answer's JSON handed to the JSON decoder (counted, not timed)."""
+    import tooln1.reward as reward
+
+    decoded = []
+    real = reward._loads
+    monkeypatch.setattr(reward, "_loads", lambda text: (decoded.append(len(text)), real(text))[1])
     text = ADVERSARIAL_1MB[name]
     assert len(text) >= 900_000
-    best = float("inf")
-    for _ in range(3):  # best of 3: the CI machine is shared
-        t0 = time.perf_counter()
-        values = [compute_reward(text, ANSWER, k) for k in KINDS]
-        best = min(best, (time.perf_counter() - t0) / len(KINDS))
-    assert best < 0.05, f"{name}: {best * 1e3:.1f} ms per call"
-    expected_binary = 1.0 if name == "long_think" else 0.0
-    assert values[0] == expected_binary
+    values = [compute_reward(text, ANSWER, k) for k in KINDS]
+    limit = reward.MAX_BLOCK_CHARS + 8 * len(json.dumps(ANSWER))
+    assert sum(decoded) <= len(KINDS) * 2 * limit, (name, decoded[:4])  # a string payload is decoded twice
+    assert values[0] == (1.0 if name == "long_think" else 0.0)
 
 
 # ---------------------------------------------------------------- batch scorer

@@ -6,7 +6,7 @@ import pytest
 from tooln1.hf_io import load_model
 from tooln1.sampling import SamplingConfig, sample
 from tooln1.sharding import make_mesh
-from tooln1.testing import make_tiny_checkpoint, special_token_ids
+from tooln1.tiny_checkpoint import make_tiny_checkpoint, special_token_ids
 
 MESHES = {"fsdp2_tensor4": {"fsdp": 2, "tensor": 4}, "data2_fsdp2_tensor2": {"data": 2, "fsdp": 2, "tensor": 2}}
 

@@ -89,7 +89,18 @@ def test_end_to_end_metrics_and_export(runs, tiny_tokenizer):
 
     summary, trainer = runs["ref"]
     assert summary["sft_steps"] == SFT_STEPS and summary["grpo_steps"] == GRPO_STEPS and not summary["killed"]
-    assert 0.0 <= summary["val_before_grpo"] <= 1.0 and 0.0 <= summary["val_after_grpo"] <= 1.0
+    # The validation rewards are the greedy binary reward of the validation prompts, recomputed here
+    # independently with tooln1.generate on the final policy, and the values logged in metrics.jsonl.
+    from tooln1.data import render_prompt
+    from tooln1.reward import compute_reward
+
+    val = trainer.val_records
+    texts = tooln1.generate(trainer.final_model, tiny_tokenizer, [render_prompt(r, tiny_tokenizer) for r in val],
+                            max_new_tokens=16, eos_ids=trainer.eos_ids)
+    assert summary["val_after_grpo"] == pytest.approx(np.mean([compute_reward(t[0], r["answer"]) for t, r in zip(texts, val)]))
+    logged = {r["phase"]: r["val/accuracy"] for r in read_jsonl(pathlib.Path(summary["workdir"]) / "metrics.jsonl")
+              if "val/accuracy" in r}
+    assert logged["before GRPO"] == summary["val_before_grpo"] and logged["after GRPO"] == summary["val_after_grpo"]
     assert summary["loss_agg"] == {"sft": "token-mean", "grpo": "token-mean"}
     rows = read_jsonl(pathlib.Path(summary["workdir"]) / "metrics.jsonl")
     grpo = last_by_step(rows, "grpo")
@@ -104,10 +115,20 @@ def test_end_to_end_metrics_and_export(runs, tiny_tokenizer):
             assert k in r and math.isfinite(r[k]), (step, k, r.get(k))
         assert 1 <= r["response/length_min"] <= r["response/length_mean"] <= r["response/length_max"] <= 16
         assert r["optim/skipped"] == 0 and r["perf/mfu"] > 0
+        # FLOPs of the update: old + reference forwards and forward+backward (num_mini_batches=2, so not
+        # on-policy), over 2 packed rows of [prompt 640, 4 responses × 16] (share_prompt, G=4).
+        c = trainer.final_model.config
+        n = sum(x.size for x in params_of(trainer.final_model).values())
+        n -= 0 if c.tie_word_embeddings else c.vocab_size * c.hidden_size  # the embedding lookup is free
+        seq = 640 + 4 * 16
+        forward = (2 * n + 4 * c.num_layers * c.num_heads * c.head_dim * seq) * 2 * seq
+        assert r["perf/update_tflops"] == pytest.approx(5 * forward / 1e12, rel=1e-6)
     sft = last_by_step(rows, "sft")
     assert sorted(sft) == [1, 2] and all(math.isfinite(r["sft/loss"]) for r in sft.values())
     assert any("val/accuracy" in r for r in rows if r.get("phase") == "GRPO")  # eval.every=2
     assert list(pathlib.Path(summary["workdir"]).glob("events.out.tfevents.*"))
+    curves = pathlib.Path(summary["workdir"]) / "curves.png"
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and curves.stat().st_size > 10_000
 
     # The export loads in tooln1 and in transformers, with the trained weights.
     out = summary["export_dir"]
@@ -160,6 +181,73 @@ def test_kill_and_resume_is_bit_exact(runs):
     assert len(grpo_ids) == len(set(grpo_ids))  # within an epoch no record repeats
 
 
+def _tree(workdir):
+    """Every file under a workdir with its size and modification time."""
+    return {str(p.relative_to(workdir)): (p.stat().st_size, p.stat().st_mtime_ns) for p in workdir.rglob("*") if p.is_file()}
+
+
+def test_rerunning_a_finished_run_changes_nothing(runs, tiny_checkpoint, capsys):
+    from tooln1.train import Trainer
+
+    summary, _ = runs["ref"]
+    workdir = pathlib.Path(summary["workdir"])
+    before = _tree(workdir)
+    again = Trainer(make_config(workdir, tiny_checkpoint, runs["base"] / "jax_cache")).run()
+    assert _tree(workdir) == before  # no metrics row, no event file, summary.json untouched
+    assert again == json.loads((workdir / "summary.json").read_text())
+    assert f"finished at step {GRPO_STEPS}; use a new workdir or --config.checkpoint.resume=false" in capsys.readouterr().out
+
+
+def test_resume_refuses_another_seed(runs, tiny_checkpoint, tmp_path):
+    import shutil
+
+    from tooln1.train import ConfigError, Trainer
+
+    workdir = tmp_path / "run"
+    shutil.copytree(runs["base"] / "full", workdir)
+    cfg = make_config(workdir, tiny_checkpoint, runs["base"] / "jax_cache",
+                      **{"seed": 5, "grpo.steps": GRPO_STEPS + 1})
+    with pytest.raises(ConfigError, match=r"config.seed=5, but the checkpoints in .*grpo were written with seed 0"):
+        Trainer(cfg).run()
+
+
+def test_corrupt_latest_checkpoint_resumes_from_the_previous_one(runs, tiny_checkpoint, tmp_path, capsys):
+    """A truncated array file in the newest GRPO checkpoint: one warning naming the step and the file,
+    then the run resumes from the previous kept step and ends with the reference's parameters."""
+    import shutil
+
+    from tooln1.train import Trainer
+
+    ref_summary, ref = runs["ref"]
+    workdir = tmp_path / "run"
+    shutil.copytree(runs["base"] / "full", workdir)
+    (workdir / "summary.json").unlink()  # as if killed after the last checkpoint
+    latest = workdir / "checkpoints" / "grpo" / str(GRPO_STEPS)
+    blobs = [p for p in (latest / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    big = max(blobs, key=lambda p: p.stat().st_size)
+    big.write_bytes(big.read_bytes()[: big.stat().st_size // 2])
+    capsys.readouterr()
+    t = Trainer(make_config(workdir, tiny_checkpoint, runs["base"] / "jax_cache"))
+    summary = t.run()
+    out = capsys.readouterr().out
+    warning = [line for line in out.splitlines() if "unreadable" in line]
+    assert len(warning) == 1 and f"checkpoint step {GRPO_STEPS} is unreadable" in warning[0]
+    assert f"{latest}/state" in warning[0] and f"resuming from step {GRPO_STEPS - 1}" in warning[0]
+    assert summary["grpo_steps"] == GRPO_STEPS and summary["val_after_grpo"] == ref_summary["val_after_grpo"]
+    a, b = params_of(ref.final_model), params_of(t.final_model)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_truncated_fraction_counts_rows_cut_by_the_limit():
+    from tooln1.train import truncated_fraction
+
+    eos = 9
+    tokens = np.array([[1, 2, 3], [1, 2, eos], [1, eos, 0], [1, 2, 3]])
+    mask = np.array([[1, 1, 1], [1, 1, 1], [1, 1, 0], [1, 1, 1]])
+    assert truncated_fraction(tokens, mask, [eos]) == 0.5  # rows 0 and 3; row 1 ended on its last slot
+
+
 def test_iterator_shares_and_resume():
     from tooln1.data.iterator import BatchIterator
 
@@ -198,3 +286,30 @@ def test_sft_examples_mask_exactly_the_reply(tiny_tokenizer):
         assert compute_reward(reply.removesuffix("<|im_end|>"), r["answer"]) == 1.0
         assert attn[i][: int((attn[i] == 0).sum())].sum() == 0  # left padded
     assert sft_response(recs[0], "no_reason", "x").startswith("<tool_call>[")
+
+
+def test_sft_drops_and_counts_examples_longer_than_max_seq_len(tiny_tokenizer):
+    """Too-long SFT examples are dropped (counted, said once), not cut from the left: a kept example
+    still starts with its system prompt, and a too-long one is refused rather than truncated."""
+    from ml_collections import ConfigDict
+
+    from tooln1.data import load_records
+    from tooln1.train import Trainer
+
+    recs = load_records("synthetic-simple:8:2")
+    said = []
+    t = Trainer.__new__(Trainer)
+    t.tokenizer, t.pad_id, t.eos_text, t.data_stats, t.say = tiny_tokenizer, 0, "<|im_end|>", {}, said.append
+    t.cfg = ConfigDict({"sft": {"target": "reason", "think_text": "call {names}", "max_seq_len": 0, "batch_size": 1}})
+    lengths = [len(p) + len(r) for p, r in t._sft_pairs(recs)]
+    limit = max(lengths) - 1
+    t.cfg.sft.max_seq_len = limit
+    keep = t._sft_fitting(recs)
+    too_long = [i for i, n in enumerate(lengths) if n > limit]
+    assert keep.tolist() == [i for i, n in enumerate(lengths) if n <= limit] and 0 < len(too_long) < len(recs)
+    assert t.data_stats["sft_too_long"] == len(too_long)
+    assert said == [f"SFT: dropped {len(too_long)} of {len(recs)} examples longer than config.sft.max_seq_len={limit}"]
+    ids, attn, _ = t._sft_examples([recs[i] for i in keep])
+    assert all(tiny_tokenizer.decode(row[a > 0]).startswith("<|im_start|>system") for row, a in zip(ids, attn))
+    with pytest.raises(ValueError, match=f"more than the padded length {limit}"):
+        t._sft_examples([recs[too_long[0]]])

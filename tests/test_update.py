@@ -304,3 +304,19 @@ def test_remat_switch_does_not_touch_the_callers_model():
     state = updater.init(model)
     assert updater.model(state).config.remat is True and model.config.remat is False
     assert jax.tree.leaves(state.params)[0] is jax.tree.leaves(nnx.state(model, nnx.Param))[0]
+
+
+def test_micro_token_mean_loss_is_verl_02s_micro_batch_average(run):
+    """``loss_agg="micro-token-mean"`` through the updater (4 micro-batches of 8 rows, unequal token
+    counts): the reported loss is the mean of the micro-batches' token-means (numpy), not the global
+    token-mean. On-policy with KL 0 the per-token loss is exactly −A (ρ = 1)."""
+    model = nnx.merge(run["graphdef"], jax.tree.map(jnp.asarray, run["params0"]))
+    loss = dataclasses.replace(LOSS, loss_agg="micro-token-mean", on_policy=True, kl_coef=0.0)
+    updater = Updater(model, loss, OptimizerConfig(learning_rate=0.0), micro_batch_size=8)
+    batch = {k: v for k, v in run["batch"].items() if k not in ("old_logprobs", "ref_logprobs")}
+    _, metrics = updater.step(updater.init(model), batch)
+    per_token = -batch["advantages"][:, None] * batch["response_mask"]
+    tokens = batch["response_mask"].astype(np.float64)
+    micro = [per_token[i:i + 8].sum() / tokens[i:i + 8].sum() for i in range(0, N, 8)]
+    np.testing.assert_allclose(float(metrics["loss"]), np.mean(micro), rtol=1e-5)
+    assert abs(np.mean(micro) - per_token.sum() / tokens.sum()) > 1e-3

@@ -12,19 +12,28 @@ checkpoint holds two items:
 Saving is asynchronous by default (``CheckpointManager`` finishes the write in the background; the
 next save or :meth:`close` waits for it). ``keep`` bounds the number of checkpoints on disk.
 Checkpoints are written atomically (temporary directory, then rename), so a run killed mid-save
-resumes from the previous complete checkpoint.
+resumes from the previous complete checkpoint. A checkpoint damaged later (a truncated array file)
+is set aside by :meth:`Checkpointer.restore_latest`, which then resumes from the previous kept step.
 """
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
+
+
+class CheckpointMismatch(ValueError):
+    """A readable checkpoint that does not fit the state it is restored into (another model config)."""
+
+
+class NoUsableCheckpoint(RuntimeError):
+    """Every kept checkpoint of a phase is unreadable."""
 
 
 def _key_str(path) -> str:
@@ -77,7 +86,8 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             create=True,
         )
-        self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "meta"), options=options)
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        self.manager = ocp.CheckpointManager(self.directory, item_handlers=handlers, options=options)
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -103,32 +113,61 @@ class Checkpointer:
 
     def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict[str, Any]] | None:
         """Restore onto the structure, dtypes and shardings of ``like`` (a state of the same shape);
-        ``None`` when there is no checkpoint."""
+        ``None`` when there is no checkpoint. :class:`CheckpointMismatch` names an array whose stored
+        shape differs or that is missing."""
         step = self.latest_step() if step is None else step
         if step is None:
             return None
         flat_like, _ = flatten(like)
         abstract = {k: _abstract(v) for k, v in flat_like.items()}
+        stored = self.manager.item_metadata(step)["state"] or {}
+        where = f"checkpoint {self.directory}/{step}"
+        missing = sorted(set(abstract) - set(stored))
+        if missing:
+            raise CheckpointMismatch(f"{where}: missing arrays {missing[:5]} (was it written by a different model config?)")
+        for k, v in abstract.items():
+            if hasattr(v, "shape") and tuple(stored[k].shape) != tuple(v.shape):
+                raise CheckpointMismatch(f"{where}: {k} has shape {tuple(stored[k].shape)}, the model needs "
+                                         f"{tuple(v.shape)} (was it written by a different model config?)")
         out = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        restored = dict(out["state"])
-        missing = sorted(set(abstract) - set(restored))
-        if missing:
-            raise ValueError(f"checkpoint {self.directory}/{step}: missing arrays {missing[:5]}")
-        for k, v in abstract.items():
-            got = restored[k]
-            if hasattr(v, "shape") and tuple(np.shape(got)) != tuple(v.shape):
-                raise ValueError(
-                    f"checkpoint {self.directory}/{step}: {k} has shape {np.shape(got)}, the model needs {v.shape} "
-                    "(was it written by a different model config?)")
-        return unflatten(restored, like), dict(out["meta"])
+        return unflatten(dict(out["state"]), like), dict(out["meta"])
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
+    def restore_latest(self, like: Any, warn: Callable[[str], None]) -> tuple[Any, dict[str, Any]] | None:
+        """:meth:`restore` of the newest *readable* checkpoint; ``None`` when there is none.
+
+        An unreadable step (a truncated or garbled file) gets one ``warn`` line naming it, is moved
+        aside to ``<directory>/unreadable-<step>`` (so later saves of that step work) and the previous
+        kept step is tried. :class:`NoUsableCheckpoint` when every kept step is unreadable."""
+        steps = sorted(self.all_steps(), reverse=True)
+        for i, step in enumerate(steps):
+            try:
+                return self.restore(like, step)
+            except CheckpointMismatch:
+                raise
+            except Exception as e:  # noqa: BLE001 - orbax/TensorStore raise bare Exception for bad files
+                aside, n = os.path.join(self.directory, f"unreadable-{step}"), 1
+                while os.path.exists(aside):  # an earlier unreadable copy of the same step
+                    aside, n = os.path.join(self.directory, f"unreadable-{step}.{n}"), n + 1
+                os.replace(os.path.join(self.directory, str(step)), aside)
+                self.manager.reload()
+                then = f"resuming from step {steps[i + 1]}" if i + 1 < len(steps) else "no earlier checkpoint kept"
+                warn(f"warning: checkpoint step {step} is unreadable ({_root_cause(e)}); moved it to {aside}; {then}")
+        if steps:
+            raise NoUsableCheckpoint(f"{self.directory}: no usable checkpoint (steps {', '.join(map(str, steps))} are "
+                                     "unreadable); use a new workdir or --config.checkpoint.resume=false")
+        return None
 
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _root_cause(e: BaseException) -> str:
+    """The innermost error's first line: TensorStore's names the array and the file it could not read."""
+    while e.__cause__ is not None or e.__context__ is not None:
+        e = e.__cause__ or e.__context__
+    return str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
 
 
 def rng_to_json(key: jax.Array) -> list[int]:
@@ -141,4 +180,4 @@ def rng_from_json(data: list[int], impl_like: jax.Array) -> jax.Array:
                                     impl=jax.random.key_impl(impl_like))
 
 
-__all__ = ["Checkpointer", "flatten", "unflatten", "rng_to_json", "rng_from_json"]
+__all__ = ["Checkpointer", "CheckpointMismatch", "NoUsableCheckpoint", "flatten", "unflatten", "rng_to_json", "rng_from_json"]

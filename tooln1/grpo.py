@@ -21,7 +21,7 @@ from tooln1.models.decoder import default_positions
 
 Array = jax.Array
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "micro-token-mean")
 
 # k3 is clamped to [-10, 10]; exp(δ)-δ-1 already exceeds 10 for δ > 2.7 or δ < -11.1, so limiting δ
 # to ±_K3_DELTA_LIMIT before the exp changes neither values nor gradients, but keeps exp finite
@@ -82,6 +82,7 @@ def agg_totals(mask: Array) -> dict[str, Array]:
     return {
         "tokens": mask.sum(),
         "seqs": (mask.sum(axis=-1) > 0).astype(jnp.float32).sum(),
+        "micro_batches": jnp.ones((), jnp.float32),  # summed over micro-batches: how many there are
     }
 
 
@@ -98,6 +99,10 @@ def aggregate_loss(
     - ``seq-mean-token-mean``: mean over each sequence's tokens, then mean over sequences (gives
       short responses more weight per token: the length bias of per-sequence normalisation).
     - ``seq-mean-token-sum``: sum over each sequence's tokens, then mean over sequences.
+    - ``micro-token-mean``: token-mean over *this micro-batch's* tokens, divided by the number of
+      micro-batches in the mini-batch; summed by the updater, that is the mean of the micro-batch
+      token-means — what verl 0.2 (the paper's code) did. It equals ``token-mean`` when all
+      micro-batches hold as many tokens, and otherwise weighs tokens of short micro-batches more.
 
     Sequences with no valid token are ignored by the sequence means. ``totals`` (from
     :func:`agg_totals`) overrides the denominators, for micro-batch accumulation.
@@ -109,6 +114,8 @@ def aggregate_loss(
     masked = jnp.where(mask > 0, per_token, 0.0)
     if loss_agg == "token-mean":
         return masked.sum() / jnp.maximum(totals["tokens"], 1.0)
+    if loss_agg == "micro-token-mean":
+        return masked.sum() / jnp.maximum(mask.sum(), 1.0) / jnp.maximum(totals["micro_batches"], 1.0)
     seq_sum = masked.sum(axis=-1)
     if loss_agg == "seq-mean-token-mean":
         seq_val = seq_sum / jnp.maximum(mask.sum(axis=-1), 1.0)

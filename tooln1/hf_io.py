@@ -6,6 +6,7 @@ Import streams one tensor at a time from memory-mapped safetensors straight onto
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from tooln1.models.config import ModelConfig
@@ -74,6 +75,16 @@ def _tensor_map(config: ModelConfig) -> dict[str, tuple[tuple[Any, ...], int | N
 
 
 # -- reading --------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _open_safetensors(file: str) -> Iterator[Any]:
+    """``safe_open`` whose failures (a truncated or garbage file) are a :class:`CheckpointError` naming it."""
+    try:
+        with safe_open(file, framework="numpy") as f:
+            yield f
+    except SafetensorError as e:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
+
+
 def _read_config(path: str) -> dict[str, Any]:
     if not os.path.isdir(path):
         raise CheckpointError(f"checkpoint directory not found: {path}")
@@ -101,7 +112,7 @@ def _weight_files(path: str) -> dict[str, str]:
         return {name: os.path.join(path, f) for name, f in weight_map.items()}
     single = os.path.join(path, SAFETENSORS_SINGLE)
     if os.path.isfile(single):
-        with safe_open(single, framework="numpy") as f:
+        with _open_safetensors(single) as f:
             return {name: single for name in f.keys()}
     if any(n.endswith((".bin", ".pt", ".pth")) for n in os.listdir(path)):
         raise CheckpointError(f"{path}: only pickle weights (*.bin) found; tooln1 loads safetensors only")
@@ -114,7 +125,7 @@ def _iter_tensors(files: dict[str, str], names: list[str]) -> Iterator[tuple[str
     for name in names:
         by_file.setdefault(files[name], []).append(name)
     for file, file_names in by_file.items():
-        with safe_open(file, framework="numpy") as f:
+        with _open_safetensors(file) as f:
             for name in file_names:
                 yield name, f.get_tensor(name)
 
@@ -279,6 +290,11 @@ def save_pretrained(model: CausalLM, out_dir: str, max_shard_size: int | str = "
         index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())}, "weight_map": weight_map}
         with open(os.path.join(out_dir, SAFETENSORS_INDEX), "w", encoding="utf-8") as f:
             json.dump(index, f, indent=2)
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in os.listdir(out_dir):  # safetensors writes 0600; give the weights the mode open() gives files
+        if name.endswith(".safetensors"):
+            os.chmod(os.path.join(out_dir, name), 0o666 & ~umask)
 
     hf_config = json.loads(model.hf_config_json) if model.hf_config_json else config.to_hf()
     hf_config.update(architectures=[config.architecture], torch_dtype=config.param_dtype)

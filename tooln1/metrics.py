@@ -1,11 +1,12 @@
 """Training metrics: tensorboardX scalars + a JSONL log, a tqdm progress bar, and the MFU estimate.
 
 MFU (model FLOPs utilisation) of the *update*: the FLOPs the trainer spends on the rollout batch —
-old and reference log-prob forwards (2·N·tokens each, the reference one only with KL) and the
-training forward+backward (6·N·tokens), plus attention (``12·L·d·T`` per token for training,
-``4·L·d·T`` per forward) — divided by the update wall time and by the peak FLOP/s of all devices.
-``N`` is :func:`tooln1.models.count_params` without the embedding table, tokens are the padded
-``rows × (P + R)`` actually computed. The peak is ``log.peak_tflops`` per device when set, else a
+the log-prob forwards it actually runs (2·N·tokens each: the old policy's unless ``on_policy`` reuses
+the training pass, the reference's only with KL) and the training forward+backward (6·N·tokens),
+plus attention (``12·L·d·T`` per token for training, ``4·L·d·T`` per forward) — divided by the update
+wall time and by the peak FLOP/s of all devices. ``N`` is :func:`tooln1.models.count_params` without
+the embedding table; tokens are the padded ones actually computed: ``rows × (P + R)``, or with
+``share_prompt`` (groups of G packed into one row) ``rows/G × (P + G·R)``. The peak is ``log.peak_tflops`` per device when set, else a
 table by device kind (bf16 dense), else (CPU) a measured float32 matmul rate.
 """
 from __future__ import annotations
@@ -72,14 +73,17 @@ def non_embedding_params(config: Any) -> int:
     return n
 
 
-def update_flops(config: Any, rows: int, seq_len: int, with_reference: bool = True) -> float:
-    """FLOPs of old/ref log-prob forwards + the training pass over ``rows × seq_len`` tokens."""
+def update_flops(config: Any, rows: int, prompt_len: int, response_len: int, *, old_logprobs: bool = True,
+                 reference: bool = True, group_size: int = 1) -> float:
+    """FLOPs of one GRPO update over ``rows`` responses: the old (``old_logprobs``) and reference
+    (``reference``) log-prob forwards plus the training forward + backward. ``group_size`` G > 1:
+    G responses share one packed row ``[prompt, response_1 … response_G]`` (``share_prompt``)."""
     n = non_embedding_params(config)
-    tokens = rows * seq_len
-    attn_fwd = 4 * config.num_layers * config.num_heads * config.head_dim * seq_len  # per token, causal ignored
+    seq = prompt_len + group_size * response_len
+    tokens = rows // group_size * seq
+    attn_fwd = 4 * config.num_layers * config.num_heads * config.head_dim * seq  # per token, causal ignored
     forward = (2 * n + attn_fwd) * tokens
-    passes = 1 + (1 if with_reference else 0)  # old (+ ref) log-probs
-    return passes * forward + 3 * forward
+    return (int(old_logprobs) + int(reference)) * forward + 3 * forward
 
 
 def sft_flops(config: Any, rows: int, seq_len: int) -> float:
@@ -161,16 +165,52 @@ class Progress:
                                  refresh=False)
         self.bar.update(n)
 
-    def write(self, msg: str) -> None:
-        if self.bar is not None:
-            self.bar.write(msg)
-        else:
-            print(msg, flush=True)
-
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
 
-__all__ = ["MetricsWriter", "Progress", "peak_flops", "update_flops", "sft_flops", "measure_matmul_tflops",
+CURVES = (  # (title, metrics.jsonl key, phases whose rows carry it)
+    ("GRPO reward (train mean)", "reward/mean", ("grpo",)),
+    ("validation accuracy (greedy binary reward)", "val/accuracy", None),
+    ("KL to the reference (k3)", "loss/kl", ("grpo",)),
+    ("response length (mean tokens)", "response/length_mean", ("grpo",)),
+)
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl``, a resumed run's later writes of a step replacing earlier ones."""
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                rows[(str(r.get("phase")), int(r["step"]))] = r
+    return list(rows.values())
+
+
+def plot_curves(metrics_path: str, out_path: str) -> None:
+    """The paper-style training curves of a run — reward, validation accuracy, KL and response length
+    against the GRPO step — as one PNG (matplotlib's Agg canvas, no global pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = read_metrics(metrics_path)
+    fig = Figure(figsize=(10, 7), layout="constrained")
+    FigureCanvasAgg(fig)
+    for i, (title, key, phases) in enumerate(CURVES):
+        ax = fig.add_subplot(2, 2, i + 1)
+        pts = sorted((r["step"], r[key]) for r in rows
+                     if isinstance(r.get(key), (int, float)) and (phases is None or r.get("phase") in phases))
+        if pts:
+            ax.plot(*zip(*pts), marker="o" if len(pts) < 30 else None, markersize=3)
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.savefig(out_path, dpi=100)
+
+
+__all__ = ["MetricsWriter", "Progress", "plot_curves", "read_metrics", "peak_flops", "update_flops", "sft_flops", "measure_matmul_tflops",
            "PEAK_TFLOPS", "non_embedding_params"]

@@ -14,10 +14,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the mesh axes the batch dimension is split over (the "batch" rule below)
 
 # logical axis -> mesh axis (or tuple of mesh axes, or None = replicated)
 LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", ("data", "fsdp")),
+    ("batch", BATCH_AXES),
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
@@ -45,6 +46,13 @@ def make_mesh(shape: Mapping[str, int] | Sequence[int] | None = None, devices: S
         if len(shape) != len(MESH_AXES):
             raise ValueError(f"mesh shape {tuple(shape)} must have one size per axis {MESH_AXES}")
         shape = dict(zip(MESH_AXES, shape))
+    sizes = resolve_mesh_shape(shape, len(devices))
+    return Mesh(np.asarray(devices).reshape([sizes[a] for a in MESH_AXES]), MESH_AXES)
+
+
+def resolve_mesh_shape(shape: Mapping[str, int], num_devices: int) -> dict[str, int]:
+    """``{axis: size}`` for every mesh axis (missing ones are 1), the -1 entry taking the devices the
+    others leave; ``ValueError`` naming the shape when it does not fit ``num_devices``."""
     unknown = set(shape) - set(MESH_AXES)
     if unknown:
         raise ValueError(f"unknown mesh axes {sorted(unknown)}; expected a subset of {MESH_AXES}")
@@ -53,15 +61,24 @@ def make_mesh(shape: Mapping[str, int] | Sequence[int] | None = None, devices: S
         raise ValueError(f"mesh shape {dict(shape)}: at most one axis may be -1")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
-        if known <= 0 or len(devices) % known:
-            raise ValueError(f"mesh shape {dict(shape)} does not divide the {len(devices)} available devices")
-        sizes[sizes.index(-1)] = len(devices) // known
-    if math.prod(sizes) != len(devices) or min(sizes) < 1:
+        if known <= 0 or num_devices % known:
+            raise ValueError(f"mesh shape {dict(shape)} does not divide the {num_devices} available devices")
+        sizes[sizes.index(-1)] = num_devices // known
+    if math.prod(sizes) != num_devices or min(sizes) < 1:
         raise ValueError(
             f"mesh shape {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-            f"but {len(devices)} are available ({jax.default_backend()})"
+            f"but {num_devices} are available ({jax.default_backend()})"
         )
-    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+    return dict(zip(MESH_AXES, sizes))
+
+
+def batch_shards(mesh: Mesh | Mapping[str, int] | None) -> int:
+    """How many ways the batch axis is split: the product of the mesh's (or shape's) data and fsdp
+    sizes; 1 without a mesh."""
+    if mesh is None:
+        return 1
+    sizes = mesh.shape if isinstance(mesh, Mesh) else mesh
+    return math.prod(int(sizes.get(a, 1)) for a in BATCH_AXES)
 
 
 def logical_to_spec(
@@ -112,7 +129,3 @@ def state_shardings(state: Any, mesh: Mesh) -> Any:
         return variable.replace(value=sharding)
 
     return jax.tree.map(one, state, is_leaf=lambda v: isinstance(v, nnx.Variable))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())

@@ -30,214 +30,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from tooln1.config_validation import ConfigError, parse_ratios, source_kind, split_specs, validate_config
+from tooln1.data.tokens import bucket_length, decode_responses, left_pad, power_of_two_buckets
+
 log = logging.getLogger("tooln1.train")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration; the message names the offending key."""
-
-
-# =============================================================================================
-# configuration checks (before anything is compiled)
-
-
-def _split_specs(sources: str) -> list[str]:
-    return [s.strip() for s in (sources or "").split(",") if s.strip()]
-
-
-def _parse_ratios(text: str) -> dict[str, float]:
-    out = {}
-    for part in (text or "").split(","):
-        part = part.strip()
-        if not part:
-            continue
-        name, sep, value = part.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise ConfigError(f"config.data.mix_ratios: {part!r} is not name=float (e.g. 'xlam=1.0,toolace=2.0')")
-    return out
-
-
-def _looks_like_hub_id(location: str) -> bool:
-    parts = location.split("/")
-    return (len(parts) == 2 and all(parts) and not location.startswith((".", "~"))
-            and not os.path.splitext(location)[1])
-
-
-SYNTHETIC_KINDS = ("synthetic", "synthetic-simple", "synthetic-tiny")
-
-
-def _source_kind(spec: str) -> str:
-    """The mixing kind of a spec: every synthetic variant counts as ``synthetic``."""
-    kind = spec.partition(":")[0]
-    return "synthetic" if kind in SYNTHETIC_KINDS else kind
-
-
-def _check_spec(key: str, spec: str) -> None:
-    kind, sep, location = spec.partition(":")
-    if not sep or not location:
-        raise ConfigError(f"config.{key}: bad data spec {spec!r}; expected KIND:LOCATION (xlam:PATH, toolace:PATH, "
-                          "synthetic:N[:SEED], synthetic-simple:N[:SEED], synthetic-tiny:N[:SEED], prepared:PATH)")
-    if kind in SYNTHETIC_KINDS:
-        n, _, seed = location.partition(":")
-        if not n.isdigit() or (seed and not seed.isdigit()):
-            raise ConfigError(f"config.{key}: bad synthetic spec {spec!r}; expected {kind}:N[:SEED]")
-        return
-    if kind not in ("xlam", "toolace", "prepared"):
-        raise ConfigError(f"config.{key}: unknown data source kind {kind!r} in {spec!r}; "
-                          "expected xlam, toolace, synthetic, synthetic-simple, synthetic-tiny or prepared")
-    if os.path.exists(location):
-        return
-    if kind != "prepared" and _looks_like_hub_id(location):
-        return  # a hub id; `datasets` resolves it (or says it cannot, offline)
-    raise ConfigError(f"config.{key}: data path {location!r} (in {spec!r}) does not exist")
-
-
-def mesh_batch_shards(cfg: Any) -> int:
-    """Devices the batch is split over (data × fsdp) for the configured mesh."""
-    import jax
-
-    n = len(jax.devices())
-    d, f, t = int(cfg.mesh.data), int(cfg.mesh.fsdp), int(cfg.mesh.tensor)
-    known = math.prod(x for x in (d, f, t) if x != -1)
-    sizes = [n // known if x == -1 else x for x in (d, f, t)]
-    return sizes[0] * sizes[1]
-
-
-def validate_config(cfg: Any, check_paths: bool = True) -> None:
-    """Raise :class:`ConfigError` with one message naming every offending key."""
-    import jax
-
-    from tooln1.grpo import LOSS_AGG_MODES as AGGREGATIONS
-    from tooln1.reward import KINDS
-
-    errors: list[str] = []
-
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            errors.append(msg)
-
-    sft, grpo = cfg.sft, cfg.grpo
-    need(sft.enabled or grpo.enabled, "config.sft.enabled and config.grpo.enabled are both False: nothing to train")
-
-    # -- model
-    tiny = cfg.model.tiny.enabled
-    if check_paths:
-        if not cfg.model.path:
-            need(tiny, "config.model.path is empty (set it to an HF checkpoint dir, or model.tiny.enabled=True)")
-        elif not tiny or os.path.exists(cfg.model.path):
-            need(os.path.isfile(os.path.join(cfg.model.path, "config.json")),
-                 f"config.model.path: {cfg.model.path!r} is not an HF checkpoint directory (no config.json there)")
-        if cfg.model.tokenizer:
-            need(os.path.isdir(cfg.model.tokenizer), f"config.model.tokenizer: directory {cfg.model.tokenizer!r} does not exist")
-    for key in ("dtype", "compute_dtype"):
-        need(cfg.model[key] in ("float32", "bfloat16", "float16"),
-             f"config.model.{key}={cfg.model[key]!r}: expected float32, bfloat16 or float16")
-    if cfg.model.preset:
-        from tooln1.models import PRESETS
-
-        need(cfg.model.preset in PRESETS, f"config.model.preset={cfg.model.preset!r}: unknown; known: {sorted(PRESETS)}")
-
-    # -- mesh
-    sizes = [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor]
-    n_dev = len(jax.devices())
-    procs = jax.process_count()
-    shards = 1
-    if sizes.count(-1) > 1 or any((s < 1 and s != -1) for s in sizes):
-        errors.append(f"config.mesh: sizes data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]} must be >= 1 (one may be -1)")
-    else:
-        known = math.prod(s for s in sizes if s != -1)
-        if (-1 in sizes and n_dev % known) or (-1 not in sizes and (known > n_dev or (procs > 1 and known != n_dev))):
-            errors.append(f"config.mesh: data={sizes[0]} × fsdp={sizes[1]} × tensor={sizes[2]} does not fit the "
-                          f"{n_dev} available {jax.default_backend()} devices")
-        else:
-            shards = mesh_batch_shards(cfg)
-    if cfg.mesh.num_devices:
-        need(cfg.mesh.num_devices == n_dev, f"config.mesh.num_devices={cfg.mesh.num_devices} (preset "
-             f"{cfg.mesh.preset!r}) but {n_dev} {jax.default_backend()} devices are available")
-
-    # -- data
-    specs = _split_specs(cfg.data.sources)
-    need(bool(specs), "config.data.sources is empty")
-    for s in specs:
-        try:
-            if check_paths:
-                _check_spec("data.sources", s)
-        except ConfigError as e:
-            errors.append(str(e))
-    if cfg.data.val_spec and check_paths:
-        try:
-            _check_spec("data.val_spec", cfg.data.val_spec)
-        except ConfigError as e:
-            errors.append(str(e))
-    need(cfg.data.val_size > 0 or bool(cfg.data.val_spec), "config.data.val_size must be > 0 (or set data.val_spec)")
-    try:
-        ratios = _parse_ratios(cfg.data.mix_ratios)
-        kinds = {_source_kind(s) for s in specs}
-        unknown = sorted(set(ratios) - kinds)
-        need(not unknown, f"config.data.mix_ratios names {unknown}, which are not among the sources {sorted(kinds)}")
-    except ConfigError as e:
-        errors.append(str(e))
-    need(0.0 <= cfg.data.irrelevance <= 1.0, f"config.data.irrelevance={cfg.data.irrelevance} must be in [0, 1]")
-    need(cfg.data.max_prompt_tokens >= 1, "config.data.max_prompt_tokens must be >= 1")
-
-    # -- SFT
-    if sft.enabled:
-        need(sft.target in ("reason", "no_reason"), f"config.sft.target={sft.target!r}: expected 'reason' or 'no_reason'")
-        need(sft.steps > 0 or sft.epochs > 0, "config.sft: set steps > 0 or epochs > 0")
-        need(sft.batch_size >= 1, f"config.sft.batch_size={sft.batch_size} must be >= 1")
-        micro = sft.micro_batch_size or sft.batch_size
-        need(sft.batch_size % micro == 0,
-             f"config.sft.batch_size={sft.batch_size} is not a multiple of config.sft.micro_batch_size={micro}")
-        need(micro % shards == 0, f"config.sft: micro-batch of {micro} rows is not divisible by the mesh's "
-             f"data×fsdp size {shards} (config.mesh)")
-        need(sft.batch_size % procs == 0, f"config.sft.batch_size={sft.batch_size} is not divisible by the {procs} processes")
-        need(sft.loss_agg in AGGREGATIONS, f"config.sft.loss_agg={sft.loss_agg!r}: expected one of {AGGREGATIONS}")
-        need(sft.max_seq_len >= 2, "config.sft.max_seq_len must be >= 2")
-
-    # -- GRPO
-    if grpo.enabled:
-        need(grpo.reward in KINDS, f"config.grpo.reward={grpo.reward!r}: unknown reward kind; expected one of {list(KINDS)}")
-        need(grpo.group_size >= 2, f"config.grpo.group_size={grpo.group_size}: GRPO needs at least 2 samples per "
-             "prompt (group-relative advantages of a group of one carry no signal)")
-        need(grpo.steps > 0 or grpo.epochs > 0, "config.grpo: set steps > 0 or epochs > 0")
-        need(grpo.batch_size >= 1, f"config.grpo.batch_size={grpo.batch_size} must be >= 1")
-        need(grpo.temperature > 0, f"config.grpo.temperature={grpo.temperature}: GRPO needs sampling (temperature > 0)")
-        need(0 < grpo.top_p <= 1, f"config.grpo.top_p={grpo.top_p} must be in (0, 1]")
-        need(grpo.max_response_tokens >= 1, "config.grpo.max_response_tokens must be >= 1")
-        need(grpo.loss_agg in AGGREGATIONS, f"config.grpo.loss_agg={grpo.loss_agg!r}: expected one of {AGGREGATIONS}")
-        need(grpo.entropy_coef == 0, f"config.grpo.entropy_coef={grpo.entropy_coef}: only 0 is supported (the paper's value)")
-        need(grpo.clip_eps >= 0 and grpo.kl_coef >= 0, "config.grpo.clip_eps and config.grpo.kl_coef must be >= 0")
-        rows = grpo.batch_size * max(grpo.group_size, 1)
-        m = grpo.num_mini_batches
-        if m < 1 or rows % m:
-            errors.append(f"config.grpo.num_mini_batches={m} does not divide the {rows} responses per step "
-                          f"(config.grpo.batch_size={grpo.batch_size} × group_size={grpo.group_size})")
-        else:
-            mini = rows // m
-            micro = grpo.micro_batch_size or mini
-            if mini % micro:
-                errors.append(f"config.grpo.micro_batch_size={micro} does not divide a mini-batch of {mini} rows")
-            elif micro % shards:
-                errors.append(f"config.grpo: a micro-batch of {micro} rows is not divisible by the mesh's data×fsdp "
-                              f"size {shards} (config.grpo.batch_size / group_size / num_mini_batches / "
-                              "micro_batch_size vs config.mesh)")
-            lp_micro = grpo.logprob_micro_batch_size or micro
-            need(rows % lp_micro == 0, f"config.grpo.logprob_micro_batch_size={lp_micro} does not divide {rows} rows")
-            need(not grpo.share_prompt or (micro % grpo.group_size == 0 and lp_micro % grpo.group_size == 0),
-                 f"config.grpo.share_prompt packs whole groups: micro_batch_size={micro} and logprob_micro_batch_size="
-                 f"{lp_micro} must be multiples of group_size={grpo.group_size}")
-        need(grpo.batch_size % procs == 0, f"config.grpo.batch_size={grpo.batch_size} is not divisible by the {procs} processes")
-
-    need(cfg.eval.batch_size >= 1 and cfg.eval.max_new_tokens >= 1, "config.eval.batch_size and max_new_tokens must be >= 1")
-    need(cfg.grpo.prompt_bucket >= 0, f"config.grpo.prompt_bucket={cfg.grpo.prompt_bucket} must be >= 0")
-    need(cfg.checkpoint.keep >= 1, f"config.checkpoint.keep={cfg.checkpoint.keep} must be >= 1")
-    need(cfg.checkpoint.every >= 0, "config.checkpoint.every must be >= 0 (0 = only at phase ends)")
-    if errors:
-        raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
 
 
 # =============================================================================================
@@ -250,12 +46,12 @@ def load_data(cfg: Any, tokenizer: Any, say=print) -> tuple[list[dict], list[dic
 
     by_kind: dict[str, list[dict]] = {}
     stats: dict[str, Any] = {}
-    for spec in _split_specs(cfg.data.sources):
+    for spec in split_specs(cfg.data.sources):
         records, st = load_records_with_stats(spec)
-        kind = _source_kind(spec)
+        kind = source_kind(spec)
         by_kind.setdefault(kind, []).extend(records)
         stats[spec] = {"kept": st.kept, "dropped": dict(st.dropped)}
-    ratios = _parse_ratios(cfg.data.mix_ratios)
+    ratios = parse_ratios(cfg.data.mix_ratios)
     records = mix(by_kind, ratios, seed=cfg.data.seed) if (len(by_kind) > 1 or ratios) else by_kind[next(iter(by_kind))]
     if cfg.data.irrelevance > 0:
         records = add_irrelevance(records, cfg.data.irrelevance, seed=cfg.data.seed)
@@ -291,30 +87,18 @@ def sft_response(record: dict, target: str, think_text: str, eos: str = "<|im_en
     return f"<think>{think}</think>{body}"
 
 
+def truncated_fraction(tokens: np.ndarray, mask: np.ndarray, eos_ids: Sequence[int]) -> float:
+    """Share of sampled rows cut by the token limit: the last slot is a response token and not an EOS
+    (a row whose EOS lands in the last slot finished)."""
+    last_real = np.asarray(mask)[:, -1] > 0
+    return float((last_real & ~np.isin(np.asarray(tokens)[:, -1], list(eos_ids))).mean())
+
+
 def tokenize_prompts(records: Sequence[dict], tokenizer: Any) -> list[list[int]]:
     from tooln1.data import render_prompt
 
     texts = [render_prompt(r, tokenizer) for r in records]
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
-
-
-def left_pad(seqs: Sequence[Sequence[int]], length: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    ids = np.full((len(seqs), length), pad_id, np.int32)
-    mask = np.zeros((len(seqs), length), np.int32)
-    for i, s in enumerate(seqs):
-        if len(s) > length:
-            raise ValueError(f"sequence {i} has {len(s)} tokens, more than {length}")
-        if len(s):
-            ids[i, length - len(s):] = s
-            mask[i, length - len(s):] = 1
-    return ids, mask
-
-
-def _bucket(n: int, lo: int = 16) -> int:
-    b = lo
-    while b < n:
-        b *= 2
-    return b
 
 
 # =============================================================================================
@@ -337,9 +121,17 @@ class Trainer:
 
         self.cfg = cfg
         self.workdir = os.path.abspath(cfg.workdir)
-        os.makedirs(self.workdir, exist_ok=True)
         self.t_start = time.perf_counter()
-        validate_config(cfg)
+        validate_config(cfg)  # before the workdir exists: an invalid config leaves nothing behind
+        try:
+            os.makedirs(self.workdir, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"config.workdir={cfg.workdir!r}: cannot create {self.workdir} ({e.strerror})") from None
+        self.process_index = jax.process_index()
+        self.loop_steps = 0  # steps run by this process (debug.kill_after_steps)
+        self.finished_at = self._finished_step()
+        if self.finished_at is not None:
+            return  # run() says so and changes nothing: no metrics writer, no new event file
         from tooln1.metrics import MetricsWriter
 
         if cfg.compile_cache_dir:
@@ -349,8 +141,6 @@ class Trainer:
             jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
             jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
         self.writer = MetricsWriter(self.workdir, tensorboard=cfg.log.tensorboard)
-        self.process_index = jax.process_index()
-        self.loop_steps = 0  # steps run by this process (debug.kill_after_steps)
 
     # -- small helpers ----------------------------------------------------------------------
     def say(self, msg: str) -> None:
@@ -378,7 +168,7 @@ class Trainer:
         cfg = self.cfg
         path = cfg.model.path
         if cfg.model.tiny.enabled and (not path or not os.path.isfile(os.path.join(path, "config.json"))):
-            from tooln1.testing import make_random_checkpoint
+            from tooln1.tiny_checkpoint import make_random_checkpoint
 
             path = path or os.path.join(self.workdir, "tiny_model")
             if not os.path.isfile(os.path.join(path, "config.json")):
@@ -485,14 +275,7 @@ class Trainer:
 
     def decode(self, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
         """Responses as text with special tokens kept (the trailing EOS dropped, as `generate` does)."""
-        eos = set(self.eos_ids)
-        rows = []
-        for t, m in zip(tokens, mask):
-            row = t[m.astype(bool)].tolist()
-            if row and row[-1] in eos:
-                row = row[:-1]
-            rows.append(row)
-        return self.tokenizer.batch_decode(rows, skip_special_tokens=False)
+        return decode_responses(self.tokenizer, tokens, mask, self.eos_ids)
 
     # -- checkpoint helpers -----------------------------------------------------------------
     def _checkpointer(self, phase: str):
@@ -505,24 +288,70 @@ class Trainer:
         from tooln1.checkpointing import rng_to_json
 
         return {"phase": phase, "step": step, "data": iterator.get_state(), "rng": rng_to_json(self.base_key),
-                "done": done, **extra}
+                "seed": int(self.cfg.seed), "done": done, **extra}
+
+    def _resume(self, ckpt: Any, like: Any) -> tuple[Any, dict[str, Any]] | None:
+        """(state, meta) of the phase's newest readable checkpoint (an unreadable one is set aside with
+        a warning), or None. Refuses a checkpoint written under another ``seed``: its samples would
+        silently differ from the run being continued."""
+        from tooln1.checkpointing import rng_to_json
+
+        if not self.cfg.checkpoint.resume:
+            return None
+        restored = ckpt.restore_latest(like, self.say)
+        if restored is not None and restored[1].get("rng", rng_to_json(self.base_key)) != rng_to_json(self.base_key):
+            was = restored[1].get("seed")
+            raise ConfigError(f"config.seed={self.cfg.seed}, but the checkpoints in {ckpt.directory} were written with "
+                              f"{'seed ' + str(was) if was is not None else 'another seed'}; resume with that seed, "
+                              "or use a new workdir or --config.checkpoint.resume=false")
+        return restored
+
+    def _finished_step(self) -> int | None:
+        """The last step of a finished run in the workdir (summary.json written and the final phase's
+        checkpoint marked done, with no more steps configured), else None."""
+        cfg = self.cfg
+        phase = "grpo" if cfg.grpo.enabled else "sft"
+        if not (cfg.checkpoint.resume and os.path.isfile(os.path.join(self.workdir, "summary.json"))
+                and os.path.isdir(os.path.join(self.workdir, "checkpoints", phase))):
+            return None
+        ckpt = self._checkpointer(phase)
+        try:
+            meta = ckpt.restore_meta()
+        finally:
+            ckpt.close()
+        if not meta or not meta.get("done") or int(meta["step"]) < cfg[phase].steps:
+            return None
+        return int(meta["step"])
 
     # -- SFT --------------------------------------------------------------------------------
-    def _sft_examples(self, records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _sft_pairs(self, records: Sequence[dict]) -> list[tuple[list[int], list[int]]]:
+        """(prompt tokens, reply tokens) of each SFT example."""
         cfg = self.cfg.sft
         prompts = tokenize_prompts(records, self.tokenizer)
         replies = [sft_response(r, cfg.target, cfg.think_text, self.eos_text) for r in records]
-        targets = self.tokenizer(replies, add_special_tokens=False)["input_ids"]
-        seqs, masks = [], []
-        for p, t in zip(prompts, targets):
-            s = (p + t)[-cfg.max_seq_len:]
-            lm = ([0] * len(p) + [1] * len(t))[-cfg.max_seq_len:]
-            seqs.append(s)
-            masks.append(lm)
-        ids, attn = left_pad(seqs, cfg.max_seq_len, self.pad_id)
-        loss_mask = np.zeros_like(ids)
-        for i, lm in enumerate(masks):
-            loss_mask[i, cfg.max_seq_len - len(lm):] = lm
+        return list(zip(prompts, self.tokenizer(replies, add_special_tokens=False)["input_ids"]))
+
+    def _sft_fitting(self, records: Sequence[dict]) -> np.ndarray:
+        """Indices of the examples whose prompt + reply fit ``sft.max_seq_len``. The others are dropped
+        (and counted), not truncated: cutting from the left would lose the system prompt and tools."""
+        limit = self.cfg.sft.max_seq_len
+        fits = np.asarray([len(p) + len(t) <= limit for p, t in self._sft_pairs(records)], bool)
+        dropped = int((~fits).sum())
+        self.data_stats["sft_too_long"] = dropped
+        if dropped:
+            self.say(f"SFT: dropped {dropped} of {len(records)} examples longer than config.sft.max_seq_len={limit}")
+        if fits.sum() < self.cfg.sft.batch_size:
+            raise ConfigError(f"config.sft.max_seq_len={limit}: only {int(fits.sum())} of {len(records)} examples fit, "
+                              f"fewer than one batch of config.sft.batch_size={self.cfg.sft.batch_size}")
+        return np.flatnonzero(fits)
+
+    def _sft_examples(self, records: Sequence[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(input_ids, attention_mask, loss_mask)`` left-padded to ``sft.max_seq_len``; the loss mask
+        marks the reply tokens."""
+        length = self.cfg.sft.max_seq_len
+        pairs = self._sft_pairs(records)
+        ids, attn = left_pad([p + t for p, t in pairs], length, self.pad_id)
+        loss_mask, _ = left_pad([[0] * len(p) + [1] * len(t) for p, t in pairs], length, 0)
         return ids, attn, loss_mask
 
     def run_sft(self, model: Any) -> tuple[Any, PhaseResult]:
@@ -535,15 +364,15 @@ class Trainer:
 
         cfg = self.cfg.sft
         res = PhaseResult()
-        # Drop examples whose prompt alone does not leave room for the reply.
-        iterator = BatchIterator(len(self.train_records), cfg.batch_size, seed=self.cfg.data.seed + 1)
+        usable = self._sft_fitting(self.train_records)
+        iterator = BatchIterator(len(usable), cfg.batch_size, seed=self.cfg.data.seed + 1)
         total = cfg.steps or cfg.epochs * iterator.steps_per_epoch
         updater = Updater(model, SFTLoss(loss_agg=cfg.loss_agg), OptimizerConfig.from_mapping(cfg.optimizer),
                           num_mini_batches=1, micro_batch_size=cfg.micro_batch_size or None)
         state = updater.init(model)
         ckpt = self._checkpointer("sft")
         step = 0
-        restored = ckpt.restore(state) if self.cfg.checkpoint.resume else None
+        restored = self._resume(ckpt, state)
         if restored is not None:
             state, meta = restored
             step = int(meta["step"])
@@ -559,8 +388,7 @@ class Trainer:
         t_phase = time.perf_counter()
         while step < total:
             t0 = time.perf_counter()
-            idx = iterator.next()
-            recs = [self.train_records[i] for i in idx]
+            recs = [self.train_records[usable[i]] for i in iterator.next()]
             self._log_ids("sft", step + 1, [r["id"] for r in recs])
             ids, attn, lmask = self._sft_examples(recs)
             batch = {"input_ids": global_array(ids, self.mesh), "attention_mask": global_array(attn, self.mesh),
@@ -602,8 +430,7 @@ class Trainer:
             if meta is None or not meta.get("done"):
                 return None
             updater = Updater(model, SFTLoss(), OptimizerConfig.from_mapping(self.cfg.sft.optimizer), donate=False)
-            like = updater.init(model)
-            state, _ = ckpt.restore(like)
+            state, _ = ckpt.restore_latest(updater.init(model), self.say)
             return updater.model(state)
         finally:
             ckpt.close()
@@ -638,7 +465,7 @@ class Trainer:
         ckpt = self._checkpointer("grpo")
         step = 0
         extra: dict[str, Any] = {}
-        restored = ckpt.restore(state) if self.cfg.checkpoint.resume else None
+        restored = self._resume(ckpt, state)
         if restored is not None:
             state, meta = restored
             step = int(meta["step"])
@@ -688,7 +515,8 @@ class Trainer:
             longest = int(lengths.max())
             if jax.process_count() > 1:  # the global update batch needs one response length everywhere
                 longest = int(multihost_utils.process_allgather(np.int32(longest)).max())
-            r_len = min(_bucket(longest), tokens.shape[1]) if cfg.trim_responses else tokens.shape[1]
+            r_len = (min(bucket_length(longest, power_of_two_buckets(16, tokens.shape[1])), tokens.shape[1])
+                     if cfg.trim_responses else tokens.shape[1])
             host = {"prompt_ids": np.asarray(out.prompt_ids), "prompt_mask": np.asarray(out.prompt_mask),
                     "response_ids": tokens[:, :r_len], "response_mask": rmask[:, :r_len],
                     "advantages": advantages.astype(np.float32)}
@@ -707,12 +535,14 @@ class Trainer:
                 self.say(f"GRPO step {step}: non-finite loss or gradient in {int(metrics['skipped'])} of "
                          f"{cfg.num_mini_batches} mini-batch(es) (loss={float(metrics['loss'])}); that update was skipped")
             real_tokens = float(host["prompt_mask"].sum() + lengths.sum())
-            rows, seq = host["prompt_ids"].shape[0], host["prompt_ids"].shape[1] + r_len
+            flops = update_flops(policy.config, host["prompt_ids"].shape[0] * iterator.process_count,
+                                 host["prompt_ids"].shape[1], r_len, old_logprobs=not loss_fn.on_policy,
+                                 reference=reference is not None, group_size=G if cfg.share_prompt else 1)
             scalars = {
                 "reward/mean": rewards.mean(), "reward/std": rewards.std(),
                 **{f"reward/{k}": v.mean() for k, v in diag.items()},
                 "response/length_mean": lengths.mean(), "response/length_min": lengths.min(),
-                "response/length_max": lengths.max(), "response/truncated": float((rmask[:, -1] > 0).mean()),
+                "response/length_max": lengths.max(), "response/truncated": truncated_fraction(tokens, rmask, self.eos_ids),
                 "loss/total": metrics["loss"], "loss/pg": metrics["pg_loss"], "loss/kl": metrics["kl"],
                 "loss/entropy": metrics.get("entropy", np.nan), "loss/clip_frac": metrics["clip_frac"],
                 "loss/ratio_max": metrics["ratio_max"], "loss/ratio_min": metrics["ratio_min"],
@@ -722,7 +552,7 @@ class Trainer:
                 "groups/all_equal": float((np.ptp(rewards.reshape(-1, G), axis=1) == 0).mean()),
                 "perf/tokens_per_s": real_tokens * iterator.process_count / (t3 - t0),
                 "time/sample": t1 - t0, "time/score": t2 - t1, "time/update": t3 - t2, "time/step": t3 - t0,
-                "perf/mfu": update_flops(policy.config, rows, seq, reference is not None) / (t3 - t2) / peak,
+                "perf/update_tflops": flops / 1e12, "perf/mfu": flops / (t3 - t2) / peak,
                 "data/epoch": float(iterator.state.epoch),
             }
             if step % self.cfg.log.every == 0 or step == total:
@@ -744,6 +574,11 @@ class Trainer:
     # -- the whole run ----------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
+        if self.finished_at is not None:
+            self.say(f"{self.workdir}: finished at step {self.finished_at}; use a new workdir or "
+                     "--config.checkpoint.resume=false")
+            with open(os.path.join(self.workdir, "summary.json"), encoding="utf-8") as f:
+                return json.load(f)
         self.setup()
         summary: dict[str, Any] = {"workdir": self.workdir, "model_path": self.model_path,
                                    "loss_agg": {"sft": cfg.sft.loss_agg if cfg.sft.enabled else None,
@@ -783,6 +618,7 @@ class Trainer:
             summary["export_dir"] = out
             self.say(f"exported the policy as an HF checkpoint to {out}")
         self.final_model = model
+        summary["data"] = self.data_stats
         return self._finish(summary)
 
     def _finish(self, summary: dict[str, Any], killed: bool = False) -> dict[str, Any]:
@@ -792,10 +628,23 @@ class Trainer:
         if not killed and self.process_index == 0:
             with open(os.path.join(self.workdir, "summary.json"), "w", encoding="utf-8") as f:
                 json.dump(summary, f, indent=2, sort_keys=True)
+            self._plot_curves()
             if summary.get("val_before_grpo") is not None:
                 self.say(f"validation reward before GRPO: {summary['val_before_grpo']:.3f}  after GRPO: "
                          f"{summary['val_after_grpo']:.3f}  ({summary['wall_seconds']:.0f} s in all)")
         return summary
+
+
+    def _plot_curves(self) -> None:
+        """``<workdir>/curves.png`` from metrics.jsonl; one line instead when matplotlib is missing."""
+        try:
+            from tooln1.metrics import plot_curves
+
+            plot_curves(os.path.join(self.workdir, "metrics.jsonl"), os.path.join(self.workdir, "curves.png"))
+        except ImportError:
+            self.say("matplotlib is not installed: no curves.png (pip install matplotlib)")
+            return
+        self.say(f"training curves in {os.path.join(self.workdir, 'curves.png')}")
 
 
 def nnx_params(model: Any) -> Any:
@@ -819,8 +668,56 @@ def train(cfg: Any) -> dict[str, Any]:
 # command line
 
 
+DEBUG_ENV = "TOOLN1_DEBUG"  # set to 1 for the full traceback instead of the one-line error
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _fail(msg: str) -> None:
+    hint = "" if _debug() else f" ({DEBUG_ENV}=1 for the traceback)"
+    print(f"tooln1-train: {msg}{hint}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _precheck(argv: Sequence[str]) -> None:
+    """One-line errors for what absl/ml-collections would report as deep tracebacks: a missing config
+    file, a ``get_config`` that rejects its spec, a misspelled ``--config.KEY`` (closest keys named)."""
+    import importlib.util
+
+    from tooln1.config_validation import check_override_keys
+
+    spec, overrides = None, []
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            spec = argv[i + 1]
+        elif arg.startswith("--config="):
+            spec = arg[len("--config="):]
+        elif arg.startswith(("--config.", "--noconfig.")):
+            overrides.append(arg.split(".", 1)[1].split("=", 1)[0])
+    if spec is None:
+        return  # _absl_main says that --config is required
+    path, sep, config_arg = spec.partition(":")
+    if not os.path.isfile(path):
+        _fail(f"config file {path} does not exist")
+    try:
+        module_spec = importlib.util.spec_from_file_location("tooln1_cli_config", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        cfg = module.get_config(config_arg) if sep else module.get_config()
+        check_override_keys(cfg, overrides)
+    except Exception as e:  # noqa: BLE001 - the config file's own error, named with the file
+        if _debug():
+            raise
+        _fail(f"{spec}: {e}")
+
+
 def _absl_main(argv: Sequence[str]) -> None:
     from absl import flags
+
+    from tooln1.checkpointing import CheckpointMismatch, NoUsableCheckpoint
+    from tooln1.hf_io import CheckpointError
 
     if len(argv) > 1:
         raise SystemExit(f"tooln1-train: unexpected arguments {argv[1:]}; use --config FILE --config.key=value")
@@ -829,16 +726,19 @@ def _absl_main(argv: Sequence[str]) -> None:
         raise SystemExit("tooln1-train: --config is required, e.g. --config configs/quickstart.py")
     try:
         train(cfg)
-    except ConfigError as e:
-        print(f"tooln1-train: {e}", file=sys.stderr)
-        raise SystemExit(2)
+    except (ConfigError, CheckpointError, CheckpointMismatch, NoUsableCheckpoint) as e:
+        if _debug():
+            raise
+        _fail(str(e))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``tooln1-train --config configs/<file>.py[:spec] --config.key=value``."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # no "PyTorch was not found" (JAX here)
     from absl import app, flags
     from ml_collections import config_flags
 
+    _precheck(list(sys.argv[1:] if argv is None else argv[1:]))
     if "config" not in flags.FLAGS:
         config_flags.DEFINE_config_file("config", None, "ml-collections config file (configs/*.py[:spec])",
                                         lock_config=True)

@@ -38,9 +38,10 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from tooln1.sharding import BATCH_AXES
+
 Array = jax.Array
 
-BATCH_AXES = ("data", "fsdp")  # mesh axes the batch dimension is split over (tooln1.sharding "batch")
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """One full GRPO iteration (sample + score + update): tooln1 (JAX) against TRL's GRPOTrainer (PyTorch).
 
-Both sides get the same random-weight HF checkpoint (``tooln1.testing.make_tiny_checkpoint``), the
+Both sides get the same random-weight HF checkpoint (``tooln1.tiny_checkpoint.make_tiny_checkpoint``), the
 same prompts (token ids identical on both sides), the same G, prompt length, number of new tokens,
 sampling (temperature, top_p 1, top_k off), beta (k3 KL coef), epsilon (clip), loss aggregation
 (global token-mean: ours ``token-mean``, TRL ``loss_type="dapo"``), optimizer (AdamW lr 1e-6, betas
@@ -62,7 +62,7 @@ def make_prompts(tokenizer, num_prompts: int, length: int, seed: int = 0) -> tup
 
 
 def ensure_checkpoint(shape: str, ckpt_dir: str | None) -> str:
-    from tooln1.testing import make_tiny_checkpoint
+    from tooln1.tiny_checkpoint import make_tiny_checkpoint
 
     path = ckpt_dir or os.path.join(tempfile.gettempdir(), f"tooln1_bench_{shape}")
     if not os.path.exists(os.path.join(path, "config.json")):
@@ -322,7 +322,7 @@ def summarise(args, ourses: list[dict], trls: list[dict]) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", default="tiny", help="tiny | qwen2.5-0.5b | ... (tooln1.testing.SHAPES)")
+    ap.add_argument("--shape", default="tiny", help="tiny | qwen2.5-0.5b | ... (tooln1.tiny_checkpoint.SHAPES)")
     ap.add_argument("--ckpt", default=None, help="checkpoint dir (default: a cached one in the temp dir)")
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--group", type=int, default=5)

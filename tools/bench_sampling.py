@@ -2,7 +2,7 @@
 """Benchmark the jitted group sampler against transformers' ``generate`` (PyTorch CPU), same run.
 
 For each model shape: B prompts x G samples, prompt length P, R new tokens with EOS ignored, random
-weights (``tooln1.testing.make_tiny_checkpoint``), float32 everywhere, temperature 0.7, top-p 1,
+weights (``tooln1.tiny_checkpoint.make_tiny_checkpoint``), float32 everywhere, temperature 0.7, top-p 1,
 top-k off (the paper's rollout settings). Reports tokens/s of both (B*G*R / wall time, compile and
 warm-up excluded), the ratio, our compile time, and our decode time per token at R and at a longer
 R (``(t(R) - t(R=1)) / (R - 1)``, i.e. prefill excluded), to show the per-token cost does not grow.
@@ -185,7 +185,7 @@ def main(argv=None):
 
     import numpy as np
 
-    from tooln1.testing import make_tiny_checkpoint, special_token_ids
+    from tooln1.tiny_checkpoint import make_tiny_checkpoint, special_token_ids
 
     results = {"machine": dict(cpu=cpu_name(), cores=os.cpu_count(),
                                load_before=" ".join(f"{x:.1f}" for x in os.getloadavg())),

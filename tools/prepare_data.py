@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from tooln1.data.mixing import add_irrelevance, mix, train_val_split  # noqa: E402
 from tooln1.data.prompt import filter_by_prompt_length, render_prompt  # noqa: E402
 from tooln1.data.records import write_records  # noqa: E402
-from tooln1.data.sources import DROP_REASONS, SourceStats, load_records_with_stats, parse_spec  # noqa: E402
+from tooln1.data.sources import DROP_REASONS, SourceStats, load_records_with_stats, parse_data_spec  # noqa: E402
 
 
 def _key_values(items: list[str], flag: str) -> dict[str, float]:
@@ -62,10 +62,12 @@ def format_table(stats: list[SourceStats]) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # no "PyTorch was not found" (JAX here)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", action="append", required=True, metavar="KIND:LOCATION",
                    help="xlam:PATH_OR_HUB_ID, toolace:PATH_OR_HUB_ID, synthetic:N[:SEED], "
-                        "synthetic-simple:N[:SEED] or prepared:PATH (repeatable)")
+                        "synthetic-simple:N[:SEED], synthetic-tiny:N[:SEED] (the quickstart's three "
+                        "one-argument tools) or prepared:PATH (repeatable)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--format", choices=("parquet", "jsonl"), default="parquet")
     p.add_argument("--split", default="train", help="split to read from hub datasets")
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     per_source, stats = {}, []
     for spec in args.source:
-        kind = parse_spec(spec)[0]
+        kind = parse_data_spec(spec)[0]
         name = kind if kind not in per_source else f"{kind}{sum(k.startswith(kind) for k in per_source) + 1}"
         print(f"[prepare_data] loading {spec} ...", flush=True)
         records, st = load_records_with_stats(spec, args.split)
@@ -115,6 +117,9 @@ def main(argv: list[str] | None = None) -> dict:
         train, val = train_val_split(mixed, args.val_fraction, args.seed, args.val_size)
     except ValueError as e:
         raise SystemExit(f"prepare_data: {e}") from None
+    if not val:
+        print(f"[prepare_data] warning: the validation split is empty ({len(mixed)} examples × --val-fraction "
+              f"{args.val_fraction}); pass --val-size N or a larger --val-fraction", file=sys.stderr, flush=True)
 
     os.makedirs(args.out, exist_ok=True)
     paths = {}

@@ -12,11 +12,13 @@ nothing repeated.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
+
+from tooln1.sharding import BATCH_AXES, batch_shards
 
 
 @dataclasses.dataclass
@@ -104,19 +106,16 @@ class BatchIterator:
     def set_state(self, d: dict[str, Any]) -> None:
         self.state = IteratorState.from_dict(d)
 
-    def steps_done(self) -> int:
-        return self.state.epoch * self.steps_per_epoch + self.state.batch
 
-
-def global_array(local: np.ndarray, mesh: Any, batch_axes: Sequence[str] = ("data", "fsdp")) -> jax.Array:
-    """A global ``jax.Array`` whose leading axis is split over ``batch_axes`` of ``mesh``, from this
+def global_array(local: np.ndarray, mesh: Any) -> jax.Array:
+    """A global ``jax.Array`` whose leading axis is split over the batch axes (data, fsdp) of ``mesh``, from this
     process's rows (``jax.make_array_from_process_local_data``; single-process: a sharded copy).
     Without a mesh, a plain device array."""
     local = np.asarray(local)
     if mesh is None:
         return jax.numpy.asarray(local)
-    axes = tuple(a for a in batch_axes if a in mesh.shape and mesh.shape[a] > 1)
-    shards = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+    axes = tuple(a for a in BATCH_AXES if a in mesh.shape and mesh.shape[a] > 1)
+    shards = batch_shards(mesh)
     global_rows = local.shape[0] * jax.process_count()
     spec = PartitionSpec(axes if axes and global_rows % shards == 0 else None, *([None] * (local.ndim - 1)))
     sharding = NamedSharding(mesh, spec)

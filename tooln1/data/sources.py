@@ -71,6 +71,11 @@ class _Drop(Exception):
 
 # ------------------------------------------------------------------------------------- reading
 
+def looks_like_hub_id(location: str) -> bool:
+    """``owner/name`` with no file extension and not a relative path: a Hugging Face dataset id."""
+    return bool(_HUB_ID.match(location)) and not location.startswith(".") and not os.path.splitext(location)[1]
+
+
 def read_rows(location: str, split: str = "train") -> tuple[list[dict], int]:
     """Raw rows of a hub dataset or local file/folder; returns (rows, unreadable_row_count).
 
@@ -89,7 +94,7 @@ def read_rows(location: str, split: str = "train") -> tuple[list[dict], int]:
         raise ValueError(f"{location}: unsupported data file type .{ext} (use .json, .jsonl or .parquet)")
     if os.path.isdir(location):
         return _load_dataset(location, split=split), 0
-    if _HUB_ID.match(location) and not os.path.splitext(location)[1]:
+    if looks_like_hub_id(location):
         try:
             return _load_dataset(location, split=split), 0
         except Exception as e:  # noqa: BLE001 - re-raise with the culprit named
@@ -319,7 +324,7 @@ def load_source(kind: str, location: str, split: str = "train", **kwargs: Any) -
     return records, stats
 
 
-def parse_spec(spec: str) -> tuple[str, str, dict]:
+def parse_data_spec(spec: str) -> tuple[str, str, dict]:
     """``kind:location`` → (kind, location, options). ``synthetic-simple:N[:SEED]`` sets simple,
     ``synthetic-tiny:N[:SEED]`` tiny (see ``tooln1.data.synthetic``)."""
     kind, sep, location = spec.partition(":")
@@ -334,8 +339,8 @@ def parse_spec(spec: str) -> tuple[str, str, dict]:
 
 
 def load_records_with_stats(spec: str, split: str = "train") -> tuple[list[dict], SourceStats]:
-    """Records and Table-1 stats of one spec (see ``parse_spec``)."""
-    kind, location, options = parse_spec(spec)
+    """Records and Table-1 stats of one spec (see ``parse_data_spec``)."""
+    kind, location, options = parse_data_spec(spec)
     return load_source(kind, location, split, **options)
 
 

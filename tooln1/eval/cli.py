@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -26,7 +27,8 @@ def _csv(text: str | None) -> list[str] | None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tooln1-eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="HF checkpoint directory, or 'oracle' to score the reference answers")
+    p.add_argument("--model", help="HF checkpoint directory (e.g. a training run's runs/quickstart/hf_export), "
+                                   "or 'oracle' to score the reference answers")
     p.add_argument("--name", help="model name shown in the table (default: the folder name)")
     p.add_argument("--benchmarks", default="bfcl,apibank,acebench", help="comma list of bfcl,apibank,acebench")
     p.add_argument("--categories", help="comma list of categories (e.g. simple,live_simple,level-1,atom_bool)")
@@ -76,6 +78,7 @@ def _oracle(args: argparse.Namespace, data_dirs: dict) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # no "PyTorch was not found" (JAX here)
     args = build_parser().parse_args(argv)
     if args.compare:
         return _compare(args.compare, args.output)

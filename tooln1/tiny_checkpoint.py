@@ -1,4 +1,4 @@
-"""Helpers for tests, the quickstart and benchmarks: tiny random checkpoints in the real HF layout.
+"""Tiny random checkpoints in the real HF layout, for the quickstart, tests and benchmarks.
 
 No machine here reaches the Hugging Face hub, so tests build small random Qwen2 / Llama checkpoints
 with ``transformers`` itself (``Qwen2ForCausalLM`` / ``LlamaForCausalLM``, torch seeded) and the
@@ -10,7 +10,7 @@ directory sees::
     config.json  generation_config.json  model.safetensors | model-0000k-of-0000n.safetensors
     model.safetensors.index.json (sharded)  tokenizer.json  tokenizer_config.json  vocab.json  merges.txt
 
-    >>> from tooln1.testing import make_tiny_checkpoint
+    >>> from tooln1.tiny_checkpoint import make_tiny_checkpoint
     >>> path = make_tiny_checkpoint("/tmp/tiny")                   # 2-layer Qwen2, tied, fp32
     >>> path = make_tiny_checkpoint("/tmp/tiny-llama", arch="llama", shard_size="100KB")
     >>> path = make_tiny_checkpoint("/tmp/q05", shape="qwen2.5-0.5b", dtype="bfloat16")

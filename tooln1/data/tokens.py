@@ -1,0 +1,67 @@
+"""Host-side token batches: left padding, length buckets and response decoding.
+
+The sampler, the trainer and the evaluation all turn lists of token ids into padded ``[B, T]``
+arrays and sampled rows back into text; this module is the one implementation of each step.
+Prompts are left-padded (the last real token sits at the last position, where decoding starts).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def left_pad(seqs: Sequence[Sequence[int]], length: int, pad_id: int,
+             rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, mask)`` of shape ``[rows, length]`` (``rows`` defaults to ``len(seqs)``), each sequence
+    right-aligned. Rows past ``len(seqs)`` are filler: all pad, with the last position marked real so
+    that no attention row is empty. ``ValueError`` names a sequence longer than ``length``."""
+    rows = len(seqs) if rows is None else rows
+    if rows < len(seqs):
+        raise ValueError(f"left_pad: rows={rows} is fewer than the {len(seqs)} sequences")
+    ids = np.full((rows, length), pad_id, np.int32)
+    mask = np.zeros((rows, length), np.int32)
+    for i, s in enumerate(seqs):
+        if len(s) > length:
+            raise ValueError(f"sequence {i} has {len(s)} tokens, more than the padded length {length}")
+        if len(s):
+            ids[i, length - len(s):] = s
+            mask[i, length - len(s):] = 1
+    mask[len(seqs):, -1] = 1
+    return ids, mask
+
+
+def bucket_length(n: int, buckets: Sequence[int]) -> int:
+    """Smallest bucket >= ``n``; beyond the largest, the next multiple of the largest (fewer compiled
+    shapes than one per length)."""
+    for b in buckets:
+        if n <= b:
+            return int(b)
+    top = int(buckets[-1])
+    return top * math.ceil(n / top)
+
+
+def power_of_two_buckets(lo: int, hi: int) -> tuple[int, ...]:
+    """``lo, 2·lo, 4·lo, …`` up to the first value >= ``hi``."""
+    out = [lo]
+    while out[-1] < hi:
+        out.append(out[-1] * 2)
+    return tuple(out)
+
+
+def decode_responses(tokenizer: Any, tokens: np.ndarray, mask: np.ndarray, eos_ids: Sequence[int],
+                     skip_special_tokens: bool = False) -> list[str]:
+    """Sampled rows as text: the tokens under ``mask``, a trailing EOS dropped (as ``generate`` does),
+    special tokens kept by default (the reward reads ``<tool_call>`` blocks and the EOS marks)."""
+    eos = set(int(e) for e in eos_ids)
+    rows = []
+    for t, m in zip(np.asarray(tokens), np.asarray(mask)):
+        row = t[m.astype(bool)].tolist()
+        if row and row[-1] in eos:
+            row = row[:-1]
+        rows.append(row)
+    return tokenizer.batch_decode(rows, skip_special_tokens=skip_special_tokens)
+
+
+__all__ = ["left_pad", "bucket_length", "power_of_two_buckets", "decode_responses"]
