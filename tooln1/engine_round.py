@@ -24,6 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from tooln1.models.decoder import masked_attention
 from tooln1.models.paged_attention import gather_pages, ragged_paged_attention, write_pages
@@ -213,7 +214,10 @@ def run_round(graphdef, weights, pools, slots: Slots, chunk: Chunk, admit: Admit
     model = nnx.merge(graphdef, weights)
     pools = jax.lax.cond(chunk.has, lambda p: _prefill(model, p, chunk, shape), lambda p: p, pools)
     pools, slots = _admit(pools, slots, admit, jax.random.wrap_key_data(seed_data))
-    return _decode(model, pools, slots, temperature, top_p, min_finished, shape)
+    pools, *rest = _decode(model, pools, slots, temperature, top_p, min_finished, shape)
+    if model.mesh is not None:  # every process reads the slots and tokens whole (and schedules alike)
+        rest = jax.lax.with_sharding_constraint(rest, NamedSharding(model.mesh, PartitionSpec()))
+    return (pools, *rest)
 
 
 __all__ = ["Shape", "Slots", "Chunk", "Admit", "empty_slots", "run_round", "select", "filter_logits", "is_eos"]
