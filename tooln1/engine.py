@@ -68,7 +68,8 @@ class Completion(NamedTuple):
 
 @dataclasses.dataclass
 class _Prompt:
-    index: int
+    index: int  # position in the caller's list
+    key_index: int  # the prompt index its samples' keys are folded with
     ids: np.ndarray
     pages: list[int] = dataclasses.field(default_factory=list)
     prefilled: int = 0
@@ -198,16 +199,18 @@ class Engine:
 
     # -- the host loop -------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], sampling, seed, max_prompt_len: int | None = None,
-                 on_group: Callable[[int, list[Completion]], Any] | None = None,
+                 on_group: Callable[[int, list[Completion]], Any] | None = None, indices: Sequence[int] | None = None,
                  poison: Callable[[Any, list[int]], Any] | None = None) -> tuple[list[list[Completion]], list[Any]]:
         """``sampling.num_samples`` completions of each prompt (token lists, >= 1 token each), and the
         results of ``on_group(i, completions)`` (run on a worker thread as groups finish; [] without it).
 
-        ``seed`` is a ``jax.random`` key; prompt ``i`` of the list is prompt index ``i``.
+        ``seed`` is a ``jax.random`` key; ``indices[i]`` (default ``i``) is prompt ``i``'s index in
+        the sample keys, so a prompt's samples do not depend on where it sits in the list.
         ``max_prompt_len`` fixes the page-table width (default: the longest prompt). ``poison(pools,
         pages)`` (tests) may overwrite pages as they are freed and returns the new pools."""
         g, r = sampling.num_samples, sampling.max_new_tokens
-        states = [_Prompt(i, np.asarray(p, np.int32)) for i, p in enumerate(prompts)]
+        indices = range(len(prompts)) if indices is None else indices
+        states = [_Prompt(i, int(k), np.asarray(p, np.int32)) for i, (k, p) in enumerate(zip(indices, prompts))]
         longest = max(len(s.ids) for s in states)
         max_prompt_len = max(max_prompt_len or longest, longest)
         shape = self.shape(sampling, len(states) * g, max_prompt_len)
@@ -259,7 +262,7 @@ class Engine:
                 full = p.prefill_len // ps
                 table = (p.pages[:full] + own + [0] * m)[:m]
                 partial = (p.pages[full], own[0]) if p.prefill_len % ps else (0, 0)
-                a.set(s, token=p.ids[-1], pos=p.prefill_len, table=table, copy=partial, prompt=p.index,
+                a.set(s, token=p.ids[-1], pos=p.prefill_len, table=table, copy=partial, prompt=p.key_index,
                       sample=p.started, budget=r)
                 owners[s] = _Running(p, p.started, own)
                 p.started += 1

@@ -82,6 +82,7 @@ def ragged_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
     ``k_pages``/``v_pages`` are one layer's pools ``[kv_heads, N, page_size, D]``; ``page_table``
     ``[S, M]``. ``backend`` "pallas" / "jax" forces an implementation (default: Pallas on TPU)."""
     backend = backend or ("pallas" if jax.default_backend() == "tpu" else "jax")
+    q, k_pages, v_pages, lengths, page_table = map(jnp.asarray, (q, k_pages, v_pages, lengths, page_table))
     if backend == "pallas":
         return _pallas_tpu(q, k_pages, v_pages, lengths, page_table, pages_per_block)
     return _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block)
