@@ -33,7 +33,7 @@ import dataclasses
 import json
 import math
 import os
-from typing import NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +41,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from tooln1.engine import Engine, EngineConfig
+from tooln1.engine import Completion, Engine, EngineConfig
 from tooln1.engine_round import is_eos, run_round
 
 DEFAULT_PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -249,12 +249,21 @@ def sample(model, prompt_ids, prompt_mask, sampling: SamplingConfig, rng, engine
     the same ``rng``; the result holds the global arrays, padding rows included, and
     ``.local()`` gives this process's rows.
     """
+    return sample_groups(model, prompt_ids, prompt_mask, sampling, rng, engine)[0]
+
+
+def sample_groups(model, prompt_ids, prompt_mask, sampling: SamplingConfig, rng, engine: Engine | None = None,
+                  on_group: Callable[[int, list[Completion]], Any] | None = None) -> tuple[SampleOutput, list[Any]]:
+    """`sample`, plus ``on_group(b, completions)`` for each of this process's prompts ``b``, run on the
+    engine's worker thread as soon as the prompt's G samples are done; returns its results in prompt order."""
     mine = _real_prompts(model, prompt_ids, prompt_mask, sampling)
     mesh = getattr(model, "mesh", None)
     prompts, first, b_max = _all_processes(mine, mesh)
     p = bucket_length(max(map(len, prompts)), sampling.prompt_buckets)
     engine = engine or Engine(model, sampling.engine)
-    results, _ = engine.generate(prompts, sampling, _key(rng), max_prompt_len=p)
+    own = range(first, first + len(mine))
+    hook = None if on_group is None else (lambda i, group: on_group(i - first, group) if i in own else None)
+    results, scored = engine.generate(prompts, sampling, _key(rng), max_prompt_len=p, on_group=hook)
     g, r = sampling.num_samples, sampling.max_new_tokens
     rows = b_max * g if _multi_process(mesh) else len(mine) * g
     tokens = np.full((rows, r), sampling.pad_id, np.int32)
@@ -268,8 +277,10 @@ def sample(model, prompt_ids, prompt_mask, sampling: SamplingConfig, rng, engine
     ids, pmask = left_pad([q for q in mine for _ in range(g)], p, rows, sampling.pad_id)
     arrays = (tokens, logprobs, mask, ids, pmask)
     if _multi_process(mesh):  # a global array cannot drop other processes' padding rows: local() does
-        return SampleOutput(*(_global_rows(x, mesh) for x in arrays), num_local=len(mine) * g)
-    return SampleOutput(*map(jnp.asarray, arrays), num_local=len(mine) * g)
+        out = SampleOutput(*(_global_rows(x, mesh) for x in arrays), num_local=len(mine) * g)
+    else:
+        out = SampleOutput(*map(jnp.asarray, arrays), num_local=len(mine) * g)
+    return out, scored[first:first + len(mine)]
 
 
 # -- text in, text out -------------------------------------------------------------------------
@@ -336,5 +347,5 @@ def generate(model, tokenizer, prompts: Sequence[str], n: int = 1, max_new_token
     return out
 
 
-__all__ = ["SamplingConfig", "SampleOutput", "sample", "generate", "response_mask", "response_mask_np", "bucket_length",
+__all__ = ["SamplingConfig", "SampleOutput", "sample", "sample_groups", "generate", "response_mask", "response_mask_np", "bucket_length",
            "eos_ids_for", "compiled_programs", "precompile", "DEFAULT_PROMPT_BUCKETS"]
