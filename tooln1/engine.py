@@ -36,7 +36,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from tooln1.engine_round import Admit, Chunk, Shape, Slots, empty_slots, run_round
+from tooln1.engine_round import Admit, Chunk, Shape, empty_slots, run_round
 from tooln1.sharding import LOGICAL_RULES, logical_to_spec
 
 # Decoding layout: tensor-parallel where the tensor axis divides, replicated over the batch axes.
@@ -82,7 +82,7 @@ class _Prompt:
 
     @property
     def ready(self) -> bool:
-        return self.prefilled == self.prefill_len and (self.pages or self.prefill_len == 0)
+        return self.prefilled == self.prefill_len and bool(self.pages or self.prefill_len == 0)
 
 
 @dataclasses.dataclass

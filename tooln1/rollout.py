@@ -46,13 +46,15 @@ class Rollouts:
         """Decode from ``model``'s current parameters from now on; returns the seconds it took."""
         return self.engine.refresh(model)
 
-    def run(self, model: Any, prompt_ids: np.ndarray, prompt_mask: np.ndarray, answers: Sequence[Any], key) -> Rollout:
+    def run(self, model: Any, prompt_ids: np.ndarray, prompt_mask: np.ndarray, answers: Sequence[Any],
+            key) -> Rollout:
         """``answers[b]`` is prompt b's reference; every process passes its own prompts (`tooln1.sampling.sample`)."""
         g = self.sampling.num_samples
 
         def score(b: int, group: list[Completion]):
             texts = response_text(self.tokenizer, self.sampling.eos_ids, [c.tokens for c in group])
-            return (texts, *score_batch(texts, [answers[b]] * g, self.reward, num_workers=self.reward_workers))
+            rewards, diagnostics = score_batch(texts, [answers[b]] * g, self.reward, num_workers=self.reward_workers)
+            return texts, rewards, diagnostics
 
         t0 = time.perf_counter()
         out, groups = sample_groups(model, prompt_ids, prompt_mask, self.sampling, key, engine=self.engine, on_group=score)
@@ -61,7 +63,8 @@ class Rollouts:
         rewards = np.concatenate([r for _, r, _ in groups])
         diagnostics = {k: np.concatenate([d[k] for _, _, d in groups]) for k in groups[0][2]}
         stats = self.engine.stats
-        timings = {"rollout": time.perf_counter() - t0, "device": stats["device_s"], "score_tail": stats["score_wait_s"]}
+        timings = {"rollout": time.perf_counter() - t0, "device": stats["device_s"],
+                   "score_tail": stats["score_wait_s"]}
         return Rollout(out, responses, rewards, diagnostics, timings)
 
 

@@ -347,5 +347,5 @@ def generate(model, tokenizer, prompts: Sequence[str], n: int = 1, max_new_token
     return out
 
 
-__all__ = ["SamplingConfig", "SampleOutput", "sample", "sample_groups", "generate", "response_mask", "response_mask_np", "bucket_length",
-           "eos_ids_for", "compiled_programs", "precompile", "DEFAULT_PROMPT_BUCKETS"]
+__all__ = ["SamplingConfig", "SampleOutput", "sample", "sample_groups", "generate", "response_mask", "response_mask_np",
+           "bucket_length", "eos_ids_for", "compiled_programs", "precompile", "DEFAULT_PROMPT_BUCKETS"]

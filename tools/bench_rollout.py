@@ -140,7 +140,8 @@ def main():
              f"geometric (mean ≈ {WORKLOAD['mean_response']}, cap {WORKLOAD['cap']}), 6-layer 512-wide random Qwen2, "
              f"near-uniform next-token probabilities, temperature 1, float32, CPU, one run; load average "
              f"{load[0]:.1f} before / {load_after[0]:.1f} after (the 2-core machine is shared).", "",
-             "| system | response tokens | wall s | response tok/s | ÷ best HF | peak RSS MB |", "|---|---|---|---|---|---|"]
+             "| system | response tokens | wall s | response tok/s | ÷ best HF | peak RSS MB |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['system']} | failed: {r['error']} | | | | |")
