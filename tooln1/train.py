@@ -443,8 +443,8 @@ class Trainer:
         from tooln1.data.iterator import BatchIterator, global_array
         from tooln1.grpo import GRPOLoss, compute_advantages
         from tooln1.metrics import Progress, peak_flops, update_flops
-        from tooln1.reward import score_batch
-        from tooln1.sampling import SamplingConfig, sample
+        from tooln1.rollout import Rollouts
+        from tooln1.sampling import SamplingConfig
         from tooln1.update import OptimizerConfig, ReferencePolicy, Updater
 
         cfg = self.cfg.grpo
@@ -492,22 +492,21 @@ class Trainer:
         t_phase = time.perf_counter()
         eval_every = self.cfg.eval.every
         policy = updater.model(state)
+        rollouts = Rollouts(policy, self.tokenizer, sampling, cfg.reward, cfg.reward_workers)
+        refresh_s = rollouts.engine.refresh_seconds
         while step < total:
             t0 = time.perf_counter()
             idx = iterator.next()
             recs = [self.train_records[i] for i in idx]
             self._log_ids("grpo", step + 1, [r["id"] for r in recs])
-            # 1. sample
+            # 1. rollouts: G responses per prompt, each group scored on the host as it finishes
             toks = tokenize_prompts(recs, self.tokenizer)
             ids, mask = left_pad(toks, max(len(t) for t in toks), self.pad_id)
-            key = jax.random.fold_in(self.base_key, step)
-            out = sample(policy, ids, mask, sampling, key).local()  # this process's rows
+            rollout = rollouts.run(policy, ids, mask, [r["answer"] for r in recs], jax.random.fold_in(self.base_key, step))
+            out, rewards, diag = rollout.out, rollout.rewards, rollout.diagnostics
             tokens, rmask = out.tokens, out.mask
             t1 = time.perf_counter()
-            # 2. score on the host
-            responses = self.decode(tokens, rmask)
-            answers = [r["answer"] for r in recs for _ in range(G)]
-            rewards, diag = score_batch(responses, answers, cfg.reward, num_workers=cfg.reward_workers)
+            # 2. advantages
             advantages = np.asarray(compute_advantages(rewards, G))
             t2 = time.perf_counter()
             # 3. update
@@ -528,6 +527,7 @@ class Trainer:
             state, metrics = updater.step(state, batch)
             metrics = jax.device_get(metrics)
             policy = updater.model(state)
+            refresh_s = rollouts.refresh(policy)
             t3 = time.perf_counter()
             step += 1
             self.loop_steps += 1
@@ -551,7 +551,10 @@ class Trainer:
                 "optim/learning_rate": metrics.get("learning_rate", np.nan), "optim/skipped": metrics["skipped"],
                 "groups/all_equal": float((np.ptp(rewards.reshape(-1, G), axis=1) == 0).mean()),
                 "perf/tokens_per_s": real_tokens * iterator.process_count / (t3 - t0),
-                "time/sample": t1 - t0, "time/score": t2 - t1, "time/update": t3 - t2, "time/step": t3 - t0,
+                "time/sample": t1 - t0, "time/update": t3 - t2, "time/step": t3 - t0,
+                # scoring overlaps decoding: score = what was left after the device finished
+                "time/score": rollout.timings["score_tail"] + t2 - t1, "time/rollout_device": rollout.timings["device"],
+                "time/refresh_weights": refresh_s,
                 "perf/update_tflops": flops / 1e12, "perf/mfu": flops / (t3 - t2) / peak,
                 "data/epoch": float(iterator.state.epoch),
             }

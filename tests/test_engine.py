@@ -1,0 +1,100 @@
+"""The rollout engine's invariants: a sample depends on (seed, prompt index, sample index) only, not on
+the slots, pages, chunks or prompt order; a freed page never leaks into its next owner; the compiled
+program does not grow with the number of prompts; finished groups reach ``on_group``."""
+import jax
+import numpy as np
+import pytest
+
+from tooln1.engine import Engine, EngineConfig
+from tooln1.hf_io import load_model
+from tooln1.sampling import SamplingConfig, compiled_programs
+from tooln1.tiny_checkpoint import make_tiny_checkpoint, special_token_ids
+
+LENGTHS = [1, 9, 23, 4, 15]
+G, R = 3, 12
+# One slot, pages of 4, chunks of 8 (prompts span chunks and share them), 3 steps a round...
+ONE_SLOT = EngineConfig(num_slots=1, page_size=4, prefill_chunk=8, steps_per_round=3)
+# ... versus five slots with other page, chunk and round sizes.
+FIVE_SLOTS = EngineConfig(num_slots=5, page_size=8, prefill_chunk=16, steps_per_round=4)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = make_tiny_checkpoint(str(tmp_path_factory.mktemp("engine") / "tiny"), nonzero_biases=True, init_std=0.3,
+                                seed=3)
+    return load_model(path, dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    rng = np.random.RandomState(0)
+    return [rng.randint(0, 2990, n).astype(np.int32) for n in LENGTHS]
+
+
+@pytest.fixture(scope="module")
+def sampling():
+    # a seventh of the vocabulary ends a response: lengths from 1 to the cap
+    pad = special_token_ids()["<|endoftext|>"]
+    return SamplingConfig(num_samples=G, max_new_tokens=R, temperature=0.9, top_k=50,
+                          eos_ids=tuple(range(0, 2990, 7)), pad_id=pad)
+
+
+@pytest.fixture(scope="module")
+def one_slot(model, prompts, sampling):
+    engine = Engine(model, ONE_SLOT)
+    results, _ = engine.generate(prompts, sampling, jax.random.key(5), max_prompt_len=max(LENGTHS))
+    return results
+
+
+def test_samples_do_not_depend_on_slots_pages_or_prompt_order(model, prompts, sampling, one_slot):
+    lengths = [len(c.tokens) for group in one_slot for c in group]
+    assert min(lengths) < R and max(lengths) == R, "the test needs early stops and truncations"
+    order = [4, 2, 0, 3, 1]
+    seen = []
+    engine = Engine(model, FIVE_SLOTS)
+    results, scored = engine.generate([prompts[i] for i in order], sampling, jax.random.key(5),
+                                      max_prompt_len=max(LENGTHS), indices=order,
+                                      on_group=lambda i, group: seen.append(i) or [len(c.tokens) for c in group])
+    for j, i in enumerate(order):
+        for g in range(G):
+            np.testing.assert_array_equal(results[j][g].tokens, one_slot[i][g].tokens, err_msg=f"prompt {i} sample {g}")
+            np.testing.assert_allclose(results[j][g].logprobs, one_slot[i][g].logprobs, atol=1e-4, rtol=0)
+    # the samples of one prompt differ, and so do prompts
+    assert len({tuple(c.tokens) for c in one_slot[2]}) == G
+    # every group reached on_group once; its results come back in list order
+    assert sorted(seen) == list(range(len(order)))
+    assert scored == [[len(c.tokens) for c in group] for group in results]
+    assert engine.stats["slots"] == 5 and engine.stats["prefill_tokens"] == sum(n - 1 for n in LENGTHS)
+
+
+def test_freed_pages_are_never_read_by_their_next_owner(model, prompts, sampling, one_slot):
+    released: list[int] = []
+
+    def poison(pools, pages):
+        released.extend(pages)
+        return tuple(pool.at[:, :, np.asarray(pages, np.int32)].set(1e4) for pool in pools)
+
+    engine = Engine(model, ONE_SLOT)
+    results, _ = engine.generate(prompts, sampling, jax.random.key(5), max_prompt_len=max(LENGTHS), poison=poison)
+    assert len(released) > 2 * len(set(released)), "pages must be reused for the test to mean anything"
+    for i in range(len(prompts)):
+        for g in range(G):
+            np.testing.assert_array_equal(results[i][g].tokens, one_slot[i][g].tokens, err_msg=f"prompt {i} sample {g}")
+            np.testing.assert_array_equal(results[i][g].logprobs, one_slot[i][g].logprobs)
+
+
+def test_program_does_not_depend_on_the_number_of_prompts(model, prompts, sampling):
+    engine = Engine(model, FIVE_SLOTS)
+    key = jax.random.key(0)
+    few = engine.lower(sampling, 2 * G, max(LENGTHS), key).as_text()
+    many = engine.lower(sampling, 5000 * G, max(LENGTHS), key).as_text()
+    assert few == many
+    # default slots grow with the samples only up to max_slots
+    auto = Engine(model, EngineConfig(max_slots=4))
+    assert auto.shape(sampling, 2, 30).slots == 2
+    assert auto.shape(sampling, 9, 30) == auto.shape(sampling, 90000, 30)
+    # running two and five prompts compiles once
+    engine.generate(prompts[:2], sampling, key, max_prompt_len=max(LENGTHS))
+    n = compiled_programs()
+    engine.generate(prompts, sampling, key, max_prompt_len=max(LENGTHS))
+    assert compiled_programs() == n

@@ -1,0 +1,66 @@
+"""Paged attention against the dense reference (`attention(implementation="dense")` over each sequence's tokens laid
+out contiguously), with pages scattered over the pool in random order and ragged lengths."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tooln1.models.attention import attention
+from tooln1.models.paged_attention import gather_pages, ragged_paged_attention, write_pages
+
+KV, GROUPS, D, PS, M, N = 2, 3, 8, 4, 5, 40
+
+
+def _setup(seed: int):
+    rng = np.random.RandomState(seed)
+    lengths = np.array([1, 7, 20, 13], np.int32)  # 20 = a full table of M * PS slots
+    s = len(lengths)
+    table = rng.permutation(np.arange(1, N))[: s * M].reshape(s, M).astype(np.int32)
+    k_pool = rng.randn(KV, N, PS, D).astype(np.float32)
+    v_pool = rng.randn(KV, N, PS, D).astype(np.float32)
+    q = rng.randn(s, KV * GROUPS, D).astype(np.float32)
+    return q, k_pool, v_pool, lengths, table
+
+
+@pytest.mark.parametrize("pages_per_block", [1, 2, 8])
+def test_ragged_paged_attention_equals_dense(pages_per_block):
+    q, k_pool, v_pool, lengths, table = _setup(0)
+    got = ragged_paged_attention(jnp.asarray(q), jnp.asarray(k_pool), jnp.asarray(v_pool), jnp.asarray(lengths),
+                                 jnp.asarray(table), pages_per_block=pages_per_block, backend="jax")
+    for s in range(len(lengths)):
+        k = gather_pages(jnp.asarray(k_pool), jnp.asarray(table[s]))[None]  # [1, M*PS, KV, D]
+        v = gather_pages(jnp.asarray(v_pool), jnp.asarray(table[s]))[None]
+        kv_seg = (jnp.arange(M * PS) < lengths[s]).astype(jnp.int32)[None]
+        ref = attention(jnp.asarray(q[s])[None, None], k, v, jnp.ones((1, 1), jnp.int32), kv_seg, causal=False,
+                        implementation="dense")[0, 0]
+        np.testing.assert_allclose(np.asarray(got[s]), np.asarray(ref), atol=1e-5, rtol=1e-5)
+
+
+def test_slots_past_the_length_and_other_pages_are_never_read():
+    q, k_pool, v_pool, lengths, table = _setup(1)
+    base = ragged_paged_attention(q, k_pool, v_pool, lengths, table, pages_per_block=2, backend="jax")
+    poisoned_k, poisoned_v = k_pool.copy(), v_pool.copy()
+    used = np.zeros((N, PS), bool)
+    for s, n in enumerate(lengths):
+        for t in range(n):
+            used[table[s, t // PS], t % PS] = True
+    poisoned_k[:, ~used], poisoned_v[:, ~used] = 1e4, -1e4
+    again = ragged_paged_attention(q, poisoned_k, poisoned_v, lengths, table, pages_per_block=2, backend="jax")
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(base))
+    # and the poison does reach attention when a length covers it
+    longer = ragged_paged_attention(q, poisoned_k, poisoned_v, np.minimum(lengths + 1, M * PS), table,
+                                    pages_per_block=2, backend="jax")
+    assert not np.allclose(np.asarray(longer)[:2], np.asarray(base)[:2])
+
+
+def test_write_then_gather_roundtrip():
+    pool = jnp.zeros((3, KV, N, PS, D))
+    new = jnp.arange(5 * KV * D, dtype=jnp.float32).reshape(5, KV, D)
+    pages, offsets = jnp.array([7, 7, 3, 9, 9]), jnp.array([0, 1, 3, 2, 3])
+    layer = jnp.asarray(2)  # traced-style index
+    pool = jax.jit(write_pages)(pool, layer, new, pages, offsets)
+    assert float(jnp.abs(pool[:2]).sum()) == 0.0
+    seq = gather_pages(pool[2], jnp.array([7, 3]))  # [2*PS, KV, D]
+    np.testing.assert_array_equal(np.asarray(seq[0]), np.asarray(new[0]))
+    np.testing.assert_array_equal(np.asarray(seq[1]), np.asarray(new[1]))
+    np.testing.assert_array_equal(np.asarray(seq[PS + 3]), np.asarray(new[2]))

@@ -1,0 +1,394 @@
+"""The rollout engine: continuous batching over a paged KV cache with shared prompt pages.
+
+Behind GRPO rollouts, validation, ``tooln1-eval`` and `tooln1.generate` (via `tooln1.sampling`).
+The device runs *rounds* (`tooln1.engine_round.run_round`: one prefill chunk, slot admissions, up
+to ``steps_per_round`` decode steps of a fixed number of slots); this host loop decides what each
+round does:
+
+* **Slots.** ``num_slots`` decode slots (or as many as ``kv_memory_bytes`` of KV pages allow). A
+  sample ends at EOS or its length cap and its slot takes the next pending sample, so a rollout of
+  any size streams through the same memory and the same compiled program.
+* **Pages.** A page pool with a page table per slot. A prompt (minus its last token) is prefilled
+  once, in chunks packed from several prompts, into pages its G samples share (each copies only the
+  partial last page); freed pages go back to the pool and a new owner never reads past what it wrote.
+* **Exactness.** Sample ``g`` of prompt ``i`` draws its tokens from
+  ``fold_in(fold_in(fold_in(seed, i), g), step)`` and attends only to its own pages, so it is the same
+  for any slot count, page size, chunk size or prompt order (up to float rounding of different
+  batch shapes).
+* **Weights.** Decoding reads `inference_weights`: the parameters cast to the compute dtype and laid
+  out tensor-parallel (replicated over the batch axes), refreshed by `Engine.refresh` after an update.
+* **Host overlap.** ``on_group(prompt_index, completions)`` runs on a worker thread as each prompt's
+  G samples finish (a bounded queue), while the device keeps decoding.
+
+Several processes: every process passes the same global prompt list (`tooln1.sampling` gathers
+them) and runs the same schedule, so the device programs match; results are replicated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from tooln1.engine_round import Admit, Chunk, Shape, empty_slots, run_round
+from tooln1.sharding import LOGICAL_RULES, logical_to_spec
+
+# Decoding layout: tensor-parallel where the tensor axis divides, replicated over the batch axes.
+INFERENCE_RULES = tuple((name, None if name == "embed" else axes) for name, axes in LOGICAL_RULES)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineConfig:
+    """How the engine uses memory. Hashable (part of `tooln1.sampling.SamplingConfig`)."""
+
+    num_slots: int = 0  # decode slots; 0 = from kv_memory_bytes, else the samples' power of two up to max_slots
+    kv_memory_bytes: int = 0  # per-device KV page budget that sizes the slots when num_slots is 0
+    max_slots: int = 64
+    page_size: int = 16
+    prefill_chunk: int = 256  # prompt tokens per round
+    steps_per_round: int = 16  # decode steps between host scheduling decisions
+    score_queue: int = 64  # finished groups waiting for on_group before decoding waits
+
+    def __post_init__(self):
+        for name in ("max_slots", "page_size", "prefill_chunk", "steps_per_round", "score_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+class Completion(NamedTuple):
+    tokens: np.ndarray  # [n] int32, ending with the EOS when the sample stopped at one
+    logprobs: np.ndarray  # [n] float32
+
+
+@dataclasses.dataclass
+class _Prompt:
+    index: int  # position in the caller's list
+    key_index: int  # the prompt index its samples' keys are folded with
+    ids: np.ndarray
+    pages: list[int] = dataclasses.field(default_factory=list)
+    prefilled: int = 0
+    started: int = 0
+    done: int = 0
+
+    @property
+    def prefill_len(self) -> int:  # the last token is each sample's first decode step
+        return len(self.ids) - 1
+
+    @property
+    def ready(self) -> bool:
+        return self.prefilled == self.prefill_len and bool(self.pages or self.prefill_len == 0)
+
+
+@dataclasses.dataclass
+class _Running:
+    prompt: _Prompt
+    sample: int
+    pages: list[int]
+    tokens: list[np.ndarray] = dataclasses.field(default_factory=list)
+    logprobs: list[np.ndarray] = dataclasses.field(default_factory=list)
+
+
+def inference_weights(model) -> tuple[Any, Any]:
+    """(graphdef, state) of ``model`` with float parameters in the compute dtype, in the decoding layout."""
+    graphdef, state = nnx.split(model)
+    dtype = jnp.dtype(model.config.dtype)
+    if model.mesh is None:
+        return graphdef, jax.tree.map(lambda x: _cast(x, dtype), state)
+    key = (graphdef, model.mesh, dtype)
+    if key not in _CASTS:
+        _CASTS[key] = jax.jit(lambda s: jax.tree.map(lambda x: _cast(x, dtype), s),
+                              out_shardings=_inference_shardings(state, model.mesh))
+    return graphdef, _CASTS[key](state)
+
+
+_CASTS: dict[Any, Callable] = {}  # one compiled cast per model structure, mesh and dtype
+
+
+def _cast(x: jax.Array, dtype) -> jax.Array:
+    return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+
+def _inference_shardings(state, mesh):
+    def one(variable):
+        axes = variable.get_metadata().get("logical_axes")
+        shape = variable.get_value().shape
+        spec = logical_to_spec(axes, shape, mesh, INFERENCE_RULES) if axes else PartitionSpec()
+        return variable.replace(value=NamedSharding(mesh, spec))
+
+    return jax.tree.map(one, state, is_leaf=lambda v: isinstance(v, nnx.Variable))
+
+
+class Engine:
+    """Generates G samples per prompt token list; see the module docstring."""
+
+    def __init__(self, model, config: EngineConfig = EngineConfig()):
+        self.config, self.mesh, self.model_config = config, model.mesh, model.config
+        self.refresh_seconds = self.refresh(model)
+        self.stats: dict[str, float] = {}
+
+    def refresh(self, model) -> float:
+        """Take the decoding copy of ``model``'s current parameters; returns the seconds it took."""
+        t0 = time.perf_counter()
+        self.graphdef, self.weights = inference_weights(model)
+        jax.block_until_ready(self.weights)
+        return time.perf_counter() - t0
+
+    # -- shapes and placement ------------------------------------------------------------------
+    def _page_bytes(self) -> int:
+        c = self.model_config
+        return 2 * c.num_layers * c.num_kv_heads * c.head_dim * self.config.page_size * jnp.dtype(c.dtype).itemsize
+
+    def shape(self, sampling, samples: int, max_prompt_len: int) -> Shape:
+        cfg = self.config
+        m = -(-(max_prompt_len + sampling.max_new_tokens) // cfg.page_size)
+        slots = cfg.num_slots
+        if not slots and cfg.kv_memory_bytes:
+            slots = max(1, cfg.kv_memory_bytes // (self._page_bytes() * (m + 2)))
+        if not slots:
+            slots = min(1 << max(samples - 1, 0).bit_length(), cfg.max_slots)
+        eos = () if sampling.ignore_eos else tuple(sampling.eos_ids)
+        return Shape(slots=int(slots), pages_per_seq=m, num_pages=1 + slots * (m + 1) + m, page_size=cfg.page_size,
+                     chunk=cfg.prefill_chunk, steps=cfg.steps_per_round, greedy=sampling.greedy,
+                     top_k=sampling.top_k, use_top_p=sampling.top_p < 1.0, eos_ids=eos)
+
+    def _put(self, x):
+        x = np.asarray(x)
+        if self.mesh is None:
+            return jnp.asarray(x)
+        sharding = NamedSharding(self.mesh, PartitionSpec())
+        if self.mesh.is_multi_process:
+            return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+        return jax.device_put(x, sharding)
+
+    def _host(self, x) -> np.ndarray:
+        return np.asarray(x if x.is_fully_addressable else x.addressable_data(0))
+
+    def _init_state(self, shape: Shape, key_shape):
+        c = self.model_config
+        pool = (c.num_layers, c.num_kv_heads, shape.num_pages, shape.page_size, c.head_dim)
+        make_pool = lambda: jnp.zeros(pool, jnp.dtype(c.dtype))  # noqa: E731
+        make_slots = lambda: empty_slots(shape, key_shape)  # noqa: E731
+        if self.mesh is None:
+            return (make_pool(), make_pool()), make_slots()
+        spec = logical_to_spec(("layers", "kv_heads", None, None, "head_dim"), pool, self.mesh)
+        zeros = jax.jit(make_pool, out_shardings=NamedSharding(self.mesh, spec))
+        slots = jax.jit(make_slots, out_shardings=NamedSharding(self.mesh, PartitionSpec()))()
+        return (zeros(), zeros()), slots
+
+    def _args(self, pools, slots, chunk: "_ChunkBuilder", admit: "_admissions", seed, temperature, top_p,
+              min_finished: int, shape: Shape):
+        return dict(graphdef=self.graphdef, weights=self.weights, pools=pools, slots=slots,
+                    chunk=Chunk(*map(self._put, chunk.arrays())), admit=Admit(*map(self._put, admit.arrays())),
+                    seed_data=seed, temperature=temperature, top_p=top_p,
+                    min_finished=self._put(np.int32(min_finished)), shape=shape)
+
+    def lower(self, sampling, samples: int, max_prompt_len: int, seed):
+        """The lowered round program `generate` runs for these sizes (compile it, read its memory)."""
+        shape = self.shape(sampling, samples, max_prompt_len)
+        seed_data = np.asarray(jax.random.key_data(seed))
+        pools, slots = self._init_state(shape, seed_data.shape)
+        one = self._put(np.float32(1.0))
+        return run_round.lower(**self._args(pools, slots, _ChunkBuilder(shape), _admissions(shape),
+                                            self._put(seed_data), one, one, 1, shape))
+
+    # -- the host loop -------------------------------------------------------------------------
+    def generate(self, prompts: Sequence[Sequence[int]], sampling, seed, max_prompt_len: int | None = None,
+                 on_group: Callable[[int, list[Completion]], Any] | None = None, indices: Sequence[int] | None = None,
+                 poison: Callable[[Any, list[int]], Any] | None = None) -> tuple[list[list[Completion]], list[Any]]:
+        """``sampling.num_samples`` completions of each prompt (token lists, >= 1 token each), and the
+        results of ``on_group(i, completions)`` (run on a worker thread as groups finish; [] without it).
+
+        ``seed`` is a ``jax.random`` key; ``indices[i]`` (default ``i``) is prompt ``i``'s index in
+        the sample keys, so a prompt's samples do not depend on where it sits in the list.
+        ``max_prompt_len`` fixes the page-table width (default: the longest prompt). ``poison(pools,
+        pages)`` (tests) may overwrite pages as they are freed and returns the new pools."""
+        g, r = sampling.num_samples, sampling.max_new_tokens
+        indices = range(len(prompts)) if indices is None else indices
+        states = [_Prompt(i, int(k), np.asarray(p, np.int32)) for i, (k, p) in enumerate(zip(indices, prompts))]
+        longest = max(len(s.ids) for s in states)
+        max_prompt_len = max(max_prompt_len or longest, longest)
+        shape = self.shape(sampling, len(states) * g, max_prompt_len)
+        ps, m = shape.page_size, shape.pages_per_seq
+        seed_data = np.asarray(jax.random.key_data(seed))
+        pools, slots = self._init_state(shape, seed_data.shape)
+        seed_dev = self._put(seed_data)
+        temperature = self._put(np.float32(1.0 if sampling.greedy else sampling.temperature))
+        top_p = self._put(np.float32(sampling.top_p))
+        free = list(range(shape.num_pages - 1, 0, -1))
+        owners: list[_Running | None] = [None] * shape.slots
+        results: list[list[Completion | None]] = [[None] * g for _ in states]
+        prefill_ptr = admit_ptr = 0
+        scorer = _Scorer(on_group, self.config.score_queue)
+        stats = dict(rounds=0, device_s=0.0, prefill_tokens=0, decode_steps=0, slot_steps=0)
+        finished_groups = 0
+        t_start = time.perf_counter()
+
+        def private_need(p: _Prompt) -> int:
+            return -(-(p.prefill_len + r) // ps) - p.prefill_len // ps
+
+        while finished_groups < len(states):
+            free_slots = [s for s in range(shape.slots) if owners[s] is None]
+            # 1. prefill chunk: only as far as free slots want samples
+            waiting = sum(g - p.started for p in states[admit_ptr:prefill_ptr] if p.ready)
+            demand = len(free_slots) - waiting
+            c = _ChunkBuilder(shape)
+            while prefill_ptr < len(states) and c.room and (demand > 0 or states[prefill_ptr].prefilled):
+                p = states[prefill_ptr]
+                if not p.pages and p.prefill_len:
+                    need = -(-p.prefill_len // ps)
+                    if len(free) < need + private_need(p):
+                        break
+                    p.pages = [free.pop() for _ in range(need)]
+                c.add(p)
+                if not p.ready:
+                    break
+                prefill_ptr += 1
+                demand -= g
+            # 2. admissions
+            a = _admissions(shape)
+            for s in free_slots:
+                while admit_ptr < len(states) and states[admit_ptr].started == g:
+                    admit_ptr += 1
+                if admit_ptr >= prefill_ptr or len(free) < private_need(states[admit_ptr]):
+                    break
+                p = states[admit_ptr]
+                own = [free.pop() for _ in range(private_need(p))]
+                full = p.prefill_len // ps
+                table = (p.pages[:full] + own + [0] * m)[:m]
+                partial = (p.pages[full], own[0]) if p.prefill_len % ps else (0, 0)
+                a.set(s, token=p.ids[-1], pos=p.prefill_len, table=table, copy=partial, prompt=p.key_index,
+                      sample=p.started, budget=r)
+                owners[s] = _Running(p, p.started, own)
+                p.started += 1
+            if not c.tokens_added and not a.any and not any(o is not None for o in owners):
+                raise RuntimeError(f"rollout engine: {shape.num_pages} KV pages cannot hold one more sample "
+                                   f"(page_size {ps}, {m} pages per sample); raise kv_memory_bytes or num_slots")
+            pending = admit_ptr < len(states) and any(p.started < g for p in states[admit_ptr:])
+            t0 = time.perf_counter()
+            pools, slots, tok, lp, live = run_round(**self._args(
+                pools, slots, c, a, seed_dev, temperature, top_p, 1 if pending else shape.slots + 1, shape))
+            tok, lp, live, active = (self._host(x) for x in (tok, lp, live, slots.active))
+            stats["device_s"] += time.perf_counter() - t0
+            stats["rounds"] += 1
+            stats["prefill_tokens"] += c.tokens_added
+            stats["decode_steps"] += int(live.any(1).sum())
+            stats["slot_steps"] += int(live.sum())
+            # 3. collect tokens; hand finished slots back
+            for s, run in enumerate(owners):
+                if run is None:
+                    continue
+                run.tokens.append(tok[live[:, s], s])
+                run.logprobs.append(lp[live[:, s], s])
+                if active[s]:
+                    continue
+                p = run.prompt
+                results[p.index][run.sample] = Completion(np.concatenate(run.tokens), np.concatenate(run.logprobs))
+                released = run.pages
+                owners[s] = None
+                p.done += 1
+                if p.done == g:
+                    released = released + p.pages
+                    p.pages = []
+                    finished_groups += 1
+                    scorer.submit(p.index, results[p.index])
+                if poison is not None:
+                    pools = poison(pools, released)
+                free += released
+        stats["wall_s"] = time.perf_counter() - t_start
+        outputs = scorer.close()
+        stats["score_wait_s"] = time.perf_counter() - t_start - stats["wall_s"]
+        stats.update(slots=shape.slots, num_pages=shape.num_pages, pages_per_seq=m)
+        self.stats = stats
+        return results, outputs
+
+
+class _ChunkBuilder:
+    """Packs prompt tokens into one prefill chunk."""
+
+    def __init__(self, shape: Shape):
+        c, self.m, self.ps = shape.chunk, shape.pages_per_seq, shape.page_size
+        self.tokens, self.positions, self.pages, self.offsets = (np.zeros(c, np.int32) for _ in range(4))
+        self.seg = np.full(c, -1, np.int32)
+        self.ctx_table, self.ctx_len = np.zeros(self.m, np.int32), 0
+        self.tokens_added, self.segments = 0, 0
+
+    @property
+    def room(self) -> int:
+        return len(self.tokens) - self.tokens_added
+
+    def add(self, p: _Prompt) -> None:
+        n = min(self.room, p.prefill_len - p.prefilled)
+        if n == 0:
+            return
+        if self.segments == 0 and p.prefilled:
+            self.ctx_table[:len(p.pages)] = p.pages
+            self.ctx_len = p.prefilled
+        sl = slice(self.tokens_added, self.tokens_added + n)
+        pos = np.arange(p.prefilled, p.prefilled + n)
+        self.tokens[sl], self.positions[sl], self.seg[sl] = p.ids[pos], pos, self.segments
+        self.pages[sl], self.offsets[sl] = np.asarray(p.pages)[pos // self.ps], pos % self.ps
+        p.prefilled += n
+        self.tokens_added += n
+        self.segments += 1
+
+    def arrays(self):
+        return (np.bool_(self.tokens_added > 0), self.tokens, self.positions, self.seg, self.pages, self.offsets,
+                self.ctx_table, np.int32(self.ctx_len))
+
+
+class _admissions:
+    """Slot admissions of one round."""
+
+    def __init__(self, shape: Shape):
+        s, m = shape.slots, shape.pages_per_seq
+        self.admit = np.zeros(s, bool)
+        self.token, self.pos, self.src, self.dst, self.prompt, self.sample, self.budget = (
+            np.zeros(s, np.int32) for _ in range(7))
+        self.table = np.zeros((s, m), np.int32)
+
+    @property
+    def any(self) -> bool:
+        return bool(self.admit.any())
+
+    def set(self, s, *, token, pos, table, copy, prompt, sample, budget) -> None:
+        self.admit[s], self.token[s], self.pos[s], self.table[s] = True, token, pos, table
+        (self.src[s], self.dst[s]), self.prompt[s], self.sample[s], self.budget[s] = copy, prompt, sample, budget
+
+    def arrays(self):
+        return (self.admit, self.token, self.pos, self.table, self.src, self.dst, self.prompt, self.sample,
+                self.budget)
+
+
+class _Scorer:
+    """Runs ``fn(i, group)`` on one worker thread, at most ``bound`` groups queued."""
+
+    def __init__(self, fn, bound: int):
+        self.fn, self.bound = fn, bound
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="tooln1-score") if fn else None
+        self.futures: list[tuple[int, Future]] = []
+
+    def submit(self, i: int, group) -> None:
+        if self.pool is None:
+            return
+        pending = [f for _, f in self.futures if not f.done()]
+        if len(pending) >= self.bound:
+            pending[0].result()
+        self.futures.append((i, self.pool.submit(self.fn, i, list(group))))
+
+    def close(self) -> list[Any]:
+        if self.pool is None:
+            return []
+        try:
+            out = dict((i, f.result()) for i, f in self.futures)
+        finally:
+            self.pool.shutdown()
+        return [out[i] for i in sorted(out)]
+
+
+__all__ = ["Engine", "EngineConfig", "Completion", "inference_weights", "INFERENCE_RULES"]

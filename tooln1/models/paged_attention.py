@@ -1,0 +1,91 @@
+"""Attention over a paged KV cache: each sequence reads only the pages its page table names.
+
+A page pool holds every layer's keys (and one holds the values) as ``[L, kv_heads, pages, page_size,
+head_dim]`` (the layout of the TPU Pallas kernel); a sequence's page table ``[M]`` lists its pages in
+order and its length says how many leading slots are real. Page 0 is the engine's scratch page: rows
+and tokens with nothing to write write there, and a table padded with 0 is masked by the length.
+
+* `write_pages` scatters new keys/values to (page, offset) slots of one layer.
+* `ragged_paged_attention` is decode attention (one query per sequence): the Pallas kernel on TPU,
+  elsewhere a pure-JAX online-softmax loop over blocks of pages that stops at the longest sequence,
+  so the cost follows the real lengths, not the table width.
+* `gather_pages` reads one sequence's pages back as a contiguous ``[M*page_size, kv_heads, D]``
+  (the prior context of a prefill chunk).
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+MASKED = -1e30  # finite, so a block with no real slot adds exp(MASKED - m) = 0 rather than NaN
+
+
+def write_pages(pool: jax.Array, layer, new: jax.Array, pages: jax.Array, offsets: jax.Array) -> jax.Array:
+    """``pool[layer, :, pages[t], offsets[t]] = new[t]`` for new ``[T, kv_heads, D]``; ``layer`` may be traced."""
+    return pool.at[layer, :, pages, offsets].set(new.astype(pool.dtype))
+
+
+def gather_pages(pool_layer: jax.Array, page_table: jax.Array) -> jax.Array:
+    """One sequence's keys or values ``[M*page_size, kv_heads, D]`` from ``pool_layer`` [KV, N, ps, D]."""
+    kv, _, ps, d = pool_layer.shape
+    x = pool_layer[:, page_table]  # [KV, M, ps, D]
+    return x.reshape(kv, -1, d).transpose(1, 0, 2)
+
+
+def _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block: int) -> jax.Array:
+    """Pure JAX: online softmax over blocks of ``pages_per_block`` pages, up to the longest sequence."""
+    s, h, d = q.shape
+    kv, _, ps, _ = k_pages.shape
+    g = h // kv
+    m_pages = page_table.shape[1]
+    bp = max(1, min(pages_per_block, m_pages))
+    n_total = -(-m_pages // bp)
+    table = jnp.pad(page_table, ((0, 0), (0, n_total * bp - m_pages)))  # padding -> page 0, masked
+    qg = q.reshape(s, kv, g, d).astype(jnp.float32) * (d ** -0.5)
+    n_blocks = (jnp.max(lengths) + bp * ps - 1) // (bp * ps)
+
+    def body(i, carry):
+        m, l, acc = carry
+        pages = jax.lax.dynamic_slice_in_dim(table, i * bp, bp, axis=1)  # [S, bp]
+        k = k_pages[:, pages].reshape(kv, s, bp * ps, d)
+        v = v_pages[:, pages].reshape(kv, s, bp * ps, d)
+        scores = jnp.einsum("skgd,ksnd->skgn", qg, k, preferred_element_type=jnp.float32)
+        pos = i * bp * ps + jnp.arange(bp * ps)
+        valid = (pos[None, :] < lengths[:, None])[:, None, None, :]
+        scores = jnp.where(valid, scores, MASKED)
+        m_new = jnp.maximum(m, scores.max(-1))
+        p = jnp.exp(scores - m_new[..., None])
+        scale = jnp.exp(m - m_new)
+        l = l * scale + p.sum(-1)
+        acc = acc * scale[..., None] + jnp.einsum("skgn,ksnd->skgd", p, v.astype(jnp.float32))
+        return m_new, l, acc
+
+    init = (jnp.full((s, kv, g), MASKED, jnp.float32), jnp.zeros((s, kv, g), jnp.float32),
+            jnp.zeros((s, kv, g, d), jnp.float32))
+    _, l, acc = jax.lax.fori_loop(0, n_blocks, body, init)
+    return (acc / l[..., None]).reshape(s, h, d).astype(q.dtype)
+
+
+def _pallas_tpu(q, k_pages, v_pages, lengths, page_table, pages_per_block: int) -> jax.Array:
+    from jax.experimental.pallas.ops.tpu.paged_attention import paged_attention
+
+    m_pages = page_table.shape[1]
+    block = max(b for b in range(1, min(pages_per_block, m_pages) + 1) if m_pages % b == 0)
+    scaled = (q.astype(jnp.float32) * (q.shape[-1] ** -0.5)).astype(q.dtype)  # the kernel does not scale
+    return paged_attention(scaled, k_pages, v_pages, lengths, page_table, pages_per_compute_block=block)
+
+
+def ragged_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, lengths: jax.Array,
+                           page_table: jax.Array, pages_per_block: int = 8, backend: str | None = None) -> jax.Array:
+    """Decode attention: q ``[S, heads, D]`` over sequence s's first ``lengths[s]`` (>= 1) cached slots.
+
+    ``k_pages``/``v_pages`` are one layer's pools ``[kv_heads, N, page_size, D]``; ``page_table``
+    ``[S, M]``. ``backend`` "pallas" / "jax" forces an implementation (default: Pallas on TPU)."""
+    backend = backend or ("pallas" if jax.default_backend() == "tpu" else "jax")
+    q, k_pages, v_pages, lengths, page_table = map(jnp.asarray, (q, k_pages, v_pages, lengths, page_table))
+    if backend == "pallas":
+        return _pallas_tpu(q, k_pages, v_pages, lengths, page_table, pages_per_block)
+    return _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block)
+
+
+__all__ = ["write_pages", "gather_pages", "ragged_paged_attention"]
