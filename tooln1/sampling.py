@@ -318,6 +318,18 @@ def left_pad(prompt_ids, prompt_mask, length: int, batch: int, pad_id: int) -> t
     return out_ids, out_mask
 
 
+def padded_shape(longest: int, batch: int, shards: int, sampling: SamplingConfig) -> tuple[int, int]:
+    """(padded prompt length, padded batch) the sampler compiles for: the prompt bucket of the
+    longest prompt, the batch rounded up to a power of two (``batch_buckets``) and to ``shards``."""
+    b_pad = 1 << (batch - 1).bit_length() if sampling.batch_buckets else batch
+    return bucket_length(longest, sampling.prompt_buckets), shards * math.ceil(b_pad / shards)
+
+
+def _static(sampling: SamplingConfig) -> _Static:
+    return _Static(sampling.num_samples, sampling.max_new_tokens, sampling.greedy, sampling.top_k,
+                   sampling.top_p < 1.0, sampling.eos_ids, sampling.pad_id, sampling.ignore_eos)
+
+
 def _prepare(model, prompt_ids, prompt_mask, sampling: SamplingConfig, rng):
     """Host-side validation, bucketing and placement; returns (core args, static, ids, mask, b)."""
     ids = np.asarray(prompt_ids)
@@ -341,15 +353,12 @@ def _prepare(model, prompt_ids, prompt_mask, sampling: SamplingConfig, rng):
         agreed = multihost_utils.process_allgather(np.array([longest, b], np.int32)).max(0)
         longest, b_max = int(agreed[0]), int(agreed[1])
         shards = max(shards // jax.process_count(), 1)  # batch shards per process
-    p = bucket_length(longest, sampling.prompt_buckets)
-    b_pad = 1 << (b_max - 1).bit_length() if sampling.batch_buckets else b_max
-    b_pad = shards * math.ceil(b_pad / shards)
+    p, b_pad = padded_shape(longest, b_max, shards, sampling)
     ids_np, mask_np = left_pad(ids, mask, p, b_pad, sampling.pad_id)
 
     if isinstance(rng, (int, np.integer)):
         rng = jax.random.key(int(rng))
-    st = _Static(sampling.num_samples, sampling.max_new_tokens, sampling.greedy, sampling.top_k,
-                 sampling.top_p < 1.0, sampling.eos_ids, sampling.pad_id, sampling.ignore_eos)
+    st = _static(sampling)
     graphdef, state = nnx.split(model)
     if _multi_process(mesh):
         ids_dev, mask_dev = _global_rows(ids_np, mesh), _global_rows(mask_np, mesh)
@@ -373,6 +382,20 @@ def precompile(model, prompt_ids, prompt_mask, sampling: SamplingConfig) -> floa
     t0 = time.perf_counter()
     _sample_core_jit.lower(*args, st=st).compile()
     return time.perf_counter() - t0
+
+
+def lower(model, sampling: SamplingConfig, batch_size: int, prompt_len: int) -> jax.stages.Lowered:
+    """Lower (without running) the program `sample` runs for ``batch_size`` prompts of up to
+    ``prompt_len`` tokens; ``model`` may be abstract (``ShapeDtypeStruct`` params with shardings,
+    e.g. on a target's compile-only devices). For ``tooln1-fit``."""
+    mesh = getattr(model, "mesh", None)
+    p, b_pad = padded_shape(prompt_len, batch_size, _batch_shards(mesh), sampling)
+    sharding = None if mesh is None else _batch_sharding(mesh)
+    ids = jax.ShapeDtypeStruct((b_pad, p), jnp.int32, sharding=sharding)
+    scalar = jax.ShapeDtypeStruct((), jnp.float32)
+    graphdef, state = nnx.split(model)
+    return _sample_core_jit.lower(graphdef, state, ids, ids, jax.eval_shape(jax.random.key, 0), scalar, scalar,
+                                  st=_static(sampling))
 
 
 def sample(model, prompt_ids, prompt_mask, sampling: SamplingConfig, rng) -> SampleOutput:
@@ -470,4 +493,4 @@ def generate(model, tokenizer, prompts: Sequence[str], n: int = 1, max_new_token
 
 
 __all__ = ["SamplingConfig", "SampleOutput", "sample", "generate", "response_mask", "response_mask_np", "bucket_length",
-           "eos_ids_for", "compiled_programs", "precompile", "DEFAULT_PROMPT_BUCKETS"]
+           "eos_ids_for", "compiled_programs", "precompile", "lower", "padded_shape", "DEFAULT_PROMPT_BUCKETS"]
