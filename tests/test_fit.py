@@ -15,7 +15,7 @@ from tooln1.models import count_params
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def tiny_cfg(prompt: int = 8, response: int = 8):
+def tiny_cfg(prompt: int = 8, response: int = 8, **tiny):
     """The quickstart config at 8 prompts × G 2, log-probs in one micro-batch of 16 rows."""
     from ml_collections import config_flags  # noqa: F401  (the configs import ml_collections)
     import importlib.util as iu
@@ -24,7 +24,7 @@ def tiny_cfg(prompt: int = 8, response: int = 8):
     module = iu.module_from_spec(spec)
     spec.loader.exec_module(module)
     c = module.get_config()
-    c.model.tiny.update(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128)
+    c.model.tiny.update({**dict(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128), **tiny})
     c.model.path = ""
     c.grpo.update(batch_size=8, group_size=2, max_response_tokens=response, share_prompt=False, prompt_bucket=0,
                   micro_batch_size=16, logprob_micro_batch_size=16, num_mini_batches=1)
@@ -97,12 +97,13 @@ def test_mesh_presets_name_known_targets():
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed (pip install 'jax[tpu]')")
 def test_logprobs_bytes_on_a_tpu_v5e_2x2_topology():
-    cfg = tiny_cfg()
+    # dims that fill TPU (8, 128) tiles, so the params are stored unpadded (the vocabulary aside)
+    cfg = tiny_cfg(hidden=1024, heads=8, kv_heads=8, intermediate=512)
     report = fit.fit(cfg, "tpu-v5e-4", programs="logprobs", say=lambda _: None)
     (prog,) = report["programs"]
     assert report["target"] == {"name": "tpu-v5e-4", "platform": "tpu", "device_kind": "TPU v5 lite",
                                 "num_devices": 4, "hbm_bytes": 16 << 30}
-    # TPU layouts pad small trailing dims to (8, 128) tiles, so the bytes are at least the unpadded share
+    # TPU layouts pad trailing dims to (8, 128) tiles: the 2,995-row embedding and the tiny batch a little
     expected = expected_argument_bytes(cfg, 4, 16, 32, 8)
-    assert expected <= prog["argument_bytes"] <= 1.5 * expected
+    assert expected <= prog["argument_bytes"] <= 1.01 * expected
     assert prog["fits"] and prog["temp_bytes"] > 0

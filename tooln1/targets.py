@@ -70,9 +70,11 @@ def get_target(name: str, cpu_hbm_bytes: int = 16 * GiB) -> Target:
 
 
 def prepare_environment() -> None:
-    """What libtpu needs to compile without a TPU; call before jax is imported."""
+    """What libtpu needs to compile without a TPU; call before jax is imported. (Without a TPU to
+    share, several compiling processes may load libtpu at once: skip its lockfile.)"""
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 
 def target_devices(target: Target) -> list[Any]:
@@ -95,6 +97,7 @@ def target_devices(target: Target) -> list[Any]:
                           "(compiles without a TPU)") from None
     from jax.experimental import topologies
 
+    prepare_environment()  # libtpu reads these when the topology call loads it
     topo = topologies.get_topology_desc(
         topology_name=target.topology, platform="tpu", chip_config_name=target.chip_config,
         chips_per_host_bounds=target.chips_per_host, num_slices=1, wrap=target.wrap)
