@@ -268,12 +268,51 @@ def largest_buffers(hlo_text: str, top: int = 5) -> list[dict[str, Any]]:
     return sorted(found.values(), key=lambda b: -b["bytes"])[:top]
 
 
+_MLIR_TENSOR = re.compile(r"stablehlo\.([\w.]+).*->\s*tensor<([\dx]+)x(f32|bf16|f16|i32|i64|i8|i1)>")
+_MLIR_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "i32": 4, "i64": 8, "i8": 1, "i1": 1}
+_OOM = re.compile(r"(?:temporaries|program|Used)\D*?([\d.]+)\s*([KMGT])")
+
+
+def largest_global_values(mlir_text: str, top: int = 5) -> list[dict[str, Any]]:
+    """The largest op results of a lowered (not yet partitioned) module, at their global shapes:
+    what is left to name the culprits when the compiler refuses a program that does not fit."""
+    found: dict[tuple, dict[str, Any]] = {}
+    for m in _MLIR_TENSOR.finditer(mlir_text):
+        dims = [int(d) for d in m.group(2).split("x")]
+        key = (m.group(1), m.group(3), tuple(dims))
+        found.setdefault(key, {"bytes": math.prod(dims) * _MLIR_BYTES[m.group(3)], "op": m.group(1),
+                               "shape": f"{m.group(3)}[{','.join(map(str, dims))}]", "scope": "global"})
+    return sorted(found.values(), key=lambda b: -b["bytes"])[:top]
+
+
+def _out_of_memory(program: Program, lowered: Any, error: Exception, seconds: float, hlo_chars: int,
+                   say: Callable[[str], None]) -> dict[str, Any]:
+    """The entry of a program the compiler refused for lack of memory (XLA:TPU checks HBM itself)."""
+    msg = str(error).strip().splitlines()[0]
+    m = _OOM.search(msg)
+    need = int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2))) if m else 0
+    say(f"  {seconds:.1f} s: the compiler ran out of memory: {msg}")
+    entry = {"name": program.name, "shapes": program.shapes, "argument_bytes": 0, "output_bytes": 0,
+             "alias_bytes": 0, "temp_bytes": need, "peak_bytes": need, "fits": False, "flops": program.flops,
+             "compile_seconds": round(seconds, 2), "resident_bytes": program.resident_bytes,
+             "xla_peak_bytes": need, "hlo_chars": hlo_chars, "compile_error": msg,
+             "largest_buffers": largest_global_values(lowered.as_text())}
+    for buf in entry["largest_buffers"]:
+        say(f"    {buf['bytes'] / GiB:8.2f} GiB  {buf['shape']}  {buf['op']}  (global shape, before partitioning)")
+    return entry
+
+
 def measure(program: Program, hbm_bytes: int, say: Callable[[str], None]) -> dict[str, Any]:
     """Lower and compile one program; its memory figures as the JSON entry."""
     t0 = time.perf_counter()
     lowered = program.lower()
     hlo_chars = len(lowered.as_text())
-    compiled = lowered.compile()
+    try:
+        compiled = lowered.compile()
+    except Exception as e:  # XLA:TPU refuses programs that exceed the chip's HBM
+        if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
+            raise
+        return _out_of_memory(program, lowered, e, time.perf_counter() - t0, hlo_chars, say)
     seconds = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     args, out = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
