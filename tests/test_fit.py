@@ -17,11 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def tiny_cfg(prompt: int = 8, response: int = 8, **tiny):
     """The quickstart config at 8 prompts × G 2, log-probs in one micro-batch of 16 rows."""
-    from ml_collections import config_flags  # noqa: F401  (the configs import ml_collections)
-    import importlib.util as iu
-
-    spec = iu.spec_from_file_location("quickstart_cfg", os.path.join(ROOT, "configs", "quickstart.py"))
-    module = iu.module_from_spec(spec)
+    spec = importlib.util.spec_from_file_location("quickstart_cfg", os.path.join(ROOT, "configs", "quickstart.py"))
+    module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     c = module.get_config()
     c.model.tiny.update({**dict(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128), **tiny})
@@ -90,7 +87,7 @@ def test_mesh_presets_name_known_targets():
     spec = importlib.util.spec_from_file_location("common_cfg", os.path.join(ROOT, "configs", "common.py"))
     common = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(common)
-    for name, (shape, devices, target) in common.MESHES.items():
+    for name, (_, devices, target) in common.MESHES.items():
         t = get_target(target)
         assert not devices or t.num_devices == devices, name
 

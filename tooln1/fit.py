@@ -154,7 +154,7 @@ def rollout_flops(config: Any, batch: int, group: int, prompt: int, response: in
 def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
     """Every program a run of ``cfg`` compiles (filtered by comma-separated name substrings)."""
     from tooln1.grpo import GRPOLoss
-    from tooln1.sampling import DEFAULT_PROMPT_BUCKETS, SamplingConfig
+    from tooln1.sampling import DEFAULT_PROMPT_BUCKETS, SamplingConfig, bucket_length
     from tooln1.sampling import lower as lower_sampler
     from tooln1.sft import SFTLoss
     from tooln1.update import OptimizerConfig, Updater
@@ -163,11 +163,10 @@ def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
     out: list[Program] = []
     grpo, sft = cfg.grpo, cfg.sft
     b = cfg.grpo.prompt_bucket
+    # the trainer's prompt buckets (Trainer._prompt_buckets); the largest one in use is the worst case
     buckets = (tuple(range(b, -(-cfg.data.max_prompt_tokens // b) * b + 1, b)) if b else DEFAULT_PROMPT_BUCKETS)
-    from tooln1.sampling import bucket_length
-
     p = bucket_length(cfg.data.max_prompt_tokens, buckets)
-    sampler_cfg = dict(eos_ids=(0,), pad_id=0, prompt_buckets=buckets)
+    sampler_cfg = dict(eos_ids=(0,), pad_id=0, prompt_buckets=buckets)  # which ids does not change the program
 
     if grpo.enabled:
         g, r = grpo.group_size, grpo.max_response_tokens
