@@ -116,3 +116,20 @@ def test_tpu_compiler_refusal_is_reported_as_not_fitting():
     assert "RESOURCE_EXHAUSTED" in prog["compile_error"] and prog["peak_bytes"] > 15 << 30
     top = prog["largest_buffers"][0]
     assert top["bytes"] == 16 * 2 * 2 * 16392 * 16392 * 4 and top["scope"] == "global"
+
+
+def test_shapes_come_from_config_json_without_weights(tmp_path):
+    import json
+
+    from tooln1.models import preset
+
+    want = preset("qwen2.5-1.5b").replace(num_layers=3)
+    (tmp_path / "config.json").write_text(json.dumps(want.to_hf()))  # no weight files at all
+    cfg = tiny_cfg()
+    cfg.model.update(path=str(tmp_path), preset="qwen2.5-7b", dtype="float32", compute_dtype="bfloat16")
+    cfg.model.tiny.enabled = False
+    got = fit.model_config(cfg)
+    assert got == want.replace(dtype="bfloat16", remat=bool(cfg.model.remat))
+    cfg.model.path = str(tmp_path / "missing")
+    assert fit.model_config(cfg, layers=2) == preset("qwen2.5-7b", dtype="bfloat16", num_layers=2,
+                                                     remat=bool(cfg.model.remat))
