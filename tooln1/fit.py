@@ -237,33 +237,40 @@ def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
 
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
                 "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1}
-_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\w+)\[([\d,]*)\]\S*\s+([\w\-]+)\(")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\(.*?\)|\S+)\s+([\w\-]+)\(")
+_ARRAY = re.compile(r"(\w+)\[([\d,]*)\]")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
+_NOT_BUFFERS = ("parameter", "get-tuple-element", "bitcast", "tuple", "while", "conditional", "call")
 
 
 def largest_buffers(hlo_text: str, top: int = 5) -> list[dict[str, Any]]:
-    """The largest array values of an optimised (per-device) HLO module, outside fusion bodies.
+    """The largest array values of an optimised (per-device) HLO module, outside fusion bodies,
+    with how many values of that shape and origin there are (``count``).
 
     memory_analysis() gives totals only; this names what dominates them (shape, op, and the JAX
-    op that produced it)."""
+    op that produced it). Multi-output fusions count each of their arrays."""
     found: dict[tuple, dict[str, Any]] = {}
     in_fusion = False
     for line in hlo_text.splitlines():
         if line and not line[0].isspace():  # a computation header (or its closing brace)
             in_fusion = "fused" in line.split("(")[0] or line.startswith("%fused") or "fusion" in line.split(" ")[0]
             continue
-        if in_fusion:
+        m = None if in_fusion else _INSTRUCTION.match(line)
+        if not m or m.group(3) in _NOT_BUFFERS:
             continue
-        m = _INSTRUCTION.match(line)
-        if not m or m.group(2) not in _DTYPE_BYTES or m.group(4) in ("parameter", "get-tuple-element", "bitcast"):
-            continue
-        dims = [int(d) for d in m.group(3).split(",") if d]
-        size = math.prod(dims) * _DTYPE_BYTES[m.group(2)]
         op = _OP_NAME.search(line)
-        key = (m.group(2), tuple(dims), op.group(1) if op else m.group(4))
-        if key not in found:
-            found[key] = {"bytes": size, "shape": f"{m.group(2)}[{','.join(map(str, dims))}]",
-                          "instruction": m.group(1), "op": m.group(4), "source": op.group(1) if op else ""}
+        source = op.group(1) if op else ""
+        for dtype, dims_text in _ARRAY.findall(m.group(2)):
+            if dtype not in _DTYPE_BYTES:
+                continue
+            dims = [int(d) for d in dims_text.split(",") if d]
+            key = (dtype, tuple(dims), source or m.group(3))
+            if key in found:
+                found[key]["count"] += 1
+            else:
+                found[key] = {"bytes": math.prod(dims) * _DTYPE_BYTES[dtype], "count": 1,
+                              "shape": f"{dtype}[{','.join(map(str, dims))}]", "instruction": m.group(1),
+                              "op": m.group(3), "source": source}
     return sorted(found.values(), key=lambda b: -b["bytes"])[:top]
 
 
@@ -332,7 +339,7 @@ def measure(program: Program, hbm_bytes: int, say: Callable[[str], None]) -> dic
     if not fits:
         entry["largest_buffers"] = largest_buffers(compiled.as_text())
         for buf in entry["largest_buffers"]:
-            say(f"    {buf['bytes'] / GiB:8.2f} GiB  {buf['shape']}  {buf['op']}  {buf['source']}")
+            say(f"    {buf['bytes'] / GiB:8.2f} GiB x {buf['count']}  {buf['shape']}  {buf['op']}  {buf['source']}")
     return entry
 
 
