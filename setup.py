@@ -30,13 +30,14 @@ setup(
         # torch: install the pinned CPU wheel first (`pip install torch==2.13.0`), see README.
         "test": ["pytest>=8", "hypothesis>=6.100", "torch"],
         "gpu": ["jax[cuda12]"],
-        "tpu": ["jax[tpu]"],
+        "tpu": ["jax[tpu]"],  # also what tooln1-fit needs to compile for TPU targets on a CPU machine
     },
     entry_points={
         "console_scripts": [
             "tooln1-train=tooln1.train:main",
             "tooln1-eval=tooln1.eval.cli:main",
             "tooln1-convert=tooln1.hf_io:main",
+            "tooln1-fit=tooln1.fit:main",
         ]
     },
 )

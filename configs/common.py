@@ -21,14 +21,15 @@ MODELS = {
 }
 
 # --------------------------------------------------------------------------- mesh presets
-# name -> (mesh shape over (data, fsdp, tensor); -1 takes the remaining devices, expected devices or 0 = any)
+# name -> (mesh shape over (data, fsdp, tensor); -1 takes the remaining devices, expected devices or 0 = any,
+#          the tooln1-fit target it is meant for: tooln1.targets.TARGETS, or "cpu:N")
 MESHES = {
-    "cpu": ({"data": 1, "fsdp": -1, "tensor": 1}, 0),
-    "gpu1": ({"data": 1, "fsdp": 1, "tensor": 1}, 1),
-    "gpu8": ({"data": 1, "fsdp": 8, "tensor": 1}, 8),
-    "tpu-v4-32": ({"data": 1, "fsdp": 16, "tensor": 1}, 16),  # v4-32 = 16 chips
-    "tpu-v5e-64": ({"data": 4, "fsdp": 16, "tensor": 1}, 64),
-    "tpu-v5p-128": ({"data": 1, "fsdp": 64, "tensor": 1}, 64),  # v5p-128 = 64 chips
+    "cpu": ({"data": 1, "fsdp": -1, "tensor": 1}, 0, "cpu:8"),
+    "gpu1": ({"data": 1, "fsdp": 1, "tensor": 1}, 1, "h100-80gb:1"),
+    "gpu8": ({"data": 1, "fsdp": 8, "tensor": 1}, 8, "h100-80gb:8"),
+    "tpu-v4-32": ({"data": 1, "fsdp": 16, "tensor": 1}, 16, "tpu-v4-32"),  # v4-32 = 16 chips
+    "tpu-v5e-64": ({"data": 4, "fsdp": 16, "tensor": 1}, 64, "tpu-v5e-64"),
+    "tpu-v5p-128": ({"data": 1, "fsdp": 64, "tensor": 1}, 64, "tpu-v5p-128"),  # v5p-128 = 64 chips
 }
 
 # --------------------------------------------------------------------------- paper recipes (Table 3)
@@ -87,7 +88,8 @@ def base_config() -> ml_collections.ConfigDict:
             enabled=False, layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, seed=0,
         )),
     ))
-    c.mesh = ml_collections.ConfigDict(dict(preset="gpu8", data=1, fsdp=8, tensor=1, num_devices=8))
+    c.mesh = ml_collections.ConfigDict(dict(preset="gpu8", data=1, fsdp=8, tensor=1, num_devices=8,
+                                            target="h100-80gb:8"))  # target: what tooln1-fit compiles for
 
     c.data = ml_collections.ConfigDict(dict(
         sources="xlam:Salesforce/xlam-function-calling-60k,toolace:Team-ACE/ToolACE",  # comma-separated specs
@@ -191,8 +193,9 @@ def apply_model(c: ml_collections.ConfigDict, name: str) -> None:
 def apply_mesh(c: ml_collections.ConfigDict, name: str) -> None:
     if name not in MESHES:
         raise ValueError(f"config spec mesh={name!r}: unknown; known: {sorted(MESHES)}")
-    shape, devices = MESHES[name]
+    shape, devices, target = MESHES[name]
     c.mesh.preset = name
+    c.mesh.target = target
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = shape["data"], shape["fsdp"], shape["tensor"]
     c.mesh.num_devices = devices
     if name == "cpu":

@@ -129,8 +129,20 @@ class Engine:
 
     def __init__(self, model, config: EngineConfig = EngineConfig()):
         self.config, self.mesh, self.model_config = config, model.mesh, model.config
-        self.refresh_seconds = self.refresh(model)
         self.stats: dict[str, float] = {}
+        if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(nnx.state(model))):
+            # an abstract model (tooln1-fit: compile-only devices): the decoding copy's shapes only
+            graphdef, state = nnx.split(model)
+            dtype = jnp.dtype(model.config.dtype)
+            shardings = (jax.tree.map(lambda _: None, state) if self.mesh is None
+                         else _inference_shardings(state, self.mesh))
+            self.graphdef = graphdef
+            self.weights = jax.tree.map(
+                lambda x, s: jax.ShapeDtypeStruct(x.shape, dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype,
+                                                  sharding=s), state, shardings)
+            self.refresh_seconds = 0.0
+        else:
+            self.refresh_seconds = self.refresh(model)
 
     def refresh(self, model) -> float:
         """Take the decoding copy of ``model``'s current parameters; returns the seconds it took."""
@@ -188,14 +200,25 @@ class Engine:
                     seed_data=seed, temperature=temperature, top_p=top_p,
                     min_finished=self._put(np.int32(min_finished)), shape=shape)
 
-    def lower(self, sampling, samples: int, max_prompt_len: int, seed):
-        """The lowered round program `generate` runs for these sizes (compile it, read its memory)."""
+    def lower(self, sampling, samples: int, max_prompt_len: int, seed=None):
+        """The lowered round program `generate` runs for these sizes (compile it, read its memory).
+        Nothing is placed on devices, so it lowers for compile-only devices and abstract models."""
         shape = self.shape(sampling, samples, max_prompt_len)
-        seed_data = np.asarray(jax.random.key_data(seed))
-        pools, slots = self._init_state(shape, seed_data.shape)
-        one = self._put(np.float32(1.0))
-        return run_round.lower(**self._args(pools, slots, _ChunkBuilder(shape), _admissions(shape),
-                                            self._put(seed_data), one, one, 1, shape))
+        seed_data = np.asarray(jax.random.key_data(jax.random.key(0) if seed is None else seed))
+        c = self.model_config
+        replicated = None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
+        host = lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=replicated)  # noqa: E731
+        pool = (c.num_layers, c.num_kv_heads, shape.num_pages, shape.page_size, c.head_dim)
+        pool_sharding = None if self.mesh is None else NamedSharding(
+            self.mesh, logical_to_spec(("layers", "kv_heads", None, None, "head_dim"), pool, self.mesh))
+        pools = (jax.ShapeDtypeStruct(pool, jnp.dtype(c.dtype), sharding=pool_sharding),) * 2
+        slots = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                             jax.eval_shape(lambda: empty_slots(shape, seed_data.shape)))
+        return run_round.lower(
+            graphdef=self.graphdef, weights=self.weights, pools=pools, slots=slots,
+            chunk=Chunk(*map(host, _ChunkBuilder(shape).arrays())), admit=Admit(*map(host, _admissions(shape).arrays())),
+            seed_data=host(seed_data), temperature=host(np.float32(1)), top_p=host(np.float32(1)),
+            min_finished=host(np.int32(1)), shape=shape)
 
     # -- the host loop -------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], sampling, seed, max_prompt_len: int | None = None,

@@ -229,6 +229,14 @@ def precompile(model, prompt_ids, prompt_mask, sampling: SamplingConfig) -> floa
     return time.perf_counter() - t0
 
 
+def lower(model, sampling: SamplingConfig, batch_size: int, prompt_len: int) -> jax.stages.Lowered:
+    """Lower (without running) the engine round `sample` runs for ``batch_size`` prompts of up to
+    ``prompt_len`` tokens; ``model`` may be abstract (``nnx.eval_shape``, compile-only devices). Its
+    shapes, and so its memory, do not depend on ``batch_size`` beyond the slot count. For ``tooln1-fit``."""
+    longest = bucket_length(prompt_len, sampling.prompt_buckets)
+    return Engine(model, sampling.engine).lower(sampling, batch_size * sampling.num_samples, longest)
+
+
 def sample(model, prompt_ids, prompt_mask, sampling: SamplingConfig, rng, engine: Engine | None = None) -> SampleOutput:
     """Sample ``sampling.num_samples`` responses for each prompt (see the module docstring).
 
@@ -340,4 +348,4 @@ def generate(model, tokenizer, prompts: Sequence[str], n: int = 1, max_new_token
 
 
 __all__ = ["SamplingConfig", "SampleOutput", "sample", "sample_groups", "generate", "response_mask", "response_mask_np",
-           "bucket_length", "eos_ids_for", "compiled_programs", "precompile", "DEFAULT_PROMPT_BUCKETS"]
+           "bucket_length", "eos_ids_for", "compiled_programs", "precompile", "lower", "DEFAULT_PROMPT_BUCKETS"]

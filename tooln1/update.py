@@ -194,6 +194,8 @@ class Updater:
             transform_non_params=lambda _: replicated,
         )
         self.state_shardings = TrainState(params=self.param_shardings, opt_state=self.opt_shardings)
+        self._param_shapes = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=_sharding_of(x)), params)
         self._init = jax.jit(self.optimizer.init, out_shardings=self.opt_shardings)
         self._step = jax.jit(
             self._train_step,
@@ -270,6 +272,33 @@ class Updater:
     def compute_logprobs(self, params: Any, batch: Mapping[str, Any], micro_batch_size: int | None = None) -> Array:
         """``loss_fn.logprobs`` over the whole batch in micro-batches (no gradient); for the old
         log-probs (current params) and the reference log-probs (:class:`ReferencePolicy`)."""
+        batch, micro = self._logprob_batch(batch, micro_batch_size)
+        return self._logprobs(params, self.rest, batch, micro_batch_size=micro)
+
+    # -- lowering without running (tooln1-fit: compile for a target from a CPU machine) ----
+    def abstract_state(self) -> TrainState:
+        """The shapes, dtypes and shardings of :meth:`init`'s state, as ``jax.ShapeDtypeStruct``s."""
+        opt = jax.eval_shape(self.optimizer.init, self._param_shapes)
+        opt = jax.tree.map(lambda s, x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), self.opt_shardings, opt,
+                           is_leaf=lambda s: s is None)
+        return TrainState(params=self._param_shapes, opt_state=opt)
+
+    def lower(self, batch: Mapping[str, Any], state: TrainState | None = None) -> jax.stages.Lowered:
+        """Lower :meth:`step` for a batch of these shapes (arrays or ``ShapeDtypeStruct``s with
+        shardings) without running it; ``state`` defaults to :meth:`abstract_state`."""
+        self.check_batch(batch)
+        required = tuple(getattr(self.loss_fn, "required_keys", tuple(batch)))
+        batch = {k: batch[k] for k in required}
+        return self._step.lower(state or self.abstract_state(), self.rest, batch)
+
+    def lower_logprobs(self, batch: Mapping[str, Any], micro_batch_size: int | None = None,
+                       params: Any = None) -> jax.stages.Lowered:
+        """Lower :meth:`compute_logprobs` (``params`` default: the abstract params)."""
+        batch, micro = self._logprob_batch(batch, micro_batch_size)
+        params = self._param_shapes if params is None else params
+        return self._logprobs.lower(params, self.rest, batch, micro_batch_size=micro)
+
+    def _logprob_batch(self, batch: Mapping[str, Any], micro_batch_size: int | None) -> tuple[dict[str, Any], int]:
         keys = tuple(getattr(self.loss_fn, "logprob_keys", tuple(batch)))
         missing = [k for k in keys if k not in batch]
         if missing:
@@ -280,7 +309,7 @@ class Updater:
         if n % micro:
             raise ValueError(f"compute_logprobs: N={n} rows are not a multiple of micro_batch_size={micro}")
         self._check_groups(micro, "a log-prob micro-batch")
-        return self._logprobs(params, self.rest, batch, micro_batch_size=micro)
+        return batch, micro
 
     # -- jitted bodies ----------------------------------------------------------------------
     def _constrain_rows(self, x: Array, axis: int) -> Array:

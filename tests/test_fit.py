@@ -1,0 +1,136 @@
+"""tooln1-fit: per-device bytes of compiled programs, the misfit report, the command line.
+
+On the CPU backend (8 forced host devices, conftest) always; for a TPU v5e 2x2 compile-only
+topology when libtpu is installed (CI's second venv: JAX_PLATFORMS=cpu TPU_SKIP_MDS_QUERY=1).
+"""
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from tooln1 import fit
+from tooln1.models import count_params
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_cfg(prompt: int = 8, response: int = 8, **tiny):
+    """The quickstart config at 8 prompts × G 2, log-probs in one micro-batch of 16 rows."""
+    spec = importlib.util.spec_from_file_location("quickstart_cfg", os.path.join(ROOT, "configs", "quickstart.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    c.model.tiny.update({**dict(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128), **tiny})
+    c.model.path = ""
+    c.grpo.update(batch_size=8, group_size=2, max_response_tokens=response, share_prompt=False, prompt_bucket=0,
+                  micro_batch_size=16, logprob_micro_batch_size=16, num_mini_batches=1)
+    c.data.max_prompt_tokens = prompt
+    c.mesh.update(data=1, fsdp=-1, tensor=1)
+    return c
+
+
+def expected_argument_bytes(cfg, devices: int, rows: int, prompt: int, response: int) -> int:
+    """Params split over fsdp (every matrix has an embed axis that the devices divide) except the
+    replicated norms and q/k/v biases, plus the batch's int32 rows split over the devices."""
+    config = fit.model_config(cfg)
+    replicated = (2 * config.num_layers + 1) * config.hidden_size  # RMSNorm weights
+    replicated += config.num_layers * (config.num_heads + 2 * config.num_kv_heads) * config.head_dim  # biases
+    sharded = count_params(config) - replicated
+    assert config.hidden_size % devices == 0
+    params = (sharded // devices + replicated) * 4
+    batch = rows // devices * 2 * (prompt + response) * 4  # prompt ids/mask + response ids/mask
+    return params + batch
+
+
+def test_logprobs_argument_bytes_are_the_sharded_params_on_cpu():
+    cfg = tiny_cfg()
+    report = fit.fit(cfg, "cpu:8", programs="logprobs", say=lambda _: None)
+    (prog,) = report["programs"]
+    assert report["target"]["num_devices"] == 8 and report["fits"]
+    assert prog["name"].startswith("logprobs ref")  # num_mini_batches=1: on-policy, no old recompute
+    p = prog["shapes"]["prompt_len"]
+    assert p == 32  # the sampler's smallest default bucket
+    assert prog["argument_bytes"] == expected_argument_bytes(cfg, 8, 16, p, 8)
+    assert prog["output_bytes"] == 16 // 8 * 8 * 4  # [rows/dev, R] float32 log-probs
+    assert prog["peak_bytes"] == prog["argument_bytes"] + prog["output_bytes"] - prog["alias_bytes"] + prog["temp_bytes"]
+    # the optimizer state (Adam mu + nu, sharded as the params) and the policy copy stay on the devices
+    params = expected_argument_bytes(cfg, 8, 0, p, 8)
+    assert prog["resident_bytes"] == 3 * params + 4  # + Adam's int32 step count
+
+
+def test_too_big_is_reported_with_its_largest_buffer():
+    cfg = tiny_cfg(prompt=1024, response=8)
+    cfg.model.attention = "dense"  # the reference's scores [rows, kv, groups, T, T] at T = 1032 dominate
+    report = fit.fit(cfg, "cpu:8", programs="logprobs", hbm_bytes=8 << 20, say=lambda _: None)
+    (prog,) = report["programs"]
+    assert not report["fits"] and not prog["fits"]
+    assert prog["peak_bytes"] > 8 << 20
+    top = prog["largest_buffers"][0]
+    scores = 2 * 2 * 2 * 1032 * 1032 * 4  # rows per device × kv heads × groups × T × T, float32
+    assert top["bytes"] == scores == max(b["bytes"] for b in prog["largest_buffers"])
+    assert top["shape"].startswith("f32[") and "1032" in top["shape"]
+    dims = [int(d) for d in top["shape"][4:-1].split(",")]
+    assert 4 * int(np.prod(dims)) == top["bytes"] <= prog["temp_bytes"]
+
+
+def test_unknown_target_is_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        fit.main(["tooln1-fit", "--config", os.path.join(ROOT, "configs", "quickstart.py"), "--target", "tpu-v9"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown target 'tpu-v9'" in err[0] and "tpu-v5p-128" in err[0] and "cpu:N" in err[0]
+
+
+def test_mesh_presets_name_known_targets():
+    from tooln1.targets import get_target
+
+    spec = importlib.util.spec_from_file_location("common_cfg", os.path.join(ROOT, "configs", "common.py"))
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    for name, (_, devices, target) in common.MESHES.items():
+        t = get_target(target)
+        assert not devices or t.num_devices == devices, name
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed (pip install 'jax[tpu]')")
+def test_logprobs_bytes_on_a_tpu_v5e_2x2_topology():
+    # dims that fill TPU (8, 128) tiles, so the params are stored unpadded (the vocabulary aside)
+    cfg = tiny_cfg(hidden=1024, heads=8, kv_heads=8, intermediate=512)
+    report = fit.fit(cfg, "tpu-v5e-4", programs="logprobs", say=lambda _: None)
+    (prog,) = report["programs"]
+    assert report["target"] == {"name": "tpu-v5e-4", "platform": "tpu", "device_kind": "TPU v5 lite",
+                                "num_devices": 4, "hbm_bytes": 16 << 30}
+    # TPU layouts pad trailing dims to (8, 128) tiles: the 2,995-row embedding and the tiny batch a little
+    expected = expected_argument_bytes(cfg, 4, 16, 32, 8)
+    assert expected <= prog["argument_bytes"] <= 1.01 * expected
+    # XLA:TPU reports temp 0 for this while loop; its own peak holds the scratch (a gathered weight)
+    assert prog["fits"] and prog["xla_peak_bytes"] > prog["argument_bytes"] + prog["output_bytes"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed (pip install 'jax[tpu]')")
+def test_tpu_compiler_refusal_is_reported_as_not_fitting():
+    # attention scores [16, 2, 2, T, T] float32 at T = 16,392: 64 GiB globally, 16 GiB a chip > v5e's HBM
+    report = fit.fit(tiny_cfg(prompt=16384, response=8), "tpu-v5e-4", programs="logprobs", say=lambda _: None)
+    (prog,) = report["programs"]
+    assert not report["fits"] and not prog["fits"]
+    assert "RESOURCE_EXHAUSTED" in prog["compile_error"] and prog["peak_bytes"] > 15 << 30
+    top = prog["largest_buffers"][0]
+    assert top["bytes"] == 16 * 2 * 2 * 16392 * 16392 * 4 and top["scope"] == "global"
+
+
+def test_shapes_come_from_config_json_without_weights(tmp_path):
+    import json
+
+    from tooln1.models import preset
+
+    want = preset("qwen2.5-1.5b").replace(num_layers=3)
+    (tmp_path / "config.json").write_text(json.dumps(want.to_hf()))  # no weight files at all
+    cfg = tiny_cfg()
+    cfg.model.update(path=str(tmp_path), preset="qwen2.5-7b", dtype="float32", compute_dtype="bfloat16")
+    cfg.model.tiny.enabled = False
+    got = fit.model_config(cfg)
+    assert got == want.replace(dtype="bfloat16", remat=bool(cfg.model.remat))
+    cfg.model.path = str(tmp_path / "missing")
+    assert fit.model_config(cfg, layers=2) == preset("qwen2.5-7b", dtype="bfloat16", num_layers=2,
+                                                     remat=bool(cfg.model.remat))

@@ -1,0 +1,441 @@
+"""``tooln1-fit``: compile every program a run would compile, for its target, on a CPU machine.
+
+    tooln1-fit --config configs/paper.py:model=qwen2.5-7b,mesh=tpu-v5p-128 --json fit.json
+    tooln1-fit --config configs/paper.py:mesh=tpu-v4-32 --target tpu-v5p-32 --programs update --layers 2
+
+No weights are read: the model is abstract (``nnx.eval_shape``; shapes from ``config.model.path``'s
+config.json when it exists, else the ``config.model.preset``), its params ``ShapeDtypeStruct``s
+sharded over the mesh of the target's compile-only devices (:mod:`tooln1.targets`; the mesh
+preset names its target in ``config.mesh.target``). Each program is lowered through the pieces'
+public hooks (:func:`tooln1.sampling.lower`, :meth:`tooln1.update.Updater.lower`,
+:meth:`~tooln1.update.Updater.lower_logprobs`) at the config's batch sizes and maximum lengths,
+compiled, and its per-device memory read from ``compiled.memory_analysis()``:
+
+    peak = arguments + outputs − aliased + temporaries
+
+A program fits when ``peak + resident`` ≤ the chip's HBM (``peak``: the larger of the sum and the
+``peak_memory_in_bytes`` XLA reports, which on TPU can exceed it), where ``resident`` is what the training
+loop keeps on the devices while the program runs without passing it in (the optimizer state during
+rollouts and log-prob passes, the on-device reference copy during the update). FLOPs are analytic
+(``tooln1.metrics`` model: 2·params per token plus attention; XLA's cost analysis counts a loop
+body once) and global, over all devices. The rollout is compiled at its largest prompt bucket
+(memory grows with the bucket). Exit status 0 iff every program fits, 1 if one does not, 2 on a
+bad config or target.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+from tooln1.targets import GiB, Target, TargetError, get_target, prepare_environment, target_devices
+
+
+class FitError(ValueError):
+    """A config the tool cannot plan for; the message names the key."""
+
+
+@dataclasses.dataclass
+class Program:
+    """One program of a run: how to lower it and what it keeps resident besides its arguments."""
+
+    name: str
+    shapes: dict[str, Any]
+    lower: Callable[[], Any]  # -> jax.stages.Lowered
+    flops: float
+    resident_bytes: int = 0
+
+
+# --------------------------------------------------------------------------------------------
+# model, mesh, abstract inputs
+
+
+def model_config(cfg: Any, layers: int | None = None) -> Any:
+    """The ModelConfig of ``cfg.model`` without reading weights (config.json, else the preset)."""
+    from tooln1.models import PRESETS, ModelConfig
+
+    m = cfg.model
+    dtypes = dict(param_dtype=m.dtype, dtype=m.compute_dtype, remat=bool(m.remat), remat_policy=m.remat_policy,
+                  attention=m.attention, scan_layers=bool(m.scan_layers))
+    config_json = os.path.join(m.path, "config.json") if m.path else ""
+    if config_json and os.path.isfile(config_json):
+        with open(config_json, encoding="utf-8") as f:
+            config = ModelConfig.from_hf(json.load(f), **dtypes)
+    elif m.tiny.enabled:
+        from tooln1.tiny_checkpoint import special_token_ids
+
+        t = m.tiny
+        config = ModelConfig(max(special_token_ids().values()) + 1, t.hidden, t.intermediate, t.layers, t.heads, t.kv_heads,
+                             t.hidden // t.heads, **dtypes)
+    elif m.preset in PRESETS:
+        config = PRESETS[m.preset].replace(**dtypes)
+    else:
+        raise FitError(f"config.model: no config.json at {m.path!r} and preset {m.preset!r} is not one of "
+                       f"{sorted(PRESETS)}")
+    return config.replace(num_layers=layers) if layers else config
+
+
+def make_target_mesh(cfg: Any, devices: Sequence[Any]) -> Any:
+    from tooln1.sharding import make_mesh
+
+    shape = {"data": int(cfg.mesh.data), "fsdp": int(cfg.mesh.fsdp), "tensor": int(cfg.mesh.tensor)}
+    if -1 not in shape.values() and math.prod(shape.values()) < len(devices):
+        devices = devices[: math.prod(shape.values())]  # as train.py: a smaller mesh on the first devices
+    try:
+        return make_mesh(shape, devices=devices)
+    except ValueError as e:
+        raise FitError(f"config.mesh {shape}: {e}") from None
+
+
+def abstract_model(config: Any, mesh: Any) -> Any:
+    """A CausalLM whose params are ``ShapeDtypeStruct``s carrying their mesh shardings."""
+    import jax
+    from flax import nnx
+
+    from tooln1.models import CausalLM
+    from tooln1.sharding import state_shardings
+
+    model = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0), mesh=mesh))
+    graphdef, state = nnx.split(model)
+    shardings = state_shardings(state, mesh)
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+    return nnx.merge(graphdef, state)
+
+
+def batch_struct(mesh: Any, rows: int, *rest: int, dtype: Any = "int32") -> Any:
+    """A ``ShapeDtypeStruct`` laid out as ``tooln1.data.iterator.global_array`` lays out batches."""
+    import jax
+    import numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    axes = tuple(a for a in ("data", "fsdp") if mesh.shape.get(a, 1) > 1)
+    shards = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+    spec = PartitionSpec(axes if axes and rows % shards == 0 else None, *([None] * len(rest)))
+    return jax.ShapeDtypeStruct((rows, *rest), np.dtype(dtype), sharding=NamedSharding(mesh, spec))
+
+
+def device_bytes(tree: Any) -> int:
+    """Bytes one device holds of a tree of sharded ``ShapeDtypeStruct``s / arrays (the largest shard)."""
+    import jax
+    import numpy as np
+
+    total = 0
+    for x in jax.tree.leaves(tree):
+        shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) is not None else x.shape
+        total += int(np.prod(shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# analytic FLOPs (global)
+
+
+def forward_flops(config: Any, tokens: int, context: float) -> float:
+    """2·(matmul params) per token plus QK and PV attention against ``context`` keys."""
+    from tooln1.metrics import non_embedding_params
+
+    return tokens * (2 * non_embedding_params(config) + 4 * config.num_layers * config.num_heads * config.head_dim * context)
+
+
+def rollout_flops(config: Any, batch: int, group: int, prompt: int, response: int) -> float:
+    head = config.hidden_size * config.vocab_size
+    prefill = forward_flops(config, batch * prompt, prompt) - 2 * head * batch * (prompt - 1)  # head at the last only
+    return prefill + forward_flops(config, batch * group * response, prompt + response / 2)
+
+
+# --------------------------------------------------------------------------------------------
+# the programs of a run
+
+
+def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
+    """Every program a run of ``cfg`` compiles (filtered by comma-separated name substrings)."""
+    from tooln1.grpo import GRPOLoss
+    from tooln1.sampling import DEFAULT_PROMPT_BUCKETS, SamplingConfig, bucket_length
+    from tooln1.sampling import lower as lower_sampler
+    from tooln1.sft import SFTLoss
+    from tooln1.update import OptimizerConfig, Updater
+
+    config = model.config
+    out: list[Program] = []
+    grpo, sft = cfg.grpo, cfg.sft
+    b = cfg.grpo.prompt_bucket
+    # the trainer's prompt buckets (Trainer._prompt_buckets); the largest one in use is the worst case
+    buckets = (tuple(range(b, -(-cfg.data.max_prompt_tokens // b) * b + 1, b)) if b else DEFAULT_PROMPT_BUCKETS)
+    p = bucket_length(cfg.data.max_prompt_tokens, buckets)
+    sampler_cfg = dict(eos_ids=(0,), pad_id=0, prompt_buckets=buckets)  # which ids does not change the program
+
+    if grpo.enabled:
+        g, r = grpo.group_size, grpo.max_response_tokens
+        n = grpo.batch_size * g
+        loss = GRPOLoss(clip_eps=grpo.clip_eps, kl_coef=grpo.kl_coef, loss_agg=grpo.loss_agg,
+                        temperature=grpo.temperature, logprob_chunk_size=grpo.logprob_chunk_size or None,
+                        on_policy=grpo.num_mini_batches == 1, group_size=g if grpo.share_prompt else 1)
+        updater = Updater(model, loss, OptimizerConfig.from_mapping(grpo.optimizer),
+                          num_mini_batches=grpo.num_mini_batches, micro_batch_size=grpo.micro_batch_size or None)
+        state = updater.abstract_state()
+        params_b, opt_b = device_bytes(state.params), device_bytes(state.opt_state)
+        ref_on_device = grpo.kl_coef > 0 and not grpo.ref_offload
+        batch = {"prompt_ids": batch_struct(mesh, n, p), "prompt_mask": batch_struct(mesh, n, p),
+                 "response_ids": batch_struct(mesh, n, r), "response_mask": batch_struct(mesh, n, r),
+                 "advantages": batch_struct(mesh, n, dtype="float32")}
+        for key in ("old_logprobs", "ref_logprobs"):
+            if key in loss.required_keys:
+                batch[key] = batch_struct(mesh, n, r, dtype="float32")
+        sampling = SamplingConfig(num_samples=g, max_new_tokens=r, temperature=grpo.temperature, top_p=grpo.top_p,
+                                  top_k=grpo.top_k, **sampler_cfg)
+        during_rollout = opt_b + (params_b if ref_on_device else 0)
+        out.append(Program(
+            f"rollout engine round (B={grpo.batch_size}, G={g}, P={p}, R={r})",
+            {"prompts": grpo.batch_size, "group_size": g, "prompt_len": p, "response_len": r},
+            lambda: lower_sampler(model, sampling, grpo.batch_size, p),
+            rollout_flops(config, grpo.batch_size, g, p, r), during_rollout))
+        lp_micro = grpo.logprob_micro_batch_size or grpo.micro_batch_size or n // grpo.num_mini_batches
+        rows, seq = (n // g, p + g * r) if grpo.share_prompt else (n, p + r)
+        passes = [x for x, on in (("old", not loss.on_policy), ("ref", grpo.kl_coef > 0)) if on]
+        if passes:  # old and reference log-probs are one program (same shapes), run once per pass
+            out.append(Program(
+                f"logprobs {'+'.join(passes)} (N={n}, P={p}, R={r}, micro {lp_micro})",
+                {"rows": n, "prompt_len": p, "response_len": r, "micro_batch_size": lp_micro},
+                lambda: updater.lower_logprobs(batch, lp_micro),
+                forward_flops(config, rows * seq, seq), opt_b + (params_b if grpo.kl_coef > 0 else 0)))
+        out.append(Program(
+            f"update (N={n}, P={p}, R={r}, {grpo.num_mini_batches} mini-batches, micro {grpo.micro_batch_size or 'all'})",
+            {"rows": n, "prompt_len": p, "response_len": r, "num_mini_batches": grpo.num_mini_batches,
+             "micro_batch_size": grpo.micro_batch_size},
+            lambda: updater.lower(batch), 3 * forward_flops(config, rows * seq, seq),
+            params_b if ref_on_device else 0))
+        val_resident = during_rollout
+    else:
+        val_resident = 0
+    if sft.enabled:
+        t = sft.max_seq_len
+        sft_updater = Updater(model, SFTLoss(loss_agg=sft.loss_agg), OptimizerConfig.from_mapping(sft.optimizer),
+                              num_mini_batches=1, micro_batch_size=sft.micro_batch_size or None)
+        sft_batch = {k: batch_struct(mesh, sft.batch_size, t) for k in ("input_ids", "attention_mask", "loss_mask")}
+        out.append(Program(
+            f"sft update (N={sft.batch_size}, T={t}, micro {sft.micro_batch_size or 'all'})",
+            {"rows": sft.batch_size, "seq_len": t, "micro_batch_size": sft.micro_batch_size},
+            lambda: sft_updater.lower(sft_batch), 3 * forward_flops(config, sft.batch_size * t, t)))
+        if not grpo.enabled:
+            val_resident = device_bytes(sft_updater.abstract_state().opt_state)
+    val = SamplingConfig(num_samples=1, max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0, **sampler_cfg)
+    out.append(Program(
+        f"validation rollout (B={cfg.eval.batch_size}, P={p}, R={cfg.eval.max_new_tokens}, greedy)",
+        {"prompts": cfg.eval.batch_size, "prompt_len": p, "response_len": cfg.eval.max_new_tokens},
+        lambda: lower_sampler(model, val, cfg.eval.batch_size, p),
+        rollout_flops(config, cfg.eval.batch_size, 1, p, cfg.eval.max_new_tokens), val_resident))
+    wanted = [w.strip() for w in programs.split(",") if w.strip()]
+    return [prog for prog in out if not wanted or any(w in prog.name for w in wanted)]
+
+
+# --------------------------------------------------------------------------------------------
+# measuring one program
+
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
+                "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1}
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\(.*?\)|\S+)\s+([\w\-]+)\(")
+_ARRAY = re.compile(r"(\w+)\[([\d,]*)\]")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_NOT_BUFFERS = ("parameter", "get-tuple-element", "bitcast", "tuple", "while", "conditional", "call")
+
+
+def largest_buffers(hlo_text: str, top: int = 5) -> list[dict[str, Any]]:
+    """The largest array values of an optimised (per-device) HLO module, outside fusion bodies,
+    with how many values of that shape and origin there are (``count``).
+
+    memory_analysis() gives totals only; this names what dominates them (shape, op, and the JAX
+    op that produced it). Multi-output fusions count each of their arrays."""
+    found: dict[tuple, dict[str, Any]] = {}
+    in_fusion = False
+    for line in hlo_text.splitlines():
+        if line and not line[0].isspace():  # a computation header (or its closing brace)
+            in_fusion = "fused" in line.split("(")[0] or line.startswith("%fused") or "fusion" in line.split(" ")[0]
+            continue
+        m = None if in_fusion else _INSTRUCTION.match(line)
+        if not m or m.group(3) in _NOT_BUFFERS:
+            continue
+        op = _OP_NAME.search(line)
+        source = op.group(1) if op else ""
+        for dtype, dims_text in _ARRAY.findall(m.group(2)):
+            if dtype not in _DTYPE_BYTES:
+                continue
+            dims = [int(d) for d in dims_text.split(",") if d]
+            key = (dtype, tuple(dims), source or m.group(3))
+            if key in found:
+                found[key]["count"] += 1
+            else:
+                found[key] = {"bytes": math.prod(dims) * _DTYPE_BYTES[dtype], "count": 1,
+                              "shape": f"{dtype}[{','.join(map(str, dims))}]", "instruction": m.group(1),
+                              "op": m.group(3), "source": source}
+    return sorted(found.values(), key=lambda b: -b["bytes"])[:top]
+
+
+_MLIR_TENSOR = re.compile(r"stablehlo\.([\w.]+).*->\s*tensor<([\dx]+)x(f32|bf16|f16|i32|i64|i8|i1)>")
+_MLIR_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "i32": 4, "i64": 8, "i8": 1, "i1": 1}
+_OOM = re.compile(r"(?:temporaries|program|Used)\D*?([\d.]+)\s*([KMGT])")
+
+
+def largest_global_values(mlir_text: str, top: int = 5) -> list[dict[str, Any]]:
+    """The largest op results of a lowered (not yet partitioned) module, at their global shapes:
+    what is left to name the culprits when the compiler refuses a program that does not fit."""
+    found: dict[tuple, dict[str, Any]] = {}
+    for m in _MLIR_TENSOR.finditer(mlir_text):
+        dims = [int(d) for d in m.group(2).split("x")]
+        key = (m.group(1), m.group(3), tuple(dims))
+        found.setdefault(key, {"bytes": math.prod(dims) * _MLIR_BYTES[m.group(3)], "op": m.group(1),
+                               "shape": f"{m.group(3)}[{','.join(map(str, dims))}]", "scope": "global"})
+    return sorted(found.values(), key=lambda b: -b["bytes"])[:top]
+
+
+def _out_of_memory(program: Program, lowered: Any, error: Exception, seconds: float, hlo_chars: int,
+                   say: Callable[[str], None]) -> dict[str, Any]:
+    """The entry of a program the compiler refused for lack of memory (XLA:TPU checks HBM itself)."""
+    msg = str(error).strip().splitlines()[0]
+    m = _OOM.search(msg)
+    need = int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2))) if m else 0
+    say(f"  {seconds:.1f} s: the compiler ran out of memory: {msg}")
+    entry = {"name": program.name, "shapes": program.shapes, "argument_bytes": 0, "output_bytes": 0,
+             "alias_bytes": 0, "temp_bytes": need, "peak_bytes": need, "fits": False, "flops": program.flops,
+             "compile_seconds": round(seconds, 2), "resident_bytes": program.resident_bytes,
+             "xla_peak_bytes": need, "hlo_chars": hlo_chars, "compile_error": msg,
+             "largest_buffers": largest_global_values(lowered.as_text())}
+    for buf in entry["largest_buffers"]:
+        say(f"    {buf['bytes'] / GiB:8.2f} GiB  {buf['shape']}  {buf['op']}  (global shape, before partitioning)")
+    return entry
+
+
+def measure(program: Program, hbm_bytes: int, say: Callable[[str], None]) -> dict[str, Any]:
+    """Lower and compile one program; its memory figures as the JSON entry."""
+    t0 = time.perf_counter()
+    lowered = program.lower()
+    hlo_chars = len(lowered.as_text())
+    try:
+        compiled = lowered.compile()
+    except Exception as e:  # XLA:TPU refuses programs that exceed the chip's HBM
+        if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
+            raise
+        return _out_of_memory(program, lowered, e, time.perf_counter() - t0, hlo_chars, say)
+    seconds = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    args, out = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
+    alias, temp = int(mem.alias_size_in_bytes), int(mem.temp_size_in_bytes)
+    peak = args + out - alias + temp
+    # TPU also reports its own peak, which can exceed the sum (its temp_size is 0 for some loops)
+    xla_peak = int(getattr(mem, "peak_memory_in_bytes", 0) or 0)
+    fits = max(peak, xla_peak) + program.resident_bytes <= hbm_bytes
+    entry = {"name": program.name, "shapes": program.shapes, "argument_bytes": args, "output_bytes": out,
+             "alias_bytes": alias, "temp_bytes": temp, "peak_bytes": peak, "fits": fits, "flops": program.flops,
+             "compile_seconds": round(seconds, 2), "resident_bytes": program.resident_bytes,
+             "xla_peak_bytes": xla_peak, "hlo_chars": hlo_chars}
+    resident = f" + resident {program.resident_bytes / GiB:.2f}" if program.resident_bytes else ""
+    xla = f" (XLA's peak {xla_peak / GiB:.2f})" if xla_peak > peak else ""
+    say(f"  {seconds:.1f} s: peak {peak / GiB:.2f}{xla}{resident} GiB of {hbm_bytes / GiB:.1f} GiB per device "
+        f"(args {args / GiB:.2f}, out {out / GiB:.2f}, alias {alias / GiB:.2f}, temp {temp / GiB:.2f}), "
+        f"{program.flops / 1e12:.1f} TFLOP: {'fits' if fits else 'DOES NOT FIT'}")
+    if not fits:
+        entry["largest_buffers"] = largest_buffers(compiled.as_text())
+        for buf in entry["largest_buffers"]:
+            say(f"    {buf['bytes'] / GiB:8.2f} GiB x {buf['count']}  {buf['shape']}  {buf['op']}  {buf['source']}")
+    return entry
+
+
+# --------------------------------------------------------------------------------------------
+# the whole check
+
+
+def total_bytes(entry: dict[str, Any]) -> int:
+    """What a program needs on one device: its peak (or XLA's, if larger) plus what stays resident."""
+    return max(entry["peak_bytes"], entry["xla_peak_bytes"]) + entry["resident_bytes"]
+
+
+def fit(cfg: Any, target: Target | str | None = None, *, programs: str = "", layers: int | None = None,
+        hbm_bytes: int | None = None, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Compile every program of ``cfg`` for ``target`` (default ``cfg.mesh.target``); the report dict.
+
+    ``programs``: comma-separated name substrings to select; ``layers``: override the depth;
+    ``hbm_bytes``: override the target's memory per device."""
+    if target is None:
+        target = cfg.mesh.get("target", "") or ""
+        if not target:
+            raise FitError(f"config.mesh.target is empty (mesh preset {cfg.mesh.get('preset', '')!r}); pass --target")
+    if isinstance(target, str):
+        target = get_target(target)
+    if hbm_bytes:
+        target = dataclasses.replace(target, hbm_bytes=int(hbm_bytes))
+    devices = target_devices(target)
+    mesh = make_target_mesh(cfg, devices)
+    config = model_config(cfg, layers)
+    model = abstract_model(config, mesh)
+    progs = plan(cfg, model, mesh, programs)
+    if not progs:
+        raise FitError(f"--programs {programs!r} selects none of this config's programs")
+    described = {**target.describe(), "num_devices": len(devices)}
+    say(f"target {target.name}: {len(devices)} x {target.device_kind}, {target.hbm_bytes / GiB:.1f} GiB each; "
+        f"mesh {dict(mesh.shape)}; model {config.num_layers} layers, d {config.hidden_size}; {len(progs)} programs")
+    entries = []
+    for i, prog in enumerate(progs, 1):
+        say(f"[{i}/{len(progs)}] compiling {prog.name} ...")
+        entries.append(measure(prog, target.hbm_bytes, say))
+    report = {"target": described, "fits": all(e["fits"] for e in entries), "programs": entries}
+    worst = max(entries, key=total_bytes)
+    say(f"{'fits' if report['fits'] else 'DOES NOT FIT'}: worst {worst['name']}: "
+        f"{total_bytes(worst) / GiB:.2f} GiB of {target.hbm_bytes / GiB:.1f} GiB")
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+
+
+def _say(msg: str) -> None:
+    print(f"[tooln1-fit] {msg}", file=sys.stderr, flush=True)
+
+
+def _absl_main(argv: Sequence[str]) -> None:
+    from absl import flags
+
+    f = flags.FLAGS
+    if len(argv) > 1:
+        raise SystemExit(f"tooln1-fit: unexpected arguments {argv[1:]}")
+    if f.config is None:
+        raise SystemExit("tooln1-fit: --config is required, e.g. --config configs/paper.py:mesh=tpu-v5p-128")
+    try:
+        report = fit(f.config, f.target or None, programs=f.programs, layers=f.layers or None,
+                     hbm_bytes=int(f.hbm_gib * GiB) if f.hbm_gib else None, say=_say)
+    except (FitError, TargetError, ValueError, KeyError) as e:
+        print(f"tooln1-fit: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    if f.json:
+        with open(f.json, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=1)
+    raise SystemExit(0 if report["fits"] else 1)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``tooln1-fit --config FILE[:spec] [--config.key=value ...] [--json FILE] [--target NAME]``."""
+    prepare_environment()  # before jax is imported
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    if "config" not in flags.FLAGS:  # tooln1-train may have defined it in this process
+        config_flags.DEFINE_config_file("config", None, "ml-collections config file (configs/*.py[:spec])",
+                                        lock_config=True)
+    for define, name, default, text in (
+        (flags.DEFINE_string, "json", "", "write the report to this JSON file"),
+        (flags.DEFINE_string, "target", "", "compile target (default: config.mesh.target); see tooln1.targets"),
+        (flags.DEFINE_string, "programs", "", "only programs whose name contains one of these comma-separated words"),
+        (flags.DEFINE_integer, "layers", 0, "override the model's layer count (scaling studies)"),
+        (flags.DEFINE_float, "hbm_gib", 0.0, "override the target's memory per device, GiB"),
+    ):
+        if name not in flags.FLAGS:
+            define(name, default, text)
+    app.run(_absl_main, argv=list(argv) if argv is not None else None)
+
+
+if __name__ == "__main__":
+    main()
