@@ -121,7 +121,8 @@ def base_config() -> ml_collections.ConfigDict:
         epochs=7,
         steps=0,  # > 0 overrides epochs
         num_mini_batches=4,
-        micro_batch_size=64,  # rows per gradient-accumulation micro-batch (8 per GPU on gpu8); 0 = whole mini-batch
+        micro_batch_size=40,  # rows per gradient-accumulation micro-batch (a group per GPU on gpu8; the mesh
+        # presets set group_size x batch shards); 0 = whole mini-batch
         logprob_micro_batch_size=0,  # rows per old/ref log-prob forward; 0 = micro_batch_size
         temperature=0.7,
         top_p=1.0,
@@ -138,8 +139,9 @@ def base_config() -> ml_collections.ConfigDict:
         ref_offload=False,  # keep the frozen reference params in host memory between uses
         logprob_chunk_size=512,  # LM-head positions at a time (0 = all); bounds [n, chunk, V] logits
         # score each group's prompt once, packed with its G responses (GRPOLoss.group_size): same values,
-        # P + G·R instead of G·(P + R) tokens per forward; needs (logprob_)micro_batch_size % group_size == 0
-        share_prompt=False,
+        # P + G·R instead of G·(P + R) tokens per forward, and attention never more than unpacked (prefix
+        # and own-causal parts merged); needs (logprob_)micro_batch_size % group_size == 0
+        share_prompt=True,
         optimizer=optimizer(1e-6),
     ))
 
@@ -198,6 +200,8 @@ def apply_mesh(c: ml_collections.ConfigDict, name: str) -> None:
     c.mesh.target = target
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = shape["data"], shape["fsdp"], shape["tensor"]
     c.mesh.num_devices = devices
+    if devices:  # one whole group per device and micro-batch: what share_prompt packs into one row
+        c.grpo.micro_batch_size = c.grpo.group_size * shape["data"] * shape["fsdp"]
     if name == "cpu":
         c.model.compute_dtype = "float32"
 
