@@ -24,10 +24,12 @@ setup(
         "safetensors>=0.4",
         "tqdm>=4.66",
         "jinja2>=3.1",  # transformers renders chat templates with it but does not require it
+        "gguf>=0.17",  # llama.cpp GGUF files: tooln1.load_model("x.gguf"), tooln1-convert (numpy only, no torch)
     ],
     extras_require={
         # torch: install the pinned CPU wheel first (`pip install torch==2.13.0`), see README.
-        "test": ["pytest>=8", "hypothesis>=6.100", "matplotlib>=3.8", "torch"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "matplotlib>=3.8", "torch",
+                 "accelerate"],  # transformers' own GGUF loading (the reference in tests/test_gguf.py) needs it
         "eval": ["matplotlib>=3.8"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],

@@ -102,20 +102,14 @@ def write_tiny_gguf(path: str, arch: str = "llama", tied: bool = False, drop: st
             g = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}[base] + "." + suffix
         if g == drop:
             continue
-        if arch == "llama" and rest_is(name, "q_proj"):
-            value = _llama_cpp_permute(value, h)
-        elif arch == "llama" and rest_is(name, "k_proj"):
-            value = _llama_cpp_permute(value, kv)
+        if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
+            value = _llama_cpp_permute(value, h if "q_proj" in name else kv)
         writer.add_tensor(g, value)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return weights
-
-
-def rest_is(name: str, proj: str) -> bool:
-    return name.endswith(f"self_attn.{proj}.weight")
 
 
 def _hf_from_gguf(path: str):

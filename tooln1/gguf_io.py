@@ -12,6 +12,7 @@ pairs, HF's rotates halves); reading undoes that, as transformers' own GGUF load
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable, Iterator
 
@@ -65,10 +66,18 @@ def unpermute_rope(w: np.ndarray, n_heads: int) -> np.ndarray:
 
 # -- reading --------------------------------------------------------------------------------
 def _open(path: str):
-    import gguf
-
     if not os.path.isfile(path):
         raise CheckpointError(f"GGUF file not found: {path}")
+    stat = os.stat(path)
+    return _reader(os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _reader(path: str, mtime_ns: int, size: int):
+    """The memory-mapped reader, kept for the next call: parsing the metadata of a 49k-token
+    vocabulary costs seconds, and converting a file reads it for the weights and for the tokenizer."""
+    import gguf
+
     try:
         return gguf.GGUFReader(path)
     except (ValueError, IndexError, KeyError, OSError, UnicodeDecodeError) as e:
