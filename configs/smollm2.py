@@ -51,7 +51,7 @@ def get_config(arg=None):
     c.model.path = f"{ROOT}/base"
     c.model.dtype = "float32"
     c.model.compute_dtype = "float32"
-    c.model.remat = False
+    c.model.remat = False  # remat=True fails in the old-log-prob pass (flax TraceContextError, update.py -> decoder.py)
 
     c.data.sources = f"xlam:{ROOT}/data/train.json"
     c.data.val_spec = f"xlam:{ROOT}/data/val.json"
@@ -69,7 +69,8 @@ def get_config(arg=None):
     c.grpo.group_size = 4
     c.grpo.steps = 24
     c.grpo.num_mini_batches = 1
-    c.grpo.micro_batch_size = 0
+    c.grpo.micro_batch_size = 4  # one group (shared prompt + G responses) per micro-batch: whole-batch updates were OOM-killed at 22.5 GB
+    c.grpo.logprob_micro_batch_size = 4
     c.grpo.temperature = 1.0
     c.grpo.max_response_tokens = 96
     c.grpo.prompt_bucket = 640
