@@ -25,10 +25,12 @@ setup(
         "tqdm>=4.66",
         "jinja2>=3.1",  # transformers renders chat templates with it but does not require it
         "matplotlib>=3.8",  # every training run plots curves.png; tooln1-eval plots accuracy.png
+        "gguf>=0.17",  # llama.cpp GGUF files: tooln1.load_model("x.gguf"), tooln1-convert (numpy only, no torch)
     ],
     extras_require={
         # torch: install the pinned CPU wheel first (`pip install torch==2.13.0`), see README.
-        "test": ["pytest>=8", "hypothesis>=6.100", "torch"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "torch",
+                 "accelerate"],  # transformers' own GGUF loading (the reference in tests/test_gguf.py) needs it
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],  # also what tooln1-fit needs to compile for TPU targets on a CPU machine
     },

@@ -130,6 +130,21 @@ def _iter_tensors(files: dict[str, str], names: list[str]) -> Iterator[tuple[str
                 yield name, f.get_tensor(name)
 
 
+Source = tuple[dict[str, Any], list[str], Callable[[list[str]], Iterator[tuple[str, np.ndarray]]]]
+
+
+def read_source(path: str) -> Source:
+    """``(hf_config, tensor names, iterate)`` for an HF directory or a ``.gguf`` file; ``iterate(names)``
+    yields ``(HF name, array in HF layout)`` one tensor at a time."""
+    if path.endswith(".gguf"):
+        from tooln1 import gguf_io
+
+        return gguf_io.read_source(path)
+    hf_config = _read_config(path)
+    files = _weight_files(path)
+    return hf_config, list(files), lambda names: _iter_tensors(files, names)
+
+
 def _place(value: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
     """Put a host array on its sharding; each process only materialises its own shards."""
     return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
@@ -166,13 +181,13 @@ def load_model(
     remat: bool = False,
     **model_options: Any,
 ) -> CausalLM:
-    """Load an HF Qwen2/Llama checkpoint directory as a `CausalLM`.
+    """Load an HF Qwen2/Llama checkpoint directory (or a llama.cpp ``.gguf`` file) as a `CausalLM`.
 
     ``dtype`` is the parameter dtype; ``compute_dtype`` (default: ``dtype``) that of activations.
     With a ``mesh`` each parameter is placed directly on its `NamedSharding`. ``model_options``
     set how it runs (`ModelConfig` fields: ``attention``, ``remat_policy``, ``scan_layers``, ...).
     """
-    hf_config = _read_config(path)
+    hf_config, names, iterate = read_source(path)
     try:
         config = ModelConfig.from_hf(hf_config, param_dtype=dtype, dtype=compute_dtype or dtype, remat=remat)
     except (KeyError, TypeError) as e:
@@ -180,13 +195,12 @@ def load_model(
     except ValueError as e:
         raise CheckpointError(f"{path}/{e}") from None
     config = config.replace(**model_options)  # a bad option is the caller's error, not the checkpoint's
-    files = _weight_files(path)
     table = _tensor_map(config)
-    ignored = {n for n in files if n.endswith(_IGNORED_SUFFIXES)}
-    if config.tie_word_embeddings and "lm_head.weight" in files:
+    ignored = {n for n in names if n.endswith(_IGNORED_SUFFIXES)}
+    if config.tie_word_embeddings and "lm_head.weight" in names:
         ignored.add("lm_head.weight")  # some exporters duplicate the tied head
-    unexpected = sorted(set(files) - set(table) - ignored)
-    missing = sorted(set(table) - set(files))
+    unexpected = sorted(set(names) - set(table) - ignored)
+    missing = sorted(set(table) - set(names))
     if missing:
         raise CheckpointError(f"{path}: missing tensors {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
     if unexpected:
@@ -201,7 +215,7 @@ def load_model(
     param_dtype = jnp.dtype(dtype)
     stacks = {target: _StackedParameter(variables[target], param_dtype, mesh)
               for target, layer, _, _ in table.values() if layer == 0}
-    for name, tensor in _iter_tensors(files, list(table)):
+    for name, tensor in iterate(list(table)):
         target, layer, to_ours, _ = table[name]
         variable = variables[target]
         expected = variable.get_value().shape if layer is None else stacks[target].layer_shape
@@ -315,9 +329,9 @@ def save_pretrained(model: CausalLM, out_dir: str, max_shard_size: int | str = "
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`tooln1-convert SRC DST`: load an HF checkpoint into JAX and write it back (a round-trip check)."""
+    """`tooln1-convert SRC DST`: load an HF checkpoint (or a .gguf file) into JAX and write it as an HF checkpoint."""
     parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("src", help="HF checkpoint directory (config.json + safetensors)")
+    parser.add_argument("src", help="HF checkpoint directory (config.json + safetensors) or a llama.cpp .gguf file")
     parser.add_argument("dst", help="output directory")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--max-shard-size", default="5GB")
@@ -327,6 +341,10 @@ def main(argv: list[str] | None = None) -> None:
     except CheckpointError as e:
         raise SystemExit(f"tooln1-convert: {e}")
     model.save_pretrained(args.dst, max_shard_size=args.max_shard_size)
+    if args.src.endswith(".gguf") and jax.process_index() == 0:
+        from tooln1 import gguf_io
+
+        gguf_io.load_tokenizer(args.src).save_pretrained(args.dst)
     n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     print(f"converted {args.src} -> {args.dst}: {config_summary(model.config)}, {n:,} parameters")
 

