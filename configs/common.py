@@ -137,6 +137,7 @@ def base_config() -> ml_collections.ConfigDict:
         reward="binary",  # binary | format_partial | format_name_partial | binary_no_think
         reward_workers=0,  # > 0: score in worker processes
         ref_offload=False,  # keep the frozen reference params in host memory between uses
+        rollout_slots=0,  # the rollout engine's decode slots (KV pages for each); 0 = its default (<= 64)
         logprob_chunk_size=512,  # LM-head positions at a time (0 = all); bounds [n, chunk, V] logits
         # score each group's prompt once, packed with its G responses (GRPOLoss.group_size): same values,
         # P + G·R instead of G·(P + R) tokens per forward, and attention never more than unpacked (prefix

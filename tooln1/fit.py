@@ -155,6 +155,7 @@ def rollout_flops(config: Any, batch: int, group: int, prompt: int, response: in
 def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
     """Every program a run of ``cfg`` compiles (filtered by comma-separated name substrings)."""
     from tooln1.grpo import GRPOLoss
+    from tooln1.engine import EngineConfig
     from tooln1.sampling import DEFAULT_PROMPT_BUCKETS, SamplingConfig, bucket_length
     from tooln1.sampling import lower as lower_sampler
     from tooln1.sft import SFTLoss
@@ -187,7 +188,7 @@ def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
             if key in loss.required_keys:
                 batch[key] = batch_struct(mesh, n, r, dtype="float32")
         sampling = SamplingConfig(num_samples=g, max_new_tokens=r, temperature=grpo.temperature, top_p=grpo.top_p,
-                                  top_k=grpo.top_k, **sampler_cfg)
+                                  top_k=grpo.top_k, engine=EngineConfig(num_slots=grpo.rollout_slots), **sampler_cfg)
         during_rollout = opt_b + (params_b if ref_on_device else 0)
         out.append(Program(
             f"rollout engine round (B={grpo.batch_size}, G={g}, P={p}, R={r})",

@@ -442,6 +442,7 @@ class Trainer:
 
         from tooln1.data.iterator import BatchIterator, global_array
         from tooln1.grpo import GRPOLoss, compute_advantages
+        from tooln1.engine import EngineConfig
         from tooln1.metrics import Progress, peak_flops, update_flops
         from tooln1.rollout import Rollouts
         from tooln1.sampling import SamplingConfig
@@ -485,7 +486,7 @@ class Trainer:
                  f"{cfg.loss_agg!r}")
         sampling = SamplingConfig(num_samples=G, max_new_tokens=cfg.max_response_tokens, temperature=cfg.temperature,
                                   top_p=cfg.top_p, top_k=cfg.top_k, eos_ids=self.eos_ids, pad_id=self.pad_id,
-                                  **self._prompt_buckets())
+                                  engine=EngineConfig(num_slots=cfg.rollout_slots), **self._prompt_buckets())
         peak = peak_flops(self.cfg.log.peak_tflops)
         lp_micro = cfg.logprob_micro_batch_size or cfg.micro_batch_size or (cfg.batch_size * G // cfg.num_mini_batches)
         bar = Progress(total, step, "grpo", self.cfg.log.progress)
