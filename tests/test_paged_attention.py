@@ -64,3 +64,11 @@ def test_write_then_gather_roundtrip():
     np.testing.assert_array_equal(np.asarray(seq[0]), np.asarray(new[0]))
     np.testing.assert_array_equal(np.asarray(seq[1]), np.asarray(new[1]))
     np.testing.assert_array_equal(np.asarray(seq[PS + 3]), np.asarray(new[2]))
+
+
+def test_all_layer_pools_with_a_layer_index_read_that_layer():
+    q, k_pool, v_pool, lengths, table = _setup(2)
+    k_all, v_all = np.stack([k_pool * 0.5, k_pool]), np.stack([-v_pool, v_pool])
+    one = ragged_paged_attention(q, k_pool, v_pool, lengths, table, backend="jax")
+    got = jax.jit(lambda layer: ragged_paged_attention(q, k_all, v_all, lengths, table, backend="jax", layer=layer))(1)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(one))

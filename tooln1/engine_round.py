@@ -189,7 +189,7 @@ def _decode(model, pools, slots: Slots, temperature, top_p, min_finished, shape:
             kp, vp = state
             kp = write_pages(kp, layer, k[:, 0], page, pos % ps)
             vp = write_pages(vp, layer, v[:, 0], page, pos % ps)
-            out = ragged_paged_attention(q[:, 0], kp[layer], vp[layer], lengths, slots.table)
+            out = ragged_paged_attention(q[:, 0], kp, vp, lengths, slots.table, layer=layer)
             return out[:, None], (kp, vp)
 
         x, pools = model.run_layers(model.embed_tokens(slots.token[:, None]), *model.rope(pos[:, None]),

@@ -32,10 +32,15 @@ def gather_pages(pool_layer: jax.Array, page_table: jax.Array) -> jax.Array:
     return x.reshape(kv, -1, d).transpose(1, 0, 2)
 
 
-def _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block: int) -> jax.Array:
-    """Pure JAX: online softmax over blocks of ``pages_per_block`` pages, up to the longest sequence."""
+def _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block: int, layer) -> jax.Array:
+    """Pure JAX: online softmax over blocks of ``pages_per_block`` pages, up to the longest sequence.
+
+    With ``layer``, the pools are every layer's and each block gathers straight from them: slicing
+    out the layer first would copy its whole pool at every decode step."""
     s, h, d = q.shape
-    kv, _, ps, _ = k_pages.shape
+    kv, _, ps, _ = k_pages.shape[-4:]
+    read = (lambda pool, pages: pool[:, pages]) if layer is None else (  # [S, bp, KV, ps, D] -> [KV, S, bp, ps, D]
+        lambda pool, pages: jnp.moveaxis(pool[layer, :, pages], 2, 0))
     g = h // kv
     m_pages = page_table.shape[1]
     bp = max(1, min(pages_per_block, m_pages))
@@ -47,8 +52,8 @@ def _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block:
     def body(i, carry):
         m, l, acc = carry
         pages = jax.lax.dynamic_slice_in_dim(table, i * bp, bp, axis=1)  # [S, bp]
-        k = k_pages[:, pages].reshape(kv, s, bp * ps, d)
-        v = v_pages[:, pages].reshape(kv, s, bp * ps, d)
+        k = read(k_pages, pages).reshape(kv, s, bp * ps, d)
+        v = read(v_pages, pages).reshape(kv, s, bp * ps, d)
         scores = jnp.einsum("skgd,ksnd->skgn", qg, k, preferred_element_type=jnp.float32)
         pos = i * bp * ps + jnp.arange(bp * ps)
         valid = (pos[None, :] < lengths[:, None])[:, None, None, :]
@@ -76,16 +81,20 @@ def _pallas_tpu(q, k_pages, v_pages, lengths, page_table, pages_per_block: int) 
 
 
 def ragged_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, lengths: jax.Array,
-                           page_table: jax.Array, pages_per_block: int = 8, backend: str | None = None) -> jax.Array:
+                           page_table: jax.Array, pages_per_block: int = 8, backend: str | None = None,
+                           layer=None) -> jax.Array:
     """Decode attention: q ``[S, heads, D]`` over sequence s's first ``lengths[s]`` (>= 1) cached slots.
 
-    ``k_pages``/``v_pages`` are one layer's pools ``[kv_heads, N, page_size, D]``; ``page_table``
-    ``[S, M]``. ``backend`` "pallas" / "jax" forces an implementation (default: Pallas on TPU)."""
+    ``k_pages``/``v_pages`` are one layer's pools ``[kv_heads, N, page_size, D]``, or with ``layer``
+    (may be traced) all layers' ``[L, kv_heads, N, page_size, D]``; ``page_table`` ``[S, M]``.
+    ``backend`` "pallas" / "jax" forces an implementation (default: Pallas on TPU)."""
     backend = backend or ("pallas" if jax.default_backend() == "tpu" else "jax")
     q, k_pages, v_pages, lengths, page_table = map(jnp.asarray, (q, k_pages, v_pages, lengths, page_table))
     if backend == "pallas":
+        if layer is not None:
+            k_pages, v_pages = k_pages[layer], v_pages[layer]
         return _pallas_tpu(q, k_pages, v_pages, lengths, page_table, pages_per_block)
-    return _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block)
+    return _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block, layer)
 
 
 __all__ = ["write_pages", "gather_pages", "ragged_paged_attention"]
