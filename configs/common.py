@@ -137,7 +137,9 @@ def base_config() -> ml_collections.ConfigDict:
         reward="binary",  # binary | format_partial | format_name_partial | binary_no_think
         reward_workers=0,  # > 0: score in worker processes
         ref_offload=False,  # keep the frozen reference params in host memory between uses
-        rollout_slots=0,  # the rollout engine's decode slots (KV pages for each); 0 = its default (<= 64)
+        # the rollout engine's decode slots, each with KV pages for P + R tokens; 0 = its default (up to 64).
+        # 16 keeps Qwen2.5-7B's paper-length rollout at 49 GiB a chip on v5p-128 (64 slots: 102 GiB, docs/scaling.md)
+        rollout_slots=16,
         logprob_chunk_size=512,  # LM-head positions at a time (0 = all); bounds [n, chunk, V] logits
         # score each group's prompt once, packed with its G responses (GRPOLoss.group_size): same values,
         # P + G·R instead of G·(P + R) tokens per forward, and attention never more than unpacked (prefix

@@ -56,6 +56,7 @@ def get_config(arg=None):
     c.grpo.micro_batch_size = 0  # whole mini-batch
     c.grpo.temperature = 1.0
     c.grpo.max_response_tokens = 48
+    c.grpo.rollout_slots = 0  # the engine's default: all 128 samples' pages are tiny here
     c.grpo.trim_responses = False  # one compiled update shape
     c.grpo.share_prompt = True  # 448-token prompts, 16 × 48-token responses: 8x fewer tokens per forward
     c.grpo.kl_coef = 1e-3
