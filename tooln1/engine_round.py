@@ -141,7 +141,7 @@ def _prefill(model, pools, c: Chunk, shape: Shape):
     kv_seg = jnp.concatenate([(jnp.arange(ctx) < c.ctx_len).astype(jnp.int32), c.seg + 1])[None]
     q_pos = jnp.arange(shape.chunk, dtype=jnp.int32)[None]
     kv_pos = jnp.concatenate([jnp.full((ctx,), -1, jnp.int32), q_pos[0]])[None]
-    attend_kw = dict(implementation=model.config.attention, block_size=model.config.attention_block_size)
+    attend_kw = model.attention_options()
 
     def attend(q, k, v, state, layer):
         kp, vp = state

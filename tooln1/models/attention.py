@@ -24,10 +24,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
 from tooln1.models.config import ATTENTION_IMPLEMENTATIONS as IMPLEMENTATIONS
+from tooln1.sharding import BATCH_AXES, batch_shards
 _NEG = -1e30  # finite "minus infinity": exp() underflows to 0 without inf - inf = nan
 
 
@@ -72,7 +72,7 @@ def attention(
         impl = {"tpu": "splash", "gpu": "cudnn"}.get(platform, "blockwise")
         if max(t, s) <= block_size:
             impl = "dense"
-    kernel_ok = not (explicit_positions or return_lse or t != s or b % _batch_shards(mesh))
+    kernel_ok = not (explicit_positions or return_lse or t != s or b % batch_shards(mesh))
     if impl == "splash":  # its blocks tile the sequence: multiples of 128
         kernel_ok = kernel_ok and t % min(block_size, t) == 0 and min(block_size, t) % 128 == 0
     if impl in ("splash", "cudnn") and not kernel_ok:
@@ -90,17 +90,9 @@ def attention(
     return (out, lse) if return_lse else out
 
 
-def _batch_axes(mesh: Mesh | None) -> tuple[str, ...]:
-    return tuple(a for a in ("data", "fsdp") if mesh is not None and mesh.shape.get(a, 1) > 1)
-
-
-def _batch_shards(mesh: Mesh | None) -> int:
-    return 1 if mesh is None else int(np.prod([mesh.shape[a] for a in _batch_axes(mesh)]))
-
-
 def _per_batch_shard(kernel, mesh: Mesh | None, *arrays: jax.Array) -> jax.Array:
     """Run ``kernel`` on each device's rows (all arrays and the output lead with the batch)."""
-    axes = _batch_axes(mesh)
+    axes = tuple(a for a in BATCH_AXES if mesh is not None and mesh.shape.get(a, 1) > 1)
     if not axes:
         return kernel(*arrays)
     spec = PartitionSpec(axes)

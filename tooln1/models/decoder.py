@@ -214,8 +214,7 @@ class CausalLM(nnx.Module):
         input_ids = jnp.asarray(input_ids, jnp.int32)
         mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
         positions = default_positions(mask) if positions is None else jnp.asarray(positions, jnp.int32)
-        attend_kw = dict(implementation=self.config.attention, block_size=self.config.attention_block_size,
-                         mesh=self.mesh)
+        attend_kw = self.attention_options()
         p, g = shared_prefix, continuations
         if p:
             b, t = mask.shape
@@ -264,8 +263,7 @@ class CausalLM(nnx.Module):
         kv_mask = jax.lax.dynamic_update_slice(cache.mask, new_mask, (0, cache.index))
         slots = jnp.broadcast_to(cache.index + jnp.arange(t, dtype=jnp.int32), (b, t))
         dtype = jnp.dtype(self.config.dtype)
-        attend_kw = dict(implementation=self.config.attention, block_size=self.config.attention_block_size,
-                         mesh=self.mesh)
+        attend_kw = self.attention_options()
 
         def attend(q, k, v, state, layer):
             k_all, v_all = state
@@ -298,6 +296,10 @@ class CausalLM(nnx.Module):
         save_pretrained(self, out_dir, **kwargs)
 
     # -- the pieces every forward is made of (the rollout engine composes them too) -------------
+    def attention_options(self) -> dict[str, Any]:
+        """Keyword arguments of `tooln1.models.attention.attention` for this model's config and mesh."""
+        return dict(implementation=self.config.attention, block_size=self.config.attention_block_size, mesh=self.mesh)
+
     def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
         x = jnp.take(self.embed[...], input_ids, axis=0).astype(jnp.dtype(self.config.dtype))
         return constrain(x, ("batch", "length", None), self.mesh)
