@@ -111,6 +111,13 @@ def validate_config(cfg: Any, check_paths: bool = True) -> None:
     for key in ("dtype", "compute_dtype"):
         need(cfg.model[key] in ("float32", "bfloat16", "float16"),
              f"config.model.{key}={cfg.model[key]!r}: expected float32, bfloat16 or float16")
+    from tooln1.models.config import ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES
+
+    need(cfg.model.attention in ATTENTION_IMPLEMENTATIONS,
+         f"config.model.attention={cfg.model.attention!r}: expected one of {list(ATTENTION_IMPLEMENTATIONS)}")
+    need(cfg.model.remat_policy in REMAT_POLICIES,
+         f"config.model.remat_policy={cfg.model.remat_policy!r}: expected one of {list(REMAT_POLICIES)}")
+    need(cfg.grpo.rollout_slots >= 0, f"config.grpo.rollout_slots={cfg.grpo.rollout_slots} must be >= 0 (0 = the engine's default)")
     if cfg.model.preset:
         from tooln1.models import PRESETS
 
