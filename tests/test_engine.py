@@ -65,6 +65,8 @@ def test_samples_do_not_depend_on_slots_pages_or_prompt_order(model, prompts, sa
     assert sorted(seen) == list(range(len(order)))
     assert scored == [[len(c.tokens) for c in group] for group in results]
     assert engine.stats["slots"] == 5 and engine.stats["prefill_tokens"] == sum(n - 1 for n in LENGTHS)
+    # the tail decoded narrower than all five slots (live slots compacted to the front), same samples
+    assert engine.stats["width_steps"] < 5 * engine.stats["decode_steps"]
 
 
 def test_freed_pages_are_never_read_by_their_next_owner(model, prompts, sampling, one_slot):
@@ -89,12 +91,22 @@ def test_program_does_not_depend_on_the_number_of_prompts(model, prompts, sampli
     few = engine.lower(sampling, 2 * G, max(LENGTHS), key).as_text()
     many = engine.lower(sampling, 5000 * G, max(LENGTHS), key).as_text()
     assert few == many
+    # the pools are updated in place: the round's temporaries hold less than the two pools (reading
+    # a layer's context before writing it made XLA copy both pools at every layer)
+    shape = engine.shape(sampling, 2 * G, 4000)  # room for 4,000-token prompts: the pools dominate
+    c = model.config
+    pool_bytes = c.num_layers * c.num_kv_heads * shape.num_pages * shape.page_size * c.head_dim * 4
+    temp = engine.lower(sampling, 2 * G, 4000, key).compile().memory_analysis().temp_size_in_bytes
+    assert temp < 2 * pool_bytes, (temp, pool_bytes)
     # default slots grow with the samples only up to max_slots
     auto = Engine(model, EngineConfig(max_slots=4))
     assert auto.shape(sampling, 2, 30).slots == 2
     assert auto.shape(sampling, 9, 30) == auto.shape(sampling, 90000, 30)
-    # running two and five prompts compiles once
-    engine.generate(prompts[:2], sampling, key, max_prompt_len=max(LENGTHS))
+    # running two and five prompts compiles one program per decode width at most
     n = compiled_programs()
+    engine.generate(prompts[:2], sampling, key, max_prompt_len=max(LENGTHS))
     engine.generate(prompts, sampling, key, max_prompt_len=max(LENGTHS))
-    assert compiled_programs() == n
+    widths = engine.widths(engine.shape(sampling, 2 * G, max(LENGTHS)))
+    assert widths == [5, 4, 2, 1] and compiled_programs() - n <= len(widths)
+    engine.generate(prompts[::-1], sampling, jax.random.key(1), max_prompt_len=max(LENGTHS))
+    assert compiled_programs() - n <= len(widths)

@@ -7,7 +7,11 @@ round does:
 
 * **Slots.** ``num_slots`` decode slots (or as many as ``kv_memory_bytes`` of KV pages allow). A
   sample ends at EOS or its length cap and its slot takes the next pending sample, so a rollout of
-  any size streams through the same memory and the same compiled program.
+  any size streams through the same memory and the same few compiled programs. Live slots are kept
+  in front, and once fewer than half are live (the long tail, when nothing is pending) the round
+  decodes only the front half, quarter, ... (``decode_widths`` compiled widths).
+* **Prefill.** A round that prefills a chunk decodes one step only, so decoding slots ride along
+  with the prompt work and new prompts reach their slots without waiting ``steps_per_round`` steps.
 * **Pages.** A page pool with a page table per slot. A prompt (minus its last token) is prefilled
   once, in chunks packed from several prompts, into pages its G samples share (each copies only the
   partial last page); freed pages go back to the pool and a new owner never reads past what it wrote.
@@ -51,12 +55,13 @@ class EngineConfig:
     kv_memory_bytes: int = 0  # per-device KV page budget that sizes the slots when num_slots is 0
     max_slots: int = 64
     page_size: int = 16
-    prefill_chunk: int = 256  # prompt tokens per round
+    prefill_chunk: int = 512  # prompt tokens per round
     steps_per_round: int = 16  # decode steps between host scheduling decisions
+    decode_widths: int = 4  # compiled decode widths: all slots, then halves (the long tail decodes narrower)
     score_queue: int = 64  # finished groups waiting for on_group before decoding waits
 
     def __post_init__(self):
-        for name in ("max_slots", "page_size", "prefill_chunk", "steps_per_round", "score_queue"):
+        for name in ("max_slots", "page_size", "prefill_chunk", "steps_per_round", "decode_widths", "score_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
 
@@ -193,16 +198,22 @@ class Engine:
         slots = jax.jit(make_slots, out_shardings=NamedSharding(self.mesh, PartitionSpec()))()
         return (zeros(), zeros()), slots
 
-    def _args(self, pools, slots, chunk: "_ChunkBuilder", admit: "_admissions", seed, temperature, top_p,
-              min_finished: int, shape: Shape):
+    def widths(self, shape: Shape) -> list[int]:
+        """The decode widths rounds compile for, widest first: all slots, then halving powers of two."""
+        below = [1 << k for k in range(max(shape.slots - 1, 0).bit_length() - 1, -1, -1)]
+        return [shape.slots] + below[:self.config.decode_widths - 1]
+
+    def _args(self, pools, slots, chunk: "_ChunkBuilder", admit: "_admissions", perm, seed, temperature, top_p,
+              min_finished: int, max_steps: int, shape: Shape, width: int):
         return dict(graphdef=self.graphdef, weights=self.weights, pools=pools, slots=slots,
                     chunk=Chunk(*map(self._put, chunk.arrays())), admit=Admit(*map(self._put, admit.arrays())),
-                    seed_data=seed, temperature=temperature, top_p=top_p,
-                    min_finished=self._put(np.int32(min_finished)), shape=shape)
+                    perm=self._put(np.asarray(perm, np.int32)), seed_data=seed, temperature=temperature,
+                    top_p=top_p, min_finished=self._put(np.int32(min_finished)),
+                    max_steps=self._put(np.int32(max_steps)), shape=shape, width=width)
 
     def lower(self, sampling, samples: int, max_prompt_len: int, seed=None):
-        """The lowered round program `generate` runs for these sizes (compile it, read its memory).
-        Nothing is placed on devices, so it lowers for compile-only devices and abstract models."""
+        """The lowered round program `generate` runs for these sizes at its widest (compile it, read its
+        memory). Nothing is placed on devices, so it lowers for compile-only devices and abstract models."""
         shape = self.shape(sampling, samples, max_prompt_len)
         seed_data = np.asarray(jax.random.key_data(jax.random.key(0) if seed is None else seed))
         c = self.model_config
@@ -217,8 +228,9 @@ class Engine:
         return run_round.lower(
             graphdef=self.graphdef, weights=self.weights, pools=pools, slots=slots,
             chunk=Chunk(*map(host, _ChunkBuilder(shape).arrays())), admit=Admit(*map(host, _admissions(shape).arrays())),
-            seed_data=host(seed_data), temperature=host(np.float32(1)), top_p=host(np.float32(1)),
-            min_finished=host(np.int32(1)), shape=shape)
+            perm=host(np.arange(shape.slots, dtype=np.int32)), seed_data=host(seed_data),
+            temperature=host(np.float32(1)), top_p=host(np.float32(1)), min_finished=host(np.int32(1)),
+            max_steps=host(np.int32(1)), shape=shape, width=shape.slots)
 
     # -- the host loop -------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], sampling, seed, max_prompt_len: int | None = None,
@@ -248,14 +260,18 @@ class Engine:
         results: list[list[Completion | None]] = [[None] * g for _ in states]
         prefill_ptr = admit_ptr = 0
         scorer = _Scorer(on_group, self.config.score_queue)
-        stats = dict(rounds=0, device_s=0.0, prefill_tokens=0, decode_steps=0, slot_steps=0)
+        stats = dict(rounds=0, device_s=0.0, prefill_tokens=0, decode_steps=0, slot_steps=0, width_steps=0)
         finished_groups = 0
         t_start = time.perf_counter()
 
         def private_need(p: _Prompt) -> int:
             return -(-(p.prefill_len + r) // ps) - p.prefill_len // ps
 
+        widths = self.widths(shape)
         while finished_groups < len(states):
+            perm = [s for s in range(shape.slots) if owners[s] is not None]  # live slots first
+            perm += [s for s in range(shape.slots) if owners[s] is None]
+            owners = [owners[s] for s in perm]
             free_slots = [s for s in range(shape.slots) if owners[s] is None]
             # 1. prefill chunk: only as far as free slots want samples
             waiting = sum(g - p.started for p in states[admit_ptr:prefill_ptr] if p.ready)
@@ -293,15 +309,22 @@ class Engine:
                 raise RuntimeError(f"rollout engine: {shape.num_pages} KV pages cannot hold one more sample "
                                    f"(page_size {ps}, {m} pages per sample); raise kv_memory_bytes or num_slots")
             pending = admit_ptr < len(states) and any(p.started < g for p in states[admit_ptr:])
+            occupied = sum(o is not None for o in owners)
+            width = min(w for w in widths if w >= max(occupied, 1))
+            narrower = [w for w in widths if w < width]
+            # stop early to admit a pending sample, or once a narrower width holds the live slots
+            min_finished = 1 if pending else (occupied - narrower[0] if narrower else width + 1)
             t0 = time.perf_counter()
             pools, slots, tok, lp, live = run_round(**self._args(
-                pools, slots, c, a, seed_dev, temperature, top_p, 1 if pending else shape.slots + 1, shape))
+                pools, slots, c, a, perm, seed_dev, temperature, top_p, min_finished,
+                1 if c.tokens_added else shape.steps, shape, width))
             tok, lp, live, active = (self._host(x) for x in (tok, lp, live, slots.active))
             stats["device_s"] += time.perf_counter() - t0
             stats["rounds"] += 1
             stats["prefill_tokens"] += c.tokens_added
             stats["decode_steps"] += int(live.any(1).sum())
             stats["slot_steps"] += int(live.sum())
+            stats["width_steps"] += int(live.any(1).sum()) * width
             # 3. collect tokens; hand finished slots back
             for s, run in enumerate(owners):
                 if run is None:
