@@ -36,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="eval_results", help="output folder (default ./eval_results)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=1024)
-    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="compute dtype (default: float32 on CPU, where XLA's bfloat16 is several times "
+                        "slower, else bfloat16)")
+    p.add_argument("--compile-cache", default=os.path.join(os.path.expanduser("~"), ".cache", "tooln1", "xla"),
+                   help="JAX persistent compilation cache, so a repeated evaluation skips compiling ('' = off)")
     p.add_argument("--apibank-dir", help="API-Bank folder (default ../shared/data/apibank)")
     p.add_argument("--acebench-dir", help="ACEBench folder (default ../shared/data/acebench)")
     p.add_argument("--acebench-keep-whitespace", action="store_true",
@@ -99,7 +103,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tooln1.eval.runner import evaluate
 
             tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-            model = tooln1.load_model(str(model_dir), dtype=args.dtype)
+            import jax
+
+            if args.compile_cache:
+                jax.config.update("jax_compilation_cache_dir", os.path.abspath(args.compile_cache))
+                jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+            dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+            model = tooln1.load_model(str(model_dir), dtype=dtype)
             results = evaluate(model, tokenizer, benchmarks=_csv(args.benchmarks), categories=_csv(args.categories),
                                limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                                data_dirs=data_dirs, output_dir=args.output,
