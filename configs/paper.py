@@ -9,20 +9,12 @@ reason-sft, sft-rl, reason-sft-rl), reward (binary, format_partial, format_name_
 binary_no_think), data (xlam, toolace, xlam+toolace, prepared), xlam= / toolace= / prepared= (paths
 or hub ids for the data sources), name (run name; workdir runs/<name>).
 """
-import importlib.util
+from tooln1.config_files import load_sibling
 import os
 
 
-def _common():
-    spec = importlib.util.spec_from_file_location(
-        "tooln1_configs_common", os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def get_config(arg=None):
-    common = _common()
+    common = load_sibling(__file__)
     c = common.base_config()
     spec = common.parse_spec(arg)
     known = {"model", "mesh", "recipe", "reward", "data", "xlam", "toolace", "prepared", "name"}

@@ -7,20 +7,12 @@ A short SFT warm-up teaches the tiny model the paper's reply format
 the greedy validation reward, then the model is exported in HF format to <workdir>/hf_export.
 The validation reward before and after GRPO is printed at the end (and is in metrics.jsonl).
 """
-import importlib.util
+from tooln1.config_files import load_sibling
 import os
 
 
-def _common():
-    spec = importlib.util.spec_from_file_location(
-        "tooln1_configs_common", os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def get_config(arg=None):
-    common = _common()
+    common = load_sibling(__file__)
     c = common.base_config()
     c.name = "quickstart"
     c.workdir = "runs/quickstart"

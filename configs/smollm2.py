@@ -15,23 +15,14 @@ Sizes are the paper's recipe scaled to a CPU: 4 prompts x G 4 per step (paper 10
 paper's lr 1e-6 moves a 135M model too little in tens of steps, so lr 1e-5 (tried: see
 experiments/README.md, "SmolLM2").
 """
-import importlib.util
-import os
+from tooln1.config_files import load_sibling
 
 RECIPES = ("rl", "reason-sft-rl")
 ROOT = "runs/smollm2"
 
 
-def _common():
-    spec = importlib.util.spec_from_file_location(
-        "tooln1_configs_common", os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def get_config(arg=None):
-    common = _common()
+    common = load_sibling(__file__)
     spec = common.parse_spec(arg)
     unknown = sorted(set(spec) - {"recipe", "seed"})
     if unknown:

@@ -244,11 +244,10 @@ def _set_key(cfg: Any, dotted: str, value: Any) -> None:
 
 def load_paper_config(spec: str, overrides: dict[str, Any]) -> Any:
     """What ``tooln1-train --config configs/paper.py:<spec> --config.K=V ...`` builds."""
+    from tooln1.config_files import load_file
+
     path = os.path.join(ROOT, PAPER_CONFIG)
-    module_spec = importlib.util.spec_from_file_location("tooln1_configs_paper", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    cfg = module.get_config(spec)
+    cfg = load_file(path).get_config(spec)
     for key, value in overrides.items():
         _set_key(cfg, key, value)
     return cfg

@@ -688,8 +688,7 @@ def _fail(msg: str) -> None:
 def _precheck(argv: Sequence[str]) -> None:
     """One-line errors for what absl/ml-collections would report as deep tracebacks: a missing config
     file, a ``get_config`` that rejects its spec, a misspelled ``--config.KEY`` (closest keys named)."""
-    import importlib.util
-
+    from tooln1.config_files import load_file
     from tooln1.config_validation import check_override_keys
 
     spec, overrides = None, []
@@ -706,9 +705,7 @@ def _precheck(argv: Sequence[str]) -> None:
     if not os.path.isfile(path):
         _fail(f"config file {path} does not exist")
     try:
-        module_spec = importlib.util.spec_from_file_location("tooln1_cli_config", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        module = load_file(path)
         cfg = module.get_config(config_arg) if sep else module.get_config()
         check_override_keys(cfg, overrides)
     except Exception as e:  # noqa: BLE001 - the config file's own error, named with the file
