@@ -40,7 +40,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from tooln1.data.tokens import bucket_length
+from tooln1.data.tokens import bucket_length, left_pad
 from tooln1.engine import Completion, Engine, EngineConfig
 from tooln1.engine_round import is_eos, run_round
 from tooln1.sharding import BATCH_AXES
@@ -167,17 +167,6 @@ def _process_rows(x) -> np.ndarray:
     return np.concatenate([np.asarray(shards[start]) for start in sorted(shards)])
 
 
-def left_pad(prompts: Sequence[np.ndarray], length: int, batch: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """Left-pad token arrays to ``[batch, length]`` (rows past ``len(prompts)`` all padding)."""
-    ids = np.full((batch, length), pad_id, np.int32)
-    mask = np.zeros((batch, length), np.int32)
-    for i, real in enumerate(prompts):
-        if len(real):
-            ids[i, length - len(real):] = real
-            mask[i, length - len(real):] = 1
-    return ids, mask
-
-
 def _real_prompts(model, prompt_ids, prompt_mask, sampling: SamplingConfig) -> list[np.ndarray]:
     """Validate the inputs; each prompt's real tokens (mask 1)."""
     ids = np.asarray(prompt_ids)
@@ -274,7 +263,7 @@ def sample_groups(model, prompt_ids, prompt_mask, sampling: SamplingConfig, rng,
             logprobs[i * g + j, :len(done.tokens)] = done.logprobs
     mask = np.ones_like(tokens) if sampling.ignore_eos else response_mask_np(tokens, sampling.eos_ids)
     mask[len(mine) * g:] = 0
-    ids, pmask = left_pad([q for q in mine for _ in range(g)], p, rows, sampling.pad_id)
+    ids, pmask = left_pad([q for q in mine for _ in range(g)], p, sampling.pad_id, rows)
     arrays = (tokens, logprobs, mask, ids, pmask)
     if _multi_process(mesh):  # a global array cannot drop other processes' padding rows: local() does
         out = SampleOutput(*(_global_rows(x, mesh) for x in arrays), num_local=len(mine) * g)
