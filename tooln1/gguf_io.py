@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from tooln1.hf_io import CheckpointError
+from tooln1.hf_layout import CheckpointError
 
 # llama.cpp architecture -> (HF class, HF model_type, q/k rows permuted for llama.cpp's RoPE)
 _ARCHITECTURES = {

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints in and out: safetensors <-> sharded NNX parameters.
+"""Hugging Face checkpoints in: safetensors (or GGUF) -> sharded NNX parameters; `tooln1-convert`.
 
 Import streams one tensor at a time from memory-mapped safetensors straight onto its
 `NamedSharding`, so host memory peaks near the largest tensor rather than the whole model.
@@ -9,7 +9,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 from typing import Any, Callable, Iterator
 
 import jax
@@ -18,60 +17,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
 
+from tooln1.hf_layout import IGNORED_SUFFIXES, SAFETENSORS_INDEX, SAFETENSORS_SINGLE, CheckpointError, tensor_map
 from tooln1.models.config import ModelConfig
 from tooln1.models.decoder import CausalLM
 from tooln1.sharding import named_sharding
-
-SAFETENSORS_SINGLE = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-    "vocab.json", "merges.txt", "chat_template.jinja",
-)
-# Buffers some exporters write that carry no parameters.
-_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory that cannot be read as the model it claims to be."""
-
-
-# -- name and layout mapping ---------------------------------------------------------------
-Transform = Callable[[np.ndarray], np.ndarray]
-
-
-def _tensor_map(config: ModelConfig) -> dict[str, tuple[tuple[Any, ...], int | None, Transform, Transform]]:
-    """HF tensor name -> (our parameter path, layer index in its stack or None, HF->ours, ours->HF)."""
-    c = config
-    d, h, kv, hd = c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim
-    same = (lambda w: w, lambda w: w)
-    transpose = (lambda w: w.T, lambda w: w.T)
-
-    def heads_in(n):  # [n*hd, d] <-> [d, n, hd]
-        return (lambda w: w.T.reshape(d, n, hd), lambda w: w.reshape(d, n * hd).T)
-
-    def bias(n):  # [n*hd] <-> [n, hd]
-        return (lambda w: w.reshape(n, hd), lambda w: w.reshape(n * hd))
-
-    heads_out = (lambda w: w.T.reshape(h, hd, d), lambda w: w.reshape(h * hd, d).T)  # [d, h*hd] <-> [h, hd, d]
-    table = {"model.embed_tokens.weight": (("embed",), None, *same),
-             "model.norm.weight": (("final_norm", "weight"), None, *same)}
-    if not c.tie_word_embeddings:
-        table["lm_head.weight"] = (("lm_head",), None, *transpose)
-    for i in range(c.num_layers):  # every layer's tensor is slice i of one stacked parameter
-        hf = f"model.layers.{i}."
-        table[hf + "input_layernorm.weight"] = (("layers", "input_norm", "weight"), i, *same)
-        table[hf + "post_attention_layernorm.weight"] = (("layers", "post_attention_norm", "weight"), i, *same)
-        for proj, n in (("q", h), ("k", kv), ("v", kv)):
-            table[hf + f"self_attn.{proj}_proj.weight"] = (("layers", "attention", f"{proj}_kernel"), i, *heads_in(n))
-            if c.qkv_bias:
-                table[hf + f"self_attn.{proj}_proj.bias"] = (("layers", "attention", f"{proj}_bias"), i, *bias(n))
-        table[hf + "self_attn.o_proj.weight"] = (("layers", "attention", "o_kernel"), i, *heads_out)
-        for proj in ("gate", "up", "down"):
-            table[hf + f"mlp.{proj}_proj.weight"] = (("layers", "mlp", f"{proj}_kernel"), i, *transpose)
-    return table
 
 
 # -- reading --------------------------------------------------------------------------------
@@ -195,8 +145,8 @@ def load_model(
     except ValueError as e:
         raise CheckpointError(f"{path}/{e}") from None
     config = config.replace(**model_options)  # a bad option is the caller's error, not the checkpoint's
-    table = _tensor_map(config)
-    ignored = {n for n in names if n.endswith(_IGNORED_SUFFIXES)}
+    table = tensor_map(config)
+    ignored = {n for n in names if n.endswith(IGNORED_SUFFIXES)}
     if config.tie_word_embeddings and "lm_head.weight" in names:
         ignored.add("lm_head.weight")  # some exporters duplicate the tied head
     unexpected = sorted(set(names) - set(table) - ignored)
@@ -240,92 +190,6 @@ def load_model(
     model.source_dir = os.path.abspath(path)
     model.hf_config_json = json.dumps(hf_config, sort_keys=True)
     return model
-
-
-# -- writing --------------------------------------------------------------------------------
-def _to_host(x: jax.Array) -> np.ndarray:
-    if not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
-        x = multihost_utils.process_allgather(x, tiled=True)
-    return np.asarray(jax.device_get(x))
-
-
-def _parse_size(size: int | str) -> int:
-    if isinstance(size, int):
-        return size
-    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-    s = size.strip().upper()
-    for unit, mult in sorted(units.items(), key=lambda kv: -len(kv[0])):
-        if s.endswith(unit):
-            return int(float(s[: -len(unit)]) * mult)
-    return int(s)
-
-
-def save_pretrained(model: CausalLM, out_dir: str, max_shard_size: int | str = "5GB") -> None:
-    """Write ``model`` as an HF checkpoint that `transformers` loads.
-
-    Tensors above ``max_shard_size`` in total are split into numbered shards with an index.
-    Tokenizer and generation config files are copied from the source checkpoint when it had them.
-    Only process 0 writes; every process must call this (it gathers sharded parameters).
-    """
-    config = model.config
-    table = _tensor_map(config)
-    variables = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-    tensors: dict[str, np.ndarray] = {}
-    for name, (target, layer, _, to_hf) in table.items():
-        value = variables[target][...] if layer is None else variables[target][...][layer]
-        tensors[name] = np.ascontiguousarray(to_hf(_to_host(value)))
-    if jax.process_index() != 0:
-        return
-    os.makedirs(out_dir, exist_ok=True)
-    for stale in os.listdir(out_dir):  # never leave shards of an earlier export behind
-        if stale.endswith(".safetensors") or stale == SAFETENSORS_INDEX:
-            os.remove(os.path.join(out_dir, stale))
-
-    limit = _parse_size(max_shard_size)
-    shards: list[dict[str, np.ndarray]] = [{}]
-    size = 0
-    for name, tensor in tensors.items():
-        if shards[-1] and size + tensor.nbytes > limit:
-            shards.append({})
-            size = 0
-        shards[-1][name] = tensor
-        size += tensor.nbytes
-    metadata = {"format": "pt"}
-    if len(shards) == 1:
-        save_file(shards[0], os.path.join(out_dir, SAFETENSORS_SINGLE), metadata=metadata)
-    else:
-        weight_map = {}
-        for i, shard in enumerate(shards, 1):
-            filename = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            save_file(shard, os.path.join(out_dir, filename), metadata=metadata)
-            weight_map.update({name: filename for name in shard})
-        index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())}, "weight_map": weight_map}
-        with open(os.path.join(out_dir, SAFETENSORS_INDEX), "w", encoding="utf-8") as f:
-            json.dump(index, f, indent=2)
-    umask = os.umask(0)
-    os.umask(umask)
-    for name in os.listdir(out_dir):  # safetensors writes 0600; give the weights the mode open() gives files
-        if name.endswith(".safetensors"):
-            os.chmod(os.path.join(out_dir, name), 0o666 & ~umask)
-
-    hf_config = json.loads(model.hf_config_json) if model.hf_config_json else config.to_hf()
-    hf_config.update(architectures=[config.architecture], torch_dtype=config.param_dtype)
-    hf_config.pop("dtype", None)
-    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(hf_config, f, indent=2, sort_keys=True)
-    source = model.source_dir
-    copied = False
-    if source and os.path.abspath(source) != os.path.abspath(out_dir):
-        for filename in TOKENIZER_FILES + ("generation_config.json",):
-            if os.path.isfile(os.path.join(source, filename)):
-                shutil.copy2(os.path.join(source, filename), os.path.join(out_dir, filename))
-                copied |= filename == "generation_config.json"
-    if not copied and not os.path.isfile(os.path.join(out_dir, "generation_config.json")):
-        generation = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if hf_config.get(k) is not None}
-        with open(os.path.join(out_dir, "generation_config.json"), "w", encoding="utf-8") as f:
-            json.dump(generation, f, indent=2)
 
 
 def main(argv: list[str] | None = None) -> None:
