@@ -1,7 +1,9 @@
 """tooln1-fit: per-device bytes of compiled programs, the misfit report, the command line.
 
 On the CPU backend (8 forced host devices, conftest) always; for a TPU v5e 2x2 compile-only
-topology when libtpu is installed (CI's second venv: JAX_PLATFORMS=cpu TPU_SKIP_MDS_QUERY=1).
+topology when libtpu is installed (CI's second venv: JAX_PLATFORMS=cpu TPU_SKIP_MDS_QUERY=1); for
+an 8 x H100 node when the CUDA plugin is installed (``pip install "jax[cuda12]"``, 5.5 GB, not in
+CI; run with JAX_PLATFORMS=cpu). The GPU target table and its text protos are checked everywhere.
 """
 import importlib.util
 import os
@@ -80,6 +82,49 @@ def test_unknown_target_is_one_line(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown target 'tpu-v9'" in err[0] and "tpu-v5p-128" in err[0] and "cpu:N" in err[0]
+    assert all(name in err[0] for name in ("h100-80gb:8", "h200:8", "a100-80gb:1"))
+
+
+def test_gpu_targets_are_the_cuda_totals_at_jax_memory_fraction(monkeypatch):
+    from tooln1.targets import GPUS, GiB, get_target
+
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+    h100, h200, a100 = (get_target(f"{gpu}:8") for gpu in ("h100-80gb", "h200", "a100-80gb"))
+    assert (h100.platform, h100.num_devices, h100.device_kind) == ("cuda", 8, "NVIDIA H100 80GB HBM3")
+    assert get_target("h100-80gb:1").num_devices == 1 and get_target("h200:1").device_kind == "NVIDIA H200"
+    # what CUDA reports: the HBM (80 GiB; H200: 140.4 GiB) less what the driver keeps
+    assert 79 * GiB < GPUS["h100-80gb"].memory_bytes < 80 * GiB and 79 * GiB < GPUS["a100-80gb"].memory_bytes < 80 * GiB
+    assert 139 * GiB < GPUS["h200"].memory_bytes < 140.4 * GiB  # nvidia-smi: 143,771 MiB
+    assert h100.hbm_bytes == int(0.75 * GPUS["h100-80gb"].memory_bytes)  # JAX's default preallocation
+    assert h200.hbm_bytes > 1.7 * a100.hbm_bytes
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", ".95")
+    assert get_target("h100-80gb:8").hbm_bytes == int(0.95 * GPUS["h100-80gb"].memory_bytes)
+
+
+def test_gpu_target_config_text_proto():
+    from tooln1.targets import GPUS, gpu_target_config
+
+    h200 = gpu_target_config(GPUS["h200"], (9, 8, 0))
+    assert h200.count("{") == h200.count("}") == 3  # gpu_device_info, its compute capability, dnn_version_info
+    lines = {line.strip() for line in h200.splitlines()}
+    for field in (f"device_memory_size: {GPUS['h200'].memory_bytes}", "core_count: 132", "memory_bandwidth: 4800000000000",
+                  "major: 9", "minor: 8", 'device_description_str: "NVIDIA H200"', 'platform_name: "CUDA"'):
+        assert field in lines, field
+    a100 = gpu_target_config(GPUS["a100-80gb"])
+    assert "core_count: 108" in a100 and "major: 8" in a100 and "fpus_per_core: 64" in a100
+
+
+def test_gpu_target_without_the_cuda_plugin_is_one_line(capsys, monkeypatch):
+    import jax
+
+    from tooln1 import targets
+
+    monkeypatch.setattr(targets, "cuda_plugin_installed", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        fit.main(["tooln1-fit", "--config", os.path.join(ROOT, "configs", "quickstart.py"), "--target", "h200:8"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "h200:8" in err[0] and f"pip install 'jax[cuda12]=={jax.__version__}'" in err[0]
 
 
 def test_mesh_presets_name_known_targets():
@@ -91,6 +136,29 @@ def test_mesh_presets_name_known_targets():
     for name, (_, devices, target) in common.MESHES.items():
         t = get_target(target)
         assert not devices or t.num_devices == devices, name
+
+
+@pytest.mark.skipif(not __import__("tooln1.targets").targets.cuda_plugin_installed(),
+                    reason="CUDA plugin not installed (pip install 'jax[cuda12]', 5.5 GB; compiles without a GPU)")
+def test_logprobs_and_update_bytes_on_an_8_gpu_h100_node():
+    cfg = tiny_cfg(prompt=1024)  # T > 512: the cuDNN attention kernel (bf16 only)
+    cfg.model.compute_dtype = "bfloat16"
+    cfg.sft.enabled = False
+    report = fit.fit(cfg, "h100-80gb:8", programs="logprobs,update", say=lambda _: None)
+    logprobs, update = report["programs"]
+    target = report["target"]
+    assert (target["platform"], target["num_devices"], target["device_kind"]) == ("cuda", 8, "NVIDIA H100 80GB HBM3")
+    assert target["hbm_bytes"] < target["device_memory_bytes"] and report["fits"]
+    # XLA:GPU stores arrays unpadded: the params split over the 8 GPUs, the batch's rows too
+    assert logprobs["argument_bytes"] == expected_argument_bytes(cfg, 8, 16, 1024, 8)
+    assert logprobs["output_bytes"] == 16 // 8 * 8 * 4
+    params = expected_argument_bytes(cfg, 8, 0, 1024, 8)
+    assert logprobs["resident_bytes"] == 3 * params + 4 and update["resident_bytes"] == params
+    # the update takes the train state (params + Adam mu, nu + step) and gives it back in place
+    assert update["argument_bytes"] >= 3 * params and update["alias_bytes"] >= 3 * params
+    for prog in (logprobs, update):
+        assert prog["xla_peak_bytes"] > 0 and prog["temp_bytes"] > 0
+        assert prog["peak_bytes"] == prog["argument_bytes"] + prog["output_bytes"] - prog["alias_bytes"] + prog["temp_bytes"]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed (pip install 'jax[tpu]')")

@@ -33,7 +33,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from tooln1.targets import GiB, Target, TargetError, get_target, prepare_environment, target_devices
+from tooln1.targets import GPUS, GiB, Target, TargetError, get_target, prepare_environment, target_devices
 
 
 class FitError(ValueError):
@@ -310,14 +310,28 @@ def _out_of_memory(program: Program, lowered: Any, error: Exception, seconds: fl
     return entry
 
 
+# XLA:GPU without a GPU cannot autotune its Triton GEMM fusions and, for some small dots, finds no
+# tiling at all (jax 0.10.2); a real compile would have fallen back to cuBLAS, as the retry does.
+_GPU_NO_TILING = "Couldn't find output tile sizes"
+_GPU_CUBLAS_ONLY = {"xla_gpu_enable_triton_gemm": False}
+
+
 def measure(program: Program, hbm_bytes: int, say: Callable[[str], None]) -> dict[str, Any]:
     """Lower and compile one program; its memory figures as the JSON entry."""
     t0 = time.perf_counter()
     lowered = program.lower()
     hlo_chars = len(lowered.as_text())
+    options: dict[str, Any] = {}
     try:
-        compiled = lowered.compile()
-    except Exception as e:  # XLA:TPU refuses programs that exceed the chip's HBM
+        try:
+            compiled = lowered.compile()
+        except Exception as e:
+            if _GPU_NO_TILING not in str(e):
+                raise
+            say(f"  XLA:GPU found no Triton GEMM tiling without a GPU; compiling again with {_GPU_CUBLAS_ONLY}")
+            options = _GPU_CUBLAS_ONLY
+            compiled = lowered.compile(compiler_options=options)
+    except Exception as e:  # XLA:TPU refuses programs that exceed the chip's HBM (XLA:GPU does not)
         if "RESOURCE_EXHAUSTED" not in str(e) and "out of memory" not in str(e).lower():
             raise
         return _out_of_memory(program, lowered, e, time.perf_counter() - t0, hlo_chars, say)
@@ -333,6 +347,8 @@ def measure(program: Program, hbm_bytes: int, say: Callable[[str], None]) -> dic
              "alias_bytes": alias, "temp_bytes": temp, "peak_bytes": peak, "fits": fits, "flops": program.flops,
              "compile_seconds": round(seconds, 2), "resident_bytes": program.resident_bytes,
              "xla_peak_bytes": xla_peak, "hlo_chars": hlo_chars}
+    if options:
+        entry["compiler_options"] = options
     resident = f" + resident {program.resident_bytes / GiB:.2f}" if program.resident_bytes else ""
     xla = f" (XLA's peak {xla_peak / GiB:.2f})" if xla_peak > peak else ""
     say(f"  {seconds:.1f} s: peak {peak / GiB:.2f}{xla}{resident} GiB of {hbm_bytes / GiB:.1f} GiB per device "
@@ -376,7 +392,14 @@ def fit(cfg: Any, target: Target | str | None = None, *, programs: str = "", lay
     if not progs:
         raise FitError(f"--programs {programs!r} selects none of this config's programs")
     described = {**target.describe(), "num_devices": len(devices)}
-    say(f"target {target.name}: {len(devices)} x {target.device_kind}, {target.hbm_bytes / GiB:.1f} GiB each; "
+    if target.platform == "cuda":  # what a run's allocator gets of the device's memory
+        total = GPUS[target.gpu].memory_bytes
+        described["device_memory_bytes"] = total
+        memory = (f"{target.hbm_bytes / GiB:.1f} of its {total / GiB:.1f} GiB each "
+                  f"(XLA_PYTHON_CLIENT_MEM_FRACTION {target.hbm_bytes / total:.2f})")
+    else:
+        memory = f"{target.hbm_bytes / GiB:.1f} GiB each"
+    say(f"target {target.name}: {len(devices)} x {target.device_kind}, {memory}; "
         f"mesh {dict(mesh.shape)}; model {config.num_layers} layers, d {config.hidden_size}; {len(progs)} programs")
     entries = []
     for i, prog in enumerate(progs, 1):
