@@ -27,6 +27,7 @@ MESHES = {
     "cpu": ({"data": 1, "fsdp": -1, "tensor": 1}, 0, "cpu:8"),
     "gpu1": ({"data": 1, "fsdp": 1, "tensor": 1}, 1, "h100-80gb:1"),
     "gpu8": ({"data": 1, "fsdp": 8, "tensor": 1}, 8, "h100-80gb:8"),
+    "gpu8-h200": ({"data": 1, "fsdp": 8, "tensor": 1}, 8, "h200:8"),  # the same node with 141 GB H200s
     "tpu-v4-32": ({"data": 1, "fsdp": 16, "tensor": 1}, 16, "tpu-v4-32"),  # v4-32 = 16 chips
     "tpu-v5e-64": ({"data": 4, "fsdp": 16, "tensor": 1}, 64, "tpu-v5e-64"),
     "tpu-v5p-128": ({"data": 1, "fsdp": 64, "tensor": 1}, 64, "tpu-v5p-128"),  # v5p-128 = 64 chips
