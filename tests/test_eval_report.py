@@ -115,3 +115,29 @@ def test_cli_bad_model_path(tmp_path):
 
     with pytest.raises(SystemExit, match="no config.json"):
         main(["--model", str(tmp_path / "missing")])
+
+
+@pytest.mark.parametrize("flag, expected", [([], "float32"), (["--dtype", "bfloat16"], "bfloat16")])
+def test_cli_model_dtype_and_compile_cache(tmp_path, tiny_checkpoint, monkeypatch, flag, expected):
+    """On CPU the model computes in float32 unless --dtype says otherwise, and --compile-cache
+    points JAX's persistent cache at the folder given."""
+    import jax
+
+    from tooln1.eval.cli import main
+
+    seen = {}
+
+    def fake_evaluate(model, tokenizer, **kwargs):
+        seen["dtype"] = model.config.dtype
+        seen["cache"] = jax.config.jax_compilation_cache_dir
+        return RESULTS
+
+    monkeypatch.setattr(runner, "evaluate", fake_evaluate)
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        assert main(["--model", tiny_checkpoint, "--benchmarks", "bfcl", "--output", str(tmp_path),
+                     "--compile-cache", str(tmp_path / "xla"), *flag]) == 0
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+    assert jax.default_backend() == "cpu"
+    assert seen == {"dtype": expected, "cache": str(tmp_path / "xla")}
