@@ -2,6 +2,7 @@
 
     tooln1-fit --config configs/paper.py:model=qwen2.5-7b,mesh=tpu-v5p-128 --json fit.json
     tooln1-fit --config configs/paper.py:mesh=tpu-v4-32 --target tpu-v5p-32 --programs update --layers 2
+    tooln1-fit --config configs/paper.py:model=qwen2.5-7b,mesh=gpu8      # 8 x H100 (needs jax[cuda12], no GPU)
 
 No weights are read: the model is abstract (``nnx.eval_shape``; shapes from ``config.model.path``'s
 config.json when it exists, else the ``config.model.preset``), its params ``ShapeDtypeStruct``s
@@ -16,9 +17,11 @@ compiled, and its per-device memory read from ``compiled.memory_analysis()``:
 A program fits when ``peak + resident`` ≤ the chip's HBM (``peak``: the larger of the sum and the
 ``peak_memory_in_bytes`` XLA reports, which on TPU can exceed it), where ``resident`` is what the training
 loop keeps on the devices while the program runs without passing it in (the optimizer state during
-rollouts and log-prob passes, the on-device reference copy during the update). FLOPs are analytic
-(``tooln1.metrics`` model: 2·params per token plus attention; XLA's cost analysis counts a loop
-body once) and global, over all devices. The rollout is compiled at its largest prompt bucket
+rollouts and log-prob passes, the on-device reference copy during the update). XLA:TPU refuses a
+program over its HBM (the entry then has ``compile_error``); XLA:GPU compiles it anyway, so there the
+verdict is this comparison alone, against the memory JAX's allocator gets (:func:`tooln1.targets.usable_gpu_bytes`).
+FLOPs are analytic (``tooln1.metrics`` model: 2·params per token plus attention; XLA's cost analysis
+counts a loop body once, and is absent for compile-only GPUs) and global, over all devices. The rollout is compiled at its largest prompt bucket
 (memory grows with the bucket). Exit status 0 iff every program fits, 1 if one does not, 2 on a
 bad config or target.
 """
