@@ -191,10 +191,13 @@ def target_devices(target: Target) -> list[Any]:
         if not cuda_plugin_installed():
             raise TargetError(f"target {target.name} needs the CUDA plugin: pip install 'jax[cuda12]=={jax.__version__}' "
                               "(compiles without a GPU)")
-        # topology: slices x hosts per slice x devices per host (one host: an NVLink node)
-        topo = topologies.get_topology_desc(
-            platform="cuda", topology_name="", topology=f"1x1x{target.num_devices}",
-            target_config=gpu_target_config(GPUS[target.gpu], _installed_cudnn_version()))
+        try:  # topology: slices x hosts per slice x devices per host (one host: an NVLink node)
+            topo = topologies.get_topology_desc(
+                platform="cuda", topology_name="", topology=f"1x1x{target.num_devices}",
+                target_config=gpu_target_config(GPUS[target.gpu], _installed_cudnn_version()))
+        except NotImplementedError:  # the plugin did not register: no GPU and JAX_PLATFORMS unset
+            raise TargetError(f"target {target.name}: the CUDA plugin did not load (without a GPU its CUDA check "
+                              "fails unless JAX_PLATFORMS=cpu is set before jax starts)") from None
     else:
         try:
             import libtpu  # noqa: F401
