@@ -88,7 +88,8 @@ def usable_gpu_bytes(spec: GpuSpec) -> int:
 def gpu_target_config(spec: GpuSpec, dnn_version: tuple[int, int, int] = (9, 0, 0)) -> str:
     """The ``stream_executor.GpuTargetConfigProto`` text proto that describes ``spec`` to XLA:GPU.
 
-    The per-SM limits below are the same for every CUDA GPU since compute capability 7.0."""
+    The limits written as constants (threads, blocks, registers) are those of compute capabilities
+    8.0 and 9.0 (the CUDA programming guide's table), which every GPU in :data:`GPUS` has."""
     major, minor = spec.compute_capability
     fields = {
         "threads_per_block_limit": 1024, "threads_per_warp": 32, "shared_memory_per_block": 48 * 1024,
