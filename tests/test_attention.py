@@ -147,6 +147,17 @@ def test_cudnn_row_rolling_matches_dense():
     np.testing.assert_allclose(np.asarray(out)[real], np.asarray(dense)[real], atol=1e-5)
 
 
+def test_cudnn_is_not_asked_for_float32():
+    """cuDNN's fused attention rejects float32 inputs ("Q must be fp16/bf16"): a float32 model on a
+    GPU takes the blockwise path instead (on this CPU, asking cuDNN for float32 would fail the same)."""
+    q, k, v = _qkv(2, 16, 16, seed=7)
+    seg = _left_padded(2, 16, [0, 5])
+    out = attention(q, k, v, seg, seg, implementation="cudnn", block_size=8)
+    dense = attention(q, k, v, seg, seg, implementation="dense")
+    real = np.asarray(seg != 0)
+    np.testing.assert_allclose(np.asarray(out)[real], np.asarray(dense)[real], atol=1e-5)
+
+
 def test_unknown_implementation_is_named():
     q, k, v = _qkv(1, 4, 4)
     seg = jnp.ones((1, 4), jnp.int32)

@@ -73,6 +73,8 @@ def attention(
         if max(t, s) <= block_size:
             impl = "dense"
     kernel_ok = not (explicit_positions or return_lse or t != s or b % batch_shards(mesh))
+    if impl == "cudnn":  # cuDNN's fused attention takes half-precision inputs only
+        kernel_ok = kernel_ok and q.dtype in (jnp.bfloat16, jnp.float16)
     if impl == "splash":  # its blocks tile the sequence: multiples of 128
         kernel_ok = kernel_ok and t % min(block_size, t) == 0 and min(block_size, t) % 128 == 0
     if impl in ("splash", "cudnn") and not kernel_ok:
