@@ -152,6 +152,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(dict(
         every=50,  # GRPO/SFT steps between validations; 0 = only before and after
         batch_size=64,  # prompts per greedy sampling call
+        # the engine's decode slots for validation (0 = its default, up to 64): 32 keeps Qwen2.5-7B's
+        # P 4,096 + R 1,024 validation at 43 GiB a GPU on 8 x H100 (64: 61 GiB, over the 59 GiB JAX takes)
+        rollout_slots=32,
         max_new_tokens=1024,
         at_start=True,
     ))

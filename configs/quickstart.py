@@ -57,6 +57,7 @@ def get_config(arg=None):
 
     c.eval.every = 10
     c.eval.batch_size = 64
+    c.eval.rollout_slots = 0  # all 64 at once: tiny pages
     c.eval.max_new_tokens = 48
     c.checkpoint.every = 10
     c.checkpoint.keep = 2

@@ -215,6 +215,7 @@ def validate_config(cfg: Any, check_paths: bool = True) -> None:
         need(grpo.batch_size % procs == 0, f"config.grpo.batch_size={grpo.batch_size} is not divisible by the {procs} processes")
 
     need(cfg.eval.batch_size >= 1 and cfg.eval.max_new_tokens >= 1, "config.eval.batch_size and max_new_tokens must be >= 1")
+    need(cfg.eval.rollout_slots >= 0, f"config.eval.rollout_slots={cfg.eval.rollout_slots} must be >= 0 (0 = the engine's default)")
     need(cfg.grpo.prompt_bucket >= 0, f"config.grpo.prompt_bucket={cfg.grpo.prompt_bucket} must be >= 0")
     need(cfg.checkpoint.keep >= 1, f"config.checkpoint.keep={cfg.checkpoint.keep} must be >= 1")
     need(cfg.checkpoint.every >= 0, "config.checkpoint.every must be >= 0 (0 = only at phase ends)")

@@ -227,7 +227,8 @@ def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
             lambda: sft_updater.lower(sft_batch), 3 * forward_flops(config, sft.batch_size * t, t)))
         if not grpo.enabled:
             val_resident = device_bytes(sft_updater.abstract_state().opt_state)
-    val = SamplingConfig(num_samples=1, max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0, **sampler_cfg)
+    val = SamplingConfig(num_samples=1, max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0,
+                         engine=EngineConfig(num_slots=cfg.eval.rollout_slots), **sampler_cfg)
     out.append(Program(
         f"validation rollout (B={cfg.eval.batch_size}, P={p}, R={cfg.eval.max_new_tokens}, greedy)",
         {"prompts": cfg.eval.batch_size, "prompt_len": p, "response_len": cfg.eval.max_new_tokens},

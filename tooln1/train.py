@@ -237,13 +237,15 @@ class Trainer:
         import jax
         from jax.experimental import multihost_utils
 
+        from tooln1.engine import EngineConfig
         from tooln1.reward import score_batch
         from tooln1.sampling import SamplingConfig, sample
 
         cfg = self.cfg
         t0 = time.perf_counter()
         sampling = SamplingConfig(num_samples=1, max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0,
-                                  eos_ids=self.eos_ids, pad_id=self.pad_id, **self._prompt_buckets())
+                                  eos_ids=self.eos_ids, pad_id=self.pad_id,
+                                  engine=EngineConfig(num_slots=cfg.eval.rollout_slots), **self._prompt_buckets())
         responses: list[str] = []
         share = -(-len(self.val_records) // jax.process_count())
         recs = self.val_records[self.process_index * share:(self.process_index + 1) * share]
