@@ -24,11 +24,11 @@ def get_config(arg=None):
     c.model.remat = False
     c.model.tiny.update(dict(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=192, seed=0))
 
-    # synthetic-tiny: three one-argument tools, values from closed sets of four (see
-    # tooln1/data/synthetic.py); the paper's prompt template and binary reward are unchanged.
+    # synthetic-tiny: three one-argument tools, one offered per query, values from closed sets of four
+    # (see tooln1/data/synthetic.py); the paper's prompt template and binary reward are unchanged.
     c.data.sources = "synthetic-tiny:2000:0"
     c.data.val_size = 128
-    c.data.max_prompt_tokens = 448  # prompts are 432-439 tokens with the tiny tokenizer
+    c.data.max_prompt_tokens = 448  # prompts are 388-394 tokens with the tiny tokenizer
     c.grpo.prompt_bucket = 448  # every prompt padded to 448: one compiled shape
 
     c.sft.enabled = True

@@ -12,7 +12,9 @@ query, one call, two candidate tools and no irrelevant queries (each knob can be
 ``tiny=True`` (the CPU quickstart) goes further: three one-argument tools (``TINY_TEMPLATES``) whose
 values come from closed sets of four and are quoted in the query as they are in the call
 (``weather in "Paris"`` → ``{"city": "Paris"}``: the same tokens, so a tiny model can copy them), and
-the tool block stays short; otherwise as simple mode (two candidates, one call).
+the tool block holds one candidate, the tool asked for: choosing between two was near chance for
+the quickstart's 0.29M model after its SFT warm-up (names 0.41-0.72), and GRPO then drifted the
+choice instead of learning it (docs/training.md); otherwise as simple mode (one call).
 """
 from __future__ import annotations
 
@@ -340,7 +342,7 @@ def generate_xlam_rows(
 
     Defaults: full mode 2-5 candidate tools, 20% parallel (2..max_parallel calls), 10% irrelevant
     (answer ``[]``); simple mode 2 candidates, no parallel, no irrelevant; tiny mode is simple
-    mode over ``TINY_TEMPLATES``. Rows of a larger ``n`` extend those of a smaller one with the same
+    mode over ``TINY_TEMPLATES`` with 1 candidate. Rows of a larger ``n`` extend those of a smaller one with the same
     settings.
     """
     if n < 0:
@@ -354,7 +356,7 @@ def generate_xlam_rows(
     all_idx = range(len(templates))
     askable = tuple(all_idx) if tiny else _VERBATIM if simple else tuple(all_idx)
     for i in range(n):
-        candidates = num_candidates or (2 if simple else rng.randint(2, 5))
+        candidates = num_candidates or (1 if tiny else 2 if simple else rng.randint(2, 5))
         u = rng.random()
         if u < irrelevant_fraction:
             asked = [rng.choice(askable)]
