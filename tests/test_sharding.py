@@ -5,7 +5,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import tooln1
-from tooln1.sharding import logical_to_spec, make_mesh
+from tooln1.sharding import batch_axes, batch_shards, logical_to_spec, make_mesh
 
 
 def test_mesh_shapes_and_errors():
@@ -16,6 +16,14 @@ def test_mesh_shapes_and_errors():
         make_mesh({"fsdp": 3, "tensor": 2})
     with pytest.raises(ValueError, match=r"unknown mesh axes \['model'\]"):
         make_mesh({"model": 8})
+
+
+def test_batch_axes_are_the_splitting_data_and_fsdp_axes():
+    assert batch_axes(None) == () and batch_shards(None) == 1
+    assert batch_axes(make_mesh({"data": 2, "fsdp": 4})) == ("data", "fsdp")
+    mesh = make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
+    assert batch_axes(mesh) == ("fsdp",) and batch_shards(mesh) == 2
+    assert batch_axes(make_mesh({"tensor": 8})) == ()
 
 
 def test_rules_replicate_what_does_not_divide():

@@ -72,6 +72,13 @@ def resolve_mesh_shape(shape: Mapping[str, int], num_devices: int) -> dict[str, 
     return dict(zip(MESH_AXES, sizes))
 
 
+def batch_axes(mesh: Mesh | None) -> tuple[str, ...]:
+    """The mesh's batch axes that split it (size > 1), in `BATCH_AXES` order; () without a mesh."""
+    if mesh is None:
+        return ()
+    return tuple(a for a in BATCH_AXES if mesh.shape.get(a, 1) > 1)
+
+
 def batch_shards(mesh: Mesh | Mapping[str, int] | None) -> int:
     """How many ways the batch axis is split: the product of the mesh's (or shape's) data and fsdp
     sizes; 1 without a mesh."""

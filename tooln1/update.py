@@ -38,7 +38,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from tooln1.sharding import BATCH_AXES
+from tooln1.sharding import batch_axes
 
 Array = jax.Array
 
@@ -316,9 +316,8 @@ class Updater:
         """Shard the row axis of a reshaped batch array over the mesh's batch axes."""
         if self.mesh is None:
             return x
-        axes = [a for a in BATCH_AXES if a in self.mesh.shape and self.mesh.shape[a] > 1]
         chosen, size = [], 1
-        for a in axes:
+        for a in batch_axes(self.mesh):
             if x.shape[axis] % (size * self.mesh.shape[a]) == 0:
                 chosen.append(a)
                 size *= self.mesh.shape[a]

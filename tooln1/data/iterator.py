@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from tooln1.sharding import BATCH_AXES, batch_shards
+from tooln1.sharding import batch_axes, batch_shards
 
 
 @dataclasses.dataclass
@@ -114,7 +114,7 @@ def global_array(local: np.ndarray, mesh: Any) -> jax.Array:
     local = np.asarray(local)
     if mesh is None:
         return jax.numpy.asarray(local)
-    axes = tuple(a for a in BATCH_AXES if a in mesh.shape and mesh.shape[a] > 1)
+    axes = batch_axes(mesh)
     shards = batch_shards(mesh)
     global_rows = local.shape[0] * jax.process_count()
     spec = PartitionSpec(axes if axes and global_rows % shards == 0 else None, *([None] * (local.ndim - 1)))

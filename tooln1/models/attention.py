@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
 from tooln1.models.config import ATTENTION_IMPLEMENTATIONS as IMPLEMENTATIONS
-from tooln1.sharding import BATCH_AXES, batch_shards
+from tooln1.sharding import batch_axes, batch_shards
 _NEG = -1e30  # finite "minus infinity": exp() underflows to 0 without inf - inf = nan
 
 
@@ -94,7 +94,7 @@ def attention(
 
 def _per_batch_shard(kernel, mesh: Mesh | None, *arrays: jax.Array) -> jax.Array:
     """Run ``kernel`` on each device's rows (all arrays and the output lead with the batch)."""
-    axes = tuple(a for a in BATCH_AXES if mesh is not None and mesh.shape.get(a, 1) > 1)
+    axes = batch_axes(mesh)
     if not axes:
         return kernel(*arrays)
     spec = PartitionSpec(axes)
