@@ -19,6 +19,13 @@ MODELS = {
     "llama-3-8b": ("llama-3-8b", "checkpoints/Meta-Llama-3-8B-Instruct"),
     "tiny": ("", ""),  # a random tiny checkpoint made on the fly (tests, quickstart)
 }
+# name -> (grpo.rollout_slots, eval.rollout_slots) where the defaults' KV pages do not fit (paper lengths,
+# docs/scaling.md "GPU nodes"): Qwen2.5-14B's rollout is 125 GiB a GPU on 8 x H200 at 16 slots, 89 at 8;
+# Llama-3-8B's (8 KV heads, twice Qwen2.5-7B's) 77 GiB on 8 x H100 at 16, 53 at 8
+MODEL_SLOTS = {
+    "qwen2.5-14b": (8, 16),
+    "llama-3-8b": (8, 16),
+}
 
 # --------------------------------------------------------------------------- mesh presets
 # name -> (mesh shape over (data, fsdp, tensor); -1 takes the remaining devices, expected devices or 0 = any,
@@ -196,6 +203,8 @@ def apply_model(c: ml_collections.ConfigDict, name: str) -> None:
     c.model.preset = preset
     c.model.path = path
     c.model.tiny.enabled = name == "tiny"
+    if name in MODEL_SLOTS:
+        c.grpo.rollout_slots, c.eval.rollout_slots = MODEL_SLOTS[name]
     c.name = f"{c.name}-{name}"
 
 

@@ -59,6 +59,11 @@ def test_every_variant_builds(paper, common):
     assert c.data.sources == "xlam:/d/x.json,toolace:/d/t.json"
     mesh = paper.get_config("mesh=tpu-v5e-64").mesh
     assert (mesh.data, mesh.fsdp, mesh.tensor, mesh.num_devices) == (4, 16, 1, 64)
+    # decode slots: the defaults, and fewer where a model's KV pages need it (docs/scaling.md)
+    c = paper.get_config("model=qwen2.5-7b")
+    assert (c.grpo.rollout_slots, c.eval.rollout_slots) == (16, 32)
+    c = paper.get_config("model=qwen2.5-14b,mesh=gpu8-h200")
+    assert (c.grpo.rollout_slots, c.eval.rollout_slots) == (8, 16)
 
 
 @pytest.mark.parametrize("spec, needle", [
