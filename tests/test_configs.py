@@ -106,6 +106,7 @@ def _cfg(tmp_path, **over):
     ({"model.attention": "flash3"}, "config.model.attention='flash3'"),
     ({"model.remat_policy": "some"}, "config.model.remat_policy='some'"),
     ({"grpo.rollout_slots": -1}, "config.grpo.rollout_slots=-1"),
+    ({"eval.rollout_slots": -1}, "config.eval.rollout_slots=-1"),
     ({"grpo.reward": "fuzzy"}, "config.grpo.reward='fuzzy'"),
     ({"grpo.num_mini_batches": 3}, "config.grpo.num_mini_batches=3"),
     ({"grpo.micro_batch_size": 8}, "config.grpo.share_prompt packs whole groups: micro_batch_size=8"),

@@ -45,6 +45,17 @@ def expected_argument_bytes(cfg, devices: int, rows: int, prompt: int, response:
     return params + batch
 
 
+def test_validation_rollout_memory_is_bounded_by_eval_rollout_slots():
+    """64 validation prompts through 4 slots hold a sixteenth of the KV pages that 64 slots hold."""
+    outputs = {}
+    for slots in (0, 4):
+        cfg = tiny_cfg(prompt=64)
+        cfg.eval.update(batch_size=64, max_new_tokens=32, rollout_slots=slots)
+        (prog,) = fit.fit(cfg, "cpu:8", programs="validation", say=lambda _: None)["programs"]
+        outputs[slots] = prog["output_bytes"]  # the page pools (donated, given back) and the slots
+    assert outputs[4] * 8 < outputs[0]
+
+
 def test_logprobs_argument_bytes_are_the_sharded_params_on_cpu():
     cfg = tiny_cfg()
     report = fit.fit(cfg, "cpu:8", programs="logprobs", say=lambda _: None)
