@@ -92,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
         remat_policy="full",  # what remat keeps: full (nothing) | dots (matmul outputs) | offload (them, on host)
         attention="auto",  # auto | dense | blockwise | splash | cudnn (tooln1.models.attention)
         scan_layers=True,  # False unrolls the layers (debugging; program size grows with depth)
+        frozen_layers=0,  # >0: train only the blocks above the lowest N (embedding frozen too); 0 = full fine-tuning
         tiny=ml_collections.ConfigDict(dict(
             enabled=False, layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, seed=0,
         )),

@@ -320,3 +320,36 @@ def test_micro_token_mean_loss_is_verl_02s_micro_batch_average(run):
     micro = [per_token[i:i + 8].sum() / tokens[i:i + 8].sum() for i in range(0, N, 8)]
     np.testing.assert_allclose(float(metrics["loss"]), np.mean(micro), rtol=1e-5)
     assert abs(np.mean(micro) - per_token.sum() / tokens.sum()) > 1e-3
+
+
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_frozen_layers_train_only_the_blocks_above(scan_layers):
+    """``frozen_layers=2`` of 3: the same logits, the top block's gradient unchanged, no gradient below,
+    and an AdamW step with weight decay leaves the embedding and the two lowest blocks bit-identical."""
+    full = CausalLM(CFG.replace(num_layers=3, scan_layers=scan_layers), rngs=nnx.Rngs(0))
+    frozen = CausalLM(full.config.replace(frozen_layers=2), rngs=nnx.Rngs(0))
+    batch = {k: v[:MICRO] for k, v in make_batch().items()}
+    ids = np.concatenate([batch["prompt_ids"], batch["response_ids"]], 1)
+    np.testing.assert_array_equal(np.asarray(frozen(ids)), np.asarray(full(ids)))
+
+    on_policy = dataclasses.replace(LOSS, kl_coef=0.0, on_policy=True)
+    grads = {name: to_np(jax.grad(lambda p, m=m: on_policy(nnx.merge(nnx.graphdef(m), p, nnx.state(m, nnx.Not(nnx.Param))),
+                                                           batch)[0])(nnx.state(m, nnx.Param)))
+             for name, m in (("full", full), ("frozen", frozen))}
+    g_full, g_frozen = grads["full"], grads["frozen"]
+    assert not np.any(g_frozen["embed"]) and np.any(g_full["embed"])
+    for path, g in jax.tree_util.tree_leaves_with_path(g_frozen["layers"]):
+        w = dict(jax.tree_util.tree_leaves_with_path(g_full["layers"]))[path]
+        assert not np.any(g[:2]) and np.any(w[:2]), jax.tree_util.keystr(path)
+        np.testing.assert_allclose(g[2], w[2], rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+    np.testing.assert_allclose(g_frozen["final_norm"]["weight"], g_full["final_norm"]["weight"], rtol=1e-5)
+
+    updater = Updater(frozen, on_policy, OPT)
+    before = to_np(nnx.state(frozen, nnx.Param))
+    state, _ = updater.step(updater.init(frozen), batch)
+    after = to_np(state.params)
+    np.testing.assert_array_equal(after["embed"], before["embed"])
+    for path, a in jax.tree_util.tree_leaves_with_path(after["layers"]):
+        b = dict(jax.tree_util.tree_leaves_with_path(before["layers"]))[path]
+        np.testing.assert_array_equal(a[:2], b[:2], err_msg=jax.tree_util.keystr(path))
+        assert np.any(a[2] != b[2]), jax.tree_util.keystr(path)

@@ -117,6 +117,7 @@ def validate_config(cfg: Any, check_paths: bool = True) -> None:
          f"config.model.attention={cfg.model.attention!r}: expected one of {list(ATTENTION_IMPLEMENTATIONS)}")
     need(cfg.model.remat_policy in REMAT_POLICIES,
          f"config.model.remat_policy={cfg.model.remat_policy!r}: expected one of {list(REMAT_POLICIES)}")
+    need(cfg.model.frozen_layers >= 0, f"config.model.frozen_layers={cfg.model.frozen_layers} must be >= 0 (0 = train every layer)")
     need(cfg.grpo.rollout_slots >= 0, f"config.grpo.rollout_slots={cfg.grpo.rollout_slots} must be >= 0 (0 = the engine's default)")
     if cfg.model.preset:
         from tooln1.models import PRESETS

@@ -64,7 +64,7 @@ def model_config(cfg: Any, layers: int | None = None) -> Any:
 
     m = cfg.model
     dtypes = dict(param_dtype=m.dtype, dtype=m.compute_dtype, remat=bool(m.remat), remat_policy=m.remat_policy,
-                  attention=m.attention, scan_layers=bool(m.scan_layers))
+                  attention=m.attention, scan_layers=bool(m.scan_layers), frozen_layers=int(m.frozen_layers))
     config_json = os.path.join(m.path, "config.json") if m.path else ""
     if config_json and os.path.isfile(config_json):
         with open(config_json, encoding="utf-8") as f:

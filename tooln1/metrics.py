@@ -83,13 +83,19 @@ def update_flops(config: Any, rows: int, prompt_len: int, response_len: int, *, 
     tokens = rows // group_size * seq
     attn_fwd = 4 * config.num_layers * config.num_heads * config.head_dim * seq  # per token, causal ignored
     forward = (2 * n + attn_fwd) * tokens
-    return (int(old_logprobs) + int(reference)) * forward + 3 * forward
+    return (int(old_logprobs) + int(reference)) * forward + _train_passes(config) * forward
+
+
+def _train_passes(config: Any) -> float:
+    """Forward + backward in forward-pass units: 3, less the backward of ``frozen_layers`` blocks."""
+    frozen = getattr(config, "frozen_layers", 0)
+    return 1 + 2 * (config.num_layers - frozen) / config.num_layers
 
 
 def sft_flops(config: Any, rows: int, seq_len: int) -> float:
     n = non_embedding_params(config)
     attn_fwd = 4 * config.num_layers * config.num_heads * config.head_dim * seq_len
-    return 3 * (2 * n + attn_fwd) * rows * seq_len
+    return _train_passes(config) * (2 * n + attn_fwd) * rows * seq_len
 
 
 def _scalar(v: Any) -> float | None:

@@ -190,7 +190,7 @@ class Trainer:
         self.model = tooln1.load_model(path, dtype=cfg.model.dtype, mesh=self.mesh,
                                        compute_dtype=cfg.model.compute_dtype, remat=cfg.model.remat,
                                        remat_policy=cfg.model.remat_policy, attention=cfg.model.attention,
-                                       scan_layers=cfg.model.scan_layers)
+                                       scan_layers=cfg.model.scan_layers, frozen_layers=cfg.model.frozen_layers)
         if cfg.model.preset:
             self._check_preset(cfg.model.preset)
         from transformers import AutoTokenizer

@@ -95,6 +95,19 @@ def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), adamw)
 
 
+def freeze(frozen_layers: int) -> optax.GradientTransformation:
+    """Zero updates for the embedding and the lowest ``frozen_layers`` stacked blocks: after AdamW it
+    keeps weight decay off what `ModelConfig.frozen_layers` freezes (their gradients are already 0)."""
+
+    def zero(path, update):
+        top = getattr(path[0], "key", None)
+        if top == "embed":
+            return jnp.zeros_like(update)
+        return update.at[:frozen_layers].set(0) if top == "layers" else update
+
+    return optax.stateless(lambda updates, params=None: jax.tree_util.tree_map_with_path(zero, updates))
+
+
 # --------------------------------------------------------------------------------------------
 # state
 
@@ -182,6 +195,8 @@ class Updater:
         self.micro_batch_size = None if micro_batch_size is None else int(micro_batch_size)
         self.optimizer_config = optimizer if isinstance(optimizer, OptimizerConfig) else None
         self.optimizer = make_optimizer(optimizer) if isinstance(optimizer, OptimizerConfig) else optimizer
+        if getattr(config, "frozen_layers", 0):
+            self.optimizer = optax.chain(self.optimizer, freeze(config.frozen_layers))
 
         self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
         self.param_shardings = jax.tree.map(_sharding_of, params)

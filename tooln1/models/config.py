@@ -36,6 +36,9 @@ class ModelConfig:
     scan_layers: bool = True  # jax.lax.scan over the stacked layers; False unrolls them (debugging)
     attention: str = "auto"  # tooln1.models.attention implementation
     attention_block_size: int = 512  # query/key block of the blockwise and splash paths
+    # Partial fine-tuning: the embedding (with a tied head) and the lowest N blocks get no gradient,
+    # so the backward pass stops above them and the Updater leaves them as they are.
+    frozen_layers: int = 0
 
     def __post_init__(self):
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -49,6 +52,8 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.remat_policy={self.remat_policy!r}; expected one of {REMAT_POLICIES}")
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"ModelConfig.attention={self.attention!r}; expected one of {ATTENTION_IMPLEMENTATIONS}")
+        if not 0 <= self.frozen_layers <= self.num_layers:
+            raise ValueError(f"ModelConfig.frozen_layers={self.frozen_layers}: expected 0..num_layers={self.num_layers}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"

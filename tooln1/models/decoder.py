@@ -286,7 +286,7 @@ class CausalLM(nnx.Module):
     def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
         dtype = jnp.dtype(self.config.dtype)
         if self.config.tie_word_embeddings:
-            return jnp.einsum("btd,vd->btv", hidden, self.embed[...].astype(dtype),
+            return jnp.einsum("btd,vd->btv", hidden, self._embedding().astype(dtype),
                               preferred_element_type=jnp.float32)
         return jnp.einsum("btd,dv->btv", hidden, self.lm_head[...].astype(dtype), preferred_element_type=jnp.float32)
 
@@ -299,8 +299,13 @@ class CausalLM(nnx.Module):
         """Keyword arguments of `tooln1.models.attention.attention` for this model's config and mesh."""
         return dict(implementation=self.config.attention, block_size=self.config.attention_block_size, mesh=self.mesh)
 
+    def _embedding(self) -> jax.Array:
+        """The embedding table; constant (no gradient) when ``config.frozen_layers`` freezes it."""
+        table = self.embed[...]
+        return jax.lax.stop_gradient(table) if self.config.frozen_layers else table
+
     def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
-        x = jnp.take(self.embed[...], input_ids, axis=0).astype(jnp.dtype(self.config.dtype))
+        x = jnp.take(self._embedding(), input_ids, axis=0).astype(jnp.dtype(self.config.dtype))
         return constrain(x, ("batch", "length", None), self.mesh)
 
     def rope(self, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -317,7 +322,8 @@ class CausalLM(nnx.Module):
         The stacked layers run under one ``jax.lax.scan``, so the program holds one block however
         deep the model is (``config.scan_layers=False`` unrolls it, for debugging); ``layer`` is
         then a traced index. ``remat`` recomputes each block in the backward pass, keeping what
-        ``config.remat_policy`` names.
+        ``config.remat_policy`` names. With ``config.frozen_layers`` F the lowest F blocks run as a
+        scan of their own under ``stop_gradient``.
         """
         graphdef, params = nnx.split(self.layers)
         mesh = self.mesh
@@ -330,13 +336,22 @@ class CausalLM(nnx.Module):
 
         if remat:
             body = jax.checkpoint(body, policy=_REMAT_POLICIES[self.config.remat_policy], prevent_cse=False)
-        layers = self.config.num_layers
-        if self.config.scan_layers:
-            (x, state), _ = jax.lax.scan(body, (x, state), (params, jnp.arange(layers, dtype=jnp.int32)))
-        else:
-            for layer in range(layers):
-                (x, state), _ = body((x, state), (jax.tree.map(lambda a: a[layer], params), layer))
-        return x, state
+
+        def run(carry, params, first):
+            count = jax.tree.leaves(params)[0].shape[0]
+            if self.config.scan_layers:
+                carry, _ = jax.lax.scan(body, carry, (params, jnp.arange(first, first + count, dtype=jnp.int32)))
+                return carry
+            for i in range(count):
+                carry, _ = body(carry, (jax.tree.map(lambda a: a[i], params), first + i))
+            return carry
+
+        frozen = self.config.frozen_layers
+        if frozen:  # no gradient reaches the lowest blocks, so autodiff never runs backward through them
+            x, state = run((x, state), jax.tree.map(lambda a: jax.lax.stop_gradient(a[:frozen]), params), 0)
+            x = jax.lax.stop_gradient(x)
+            params = jax.tree.map(lambda a: a[frozen:], params)
+        return run((x, state), params, frozen)
 
 
 def count_params(config: ModelConfig) -> int:
