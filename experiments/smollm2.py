@@ -10,6 +10,8 @@ Steps, each a plain command (``--dry-run`` prints them; a step whose output exis
    ``runs/smollm2/data/{train,val}.json`` (val from another generator seed, disjoint ids).
 3. ``tooln1-train --config configs/smollm2.py:recipe=R,seed=S`` for each recipe and seed.
 4. ``tooln1-eval`` of the base model and each run's ``hf_export`` on API-Bank level-1 (``--limit``).
+5. ``runs/smollm2/results.md`` and ``curves.png``: held-out reward before SFT / before GRPO / after
+   GRPO and API-Bank L1 per run, and every seed's rollout and held-out reward against the GRPO step.
 
     python -m experiments.smollm2 --dry-run
     python -m experiments.smollm2 --recipes rl --seeds 0 --set grpo.steps=4
@@ -101,6 +103,54 @@ def plan(recipes: list[str], seeds: list[int], limit: int, max_new_tokens: int, 
     return steps
 
 
+def _read_jsonl(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _apibank_l1(run: str) -> str:
+    path = f"{ROOT}/eval/{run}/results.json"
+    if not os.path.isfile(path):
+        return "–"
+    r = json.load(open(path, encoding="utf-8"))["summary"]["apibank"]["level-1"]
+    return f"{r['correct_count']}/{r['total_count']}"
+
+
+def summarize(recipes: list[str], seeds: list[int]) -> str:
+    """``results.md`` (one row per run) and ``curves.png`` (one line per run) under ``runs/smollm2``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4))
+    rollout, held_out = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    rows = ["| run | held-out before GRPO | after GRPO (at step) | API-Bank L1 (base " + _apibank_l1("base") + ") |",
+            "|---|---|---|---|"]
+    for recipe in recipes:
+        for seed in seeds:
+            run = f"{recipe}-seed{seed}"
+            path = f"{ROOT}/{run}/metrics.jsonl"
+            if not os.path.isfile(path):
+                continue
+            metrics = _read_jsonl(path)
+            steps = [(m["step"], m["reward/mean"]) for m in metrics if m.get("phase") == "grpo"]
+            val = [(m["step"], m["val/accuracy"]) for m in metrics if "val/accuracy" in m]
+            color = rollout.plot(*zip(*steps), alpha=0.6, label=run)[0].get_color() if steps else None
+            if val:
+                held_out.plot(*zip(*val), "o-", color=color, label=run)
+            before = next((f"{a:.3f}" for s, a in val if s == 0), "–")
+            after = ", ".join(f"{a:.3f} ({s})" for s, a in val if s) or "–"
+            rows.append(f"| {run} | {before} | {after} | {_apibank_l1(run)} |")
+    rollout.set(xlabel="GRPO step", ylabel="rollout reward (4 prompts x G)", title="rollouts")
+    held_out.set(xlabel="GRPO step", ylabel="greedy binary reward", title="held-out prompts")
+    for ax in (rollout, held_out):
+        ax.legend(fontsize=7)
+    FigureCanvasAgg(fig).print_png(f"{ROOT}/curves.png")
+    table = "\n".join(rows) + "\n"
+    with open(f"{ROOT}/results.md", "w", encoding="utf-8") as f:
+        f.write(table)
+    return table
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipes", default="rl,reason-sft-rl")
@@ -111,8 +161,13 @@ def main(argv=None) -> None:
     ap.add_argument("--val-rows", type=int, default=64)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for every run")
     ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--summary-only", action="store_true", help="only write results.md and curves.png")
     args = ap.parse_args(argv)
-    steps = plan(args.recipes.split(","), [int(s) for s in args.seeds.split(",")], args.limit, args.max_new_tokens, args.set)
+    recipes, seeds = args.recipes.split(","), [int(s) for s in args.seeds.split(",")]
+    if args.summary_only:
+        print(summarize(recipes, seeds))
+        return
+    steps = plan(recipes, seeds, args.limit, args.max_new_tokens, args.set)
     for done, argv_ in steps:
         text = shlex.join(argv_) if argv_ else f"(write tool-disjoint data to {ROOT}/data)"
         if os.path.exists(done):
@@ -125,6 +180,8 @@ def main(argv=None) -> None:
             print(json.dumps(write_data(f"{ROOT}/data", args.train_rows, args.val_rows)))
         else:
             subprocess.run(argv_, check=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))))
+    if not args.dry_run:
+        print(summarize(recipes, seeds))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import importlib.util
 import itertools
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -58,7 +59,9 @@ def test_every_variant_builds(paper, common):
     c = paper.get_config("data=xlam+toolace,xlam=/d/x.json,toolace=/d/t.json")
     assert c.data.sources == "xlam:/d/x.json,toolace:/d/t.json"
     mesh = paper.get_config("mesh=tpu-v5e-64").mesh
-    assert (mesh.data, mesh.fsdp, mesh.tensor, mesh.num_devices) == (4, 16, 1, 64)
+    assert (mesh.data, mesh.fsdp, mesh.tensor, mesh.num_devices) == (1, 64, 1, 64)
+    c = paper.get_config("model=qwen2.5-7b,mesh=tpu-v4-32-tp4")
+    assert (c.mesh.fsdp, c.mesh.tensor, c.mesh.target, c.grpo.micro_batch_size) == (4, 4, "tpu-v4-32", 20)
     # decode slots: the defaults, and fewer where a model's KV pages need it (docs/scaling.md)
     c = paper.get_config("model=qwen2.5-7b")
     assert (c.grpo.rollout_slots, c.eval.rollout_slots) == (16, 32)
@@ -90,6 +93,16 @@ def test_quickstart_config_is_valid(tmp_path):
     assert (c.mesh.data, c.mesh.fsdp, c.mesh.tensor) == (1, -1, 1)
     validate_config(c)
     assert mesh_batch_shards(c) == 8
+
+
+def test_smollm2_config_builds_each_recipe_and_names_a_bad_spec():
+    smollm2 = load_config_module("smollm2")
+    rl, rsr = smollm2.get_config("recipe=rl,seed=2"), smollm2.get_config("recipe=reason-sft-rl")
+    assert (rl.sft.enabled, rl.grpo.enabled, rl.seed, rl.workdir) == (False, True, 2, "runs/smollm2/rl-seed2")
+    assert rsr.sft.enabled and rsr.grpo.enabled and rsr.sft.target == "reason" and rsr.model.frozen_layers == 22
+    for spec, needle in (("recipe=sft", "recipe='sft'"), ("lr=1", "unknown spec key(s) ['lr']")):
+        with pytest.raises(ValueError, match=re.escape(needle)):
+            smollm2.get_config(spec)
 
 
 def _cfg(tmp_path, **over):

@@ -146,3 +146,24 @@ def test_smoke_of_every_entry(tmp_path):
     main_run = "qwen2.5-7b-rl-binary-xlam+toolace"
     ran = [r for recs in report.values() for r in recs if r["kind"] == "train" and r["label"] == main_run]
     assert [r["status"] for r in ran].count("ran") == 1 and len(ran) >= 3
+
+
+def test_smollm2_summary_reads_each_runs_metrics_and_evaluation(tmp_path, monkeypatch):
+    from experiments import smollm2
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / smollm2.ROOT / "reason-sft-rl-seed1"
+    run.mkdir(parents=True)
+    lines = [{"phase": "before GRPO", "step": 0, "val/accuracy": 0.25},
+             *({"phase": "grpo", "step": s, "reward/mean": 0.1 * s} for s in (1, 2)),
+             {"phase": "after GRPO", "step": 2, "val/accuracy": 0.5}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    for name, correct in (("base", 0), ("reason-sft-rl-seed1", 3)):
+        out = tmp_path / smollm2.ROOT / "eval" / name
+        out.mkdir(parents=True)
+        summary = {"apibank": {"level-1": {"correct_count": correct, "total_count": 16}}}
+        (out / "results.json").write_text(json.dumps({"summary": summary}))
+    table = smollm2.summarize(["reason-sft-rl", "rl"], [0, 1])
+    assert "(base 0/16)" in table and "| reason-sft-rl-seed1 | 0.250 | 0.500 (2) | 3/16 |" in table
+    assert table.count("\n") == 3  # header, rule, the one run that exists
+    assert (tmp_path / smollm2.ROOT / "curves.png").stat().st_size > 0
