@@ -35,8 +35,11 @@ MESHES = {
     "gpu1": ({"data": 1, "fsdp": 1, "tensor": 1}, 1, "h100-80gb:1"),
     "gpu8": ({"data": 1, "fsdp": 8, "tensor": 1}, 8, "h100-80gb:8"),
     "gpu8-h200": ({"data": 1, "fsdp": 8, "tensor": 1}, 8, "h200:8"),  # the same node with 141 GB H200s
-    "tpu-v4-32": ({"data": 1, "fsdp": 16, "tensor": 1}, 16, "tpu-v4-32"),  # v4-32 = 16 chips
-    "tpu-v5e-64": ({"data": 4, "fsdp": 16, "tensor": 1}, 64, "tpu-v5e-64"),
+    "tpu-v4-32": ({"data": 1, "fsdp": 16, "tensor": 1}, 16, "tpu-v4-32"),  # v4-32 = 16 chips; up to Qwen2.5-3B
+    # Qwen2.5-7B on v4-32: 4-way tensor parallelism splits the decode weights and KV pools (docs/scaling.md)
+    "tpu-v4-32-tp4": ({"data": 1, "fsdp": 4, "tensor": 4}, 16, "tpu-v4-32"),
+    # 16 GiB chips, up to Qwen2.5-1.5B; fsdp over all 64 (data 4 x fsdp 16 left 1.5B's update 0.15 GiB over)
+    "tpu-v5e-64": ({"data": 1, "fsdp": 64, "tensor": 1}, 64, "tpu-v5e-64"),
     "tpu-v5p-128": ({"data": 1, "fsdp": 64, "tensor": 1}, 64, "tpu-v5p-128"),  # v5p-128 = 64 chips
 }
 
