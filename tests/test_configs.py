@@ -204,6 +204,15 @@ def test_invalid_config_leaves_no_workdir(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_frozen_layers_beyond_the_checkpoints_depth_is_a_config_error(tmp_path):
+    from tooln1.config_validation import ConfigError
+    from tooln1.train import Trainer
+
+    cfg = _cfg(tmp_path / "run", **{"model.frozen_layers": 5})  # the tiny model has 2 layers
+    with pytest.raises(ConfigError, match=r"config.model does not fit .*frozen_layers=5: expected 0..num_layers=2"):
+        Trainer(cfg).setup()
+
+
 @pytest.mark.parametrize("entry", ["tooln1.train:main(['tooln1-train', '--config', 'nope.py'])",
                                    "tooln1.eval.cli:main(['--compare', 'nope.json'])"])
 def test_clis_silence_transformers_pytorch_warning(entry):

@@ -187,10 +187,17 @@ class Trainer:
         if -1 not in shape.values() and math.prod(shape.values()) < len(devices):
             devices = devices[: math.prod(shape.values())]  # a smaller mesh on the first devices
         self.mesh = make_mesh(shape, devices=devices)
-        self.model = tooln1.load_model(path, dtype=cfg.model.dtype, mesh=self.mesh,
-                                       compute_dtype=cfg.model.compute_dtype, remat=cfg.model.remat,
-                                       remat_policy=cfg.model.remat_policy, attention=cfg.model.attention,
-                                       scan_layers=cfg.model.scan_layers, frozen_layers=cfg.model.frozen_layers)
+        from tooln1.hf_layout import CheckpointError
+
+        try:
+            self.model = tooln1.load_model(path, dtype=cfg.model.dtype, mesh=self.mesh,
+                                           compute_dtype=cfg.model.compute_dtype, remat=cfg.model.remat,
+                                           remat_policy=cfg.model.remat_policy, attention=cfg.model.attention,
+                                           scan_layers=cfg.model.scan_layers, frozen_layers=cfg.model.frozen_layers)
+        except CheckpointError:
+            raise
+        except ValueError as e:  # a config.model option the checkpoint's shape rules out (e.g. frozen_layers)
+            raise ConfigError(f"config.model does not fit {path}: {e}") from None
         if cfg.model.preset:
             self._check_preset(cfg.model.preset)
         from transformers import AutoTokenizer
