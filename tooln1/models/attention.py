@@ -156,35 +156,55 @@ def _pad_to(x, n: int, axis: int, value=0):
     return jnp.pad(x, widths, constant_values=value)
 
 
-def _blocks(x, size: int):
-    """[B, N, ...] -> [N / size, B, size, ...] (block-major, for scanning)."""
-    x = _pad_to(x, size, 1)
-    return jnp.moveaxis(x.reshape(x.shape[0], x.shape[1] // size, size, *x.shape[2:]), 1, 0)
+def _blocks(x, size: int, axis: int = 1):
+    """Split ``axis`` into blocks of ``size`` and move the block index to the front (for scanning)."""
+    x = _pad_to(x, size, axis)
+    x = x.reshape(*x.shape[:axis], x.shape[axis] // size, size, *x.shape[axis + 1:])
+    return jnp.moveaxis(x, axis, 0)
 
 
-def _unblocks(x, n: int):
-    x = jnp.moveaxis(x, 0, 1)
-    return x.reshape(x.shape[0], -1, *x.shape[3:])[:, :n]
+def _unblocks(x, n: int, axis: int = 1):
+    """Inverse of `_blocks` (``axis`` as in the unblocked array), cut back to ``n``."""
+    x = jnp.moveaxis(x, 0, axis)
+    x = x.reshape(*x.shape[:axis], -1, *x.shape[axis + 2:])
+    return jax.lax.slice_in_dim(x, 0, n, axis=axis)
 
 
 def _blockwise(q, k, v, q_seg, kv_seg, q_pos, kv_pos, causal, bq, bk):
     b, t, heads, dim = q.shape
-    qb = _blocks(_grouped(q, k.shape[2]), bq)  # [nq, B, bq, KV, G, D]
-    kb, vb = _blocks(k, bk), _blocks(v, bk)  # [nk, B, bk, KV, D]
+    kvh = k.shape[2]
+    # Head-major blocks, [.., KV, G, tokens, D]: each block's scores are then one plain batched
+    # matmul per kv head (1.7x faster on a CPU than the token-major layout, which XLA transposes per block).
+    qb = _blocks(jnp.moveaxis(_grouped(q, kvh), 1, 3), bq, axis=3)  # [nq, B, KV, G, bq, D]
+    kb, vb = (_blocks(jnp.moveaxis(x, 1, 2), bk, axis=2) for x in (k, v))  # [nk, B, KV, bk, D]
     masks = (_blocks(q_seg, bq), _blocks(kv_seg, bk), _blocks(q_pos, bq), _blocks(kv_pos, bk))
     # Tie the masks to the queries. Under a scan over layers the masks are loop constants, and
     # scan's loop-invariant hoisting would otherwise split the block loops and precompute every
     # block's visibility for all (query, key) block pairs at once: [T/bq, S/bk, bq, bk] memory.
     qb, masks = jax.lax.optimization_barrier((qb, masks))
-    out, lse = _flash(qb, kb, vb, masks, causal)
-    out = _unblocks(out, t).reshape(b, t, heads, dim)
-    lse = _unblocks(lse, t).reshape(b, t, heads)
+    out, lse = _flash(qb, kb, vb, masks, causal)  # [nq, B, KV, G, bq, (D)]
+    out = jnp.moveaxis(_unblocks(out, t, axis=3), 3, 1).reshape(b, t, heads, dim)
+    lse = jnp.moveaxis(_unblocks(lse, t, axis=3), 3, 1).reshape(b, t, heads)
     return out, lse
 
 
 def _scores(qi, kj):
-    """Scaled scores [B, KV, G, bq, bk] in float32."""
-    return jnp.einsum("bqkgd,bskd->bkgqs", qi, kj, preferred_element_type=jnp.float32) * qi.shape[-1] ** -0.5
+    """Scaled scores [B, KV, G, bq, bk] in float32 of head-major blocks."""
+    b, kvh, g, bq, d = qi.shape
+    flat = jnp.einsum("bkqd,bksd->bkqs", qi.reshape(b, kvh, g * bq, d), kj, preferred_element_type=jnp.float32)
+    return flat.reshape(b, kvh, g, bq, -1) * d ** -0.5
+
+
+def _weighted(p, vj):
+    """``p @ v`` per kv head, [B, KV, G, bq, bk] x [B, KV, bk, D] -> [B, KV, G, bq, D] in float32."""
+    b, kvh, g, bq, bk = p.shape
+    flat = jnp.einsum("bkqs,bksd->bkqd", p.reshape(b, kvh, g * bq, bk).astype(vj.dtype), vj,
+                      preferred_element_type=jnp.float32)
+    return flat.reshape(b, kvh, g, bq, -1)
+
+
+def _block_visibility(seg_i, seg_j, pos_i, pos_j, causal):
+    return _visible(seg_i, seg_j, pos_i, pos_j, causal)[:, None, None]  # [B, 1, 1, bq, bk]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -197,13 +217,13 @@ def _flash_forward(qb, kb, vb, masks, causal):
 
     def per_query_block(args):
         qi, seg_i, pos_i = args
-        b, bq, kvh, g, d = qi.shape
+        b, kvh, g, bq, d = qi.shape
         init = (jnp.full((b, kvh, g, bq), _NEG, jnp.float32), jnp.zeros((b, kvh, g, bq), jnp.float32),
                 jnp.zeros((b, kvh, g, bq, d), jnp.float32))
 
         def per_key_block(carry, kv):
             kj, vj, seg_j, pos_j = kv
-            vis = _visible(seg_i, seg_j, pos_i, pos_j, causal)[:, None, None]
+            vis = _block_visibility(seg_i, seg_j, pos_i, pos_j, causal)
 
             def update(carry):
                 m, l, acc = carry
@@ -211,8 +231,7 @@ def _flash_forward(qb, kb, vb, masks, causal):
                 m_new = jnp.maximum(m, jnp.max(s_masked, axis=-1))
                 p = jnp.where(vis, jnp.exp(s_masked - m_new[..., None]), 0.0)
                 correction = jnp.exp(m - m_new)
-                pv = jnp.einsum("bkgqs,bskd->bkgqd", p.astype(vj.dtype), vj, preferred_element_type=jnp.float32)
-                return m_new, l * correction + jnp.sum(p, axis=-1), acc * correction[..., None] + pv
+                return m_new, l * correction + jnp.sum(p, axis=-1), acc * correction[..., None] + _weighted(p, vj)
 
             return jax.lax.cond(jnp.any(vis), update, lambda c: c, carry), None
 
@@ -220,8 +239,7 @@ def _flash_forward(qb, kb, vb, masks, causal):
         seen = l > 0
         out = acc / jnp.where(seen, l, 1.0)[..., None]
         lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), _NEG)
-        # [B, KV, G, bq, D] -> [B, bq, KV, G, D]
-        return jnp.moveaxis(out, 3, 1).astype(qi.dtype), jnp.moveaxis(lse, 3, 1)
+        return out.astype(qi.dtype), lse
 
     return jax.lax.map(per_query_block, (qb, q_seg, q_pos))
 
@@ -236,7 +254,7 @@ def _flash_bwd(causal, residuals, cotangents):
     d_out, d_lse = cotangents
     q_seg, kv_seg, q_pos, kv_pos = masks
     # delta_i = sum_d dO * O, less dLSE: the softmax backward's row term (dLSE enters as dS += P·dLSE)
-    delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1) - d_lse  # [nq, B, bq, KV, G]
+    delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), axis=-1) - d_lse  # [nq, B, KV, G, bq]
     scale = qb.shape[-1] ** -0.5
 
     def per_key_block(dq, kv):
@@ -245,16 +263,16 @@ def _flash_bwd(causal, residuals, cotangents):
         def per_query_block(carry, qs):
             dk, dv, dq = carry
             i, qi, doi, lse_i, delta_i, seg_i, pos_i = qs
-            vis = _visible(seg_i, seg_j, pos_i, pos_j, causal)[:, None, None]
+            vis = _block_visibility(seg_i, seg_j, pos_i, pos_j, causal)
 
             def update(carry):
                 dk, dv, dq = carry
-                p = jnp.where(vis, jnp.exp(_scores(qi, kj) - jnp.moveaxis(lse_i, 1, -1)[..., None]), 0.0)
-                dv = dv + jnp.einsum("bkgqs,bqkgd->bskd", p, doi, preferred_element_type=jnp.float32)
-                dp = jnp.einsum("bqkgd,bskd->bkgqs", doi, vj, preferred_element_type=jnp.float32)
-                ds = p * (dp - jnp.moveaxis(delta_i, 1, -1)[..., None]) * scale
-                dk = dk + jnp.einsum("bkgqs,bqkgd->bskd", ds, qi, preferred_element_type=jnp.float32)
-                dqi = jnp.einsum("bkgqs,bskd->bqkgd", ds, kj, preferred_element_type=jnp.float32)
+                p = jnp.where(vis, jnp.exp(_scores(qi, kj) - lse_i[..., None]), 0.0)
+                dv = dv + jnp.einsum("bkgqs,bkgqd->bksd", p, doi, preferred_element_type=jnp.float32)
+                dp = jnp.einsum("bkgqd,bksd->bkgqs", doi, vj, preferred_element_type=jnp.float32)
+                ds = p * (dp - delta_i[..., None]) * scale
+                dk = dk + jnp.einsum("bkgqs,bkgqd->bksd", ds, qi, preferred_element_type=jnp.float32)
+                dqi = jnp.einsum("bkgqs,bksd->bkgqd", ds, kj, preferred_element_type=jnp.float32)
                 return dk, dv, dq.at[i].add(dqi)
 
             return jax.lax.cond(jnp.any(vis), update, lambda c: c, carry), None
