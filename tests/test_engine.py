@@ -1,6 +1,8 @@
 """The rollout engine's invariants: a sample depends on (seed, prompt index, sample index) only, not on
 the slots, pages, chunks or prompt order; a freed page never leaks into its next owner; the compiled
 program does not grow with the number of prompts; finished groups reach ``on_group``."""
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -83,6 +85,61 @@ def test_freed_pages_are_never_read_by_their_next_owner(model, prompts, sampling
         for g in range(G):
             np.testing.assert_array_equal(results[i][g].tokens, one_slot[i][g].tokens, err_msg=f"prompt {i} sample {g}")
             np.testing.assert_array_equal(results[i][g].logprobs, one_slot[i][g].logprobs)
+
+
+@pytest.fixture(scope="module")
+def shared_prompts():
+    """Prompts built from 4-token pages X, Y, Z, W: some share their leading pages, and one starts
+    like the first (X) and continues like another (Z after W): the cache must key a page by every
+    token before it, not by its own tokens."""
+    rng = np.random.RandomState(1)
+    x, y, z, w = (rng.randint(0, 2990, 4) for _ in range(4))
+    tail = lambda n: rng.randint(0, 2990, n)  # noqa: E731
+    head = np.concatenate([x, y, z, tail(1)])
+    first = np.concatenate([head, tail(6)])
+    after_z = tail(5)
+    return [first, np.concatenate([head, tail(9)]), np.concatenate([w, z, after_z]), np.concatenate([x, z, after_z]),
+            head[:9], first.copy()]
+
+
+def test_prompts_with_a_common_prefix_share_its_pages(model, sampling, shared_prompts):
+    lengths = max(map(len, shared_prompts))
+    alone = EngineConfig(num_slots=8, page_size=4, prefill_chunk=8, steps_per_round=3, prefix_cache=False)
+    reference, _ = Engine(model, alone).generate(shared_prompts, sampling, jax.random.key(2), max_prompt_len=lengths)
+    engine = Engine(model, dataclasses.replace(alone, prefix_cache=True))
+    results, _ = engine.generate(shared_prompts, sampling, jax.random.key(2), max_prompt_len=lengths)
+    # reused pages: the second prompt 3 of the first's, the third none, the fourth only X, the fifth
+    # all of its own 2 (nothing to prefill), the sixth (a copy of the first) 4
+    assert engine.stats["cached_tokens"] == 4 * (3 + 0 + 1 + 2 + 4)
+    assert engine.stats["prefill_tokens"] == sum(len(p) - 1 for p in shared_prompts) - 40
+    for i in range(len(shared_prompts)):
+        for g in range(G):
+            np.testing.assert_array_equal(results[i][g].tokens, reference[i][g].tokens, err_msg=f"prompt {i} sample {g}")
+            np.testing.assert_allclose(results[i][g].logprobs, reference[i][g].logprobs, atol=1e-4, rtol=0)
+
+
+def test_cached_pages_outlive_their_holders_until_evicted_and_poisoned(model, sampling, shared_prompts):
+    """One slot and a pool of 2 samples' pages: a prompt's pages are held by nobody by the time a later
+    prompt looks them up, and long distinct prompts make the pool evict cached pages; a freed or
+    evicted page is poisoned before its next owner writes it."""
+    rng = np.random.RandomState(2)
+    prompts = shared_prompts[:2] + [rng.randint(0, 2990, 22) for _ in range(3)] + shared_prompts[4:]
+    lengths = max(map(len, prompts))
+    reference, _ = Engine(model, dataclasses.replace(ONE_SLOT, prefix_cache=False)).generate(
+        prompts, sampling, jax.random.key(4), max_prompt_len=lengths)
+    poisoned: list[int] = []
+
+    def poison(pools, pages):
+        poisoned.extend(pages)
+        return tuple(pool.at[:, :, np.asarray(pages, np.int32)].set(1e4) for pool in pools)
+
+    engine = Engine(model, ONE_SLOT)
+    results, _ = engine.generate(prompts, sampling, jax.random.key(4), max_prompt_len=lengths, poison=poison)
+    assert engine.stats["cached_tokens"] > 0 and engine.stats["evicted_pages"] > 0
+    assert len(poisoned) > len(set(poisoned)), "pages must be reused for the test to mean anything"
+    for i in range(len(prompts)):
+        for g in range(G):
+            np.testing.assert_array_equal(results[i][g].tokens, reference[i][g].tokens, err_msg=f"prompt {i} sample {g}")
 
 
 def test_program_does_not_depend_on_the_number_of_prompts(model, prompts, sampling):

@@ -15,6 +15,10 @@ round does:
 * **Pages.** A page pool with a page table per slot. A prompt (minus its last token) is prefilled
   once, in chunks packed from several prompts, into pages its G samples share (each copies only the
   partial last page); freed pages go back to the pool and a new owner never reads past what it wrote.
+* **Prefix cache.** A full prompt page is also indexed by its content (a hash of every token up to
+  its end), so a later prompt that starts the same way (the system prompt and tools of a chat
+  template, the earlier turns of a conversation) takes those pages instead of prefilling them again.
+  Cached pages nobody holds stay until the pool needs them (oldest first).
 * **Exactness.** Sample ``g`` of prompt ``i`` draws its tokens from
   ``fold_in(fold_in(fold_in(seed, i), g), step)`` and attends only to its own pages, so it is the same
   for any slot count, page size, chunk size or prompt order (up to float rounding of different
@@ -30,7 +34,9 @@ them) and runs the same schedule, so the device programs match; results are repl
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
+from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -59,6 +65,7 @@ class EngineConfig:
     steps_per_round: int = 16  # decode steps between host scheduling decisions
     decode_widths: int = 4  # compiled decode widths: all slots, then halves (the long tail decodes narrower)
     score_queue: int = 64  # finished groups waiting for on_group before decoding waits
+    prefix_cache: bool = True  # a prompt reuses the full pages of an earlier prompt with the same prefix
 
     def __post_init__(self):
         for name in ("max_slots", "page_size", "prefill_chunk", "steps_per_round", "decode_widths", "score_queue"):
@@ -77,6 +84,7 @@ class _Prompt:
     key_index: int  # the prompt index its samples' keys are folded with
     ids: np.ndarray
     pages: list[int] = dataclasses.field(default_factory=list)
+    keys: list[bytes] = dataclasses.field(default_factory=list)  # prefix-cache keys of its full pages
     prefilled: int = 0
     started: int = 0
     done: int = 0
@@ -84,6 +92,14 @@ class _Prompt:
     @property
     def prefill_len(self) -> int:  # the last token is each sample's first decode step
         return len(self.ids) - 1
+
+    def page_keys(self, page_size: int) -> list[bytes]:
+        """A key per full prefilled page: a digest of every token up to the page's end."""
+        keys, digest = [], b""
+        for start in range(0, self.prefill_len - page_size + 1, page_size):
+            digest = hashlib.blake2b(digest + self.ids[start:start + page_size].tobytes(), digest_size=16).digest()
+            keys.append(digest)
+        return keys
 
     @property
     def ready(self) -> bool:
@@ -242,7 +258,8 @@ class Engine:
         ``seed`` is a ``jax.random`` key; ``indices[i]`` (default ``i``) is prompt ``i``'s index in
         the sample keys, so a prompt's samples do not depend on where it sits in the list.
         ``max_prompt_len`` fixes the page-table width (default: the longest prompt). ``poison(pools,
-        pages)`` (tests) may overwrite pages as they are freed and returns the new pools."""
+        pages)`` (tests) may overwrite pages as they are freed or evicted from the prefix cache, and
+        returns the new pools."""
         g, r = sampling.num_samples, sampling.max_new_tokens
         indices = range(len(prompts)) if indices is None else indices
         states = [_Prompt(i, int(k), np.asarray(p, np.int32)) for i, (k, p) in enumerate(zip(indices, prompts))]
@@ -255,12 +272,13 @@ class Engine:
         seed_dev = self._put(seed_data)
         temperature = self._put(np.float32(1.0 if sampling.greedy else sampling.temperature))
         top_p = self._put(np.float32(sampling.top_p))
-        free = list(range(shape.num_pages - 1, 0, -1))
+        pages = _PagePool(shape.num_pages)
         owners: list[_Running | None] = [None] * shape.slots
         results: list[list[Completion | None]] = [[None] * g for _ in states]
         prefill_ptr = admit_ptr = 0
         scorer = _Scorer(on_group, self.config.score_queue)
-        stats = dict(rounds=0, device_s=0.0, prefill_tokens=0, decode_steps=0, slot_steps=0, width_steps=0)
+        stats = dict(rounds=0, device_s=0.0, prefill_tokens=0, cached_tokens=0, decode_steps=0, slot_steps=0,
+                     width_steps=0)
         finished_groups = 0
         t_start = time.perf_counter()
 
@@ -280,11 +298,18 @@ class Engine:
             while prefill_ptr < len(states) and c.room and (demand > 0 or states[prefill_ptr].prefilled):
                 p = states[prefill_ptr]
                 if not p.pages and p.prefill_len:
-                    need = -(-p.prefill_len // ps)
-                    if len(free) < need + private_need(p):
+                    p.keys = p.page_keys(ps) if self.config.prefix_cache else []
+                    hits = pages.cached(p.keys)
+                    need = -(-p.prefill_len // ps) - len(hits)
+                    if pages.available(excluding=hits) < need + private_need(p):
                         break
-                    p.pages = [free.pop() for _ in range(need)]
+                    p.pages = pages.hold(hits) + pages.take(need)
+                    p.prefilled = len(hits) * ps
+                    stats["cached_tokens"] += p.prefilled
+                    if p.prefilled and not p.ready and c.segments:
+                        break  # only a chunk's first prompt continues from pages written before
                 c.add(p)
+                pages.index(p.keys[:p.prefilled // ps], p.pages)
                 if not p.ready:
                     break
                 prefill_ptr += 1
@@ -294,10 +319,10 @@ class Engine:
             for s in free_slots:
                 while admit_ptr < len(states) and states[admit_ptr].started == g:
                     admit_ptr += 1
-                if admit_ptr >= prefill_ptr or len(free) < private_need(states[admit_ptr]):
+                if admit_ptr >= prefill_ptr or pages.available() < private_need(states[admit_ptr]):
                     break
                 p = states[admit_ptr]
-                own = [free.pop() for _ in range(private_need(p))]
+                own = pages.take(private_need(p))
                 full = p.prefill_len // ps
                 table = (p.pages[:full] + own + [0] * m)[:m]
                 partial = (p.pages[full], own[0]) if p.prefill_len % ps else (0, 0)
@@ -305,6 +330,8 @@ class Engine:
                       sample=p.started, budget=r)
                 owners[s] = _Running(p, p.started, own)
                 p.started += 1
+            if poison is not None and pages.evicted:
+                pools, pages.evicted = poison(pools, pages.evicted), []
             if not c.tokens_added and not a.any and not any(o is not None for o in owners):
                 raise RuntimeError(f"rollout engine: {shape.num_pages} KV pages cannot hold one more sample "
                                    f"(page_size {ps}, {m} pages per sample); raise kv_memory_bytes or num_slots")
@@ -343,15 +370,85 @@ class Engine:
                     p.pages = []
                     finished_groups += 1
                     scorer.submit(p.index, results[p.index])
-                if poison is not None:
-                    pools = poison(pools, released)
-                free += released
+                freed = pages.release(released)
+                if poison is not None and freed:
+                    pools = poison(pools, freed)
         stats["wall_s"] = time.perf_counter() - t_start
+        stats["evicted_pages"] = pages.evictions
         outputs = scorer.close()
         stats["score_wait_s"] = time.perf_counter() - t_start - stats["wall_s"]
         stats.update(slots=shape.slots, num_pages=shape.num_pages, pages_per_seq=m)
         self.stats = stats
         return results, outputs
+
+
+class _PagePool:
+    """Which KV pages are free, who holds each page, and which full prompt pages are cached by content.
+
+    Page 0 is the scratch page and never handed out. A cached page that nobody holds is *idle*: it
+    keeps its contents for a later prompt with the same prefix until `take` needs it (oldest first)."""
+
+    def __init__(self, num_pages: int):
+        self.free = list(range(num_pages - 1, 0, -1))
+        self.holders: dict[int, int] = {}
+        self.page_of: dict[bytes, int] = {}
+        self.key_of: dict[int, bytes] = {}
+        self.idle: OrderedDict[int, None] = OrderedDict()
+        self.evicted: list[int] = []  # idle pages handed to a new owner since the caller last looked
+        self.evictions = 0
+
+    def available(self, excluding: Sequence[int] = ()) -> int:
+        return len(self.free) + len(self.idle) - sum(page in self.idle for page in excluding)
+
+    def cached(self, keys: Sequence[bytes]) -> list[int]:
+        """The cached pages of the longest cached run of ``keys`` from the first."""
+        hits = []
+        for key in keys:
+            if key not in self.page_of:
+                break
+            hits.append(self.page_of[key])
+        return hits
+
+    def hold(self, pages: list[int]) -> list[int]:
+        for page in pages:
+            self.idle.pop(page, None)
+            self.holders[page] = self.holders.get(page, 0) + 1
+        return list(pages)
+
+    def take(self, n: int) -> list[int]:
+        out = []
+        for _ in range(n):
+            if self.free:
+                page = self.free.pop()
+            else:
+                page, _ = self.idle.popitem(last=False)
+                del self.page_of[self.key_of.pop(page)]
+                self.evicted.append(page)
+                self.evictions += 1
+            out.append(page)
+        return self.hold(out)
+
+    def index(self, keys: Sequence[bytes], pages: Sequence[int]) -> None:
+        """Cache ``pages[j]`` under ``keys[j]`` (pages whose tokens are all written, or will be by the
+        round being built: any round that reads them runs after it)."""
+        for key, page in zip(keys, pages):
+            if key not in self.page_of and page not in self.key_of:
+                self.page_of[key], self.key_of[page] = page, key
+
+    def release(self, pages: Sequence[int]) -> list[int]:
+        """Drop one hold on each page; returns the pages that became free (idle cached ones are not)."""
+        freed = []
+        for page in pages:
+            self.holders[page] -= 1
+            if self.holders[page]:
+                continue
+            del self.holders[page]
+            if page in self.key_of:
+                self.idle[page] = None
+            else:
+                self.free.append(page)
+                freed.append(page)
+        return freed
 
 
 class _ChunkBuilder:
