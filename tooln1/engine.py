@@ -306,9 +306,8 @@ class Engine:
                     p.pages = pages.hold(hits) + pages.take(need)
                     p.prefilled = len(hits) * ps
                     stats["cached_tokens"] += p.prefilled
-                    if p.prefilled and not p.ready and c.segments:
-                        break  # only a chunk's first prompt continues from pages written before
-                c.add(p)
+                if not c.add(p):
+                    break  # its context does not fit beside the chunk's other prompts' contexts
                 pages.index(p.keys[:p.prefilled // ps], p.pages)
                 if not p.ready:
                     break
@@ -452,26 +451,34 @@ class _PagePool:
 
 
 class _ChunkBuilder:
-    """Packs prompt tokens into one prefill chunk."""
+    """Packs prompt tokens into one prefill chunk; a prompt that continues from pages written before
+    (an earlier chunk, or the prefix cache) brings those pages as its context, as many as the context
+    table (`Shape.context_pages`) holds."""
 
     def __init__(self, shape: Shape):
-        c, self.m, self.ps = shape.chunk, shape.pages_per_seq, shape.page_size
+        c, self.m, self.ps = shape.chunk, shape.context_pages, shape.page_size
         self.tokens, self.positions, self.pages, self.offsets = (np.zeros(c, np.int32) for _ in range(4))
         self.seg = np.full(c, -1, np.int32)
-        self.ctx_table, self.ctx_len = np.zeros(self.m, np.int32), 0
-        self.tokens_added, self.segments = 0, 0
+        self.ctx_table, self.ctx_seg = np.zeros(self.m, np.int32), np.zeros(self.m * self.ps, np.int32)
+        self.ctx_pages, self.tokens_added, self.segments = 0, 0, 0
 
     @property
     def room(self) -> int:
         return len(self.tokens) - self.tokens_added
 
-    def add(self, p: _Prompt) -> None:
+    def add(self, p: _Prompt) -> bool:
+        """Add as much of ``p`` as fits; False if its context does not fit (nothing added)."""
         n = min(self.room, p.prefill_len - p.prefilled)
         if n == 0:
-            return
-        if self.segments == 0 and p.prefilled:
-            self.ctx_table[:len(p.pages)] = p.pages
-            self.ctx_len = p.prefilled
+            return True
+        if p.prefilled:
+            need = -(-p.prefilled // self.ps)
+            if self.ctx_pages + need > self.m:
+                return False
+            self.ctx_table[self.ctx_pages:self.ctx_pages + need] = p.pages[:need]
+            start = self.ctx_pages * self.ps
+            self.ctx_seg[start:start + p.prefilled] = self.segments + 1
+            self.ctx_pages += need
         sl = slice(self.tokens_added, self.tokens_added + n)
         pos = np.arange(p.prefilled, p.prefilled + n)
         self.tokens[sl], self.positions[sl], self.seg[sl] = p.ids[pos], pos, self.segments
@@ -479,10 +486,11 @@ class _ChunkBuilder:
         p.prefilled += n
         self.tokens_added += n
         self.segments += 1
+        return True
 
     def arrays(self):
         return (np.bool_(self.tokens_added > 0), self.tokens, self.positions, self.seg, self.pages, self.offsets,
-                self.ctx_table, np.int32(self.ctx_len))
+                self.ctx_table, self.ctx_seg)
 
 
 class _admissions:

@@ -5,9 +5,10 @@ for the host side).
 Its shapes depend only on the engine's shape (slots, pages, chunk, steps) and the decode width, never
 on how many prompts a rollout has: a few compiled programs (one per width) serve any batch.
 
-* **Prefill chunk**: ``chunk`` prompt tokens packed from one or more prompts (segment ids; only the
-  first segment may continue a prompt from an earlier chunk: it also attends to that prompt's pages
-  written so far). Their keys/values go to the prompt's pages. A prompt's last token is not prefilled:
+* **Prefill chunk**: ``chunk`` prompt tokens packed from one or more prompts (segment ids). A prompt
+  that continues pages written before (an earlier chunk, or pages reused from the prefix cache) also
+  attends to those, gathered through the chunk's context table (two samples' worth of pages, shared
+  by its segments). Their keys/values go to the prompt's pages. A prompt's last token is not prefilled:
   each sample feeds it as its first decode step, so prompt pages stay read-only and shared.
 * **Admission**: a slot takes a sample: its page table (the prompt's full pages shared, a private
   copy of the prompt's partial last page, private pages for the response), the prompt's last token
@@ -51,6 +52,12 @@ class Shape(NamedTuple):
     use_top_p: bool
     eos_ids: tuple[int, ...]
 
+    @property
+    def context_pages(self) -> int:
+        """Width of a prefill chunk's context table: two samples' pages, so a chunk packs a prompt that
+        continues a long cached prefix beside the tail of another one."""
+        return 2 * self.pages_per_seq
+
 
 class Slots(NamedTuple):
     """Per-slot decode state [S] (device)."""
@@ -73,8 +80,8 @@ class Chunk(NamedTuple):
     seg: jax.Array  # segment within the chunk, -1 = padding
     pages: jax.Array  # destination page per token (0 for padding)
     offsets: jax.Array
-    ctx_table: jax.Array  # [M] pages of segment 0's prompt
-    ctx_len: jax.Array  # tokens of segment 0's prompt already in its pages
+    ctx_table: jax.Array  # [2M] the context pages of the chunk's prompts that continue earlier pages
+    ctx_seg: jax.Array  # [2M * page_size] segment + 1 of each context slot (0 = unused)
 
 
 class Admit(NamedTuple):
@@ -147,12 +154,12 @@ def _prefill(model, pools, c: Chunk, shape: Shape):
     attend_kw = dict(model.attention_options(), block_size=block)
     # The context is padded to whole blocks, so the chunk's own keys start a block: a block that
     # straddles context and chunk is visible to every query (20% more blocks for a 512-token chunk).
-    written = shape.pages_per_seq * shape.page_size
+    written = shape.context_pages * shape.page_size
     ctx = -(-written // block) * block
-    # Masks as data: the chunk's prompts are segments seg + 1 (padding -1 -> 0); the context pages
-    # already written continue segment 0's prompt, so they are segment 1 and precede every position.
+    # Masks as data: the chunk's prompts are segments seg + 1 (padding -1 -> 0); a context slot carries
+    # the segment of the prompt it continues and precedes every position.
     q_seg = (c.seg + 1)[None]
-    kv_seg = jnp.concatenate([(jnp.arange(ctx) < c.ctx_len).astype(jnp.int32), c.seg + 1])[None]
+    kv_seg = jnp.concatenate([jnp.pad(c.ctx_seg, (0, ctx - written)), c.seg + 1])[None]
     q_pos = jnp.arange(shape.chunk, dtype=jnp.int32)[None]
     kv_pos = jnp.concatenate([jnp.full((ctx,), -1, jnp.int32), q_pos[0]])[None]
 
