@@ -212,7 +212,8 @@ def run_workload(workload, ckpt, systems) -> str:
     if ours:
         s = ours["stats"]
         lines += ["", f"Engine: {s['slots']} slots, {s['rounds']} rounds, {s['prefill_tokens']} prompt tokens "
-                      f"prefilled, {s['decode_steps']} decode steps computing {s['width_steps']} slot-steps for "
+                      f"prefilled ({s.get('cached_tokens', 0)} more reused from the prefix cache), "
+                      f"{s['decode_steps']} decode steps computing {s['width_steps']} slot-steps for "
                       f"{s['slot_steps']} response tokens ({s['slot_steps'] / max(1, s['width_steps']):.0%} of the "
                       f"computed slots live); first run, compile included: {s['first_run_s']:.1f} s."]
     lines.append(end)
