@@ -1,8 +1,6 @@
 """BFCL v3 through the official checker: oracle answers pass, wrong calls and garbage fail."""
 import builtins
 import collections
-import copy
-import json
 
 import pytest
 

@@ -1,6 +1,5 @@
 """Report table (golden), chart, the runner with injected generation, and the CLI oracle mode."""
 import json
-from pathlib import Path
 
 import pytest
 

@@ -9,7 +9,7 @@ transformers = pytest.importorskip("transformers")
 
 from tooln1.hf_io import load_model  # noqa: E402
 from tooln1.sampling import (SamplingConfig, bucket_length, compiled_programs, generate,  # noqa: E402
-                             response_mask, response_mask_np, sample)
+                             response_mask_np, sample)
 from tooln1.tiny_checkpoint import make_tiny_checkpoint, special_token_ids  # noqa: E402
 
 IDS = special_token_ids()

@@ -77,12 +77,10 @@ def bench_ours(path, prompts, g, r, r_long, repeats):
         times = [run(new_tokens, 1 + i) for i in range(repeats)]
         res[new_tokens] = dict(compile_s=compile_s, best_s=min(times), times_s=times)
         log(f"  ours R={new_tokens}: compile {compile_s:.2f}s, timed {', '.join(f'{t:.2f}' for t in times)}s")
-    del model
     return res
 
 
 def bench_hf(path, prompts, g, r, repeats, threads):
-    import numpy as np
     import torch
     import transformers
 
@@ -107,7 +105,6 @@ def bench_hf(path, prompts, g, r, repeats, threads):
     warm = run(2, 0)
     times = [run(r, 1 + i) for i in range(repeats)]
     log(f"  HF warm-up {warm:.2f}s, R={r}: {', '.join(f'{t:.2f}' for t in times)}s")
-    del model
     return dict(warmup_s=warm, best_s=min(times), times_s=times, threads=threads)
 
 
