@@ -158,6 +158,7 @@ def test_program_does_not_depend_on_the_number_of_prompts(model, prompts, sampli
     # default slots grow with the samples only up to max_slots
     auto = Engine(model, EngineConfig(max_slots=4))
     assert auto.shape(sampling, 2, 30).slots == 2
+    assert [Engine(model).shape(sampling, n, 30).slots for n in (3, 8, 9, 20, 64, 500)] == [4, 8, 16, 24, 64, 64]
     assert auto.shape(sampling, 9, 30) == auto.shape(sampling, 90000, 30)
     # running two and five prompts compiles one program per decode width at most
     n = compiled_programs()

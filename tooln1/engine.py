@@ -57,7 +57,7 @@ INFERENCE_RULES = tuple((name, None if name == "embed" else axes) for name, axes
 class EngineConfig:
     """How the engine uses memory. Hashable (part of `tooln1.sampling.SamplingConfig`)."""
 
-    num_slots: int = 0  # decode slots; 0 = from kv_memory_bytes, else the samples' power of two up to max_slots
+    num_slots: int = 0  # decode slots; 0 = from kv_memory_bytes, else the samples (rounded up) up to max_slots
     kv_memory_bytes: int = 0  # per-device KV page budget that sizes the slots when num_slots is 0
     max_slots: int = 64
     page_size: int = 16
@@ -183,8 +183,9 @@ class Engine:
         slots = cfg.num_slots
         if not slots and cfg.kv_memory_bytes:
             slots = max(1, cfg.kv_memory_bytes // (self._page_bytes() * (m + 2)))
-        if not slots:
-            slots = min(1 << max(samples - 1, 0).bit_length(), cfg.max_slots)
+        if not slots:  # a power of two up to 8, then a multiple of 8: few programs, few idle slots
+            slots = min(1 << max(samples - 1, 0).bit_length() if samples <= 8 else -(-samples // 8) * 8,
+                        cfg.max_slots)
         eos = () if sampling.ignore_eos else tuple(sampling.eos_ids)
         return Shape(slots=int(slots), pages_per_seq=m, num_pages=1 + slots * (m + 1) + m, page_size=cfg.page_size,
                      chunk=cfg.prefill_chunk, steps=cfg.steps_per_round, greedy=sampling.greedy,
