@@ -112,6 +112,8 @@ def test_prompts_with_a_common_prefix_share_its_pages(model, sampling, shared_pr
     # all of its own 2 (nothing to prefill), the sixth (a copy of the first) 4
     assert engine.stats["cached_tokens"] == 4 * (3 + 0 + 1 + 2 + 4)
     assert engine.stats["prefill_tokens"] == sum(len(p) - 1 for p in shared_prompts) - 40
+    # prompts that continue cached pages pack into one chunk (8 tokens): every chunk but the last is full
+    assert engine.stats["prefill_chunks"] == -(-engine.stats["prefill_tokens"] // 8)
     for i in range(len(shared_prompts)):
         for g in range(G):
             np.testing.assert_array_equal(results[i][g].tokens, reference[i][g].tokens, err_msg=f"prompt {i} sample {g}")

@@ -278,8 +278,8 @@ class Engine:
         results: list[list[Completion | None]] = [[None] * g for _ in states]
         prefill_ptr = admit_ptr = 0
         scorer = _Scorer(on_group, self.config.score_queue)
-        stats = dict(rounds=0, device_s=0.0, prefill_tokens=0, cached_tokens=0, decode_steps=0, slot_steps=0,
-                     width_steps=0)
+        stats = dict(rounds=0, device_s=0.0, prefill_chunks=0, prefill_tokens=0, cached_tokens=0, decode_steps=0,
+                     slot_steps=0, width_steps=0)
         finished_groups = 0
         t_start = time.perf_counter()
 
@@ -349,6 +349,7 @@ class Engine:
             stats["device_s"] += time.perf_counter() - t0
             stats["rounds"] += 1
             stats["prefill_tokens"] += c.tokens_added
+            stats["prefill_chunks"] += bool(c.tokens_added)
             stats["decode_steps"] += int(live.any(1).sum())
             stats["slot_steps"] += int(live.sum())
             stats["width_steps"] += int(live.any(1).sum()) * width
