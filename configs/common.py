@@ -141,7 +141,7 @@ def base_config() -> ml_collections.ConfigDict:
         top_k=0,
         max_response_tokens=8192,
         prompt_bucket=0,  # pad prompts to a multiple of this (0 = powers of two, the sampler's default)
-        trim_responses=True,  # cut the update batch to the longest response (power-of-two bucket)
+        trim_responses=True,  # update over the tokens sampled: longest response's bucket, groups packed
         clip_eps=0.2,
         kl_coef=1e-3,
         entropy_coef=0.0,  # the paper uses 0; only 0 is supported

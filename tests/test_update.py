@@ -16,7 +16,7 @@ import optax
 import pytest
 from flax import nnx
 
-from tooln1.grpo import GRPOLoss, response_logprobs, token_logprobs
+from tooln1.grpo import GRPOLoss, packed_length, response_logprobs, token_logprobs
 from tooln1.models import CausalLM, ModelConfig
 from tooln1.sharding import make_mesh, state_shardings
 from tooln1.update import OptimizerConfig, ReferencePolicy, Updater, make_optimizer
@@ -237,21 +237,30 @@ def test_shared_prompt_packing_matches_per_row_scoring(run):
     args = [jnp.asarray(b[k]) for k in ("prompt_ids", "prompt_mask", "response_ids", "response_mask")]
     per_row = response_logprobs(model, *args, 0.7, return_entropy=True)
     valid = b["response_mask"] > 0
-    for attention in ("dense", "blockwise"):  # blockwise: several key blocks per prompt and response
-        model.config = CFG.replace(attention=attention, attention_block_size=4)
-        packed = response_logprobs(model, *args, 0.7, return_entropy=True, group_size=g)
+    extents = [int(np.flatnonzero(m).max()) + 1 for m in b["response_mask"]]
+    tight = max(sum(extents[i:i + g]) for i in range(0, len(extents), g))  # a group's responses back to back
+    r = b["response_ids"].shape[1]
+    assert tight == 21 < g * r
+    # the bucket: lo·2^k or 1.5·lo·2^k, at most G·R
+    assert [packed_length(b["response_mask"], g, lo) for lo in (1, 7, 11)] == [24, 21, 22]
+    assert packed_length(b["response_mask"][:, :3], g) == 12
+    for attention, length in (("dense", 0), ("blockwise", 0), ("dense", tight), ("blockwise", tight)):
+        model.config = CFG.replace(attention=attention, attention_block_size=4)  # blockwise: several key blocks
+        packed = response_logprobs(model, *args, 0.7, return_entropy=True, group_size=g, packed_length=length)
         for want, got in zip(per_row, packed):
             np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(want)[valid], atol=2e-5)
     b["old_logprobs"] = np.asarray(per_row[0]) + 0.3 * np.sign(b["advantages"])[:, None]  # ratios away from 1
     b["ref_logprobs"] = np.asarray(per_row[0]) - 0.2
 
-    def loss(params, group_size):
-        return dataclasses.replace(LOSS, group_size=group_size)(nnx.merge(graphdef, params), b)[0]
+    def loss(params, group_size, length=0):
+        return dataclasses.replace(LOSS, group_size=group_size, packed_length=length)(nnx.merge(graphdef, params), b)[0]
 
-    grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
-    (want_loss, want_grad), (got_loss, got_grad) = grad(run["params0"], 1), grad(run["params0"], g)
-    assert float(got_loss) == pytest.approx(float(want_loss), abs=1e-6)
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6, rtol=1e-4), got_grad, want_grad)
+    grad = jax.jit(jax.value_and_grad(loss), static_argnums=(1, 2))
+    want_loss, want_grad = grad(run["params0"], 1)
+    for length in (0, tight):
+        got_loss, got_grad = grad(run["params0"], g, length)
+        assert float(got_loss) == pytest.approx(float(want_loss), abs=1e-6)
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6, rtol=1e-4), got_grad, want_grad)
     updater = Updater(model, dataclasses.replace(LOSS, group_size=3), OPT, micro_batch_size=8)
     with pytest.raises(ValueError, match="8 rows is not a whole number of groups of GRPOLoss.group_size=3"):
         updater.check_batch(b)

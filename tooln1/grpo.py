@@ -313,6 +313,7 @@ def response_logprobs(
     chunk_size: int | None = None,
     return_entropy: bool = False,
     group_size: int = 1,
+    packed_length: int = 0,
 ) -> Array | tuple[Array, Array]:
     """Per-token ``log_softmax(logits / T)`` of the sampled response tokens, ``[n, R]``.
 
@@ -324,7 +325,11 @@ def response_logprobs(
     group becomes one packed row ``[prompt, response_1, …, response_G]`` in which a response sees
     the prompt and itself only (`CausalLM.hidden_states`'s ``shared_prefix``): the prompt runs
     through the model once, not G times — the same values, with ``P + G·R`` instead of
-    ``G·(P + R)`` tokens of work and no more attention than the unpacked rows.
+    ``G·(P + R)`` tokens of work and no more attention than the unpacked rows. Each response takes
+    only its own length (up to its last masked-in token), so ``packed_length`` (static; default
+    ``G·R``) need only hold a group's total: with long-tail lengths the model runs over the tokens
+    sampled rather than G times the longest (`packed_length` computes it from the mask). A group
+    longer than ``packed_length`` loses its tokens past the end: wrong log-probs, not an error.
     """
     if prompt_ids.shape[1] < 1:
         raise ValueError("response_logprobs: prompts must have at least one position")
@@ -332,25 +337,72 @@ def response_logprobs(
     if group_size > 1:
         if n % group_size:
             raise ValueError(f"response_logprobs: {n} rows are not whole groups of group_size={group_size}")
-        g = group_size
-        prompt_mask = jnp.asarray(prompt_mask, jnp.int32)[::g]
-        ids = jnp.concatenate([prompt_ids[::g], response_ids.reshape(n // g, g * r)], axis=1).astype(jnp.int32)
-        mask = jnp.concatenate([prompt_mask, response_mask.reshape(n // g, g * r)], axis=1).astype(jnp.int32)
-        prompt_len = prompt_mask.sum(-1, keepdims=True)
-        positions = jnp.concatenate(
-            [default_positions(prompt_mask), prompt_len + jnp.tile(jnp.arange(r, dtype=jnp.int32), g)[None]], axis=1
-        )
-        hidden = model.hidden_states(ids, mask, positions, shared_prefix=p, continuations=g)
-        # response j's token t is scored at the prompt's last position (t = 0) or at its token t - 1
-        scorer = np.asarray([[p - 1] + [p + j * r + t - 1 for t in range(1, r)] for j in range(g)])
-        hidden = hidden[:, scorer].reshape(n, r, hidden.shape[-1])
-    else:
-        ids = jnp.concatenate([prompt_ids, response_ids], axis=1).astype(jnp.int32)
-        mask = jnp.concatenate([prompt_mask, response_mask], axis=1).astype(jnp.int32)
-        hidden = model.hidden_states(ids, mask)[:, p - 1 : p + r - 1]
+        return _packed_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, temperature,
+                                chunk_size, return_entropy, group_size, packed_length or group_size * r)
+    ids = jnp.concatenate([prompt_ids, response_ids], axis=1).astype(jnp.int32)
+    mask = jnp.concatenate([prompt_mask, response_mask], axis=1).astype(jnp.int32)
+    hidden = model.hidden_states(ids, mask)[:, p - 1 : p + r - 1]
     return hidden_logprobs(
         model, hidden, response_ids, temperature, chunk_size=chunk_size, return_entropy=return_entropy
     )
+
+
+def _extents(response_mask: Array) -> Array:
+    """Each row's length up to and including its last masked-in token, ``[n]``."""
+    mask = jnp.asarray(response_mask) > 0
+    return jnp.max(jnp.where(mask, jnp.arange(1, mask.shape[1] + 1, dtype=jnp.int32), 0), axis=1)
+
+
+def packed_length(response_mask: Any, group_size: int, lo: int = 16) -> int:
+    """Host side: the ``packed_length`` a batch needs, the longest group's total response length
+    rounded up to ``lo·2^k`` or ``1.5·lo·2^k`` (at most ``G·R``): at most 50% padding, few compiles."""
+    mask = np.asarray(response_mask) > 0
+    n, r = mask.shape
+    extents = np.where(mask.any(1), r - np.argmax(mask[:, ::-1], axis=1), 0)
+    need = int(extents.reshape(n // group_size, group_size).sum(1).max())
+    step = lo
+    while step + step // 2 < need:
+        step *= 2
+    size = step if step >= need else step + step // 2
+    return min(size, group_size * r)
+
+
+def _packed_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, temperature, chunk_size,
+                     return_entropy, g, length):
+    n, p, r = prompt_ids.shape[0], prompt_ids.shape[1], response_ids.shape[1]
+    b = n // g
+    mask = jnp.asarray(response_mask, jnp.int32)
+    t = jnp.arange(r, dtype=jnp.int32)
+    extent = _extents(mask)
+    offset = (jnp.cumsum(extent.reshape(b, g), axis=1) - extent.reshape(b, g)).reshape(n)
+    inside = t[None] < extent[:, None]  # [n, r]
+    # where each row's token t goes in its group's packed responses (length = dropped)
+    dest = jnp.where(inside, offset[:, None] + t[None], length).reshape(b, g * r)
+
+    def pack(x):  # [n, r] -> [b, length], per group (batch-aligned for sharding)
+        x = jnp.asarray(x, jnp.int32).reshape(b, g * r)
+        return jax.vmap(lambda d, v: jnp.zeros((length,), jnp.int32).at[d].set(v, mode="drop"))(dest, x)
+
+    prompt_mask = jnp.asarray(prompt_mask, jnp.int32)[::g]
+    prompt_len = jnp.repeat(prompt_mask.sum(-1), g)
+    segments = pack(mask * (jnp.arange(n, dtype=jnp.int32) % g + 1)[:, None])
+    token_index = pack(jnp.broadcast_to(t, (n, r)))
+    tokens = pack(response_ids)
+    ids = jnp.concatenate([jnp.asarray(prompt_ids, jnp.int32)[::g], tokens], axis=1)
+    positions = jnp.concatenate([default_positions(prompt_mask), pack(prompt_len[:, None] + t[None])], axis=1)
+    hidden = model.hidden_states(ids, jnp.concatenate([prompt_mask, (segments > 0).astype(jnp.int32)], axis=1),
+                                 positions, shared_prefix=p, segments=segments)
+    # a response's token t is scored at the prompt's last position (t = 0) or at its token t - 1
+    scorer = jnp.where(token_index == 0, p - 1, p - 1 + jnp.arange(length, dtype=jnp.int32)[None])
+    hidden = jnp.take_along_axis(hidden, scorer[..., None], axis=1)
+    out = hidden_logprobs(model, hidden, tokens, temperature, chunk_size=chunk_size, return_entropy=return_entropy)
+    back = jnp.minimum(dest, length - 1)
+
+    def unpack(x):  # [b, length] -> [n, r], 0 past each row's extent
+        rows = jnp.take_along_axis(x, back, axis=1).reshape(n, r)
+        return jnp.where(inside, rows, 0.0)
+
+    return tuple(map(unpack, out)) if return_entropy else unpack(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,6 +436,8 @@ class GRPOLoss:
     ``group_size`` G > 1: the batch's rows come in groups of G sharing one prompt (as the sampler
     returns them) and every forward pass scores each prompt once (see :func:`response_logprobs`);
     (micro-)batches must then hold whole groups. Pays when prompts are long next to G × responses.
+    ``packed_length``: the static length of a group's packed responses (0: G × R); set it per batch
+    with :func:`packed_length` so ragged groups cost their sampled tokens (Updater ``step(loss_fn=...)``).
     """
 
     clip_eps: float = 0.2
@@ -394,6 +448,7 @@ class GRPOLoss:
     compute_entropy: bool = True
     on_policy: bool = False
     group_size: int = 1
+    packed_length: int = 0
 
     def __post_init__(self):
         _check_agg(self.loss_agg)
@@ -401,6 +456,8 @@ class GRPOLoss:
             raise ValueError(f"GRPOLoss: clip_eps and kl_coef must be >= 0, got {self.clip_eps}, {self.kl_coef}")
         if not isinstance(self.group_size, (int, np.integer)) or self.group_size < 1:
             raise ValueError(f"GRPOLoss: group_size must be a positive int, got {self.group_size!r}")
+        if not isinstance(self.packed_length, (int, np.integer)) or self.packed_length < 0:
+            raise ValueError(f"GRPOLoss: packed_length must be an int >= 0, got {self.packed_length!r}")
         if self.logprob_chunk_size is not None and self.logprob_chunk_size < 1:
             raise ValueError(f"GRPOLoss: logprob_chunk_size must be >= 1 or None, got {self.logprob_chunk_size}")
 
@@ -425,6 +482,7 @@ class GRPOLoss:
         return response_logprobs(
             model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["response_mask"],
             self.temperature, chunk_size=self.logprob_chunk_size, group_size=self.group_size,
+            packed_length=self.packed_length,
         )
 
     def __call__(
@@ -433,7 +491,7 @@ class GRPOLoss:
         out = response_logprobs(
             model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["response_mask"],
             self.temperature, chunk_size=self.logprob_chunk_size, return_entropy=self.compute_entropy,
-            group_size=self.group_size,
+            group_size=self.group_size, packed_length=self.packed_length,
         )
         lp, entropy = out if self.compute_entropy else (out, None)
         ref = batch.get("ref_logprobs")

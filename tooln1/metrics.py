@@ -74,12 +74,13 @@ def non_embedding_params(config: Any) -> int:
 
 
 def update_flops(config: Any, rows: int, prompt_len: int, response_len: int, *, old_logprobs: bool = True,
-                 reference: bool = True, group_size: int = 1) -> float:
+                 reference: bool = True, group_size: int = 1, packed_length: int = 0) -> float:
     """FLOPs of one GRPO update over ``rows`` responses: the old (``old_logprobs``) and reference
     (``reference``) log-prob forwards plus the training forward + backward. ``group_size`` G > 1:
-    G responses share one packed row ``[prompt, response_1 … response_G]`` (``share_prompt``)."""
+    G responses share one packed row ``[prompt, response_1 … response_G]`` (``share_prompt``) of
+    ``packed_length`` response tokens (0: G × ``response_len``)."""
     n = non_embedding_params(config)
-    seq = prompt_len + group_size * response_len
+    seq = prompt_len + ((packed_length or group_size * response_len) if group_size > 1 else response_len)
     tokens = rows // group_size * seq
     attn_fwd = 4 * config.num_layers * config.num_heads * config.head_dim * seq  # per token, causal ignored
     forward = (2 * n + attn_fwd) * tokens

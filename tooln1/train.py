@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tooln1.config_validation import ConfigError, parse_ratios, source_kind, split_specs, validate_config
-from tooln1.data.tokens import bucket_length, decode_responses, left_pad, power_of_two_buckets
+from tooln1.data.tokens import decode_responses, left_pad
 
 log = logging.getLogger("tooln1.train")
 
@@ -447,7 +447,6 @@ class Trainer:
     # -- GRPO -------------------------------------------------------------------------------
     def run_grpo(self, model: Any) -> tuple[Any, PhaseResult]:
         import jax
-        from jax.experimental import multihost_utils
 
         from tooln1.data.iterator import BatchIterator, global_array
         from tooln1.grpo import GRPOLoss, compute_advantages
@@ -456,6 +455,7 @@ class Trainer:
         from tooln1.rollout import Rollouts
         from tooln1.sampling import SamplingConfig
         from tooln1.update import OptimizerConfig, ReferencePolicy, Updater
+        from tooln1.update_batch import update_batch
 
         cfg = self.cfg.grpo
         res = PhaseResult()
@@ -519,22 +519,18 @@ class Trainer:
             # 2. advantages
             advantages = np.asarray(compute_advantages(rewards, G))
             t2 = time.perf_counter()
-            # 3. update
+            # 3. update, over the tokens sampled (trimmed; each group's responses packed back to back)
             lengths = rmask.sum(-1)
-            longest = int(lengths.max())
-            if jax.process_count() > 1:  # the global update batch needs one response length everywhere
-                longest = int(multihost_utils.process_allgather(np.int32(longest)).max())
-            r_len = (min(bucket_length(longest, power_of_two_buckets(16, tokens.shape[1])), tokens.shape[1])
-                     if cfg.trim_responses else tokens.shape[1])
-            host = {"prompt_ids": np.asarray(out.prompt_ids), "prompt_mask": np.asarray(out.prompt_mask),
-                    "response_ids": tokens[:, :r_len], "response_mask": rmask[:, :r_len],
-                    "advantages": advantages.astype(np.float32)}
+            host, packed = update_batch(out, advantages, G, trim=cfg.trim_responses,
+                                        pack=cfg.share_prompt and cfg.trim_responses)
+            r_len = host["response_ids"].shape[1]
+            step_loss = dataclasses.replace(loss_fn, packed_length=packed)
             batch = {k: global_array(v, self.mesh) for k, v in host.items()}
             if not loss_fn.on_policy:
-                batch["old_logprobs"] = updater.compute_logprobs(state.params, batch, lp_micro)
+                batch["old_logprobs"] = updater.compute_logprobs(state.params, batch, lp_micro, step_loss)
             if reference is not None:
-                batch["ref_logprobs"] = updater.compute_logprobs(reference.params(), batch, lp_micro)
-            state, metrics = updater.step(state, batch)
+                batch["ref_logprobs"] = updater.compute_logprobs(reference.params(), batch, lp_micro, step_loss)
+            state, metrics = updater.step(state, batch, step_loss)
             metrics = jax.device_get(metrics)
             policy = updater.model(state)
             refresh_s = rollouts.refresh(policy)
@@ -547,7 +543,8 @@ class Trainer:
             real_tokens = float(host["prompt_mask"].sum() + lengths.sum())
             flops = update_flops(policy.config, host["prompt_ids"].shape[0] * iterator.process_count,
                                  host["prompt_ids"].shape[1], r_len, old_logprobs=not loss_fn.on_policy,
-                                 reference=reference is not None, group_size=G if cfg.share_prompt else 1)
+                                 reference=reference is not None, group_size=G if cfg.share_prompt else 1,
+                                 packed_length=packed)
             scalars = {
                 "reward/mean": rewards.mean(), "reward/std": rewards.std(),
                 **{f"reward/{k}": v.mean() for k, v in diag.items()},

@@ -216,9 +216,10 @@ class Updater:
             self._train_step,
             in_shardings=(self.state_shardings, None, None),
             out_shardings=(self.state_shardings, None),
+            static_argnums=(3,),
             donate_argnums=(0,) if donate else (),
         )
-        self._logprobs = jax.jit(self._batched_logprobs, static_argnames=("micro_batch_size",))
+        self._logprobs = jax.jit(self._batched_logprobs, static_argnames=("micro_batch_size", "loss_fn"))
 
     # -- public -----------------------------------------------------------------------------
     def init(self, model_or_params: Any) -> TrainState:
@@ -268,7 +269,8 @@ class Updater:
             raise ValueError(f"update batch: {what} of {rows} rows is not a whole number of groups of "
                              f"{type(self.loss_fn).__name__}.group_size={group}")
 
-    def step(self, state: TrainState, batch: Mapping[str, Any]) -> tuple[TrainState, dict[str, Array]]:
+    def step(self, state: TrainState, batch: Mapping[str, Any], loss_fn: Any = None
+             ) -> tuple[TrainState, dict[str, Array]]:
         """``num_mini_batches`` optimizer steps over ``batch``; returns the new state and metrics.
 
         Metrics (device scalars; fetch them once per rollout step): ``loss`` and ``grad_norm``
@@ -278,17 +280,20 @@ class Updater:
         are NaN and stay visible in the averages (``skipped`` says why).
 
         ``state`` must carry :attr:`state_shardings` (restore orbax checkpoints against them).
+        ``loss_fn`` (hashable, static) replaces the Updater's loss for this batch: a variant with
+        per-batch static settings (`tooln1.grpo.GRPOLoss.packed_length`); one compile per variant.
         """
         self.check_batch(batch)
         required = tuple(getattr(self.loss_fn, "required_keys", tuple(batch)))
         batch = {k: batch[k] for k in required}
-        return self._step(state, self.rest, batch)
+        return self._step(state, self.rest, batch, loss_fn or self.loss_fn)
 
-    def compute_logprobs(self, params: Any, batch: Mapping[str, Any], micro_batch_size: int | None = None) -> Array:
+    def compute_logprobs(self, params: Any, batch: Mapping[str, Any], micro_batch_size: int | None = None,
+                         loss_fn: Any = None) -> Array:
         """``loss_fn.logprobs`` over the whole batch in micro-batches (no gradient); for the old
         log-probs (current params) and the reference log-probs (:class:`ReferencePolicy`)."""
         batch, micro = self._logprob_batch(batch, micro_batch_size)
-        return self._logprobs(params, self.rest, batch, micro_batch_size=micro)
+        return self._logprobs(params, self.rest, batch, micro_batch_size=micro, loss_fn=loss_fn or self.loss_fn)
 
     # -- lowering without running (tooln1-fit: compile for a target from a CPU machine) ----
     def abstract_state(self) -> TrainState:
@@ -304,14 +309,14 @@ class Updater:
         self.check_batch(batch)
         required = tuple(getattr(self.loss_fn, "required_keys", tuple(batch)))
         batch = {k: batch[k] for k in required}
-        return self._step.lower(state or self.abstract_state(), self.rest, batch)
+        return self._step.lower(state or self.abstract_state(), self.rest, batch, self.loss_fn)
 
     def lower_logprobs(self, batch: Mapping[str, Any], micro_batch_size: int | None = None,
                        params: Any = None) -> jax.stages.Lowered:
         """Lower :meth:`compute_logprobs` (``params`` default: the abstract params)."""
         batch, micro = self._logprob_batch(batch, micro_batch_size)
         params = self._param_shapes if params is None else params
-        return self._logprobs.lower(params, self.rest, batch, micro_batch_size=micro)
+        return self._logprobs.lower(params, self.rest, batch, micro_batch_size=micro, loss_fn=self.loss_fn)
 
     def _logprob_batch(self, batch: Mapping[str, Any], micro_batch_size: int | None) -> tuple[dict[str, Any], int]:
         keys = tuple(getattr(self.loss_fn, "logprob_keys", tuple(batch)))
@@ -340,10 +345,7 @@ class Updater:
         spec[axis] = tuple(chosen) if chosen else None
         return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, PartitionSpec(*spec)))
 
-    def _loss(self, params: Any, rest: Any, batch: Mapping[str, Array], totals: Any):
-        return self.loss_fn(nnx.merge(self.graphdef, params, rest), batch, totals)
-
-    def _train_step(self, state: TrainState, rest: Any, batch: dict[str, Array]):
+    def _train_step(self, state: TrainState, rest: Any, batch: dict[str, Array], loss_fn: Any):
         n = next(iter(batch.values())).shape[0]
         m = self.num_mini_batches
         mini = n // m
@@ -354,12 +356,13 @@ class Updater:
             return self._constrain_rows(jnp.asarray(x).reshape(m, k, micro, *x.shape[1:]), 2)
 
         batches = jax.tree.map(split, batch)
-        grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+        grad_fn = jax.value_and_grad(
+            lambda params, rest, xb, totals: loss_fn(nnx.merge(self.graphdef, params, rest), xb, totals), has_aux=True)
         f32 = lambda p: jnp.zeros(p.shape, jnp.float32)  # noqa: E731
 
         def mini_batch_grads(params, mbatch):
             # totals are additive: sum the per-micro-batch totals to get the mini-batch's.
-            totals = jax.tree.map(lambda t: t.sum(0), jax.vmap(self.loss_fn.totals)(mbatch))
+            totals = jax.tree.map(lambda t: t.sum(0), jax.vmap(loss_fn.totals)(mbatch))
             if k == 1:  # no accumulation: skips the f32 accumulator (a params-sized buffer) and its adds
                 (loss, metrics), grads = grad_fn(params, rest, jax.tree.map(lambda x: x[0], mbatch), totals)
                 return loss, metrics, grads
@@ -405,14 +408,15 @@ class Updater:
             metrics["learning_rate"] = jnp.asarray(self.optimizer_config.learning_rate, jnp.float32)
         return TrainState(params=params, opt_state=opt_state), metrics
 
-    def _batched_logprobs(self, params: Any, rest: Any, batch: dict[str, Array], micro_batch_size: int) -> Array:
+    def _batched_logprobs(self, params: Any, rest: Any, batch: dict[str, Array], micro_batch_size: int,
+                          loss_fn: Any) -> Array:
         n = next(iter(batch.values())).shape[0]
         k = n // micro_batch_size
 
         def split(x: Array) -> Array:
             return self._constrain_rows(jnp.asarray(x).reshape(k, micro_batch_size, *x.shape[1:]), 1)
 
-        model_fn = lambda xb: self.loss_fn.logprobs(nnx.merge(self.graphdef, params, rest), xb)  # noqa: E731
+        model_fn = lambda xb: loss_fn.logprobs(nnx.merge(self.graphdef, params, rest), xb)  # noqa: E731
         out = jax.lax.map(model_fn, jax.tree.map(split, batch))
         return out.reshape(n, *out.shape[2:])
 

@@ -203,36 +203,34 @@ class CausalLM(nnx.Module):
         return _jitted_logits(graphdef, state, input_ids, mask, positions)
 
     def hidden_states(self, input_ids, attention_mask=None, positions=None, shared_prefix: int = 0,
-                      continuations: int = 1) -> jax.Array:
+                      segments=None) -> jax.Array:
         """Final-normed hidden states [B, T, D]: lets callers compute log-probs in chunks.
 
-        ``shared_prefix`` P > 0 packs ``continuations`` G equal-length continuations of one prefix
-        into a row, ``[prefix (P), c_1, ..., c_G]``: a continuation token sees the prefix and its
-        own earlier tokens only. A GRPO group then runs its prompt through the model once, and
-        attention costs P² + G·R·P + G·R² — never more than the G rows of P + R it replaces. Pass
-        each continuation's ``positions`` as if it followed the prefix alone.
+        ``shared_prefix`` P > 0 packs continuations of one prefix after it, ``[prefix (P), c_1, c_2,
+        ...]``, told apart by ``segments`` [B, T - P] (continuation id >= 1 per token, 0 = padding;
+        each continuation contiguous): a continuation token sees the prefix and its own earlier
+        tokens only. A GRPO group then runs its prompt through the model once, and attention costs
+        P² + C·P + Σ c_j² for C continuation tokens — never more than the rows of P + c_j it replaces.
+        Pass each continuation's ``positions`` as if it followed the prefix alone.
         """
         input_ids = jnp.asarray(input_ids, jnp.int32)
         mask = jnp.ones_like(input_ids) if attention_mask is None else jnp.asarray(attention_mask, jnp.int32)
         positions = default_positions(mask) if positions is None else jnp.asarray(positions, jnp.int32)
         attend_kw = self.attention_options()
-        p, g = shared_prefix, continuations
+        p = shared_prefix
         if p:
-            b, t = mask.shape
-            if (t - p) % g:
-                raise ValueError(f"hidden_states: {t - p} tokens after the prefix are not {g} equal continuations")
-            r = (t - p) // g
-            prefix_mask, cont_mask = mask[:, :p], mask[:, p:].reshape(b * g, r)
+            segments = jnp.asarray(segments, jnp.int32)
+            if segments.shape != (mask.shape[0], mask.shape[1] - p):
+                raise ValueError(f"hidden_states: segments {segments.shape} do not cover the {mask.shape[1] - p} "
+                                 "tokens after the prefix")
+            prefix_mask, seen = mask[:, :p], (segments > 0).astype(jnp.int32)
 
             def attend(q, k, v, state, layer):
-                rows = lambda x: x.reshape(b * g, r, *x.shape[2:])  # noqa: E731
                 prefix = attention(q[:, :p], k[:, :p], v[:, :p], prefix_mask, prefix_mask, **attend_kw)
-                cross = attention(q[:, p:], k[:, :p], v[:, :p], jnp.ones((b, g * r), jnp.int32), prefix_mask,
-                                  causal=False, return_lse=True, **attend_kw)
-                own = attention(rows(q[:, p:]), rows(k[:, p:]), rows(v[:, p:]), cont_mask, cont_mask,
-                                return_lse=True, **attend_kw)
-                merged = merge_partial([tuple(rows(x) for x in cross), own]).reshape(b, g * r, *q.shape[2:])
-                return jnp.concatenate([prefix, merged], axis=1), state
+                cross = attention(q[:, p:], k[:, :p], v[:, :p], seen, prefix_mask, causal=False, return_lse=True,
+                                  **attend_kw)
+                own = attention(q[:, p:], k[:, p:], v[:, p:], segments, segments, return_lse=True, **attend_kw)
+                return jnp.concatenate([prefix, merge_partial([cross, own])], axis=1), state
         else:
 
             def attend(q, k, v, state, layer):

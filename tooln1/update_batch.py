@@ -1,0 +1,48 @@
+"""From a rollout to the GRPO update's batch (host side): what the update computes over.
+
+The engine returns every response at the length cap, most of it padding when lengths have a long
+tail. The update then runs over: the longest response's power-of-two bucket (``trim``), and with
+groups packed under their shared prompt (``pack``) each group's responses back to back in the
+longest group's bucket (`tooln1.grpo.packed_length`), so a GRPO step costs the tokens it sampled,
+not G times the longest. Both lengths are agreed over processes: the global batch has one shape.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tooln1.data.tokens import bucket_length, power_of_two_buckets
+from tooln1.grpo import packed_length
+
+
+def _global_max(value: int) -> int:
+    import jax
+
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.process_allgather(np.int32(value)).max())
+
+
+def update_batch(out: Any, advantages: np.ndarray, group_size: int, *, trim: bool = True,
+                 pack: bool = False) -> tuple[dict[str, np.ndarray], int]:
+    """This process's update arrays (GRPO batch keys less the log-probs) and the packed length
+    (0 = not packed) for `tooln1.grpo.GRPOLoss.packed_length`.
+
+    ``out``: the rollout's `tooln1.sampling.SampleOutput` (numpy); ``pack`` needs groups of
+    ``group_size`` rows sharing a prompt (``grpo.share_prompt``)."""
+    tokens, mask = np.asarray(out.tokens), np.asarray(out.mask)
+    cap = tokens.shape[1]
+    r_len = cap
+    if trim:
+        r_len = min(bucket_length(_global_max(int(mask.sum(-1).max())), power_of_two_buckets(16, cap)), cap)
+    host = {"prompt_ids": np.asarray(out.prompt_ids), "prompt_mask": np.asarray(out.prompt_mask),
+            "response_ids": tokens[:, :r_len], "response_mask": mask[:, :r_len],
+            "advantages": np.asarray(advantages, np.float32)}
+    packed = _global_max(packed_length(host["response_mask"], group_size)) if pack and group_size > 1 else 0
+    return host, packed
+
+
+__all__ = ["update_batch"]
