@@ -10,6 +10,14 @@ iteration, fp32 params and compute, no gradient checkpointing/remat, and the sam
 (``tooln1.reward``). Responses have a fixed length on both sides (ours ``ignore_eos``, TRL
 ``min_new_tokens = max_new_tokens``), so both generate and train on exactly the same number of tokens.
 
+``--mean-response M`` is the long-tail mode instead: the checkpoint is initialised near-uniform
+(init_std 0.002) and ``vocab / M`` token ids, spread over the vocabulary, are EOS ids in its
+``generation_config.json`` (which TRL reads too), so each side's response lengths are geometric with
+mean ~M, capped at ``--new-tokens``. Each side then does what it does by default with ragged
+responses (ours: continuous batching, and the update trimmed to the longest response's bucket as
+the trainer's ``grpo.trim_responses``; TRL: ``generate`` to the longest, the update padded to the
+longest), and both report the response tokens they generated.
+
 Each side runs in its own subprocess (one at a time, so they never compete for the cores or the
 memory); the first iteration is a warm-up (JAX compile, torch allocator) and is excluded from the
 per-iteration figure; our compile time is reported separately.
@@ -17,6 +25,7 @@ per-iteration figure; our compile time is reported separately.
     python tools/bench_grpo.py                                    # tiny shape, both sides
     python tools/bench_grpo.py --shape qwen2.5-0.5b --prompts 2 --group 4 --prompt-len 32 --new-tokens 32 --iters 2
     python tools/bench_grpo.py --side ours --json /tmp/ours.json  # one side only
+    python tools/bench_grpo.py --prompt-len 512 --new-tokens 400 --mean-response 120  # long tail
 
 Our FLOP/s figure is for the update step (``Updater.step``: forward + backward + AdamW of one
 optimizer step over the whole batch) using the analytic model FLOPs (below) and XLA's own count,
@@ -25,6 +34,7 @@ against a large fp32 matmul measured with JAX on the same machine.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -61,13 +71,35 @@ def make_prompts(tokenizer, num_prompts: int, length: int, seed: int = 0) -> tup
     return texts, ids
 
 
-def ensure_checkpoint(shape: str, ckpt_dir: str | None) -> str:
+def ensure_checkpoint(shape: str, ckpt_dir: str | None, mean_response: int = 0) -> str:
+    """The benchmark checkpoint; for the long-tail mode near-uniform, with ``vocab / mean_response``
+    extra EOS ids in its generation config (read by both sides)."""
     from tooln1.tiny_checkpoint import make_tiny_checkpoint
 
-    path = ckpt_dir or os.path.join(tempfile.gettempdir(), f"tooln1_bench_{shape}")
+    tail = f"_tail{mean_response}" if mean_response else ""
+    path = ckpt_dir or os.path.join(tempfile.gettempdir(), f"tooln1_bench_{shape}{tail}")
     if not os.path.exists(os.path.join(path, "config.json")):
-        make_tiny_checkpoint(path, shape=None if shape == "tiny" else shape)
+        make_tiny_checkpoint(path, shape=None if shape == "tiny" else shape,
+                             **({"init_std": 0.002} if mean_response else {}))
+        if mean_response:
+            gen_path = os.path.join(path, "generation_config.json")
+            with open(os.path.join(path, "config.json")) as f:
+                vocab = json.load(f)["vocab_size"]
+            with open(gen_path) as f:
+                gen = json.load(f)
+            spread = list(range(7, vocab, mean_response))  # P(EOS) ~ 1 / mean_response a step
+            gen["eos_token_id"] = sorted(set(gen["eos_token_id"]) | set(spread))
+            with open(gen_path, "w") as f:
+                json.dump(gen, f, indent=2)
     return path
+
+
+def eos_ids(ckpt: str, tokenizer) -> list[int]:
+    """The EOS ids both sides stop at: the generation config's, plus the tokenizer's (as TRL adds it)."""
+    with open(os.path.join(ckpt, "generation_config.json")) as f:
+        eos = json.load(f)["eos_token_id"]
+    eos = [eos] if isinstance(eos, int) else list(eos)
+    return eos if tokenizer.eos_token_id in eos else [tokenizer.eos_token_id, *eos]
 
 
 def count_params(config) -> dict:
@@ -79,18 +111,18 @@ def count_params(config) -> dict:
     return {"block_matmul": layers * per_layer, "lm_head": h * v}
 
 
-def update_model_flops(config, n: int, p: int, r: int, group: int = 1) -> float:
+def update_model_flops(config, n: int, p: int, r: int, group: int = 1, packed: int = 0) -> float:
     """Analytic FLOPs of one forward + backward over n responses of r tokens after p-token prompts
-    (3 × forward), each group of ``group`` rows packed as one row of p + group·r tokens.
+    (3 × forward), each group of ``group`` rows packed as one row of p + (``packed`` or group·r) tokens.
 
     Forward: 2·(block matmul params)·tokens + attention (QKᵀ and AV, full T×T as computed with a
     mask: 4·T²·heads·head_dim per layer and row) + the LM head on the r response positions.
     """
     pc = count_params(config)
-    rows, t = n // group, p + group * r
+    rows, t = n // group, p + ((packed or group * r) if group > 1 else r)
     fwd = 2 * pc["block_matmul"] * rows * t
     fwd += 4 * config.num_layers * rows * t * t * config.num_heads * config.head_dim
-    fwd += 2 * pc["lm_head"] * n * r
+    fwd += 2 * pc["lm_head"] * rows * (t - p)
     return 3.0 * fwd
 
 
@@ -124,6 +156,7 @@ def run_ours(args) -> dict:
     from tooln1.reward import score_batch
     from tooln1.sampling import SamplingConfig, sample
     from tooln1.update import OptimizerConfig, ReferencePolicy, Updater
+    from tooln1.update_batch import update_batch
 
     tok = AutoTokenizer.from_pretrained(args.ckpt)
     _, prompt_ids = make_prompts(tok, args.prompts, args.prompt_len)
@@ -132,9 +165,10 @@ def run_ours(args) -> dict:
     answers = [json.dumps(ANSWER)] * (args.prompts * args.group)
 
     model = tooln1.load_model(args.ckpt, dtype="float32", remat=False)
+    eos = tuple(eos_ids(args.ckpt, tok)) if args.mean_response else (tok.convert_tokens_to_ids("<|im_end|>"),)
     sampling = SamplingConfig(num_samples=args.group, max_new_tokens=args.new_tokens, temperature=args.temperature,
-                              top_p=1.0, top_k=0, pad_id=tok.pad_token_id, ignore_eos=True,
-                              eos_ids=(tok.convert_tokens_to_ids("<|im_end|>"),))
+                              top_p=1.0, top_k=0, pad_id=tok.pad_token_id, ignore_eos=not args.mean_response,
+                              eos_ids=eos)
     # One optimizer step per generation: old log-probs = current ones (as TRL), no recompute.
     # Each group's prompt is scored once (packed with its G responses) unless --no-share-prompt.
     loss = GRPOLoss(clip_eps=args.epsilon, kl_coef=args.beta, loss_agg="token-mean", temperature=args.temperature,
@@ -154,30 +188,34 @@ def run_ours(args) -> dict:
         rewards, _ = score_batch(texts, answers, kind="binary")
         adv = compute_advantages(rewards, args.group)
         t2 = time.perf_counter()
-        batch = dict(prompt_ids=out.prompt_ids, prompt_mask=out.prompt_mask, response_ids=out.tokens,
-                     response_mask=out.mask, advantages=adv)
-        batch["ref_logprobs"] = updater.compute_logprobs(reference.params(), batch)
+        # as the trainer: train on the longest response's bucket, each group's responses packed back to back
+        batch, packed = update_batch(out, adv, args.group, pack=loss.group_size > 1)
+        r_len = batch["response_ids"].shape[1]
+        step_loss = dataclasses.replace(loss, packed_length=packed)
+        batch["ref_logprobs"] = updater.compute_logprobs(reference.params(), batch, loss_fn=step_loss)
         jax.block_until_ready(batch["ref_logprobs"])
         t3 = time.perf_counter()
         if it == 0:  # XLA's FLOP count of the update step (its compile is not timed)
             try:
                 req = {k: batch[k] for k in loss.required_keys}
-                cost = updater._step.lower(state, updater.rest, req).compile().cost_analysis()
+                cost = updater._step.lower(state, updater.rest, req, step_loss).compile().cost_analysis()
                 cost = cost[0] if isinstance(cost, (list, tuple)) else cost
                 flops_xla = float(cost.get("flops", 0.0)) or None
             except Exception as e:  # cost analysis is best effort
                 print(f"[ours] XLA cost analysis unavailable: {e}", file=sys.stderr)
         t3b = time.perf_counter()
-        state, metrics = updater.step(state, batch)
+        state, metrics = updater.step(state, batch, step_loss)
         metrics = jax.device_get(metrics)
         t4 = time.perf_counter()
         n_tok = int(np.asarray(out.mask).sum())
         rows.append(dict(total=(t3 - t0) + (t4 - t3b), sample=t1 - t0, score=t2 - t1, logprobs=t3 - t2,
-                         step=t4 - t3b, tokens=n_tok, loss=float(metrics["loss"])))
+                         step=t4 - t3b, tokens=n_tok, trained_len=r_len, packed_len=packed,
+                         loss=float(metrics["loss"])))
         print(f"[ours] iter {it}: " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                                                for k, v in rows[-1].items()), file=sys.stderr, flush=True)
-    model_flops = update_model_flops(model.config, args.prompts * args.group, args.prompt_len, args.new_tokens,
-                                     loss.group_size)
+    # FLOPs at the last iteration's lengths (every iteration's in the fixed-length mode)
+    model_flops = update_model_flops(model.config, args.prompts * args.group, args.prompt_len, rows[-1]["trained_len"],
+                                     loss.group_size, rows[-1]["packed_len"])
     return dict(side="ours", rows=rows, flops_xla_step=flops_xla, model_flops_step=model_flops)
 
 
@@ -231,15 +269,28 @@ def run_trl(args) -> dict:
 
             setattr(obj, method, timed)
 
+        def count_tokens(self, obj, method: str):
+            inner = getattr(obj, method)
+
+            def counted(*a, **k):
+                out = inner(*a, **k)
+                self.tokens += sum(len(c) for c in out[0])  # completion ids, cut after the first EOS
+                self.longest = max([self.longest, *(len(c) for c in out[0])])
+                return out
+
+            setattr(obj, method, counted)
+
         def on_step_begin(self, *a, **k):
-            self.t0, self.parts = time.perf_counter(), {}
+            self.t0, self.parts, self.tokens, self.longest = time.perf_counter(), {}, 0, 0
 
         def on_step_end(self, *a, **k):
             row = dict(total=time.perf_counter() - self.t0)
             row.update({p: self.parts.get(p, 0.0) for p in ("sample", "score", "logprobs")})
             row["step"] = row["total"] - row["sample"] - row["score"] - row["logprobs"]
+            row["tokens"], row["trained_len"] = self.tokens, self.longest
             self.rows.append(row)
-            print(f"[trl] iter {len(self.rows) - 1}: " + " ".join(f"{k}={v:.3f}" for k, v in row.items()),
+            print(f"[trl] iter {len(self.rows) - 1}: " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                                             for k, v in row.items()),
                   file=sys.stderr, flush=True)
 
     n = args.prompts * args.group
@@ -247,7 +298,7 @@ def run_trl(args) -> dict:
         output_dir=tempfile.mkdtemp(prefix="trl_bench_"),
         per_device_train_batch_size=n, gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1,
         num_generations=args.group, max_completion_length=args.new_tokens,
-        generation_kwargs={"min_new_tokens": args.new_tokens},
+        generation_kwargs={} if args.mean_response else {"min_new_tokens": args.new_tokens},
         temperature=args.temperature, top_p=1.0, top_k=0,
         beta=args.beta, epsilon=args.epsilon, loss_type="dapo", scale_rewards="group",
         mask_truncated_completions=False,
@@ -262,6 +313,7 @@ def run_trl(args) -> dict:
     trainer = GRPOTrainer(model=args.ckpt, reward_funcs=[tool_reward], args=cfg, train_dataset=ds,
                           processing_class=tok, callbacks=[timer])
     timer.wrap(trainer, "_generate", "sample")
+    timer.count_tokens(trainer, "_generate_single_turn")
     timer.wrap(trainer, "_calculate_rewards", "score")
     timer.wrap(trainer, "_get_per_token_logps_and_entropies", "logprobs", only_without_grad=True)
     trainer.train()
@@ -283,7 +335,8 @@ def summarise(args, ourses: list[dict], trls: list[dict]) -> dict:
     """Per side: every thread setting's steady-state median s/iter; the fastest setting counts."""
     res = dict(shape=args.shape, prompts=args.prompts, group=args.group, prompt_len=args.prompt_len,
                share_prompt=not args.no_share_prompt, ld_preload=os.environ.get("LD_PRELOAD", ""),
-               new_tokens=args.new_tokens, iters=args.iters, beta=args.beta, epsilon=args.epsilon,
+               new_tokens=args.new_tokens, mean_response=args.mean_response, iters=args.iters, beta=args.beta,
+               epsilon=args.epsilon,
                temperature=args.temperature, loadavg_start=args.loadavg_start, loadavg_end=os.getloadavg())
     if ourses:
         runs = []
@@ -291,7 +344,8 @@ def summarise(args, ourses: list[dict], trls: list[dict]) -> dict:
             steady = o["rows"][1:]
             r = dict(threads=o["threads"], s_per_iter=_median([x["total"] for x in steady]),
                      split_s={k: _median([x[k] for x in steady]) for k in ("sample", "score", "logprobs", "step")},
-                     iter_s=[x["total"] for x in o["rows"]], matmul_flops=o["matmul_flops"])
+                     iter_s=[x["total"] for x in o["rows"]], matmul_flops=o["matmul_flops"],
+                     response_tokens=[x["tokens"] for x in o["rows"]], trained_len=[x["trained_len"] for x in o["rows"]])
             r["compile_s"] = o["rows"][0]["total"] - r["s_per_iter"]
             r["step_flops_per_s"] = o["model_flops_step"] / r["split_s"]["step"]
             r["step_frac_of_matmul"] = r["step_flops_per_s"] / o["matmul_flops"]
@@ -311,7 +365,9 @@ def summarise(args, ourses: list[dict], trls: list[dict]) -> dict:
                                 s_per_iter=_median([x["total"] for x in t["rows"][1:]]),
                                 split_s={k: _median([x[k] for x in t["rows"][1:]])
                                          for k in ("sample", "score", "logprobs", "step")},
-                                iter_s=[x["total"] for x in t["rows"]]) for t in trls]
+                                iter_s=[x["total"] for x in t["rows"]],
+                                response_tokens=[x["tokens"] for x in t["rows"]],
+                                trained_len=[x["trained_len"] for x in t["rows"]]) for t in trls]
         best = min(res["trl_runs"], key=lambda r: r["s_per_iter"])
         res["trl_s_per_iter"], res["trl_best_threads"] = best["s_per_iter"], best["threads"]
         res["trl_version"], res["torch_version"] = trls[0]["trl_version"], trls[0]["torch_version"]
@@ -329,6 +385,9 @@ def main(argv=None):
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--iters", type=int, default=3, help="timed iterations after the warm-up one")
+    ap.add_argument("--mean-response", type=int, default=0,
+                    help="long-tail mode: response lengths geometric with this mean, capped at --new-tokens "
+                         "(0: every response exactly --new-tokens long)")
     ap.add_argument("--beta", type=float, default=1e-3)
     ap.add_argument("--epsilon", type=float, default=0.2)
     ap.add_argument("--temperature", type=float, default=0.7)
@@ -356,7 +415,7 @@ def main(argv=None):
         return res
 
     args.loadavg_start = os.getloadavg()
-    args.ckpt = ensure_checkpoint(args.shape, args.ckpt)
+    args.ckpt = ensure_checkpoint(args.shape, args.ckpt, args.mean_response)
     runs = []
     for t in [t.strip() for t in args.threads.split(",") if t.strip()]:
         runs += [(side, t) for side in ("ours", "trl") if args.side in ("both", side)]
@@ -366,7 +425,7 @@ def main(argv=None):
             path = f.name
         cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--_child", path, "--ckpt", args.ckpt,
                "--shape", args.shape, "--prompts", str(args.prompts), "--group", str(args.group),
-               "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--iters", str(args.iters),
+               "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--iters", str(args.iters), "--mean-response", str(args.mean_response),
                "--beta", str(args.beta), "--epsilon", str(args.epsilon), "--temperature", str(args.temperature),
                "--matmul-n", str(args.matmul_n), "--threads", threads] + (["--no-share-prompt"] * args.no_share_prompt)
         env = dict(os.environ)
