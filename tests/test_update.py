@@ -362,3 +362,25 @@ def test_frozen_layers_train_only_the_blocks_above(scan_layers):
         b = dict(jax.tree_util.tree_leaves_with_path(before["layers"]))[path]
         np.testing.assert_array_equal(a[:2], b[:2], err_msg=jax.tree_util.keystr(path))
         assert np.any(a[2] != b[2]), jax.tree_util.keystr(path)
+
+
+def test_update_batch_trims_to_the_longest_response_and_packs_groups():
+    """The trainer's update batch: responses cut to the longest one's power-of-two bucket, and the
+    packed length is the longest group's total in its bucket (0 without packing)."""
+    from tooln1.sampling import SampleOutput
+    from tooln1.update_batch import update_batch
+
+    g, r = 2, 64
+    lengths = np.array([3, 20, 17, 1])  # groups of 23 and 18 tokens; the longest response 20
+    mask = (np.arange(r)[None] < lengths[:, None]).astype(np.int32)
+    tokens = np.arange(4 * r, dtype=np.int32).reshape(4, r)
+    out = SampleOutput(tokens=tokens, logprobs=np.zeros((4, r), np.float32), mask=mask,
+                       prompt_ids=np.ones((4, 5), np.int32), prompt_mask=np.ones((4, 5), np.int32))
+    host, packed = update_batch(out, np.array([1, -1, 0.5, -0.5]), g, pack=True)
+    assert host["response_ids"].shape == (4, 32) and packed == 24  # buckets 16, 32 / 16, 24
+    np.testing.assert_array_equal(host["response_ids"], tokens[:, :32])
+    np.testing.assert_array_equal(host["response_mask"].sum(-1), lengths)
+    assert host["advantages"].dtype == np.float32
+    assert update_batch(out, np.zeros(4), g, pack=False)[1] == 0
+    untrimmed, packed = update_batch(out, np.zeros(4), g, trim=False, pack=True)
+    assert untrimmed["response_ids"].shape == (4, r) and packed == 24

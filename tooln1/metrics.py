@@ -99,6 +99,33 @@ def sft_flops(config: Any, rows: int, seq_len: int) -> float:
     return _train_passes(config) * (2 * n + attn_fwd) * rows * seq_len
 
 
+def grpo_scalars(rollout: Any, group_size: int, truncated: float, update: Mapping[str, Any],
+                 seconds: Mapping[str, float], *, real_tokens: float, update_flops: float, peak_flops: float,
+                 epoch: int) -> dict[str, float]:
+    """One GRPO step's logged scalars (docs/training.md): rewards, lengths, loss and optimizer
+    metrics (``update``: `tooln1.update.Updater.step`'s, fetched), times (``seconds``: sample,
+    update, step, score, rollout_device, refresh_weights) and throughput (``real_tokens``: prompt +
+    response tokens of the global batch)."""
+    rewards, lengths = rollout.rewards, rollout.out.mask.sum(-1)
+    return {
+        "reward/mean": rewards.mean(), "reward/std": rewards.std(),
+        **{f"reward/{k}": v.mean() for k, v in rollout.diagnostics.items()},
+        "response/length_mean": lengths.mean(), "response/length_min": lengths.min(),
+        "response/length_max": lengths.max(), "response/truncated": truncated,
+        "loss/total": update["loss"], "loss/pg": update["pg_loss"], "loss/kl": update["kl"],
+        "loss/entropy": update.get("entropy", np.nan), "loss/clip_frac": update["clip_frac"],
+        "loss/ratio_max": update["ratio_max"], "loss/ratio_min": update["ratio_min"],
+        "loss/approx_kl_old": update["approx_kl_old"],
+        "optim/grad_norm": update["grad_norm"], "optim/grad_norm_max": update["grad_norm_max"],
+        "optim/learning_rate": update.get("learning_rate", np.nan), "optim/skipped": update["skipped"],
+        "groups/all_equal": float((np.ptp(rewards.reshape(-1, group_size), axis=1) == 0).mean()),
+        "perf/tokens_per_s": real_tokens / seconds["step"],
+        **{f"time/{k}": v for k, v in seconds.items()},
+        "perf/update_tflops": update_flops / 1e12, "perf/mfu": update_flops / seconds["update"] / peak_flops,
+        "data/epoch": float(epoch),
+    }
+
+
 def _scalar(v: Any) -> float | None:
     try:
         f = float(np.asarray(v))

@@ -451,7 +451,7 @@ class Trainer:
         from tooln1.data.iterator import BatchIterator, global_array
         from tooln1.grpo import GRPOLoss, compute_advantages
         from tooln1.engine import EngineConfig
-        from tooln1.metrics import Progress, peak_flops, update_flops
+        from tooln1.metrics import Progress, grpo_scalars, peak_flops, update_flops
         from tooln1.rollout import Rollouts
         from tooln1.sampling import SamplingConfig
         from tooln1.update import OptimizerConfig, ReferencePolicy, Updater
@@ -513,7 +513,7 @@ class Trainer:
             toks = tokenize_prompts(recs, self.tokenizer)
             ids, mask = left_pad(toks, max(len(t) for t in toks), self.pad_id)
             rollout = rollouts.run(policy, ids, mask, [r["answer"] for r in recs], jax.random.fold_in(self.base_key, step))
-            out, rewards, diag = rollout.out, rollout.rewards, rollout.diagnostics
+            out, rewards = rollout.out, rollout.rewards
             tokens, rmask = out.tokens, out.mask
             t1 = time.perf_counter()
             # 2. advantages
@@ -540,31 +540,18 @@ class Trainer:
             if metrics["skipped"] > 0:
                 self.say(f"GRPO step {step}: non-finite loss or gradient in {int(metrics['skipped'])} of "
                          f"{cfg.num_mini_batches} mini-batch(es) (loss={float(metrics['loss'])}); that update was skipped")
-            real_tokens = float(host["prompt_mask"].sum() + lengths.sum())
             flops = update_flops(policy.config, host["prompt_ids"].shape[0] * iterator.process_count,
                                  host["prompt_ids"].shape[1], r_len, old_logprobs=not loss_fn.on_policy,
                                  reference=reference is not None, group_size=G if cfg.share_prompt else 1,
                                  packed_length=packed)
-            scalars = {
-                "reward/mean": rewards.mean(), "reward/std": rewards.std(),
-                **{f"reward/{k}": v.mean() for k, v in diag.items()},
-                "response/length_mean": lengths.mean(), "response/length_min": lengths.min(),
-                "response/length_max": lengths.max(), "response/truncated": truncated_fraction(tokens, rmask, self.eos_ids),
-                "loss/total": metrics["loss"], "loss/pg": metrics["pg_loss"], "loss/kl": metrics["kl"],
-                "loss/entropy": metrics.get("entropy", np.nan), "loss/clip_frac": metrics["clip_frac"],
-                "loss/ratio_max": metrics["ratio_max"], "loss/ratio_min": metrics["ratio_min"],
-                "loss/approx_kl_old": metrics["approx_kl_old"],
-                "optim/grad_norm": metrics["grad_norm"], "optim/grad_norm_max": metrics["grad_norm_max"],
-                "optim/learning_rate": metrics.get("learning_rate", np.nan), "optim/skipped": metrics["skipped"],
-                "groups/all_equal": float((np.ptp(rewards.reshape(-1, G), axis=1) == 0).mean()),
-                "perf/tokens_per_s": real_tokens * iterator.process_count / (t3 - t0),
-                "time/sample": t1 - t0, "time/update": t3 - t2, "time/step": t3 - t0,
-                # scoring overlaps decoding: score = what was left after the device finished
-                "time/score": rollout.timings["score_tail"] + t2 - t1, "time/rollout_device": rollout.timings["device"],
-                "time/refresh_weights": refresh_s,
-                "perf/update_tflops": flops / 1e12, "perf/mfu": flops / (t3 - t2) / peak,
-                "data/epoch": float(iterator.state.epoch),
-            }
+            seconds = {"sample": t1 - t0, "update": t3 - t2, "step": t3 - t0,
+                       # scoring overlaps decoding: score = what was left after the device finished
+                       "score": rollout.timings["score_tail"] + t2 - t1, "rollout_device": rollout.timings["device"],
+                       "refresh_weights": refresh_s}
+            real_tokens = float(host["prompt_mask"].sum() + lengths.sum()) * iterator.process_count
+            scalars = grpo_scalars(rollout, G, truncated_fraction(tokens, rmask, self.eos_ids), metrics, seconds,
+                                   real_tokens=real_tokens, update_flops=flops, peak_flops=peak,
+                                   epoch=iterator.state.epoch)
             if step % self.cfg.log.every == 0 or step == total:
                 self.writer.write(step, scalars, phase="grpo", loss_agg=cfg.loss_agg)
             bar.update({"reward": float(rewards.mean()), "kl": float(metrics["kl"]),
