@@ -262,10 +262,13 @@ def _flash_bwd(causal, residuals, cotangents):
             def update(carry):
                 dk, dv, dq = carry
                 p = jnp.where(vis, jnp.exp(_scores(qi, kj) - lse_i[..., None]), 0.0)
-                dv = dv + jnp.einsum("bkgqs,bkgqd->bksd", p, doi, preferred_element_type=jnp.float32)
+                # dK and dV contract over G and the queries: as one [G*bq] axis each is a plain
+                # transposed-operand matmul (the 5-d einsums made XLA:CPU copy; backward 2.1x faster)
+                rows = lambda x: x.reshape(*x.shape[:2], -1, x.shape[-1])  # noqa: E731  [B, KV, G*bq, .]
+                dv = dv + jnp.einsum("bkns,bknd->bksd", rows(p), rows(doi), preferred_element_type=jnp.float32)
                 dp = jnp.einsum("bkgqd,bksd->bkgqs", doi, vj, preferred_element_type=jnp.float32)
                 ds = p * (dp - delta_i[..., None]) * scale
-                dk = dk + jnp.einsum("bkgqs,bkgqd->bksd", ds, qi, preferred_element_type=jnp.float32)
+                dk = dk + jnp.einsum("bkns,bknd->bksd", rows(ds), rows(qi), preferred_element_type=jnp.float32)
                 dqi = jnp.einsum("bkgqs,bksd->bkgqd", ds, kj, preferred_element_type=jnp.float32)
                 return dk, dv, dq.at[i].add(dqi)
 
