@@ -261,6 +261,15 @@ def test_shared_prompt_packing_matches_per_row_scoring(run):
         got_loss, got_grad = grad(run["params0"], g, length)
         assert float(got_loss) == pytest.approx(float(want_loss), abs=1e-6)
         jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6, rtol=1e-4), got_grad, want_grad)
+    # the per-batch variant reaches the compiled step and log-prob programs (the trainer's path)
+    updater = Updater(model, dataclasses.replace(LOSS, group_size=g), OPT, donate=False)
+    variant = dataclasses.replace(updater.loss_fn, packed_length=tight, kl_coef=0.5)
+    want = variant(nnx.merge(graphdef, run["params0"]), b)[0]
+    state = updater.init(nnx.merge(graphdef, jax.tree.map(jnp.asarray, run["params0"])))
+    assert float(updater.step(state, b, variant)[1]["loss"]) == pytest.approx(float(want), abs=1e-6)
+    assert float(updater.step(state, b)[1]["loss"]) == pytest.approx(float(want_loss), abs=1e-6) != float(want)
+    np.testing.assert_allclose(np.asarray(updater.compute_logprobs(state.params, b, loss_fn=variant))[valid],
+                               np.asarray(per_row[0])[valid], atol=2e-5)
     updater = Updater(model, dataclasses.replace(LOSS, group_size=3), OPT, micro_batch_size=8)
     with pytest.raises(ValueError, match="8 rows is not a whole number of groups of GRPOLoss.group_size=3"):
         updater.check_batch(b)

@@ -16,14 +16,15 @@ from tooln1.data.tokens import bucket_length, power_of_two_buckets
 from tooln1.grpo import packed_length
 
 
-def _global_max(value: int) -> int:
+def _global_max(*values: int) -> list[int]:
+    """Each value's maximum over processes, in one collective."""
     import jax
 
     if jax.process_count() == 1:
-        return value
+        return list(values)
     from jax.experimental import multihost_utils
 
-    return int(multihost_utils.process_allgather(np.int32(value)).max())
+    return [int(v) for v in multihost_utils.process_allgather(np.asarray(values, np.int32)).max(0)]
 
 
 def update_batch(out: Any, advantages: np.ndarray, group_size: int, *, trim: bool = True,
@@ -35,14 +36,14 @@ def update_batch(out: Any, advantages: np.ndarray, group_size: int, *, trim: boo
     ``group_size`` rows sharing a prompt (``grpo.share_prompt``)."""
     tokens, mask = np.asarray(out.tokens), np.asarray(out.mask)
     cap = tokens.shape[1]
-    r_len = cap
-    if trim:
-        r_len = min(bucket_length(_global_max(int(mask.sum(-1).max())), power_of_two_buckets(16, cap)), cap)
+    pack = pack and group_size > 1
+    # a group's packed total never needs more than the untrimmed mask: both lengths in one exchange
+    longest, packed = _global_max(int(mask.sum(-1).max()), packed_length(mask, group_size) if pack else 0)
+    r_len = min(bucket_length(longest, power_of_two_buckets(16, cap)), cap) if trim else cap
     host = {"prompt_ids": np.asarray(out.prompt_ids), "prompt_mask": np.asarray(out.prompt_mask),
             "response_ids": tokens[:, :r_len], "response_mask": mask[:, :r_len],
             "advantages": np.asarray(advantages, np.float32)}
-    packed = _global_max(packed_length(host["response_mask"], group_size)) if pack and group_size > 1 else 0
-    return host, packed
+    return host, min(packed, group_size * r_len)
 
 
 __all__ = ["update_batch"]
