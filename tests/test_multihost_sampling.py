@@ -41,7 +41,15 @@ width = int(mask.sum(-1).max())  # this process's own (narrower) padding
 out = sample(model, ids[:, -width:], mask[:, -width:], cfg, args["seed"])
 assert not out.tokens.is_fully_addressable and out.tokens.shape[0] == 8 * cfg.num_samples, out.tokens.shape
 local = out.local()
-print("RESULT" + json.dumps({k: np.asarray(v).tolist() for k, v in local._asdict().items() if k != "num_local"}))
+result = {k: np.asarray(v).tolist() for k, v in local._asdict().items() if k != "num_local"}
+# the trainer's update batch: both processes must agree on the trimmed and packed lengths
+from tooln1.update_batch import update_batch
+lengths = np.asarray(args["update_lengths"][process_id])
+fake = local._replace(mask=(np.arange(64)[None] < lengths[:, None]).astype(np.int32),
+                      tokens=np.zeros((len(lengths), 64), np.int32))
+host, packed = update_batch(fake, np.zeros(len(lengths)), 2, pack=True)
+result["update_lengths"] = [host["response_ids"].shape[1], packed]
+print("RESULT" + json.dumps(result))
 """
 
 
@@ -99,7 +107,12 @@ def test_process_local_prompts_give_the_single_process_rows(tmp_path):
     cfg = dict(num_samples=2, max_new_tokens=10, temperature=0.8, top_k=40, eos_ids=[special["<|im_end|>"], pad],
                pad_id=pad, prompt_buckets=[8, 16, 32])
     ids, mask = _prompts(pad)
-    results = _run_processes(dict(path=path, mesh=MESH, cfg=cfg, seed=SEED, ids=ids.tolist(), mask=mask.tolist()))
+    # process 0 alone would train on 32 columns packed to 24 (groups of 23 and 18 tokens), process 1 on
+    # 64 packed to 48 (a 42-token group): both must use 64 and 48
+    update_lengths = [[3, 20, 17, 1], [40, 2, 1, 1]]
+    results = _run_processes(dict(path=path, mesh=MESH, cfg=cfg, seed=SEED, ids=ids.tolist(), mask=mask.tolist(),
+                                  update_lengths=update_lengths))
+    assert [r.pop("update_lengths").tolist() for r in results] == [[64, 48], [64, 48]]
 
     model = load_model(path, dtype="float32", mesh=make_mesh(MESH))
     out = sample(model, ids, mask, SamplingConfig(**cfg), SEED)
