@@ -7,8 +7,8 @@ and tokens with nothing to write write there, and a table padded with 0 is maske
 
 * `write_pages` scatters new keys/values to (page, offset) slots of one layer.
 * `ragged_paged_attention` is decode attention (one query per sequence): the Pallas kernel on TPU,
-  elsewhere a pure-JAX online-softmax loop over blocks of pages that stops at the longest sequence,
-  so the cost follows the real lengths, not the table width.
+  elsewhere a pure-JAX split-K loop over (sequence, block of pages) items up to each sequence's own
+  length, so the cost follows the real lengths, not the table width or the longest sequence.
 * `gather_pages` reads one sequence's pages back as a contiguous ``[M*page_size, kv_heads, D]``
   (the prior context of a prefill chunk).
 """
@@ -33,41 +33,57 @@ def gather_pages(pool_layer: jax.Array, page_table: jax.Array) -> jax.Array:
 
 
 def _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block: int, layer) -> jax.Array:
-    """Pure JAX: online softmax over blocks of ``pages_per_block`` pages, up to the longest sequence.
+    """Pure JAX split-K: every (sequence, block of ``pages_per_block`` pages) pair up to that sequence's
+    own length is one work item; each loop step reads a fixed number of items and merges their partial
+    softmaxes into their sequences'. A short sequence beside a long one costs its own blocks only (a loop
+    over blocks up to the longest length read 1.5x as many pages on API-Bank prompts; 110 -> 72 ms a
+    SmolLM2 decode step's attention, 8 slots).
 
     With ``layer``, the pools are every layer's and each block gathers straight from them: slicing
     out the layer first would copy its whole pool at every decode step."""
     s, h, d = q.shape
     kv, _, ps, _ = k_pages.shape[-4:]
-    read = (lambda pool, pages: pool[:, pages]) if layer is None else (  # [S, bp, KV, ps, D] -> [KV, S, bp, ps, D]
+    read = (lambda pool, pages: pool[:, pages]) if layer is None else (  # [W, bp, KV, ps, D] -> [KV, W, bp, ps, D]
         lambda pool, pages: jnp.moveaxis(pool[layer, :, pages], 2, 0))
     g = h // kv
     m_pages = page_table.shape[1]
     bp = max(1, min(pages_per_block, m_pages))
-    n_total = -(-m_pages // bp)
-    table = jnp.pad(page_table, ((0, 0), (0, n_total * bp - m_pages)))  # padding -> page 0, masked
+    block = bp * ps
+    table = jnp.pad(page_table, ((0, 0), (0, -(-m_pages // bp) * bp - m_pages)))  # padding -> page 0, masked
     qg = q.reshape(s, kv, g, d).astype(jnp.float32) * (d ** -0.5)
-    n_blocks = (jnp.max(lengths) + bp * ps - 1) // (bp * ps)
+    # Items per loop step: each step has a fixed cost, so take several blocks per sequence at once
+    # (8 slots: 88 ms at 8 items, 72 at 32); the last step's unused items cost a masked block each.
+    width = max(16, 2 * s)
+    counts = (lengths + block - 1) // block  # blocks of each sequence
+    ends = jnp.cumsum(counts)
+    total = ends[-1]
 
     def body(i, carry):
         m, l, acc = carry
-        pages = jax.lax.dynamic_slice_in_dim(table, i * bp, bp, axis=1)  # [S, bp]
-        k = read(k_pages, pages).reshape(kv, s, bp * ps, d)
-        v = read(v_pages, pages).reshape(kv, s, bp * ps, d)
-        scores = jnp.einsum("skgd,ksnd->skgn", qg, k, preferred_element_type=jnp.float32)
-        pos = i * bp * ps + jnp.arange(bp * ps)
-        valid = (pos[None, :] < lengths[:, None])[:, None, None, :]
-        scores = jnp.where(valid, scores, MASKED)
-        m_new = jnp.maximum(m, scores.max(-1))
-        p = jnp.exp(scores - m_new[..., None])
+        item = i * width + jnp.arange(width)
+        real = item < total
+        seq = jnp.minimum(jnp.searchsorted(ends, item, side="right"), s - 1)
+        first = (item - ends[seq] + counts[seq]) * bp  # the item's first page-table column
+        pages = jnp.where(real[:, None], jnp.take_along_axis(table[seq], first[:, None] + jnp.arange(bp), axis=1), 0)
+        k = read(k_pages, pages).reshape(kv, width, block, d)
+        v = read(v_pages, pages).reshape(kv, width, block, d)
+        scores = jnp.einsum("wkgd,kwnd->wkgn", qg[seq], k, preferred_element_type=jnp.float32)
+        valid = (first[:, None] * ps + jnp.arange(block) < lengths[seq][:, None]) & real[:, None]
+        valid = valid[:, None, None, :]
+        m_item = jnp.where(valid, scores, MASKED).max(-1)  # [W, KV, G]
+        p = jnp.where(valid, jnp.exp(scores - m_item[..., None]), 0.0)
+        owner = ((seq[:, None] == jnp.arange(s)) & real[:, None]).astype(jnp.float32)  # [W, S]
+        m_new = jnp.maximum(m, jnp.where(owner[:, :, None, None] > 0, m_item[:, None], MASKED).max(0))
+        weight = jnp.exp(m_item - m_new[seq]) * real[:, None, None]  # rescales each item to its sequence's max
         scale = jnp.exp(m - m_new)
-        l = l * scale + p.sum(-1)
-        acc = acc * scale[..., None] + jnp.einsum("skgn,ksnd->skgd", p, v.astype(jnp.float32))
+        l = l * scale + jnp.einsum("ws,wkg->skg", owner, p.sum(-1) * weight)
+        pv = jnp.einsum("wkgn,kwnd->wkgd", p, v.astype(jnp.float32))
+        acc = acc * scale[..., None] + jnp.einsum("ws,wkgd->skgd", owner, pv * weight[..., None])
         return m_new, l, acc
 
     init = (jnp.full((s, kv, g), MASKED, jnp.float32), jnp.zeros((s, kv, g), jnp.float32),
             jnp.zeros((s, kv, g, d), jnp.float32))
-    _, l, acc = jax.lax.fori_loop(0, n_blocks, body, init)
+    _, l, acc = jax.lax.fori_loop(0, (total + width - 1) // width, body, init)
     return (acc / l[..., None]).reshape(s, h, d).astype(q.dtype)
 
 
