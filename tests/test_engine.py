@@ -71,6 +71,27 @@ def test_samples_do_not_depend_on_slots_pages_or_prompt_order(model, prompts, sa
     assert engine.stats["width_steps"] < 5 * engine.stats["decode_steps"]
 
 
+def test_weights_split_per_layer_sample_the_same(model, prompts, sampling, one_slot):
+    """The decoding copy with one array per layer and [out, in] MLP kernels, run unrolled (the CPU
+    layout of large models), samples what the stacked weights sample."""
+    assert not ONE_SLOT.per_layer(model.config, None)  # "auto": the tiny model's kernels are too small to pay
+    big = dataclasses.replace(model.config, hidden_size=896, intermediate_size=4864)
+    assert ONE_SLOT.per_layer(big, None) and not dataclasses.replace(ONE_SLOT, layer_layout="stacked").per_layer(big, None)
+    with pytest.raises(ValueError, match="layer_layout"):
+        EngineConfig(layer_layout="unrolled")
+    engine = Engine(model, dataclasses.replace(ONE_SLOT, layer_layout="per_layer"))
+    layers = engine.weights["layers"]
+    assert len(layers) == model.config.num_layers
+    assert layers[1]["mlp"]["down_kernel"][...].shape == model.layers.mlp.down_kernel[...].shape[:0:-1]
+    np.testing.assert_array_equal(np.asarray(layers[1]["mlp"]["down_kernel"][...]).T,
+                                  np.asarray(model.layers.mlp.down_kernel[...][1]))
+    results, _ = engine.generate(prompts, sampling, jax.random.key(5), max_prompt_len=max(LENGTHS))
+    for i in range(len(prompts)):
+        for g in range(G):
+            np.testing.assert_array_equal(results[i][g].tokens, one_slot[i][g].tokens, err_msg=f"prompt {i} sample {g}")
+            np.testing.assert_allclose(results[i][g].logprobs, one_slot[i][g].logprobs, atol=1e-4, rtol=0)
+
+
 def test_freed_pages_are_never_read_by_their_next_owner(model, prompts, sampling, one_slot):
     released: list[int] = []
 

@@ -6,6 +6,7 @@ import transformers
 from flax import nnx
 
 import tooln1
+from tooln1.models.decoder import Block, split_layers
 from tooln1.tiny_checkpoint import make_tiny_checkpoint
 
 
@@ -80,6 +81,17 @@ def test_kv_cache_prefill_then_steps_equals_full_forward(tiny_checkpoint):
     np.testing.assert_allclose(np.asarray(last)[:, 0], full[:, prefill - 1], atol=1e-5)
     assert int(cache.index) == ids.shape[1]
     assert np.abs(cached - full)[mask.astype(bool)].max() <= 1e-5
+
+
+def test_layers_split_for_decoding_give_the_same_logits(tiny_checkpoint):
+    """`split_layers` (one block per layer, MLP kernels [out, in], run unrolled) computes the same model."""
+    model = tooln1.load_model(tiny_checkpoint)
+    ids, mask, pos = _batch(model.config.vocab_size, seed=2)
+    split = split_layers(nnx.merge(*nnx.split(model)))
+    assert len(split.layers) == model.config.num_layers and split.layers[0].mlp.out_major
+    assert split.layers[0].mlp.up_kernel[...].shape == model.layers.mlp.up_kernel[...].shape[:0:-1]
+    np.testing.assert_allclose(np.asarray(split(ids, mask, pos)), np.asarray(model(ids, mask, pos)), atol=1e-5, rtol=0)
+    assert isinstance(model.layers, Block)  # the original is left stacked
 
 
 def test_bf16_compute_close_to_fp32(tiny_checkpoint):

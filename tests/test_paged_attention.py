@@ -64,6 +64,8 @@ def test_write_then_gather_roundtrip():
     np.testing.assert_array_equal(np.asarray(seq[0]), np.asarray(new[0]))
     np.testing.assert_array_equal(np.asarray(seq[1]), np.asarray(new[1]))
     np.testing.assert_array_equal(np.asarray(seq[PS + 3]), np.asarray(new[2]))
+    # from all layers' pools with a layer index: the same sequence
+    np.testing.assert_array_equal(np.asarray(jax.jit(gather_pages)(pool, jnp.array([7, 3]), layer)), np.asarray(seq))
 
 
 def test_all_layer_pools_with_a_layer_index_read_that_layer():

@@ -168,7 +168,7 @@ def _prefill(model, pools, c: Chunk, shape: Shape):
         # XLA copy both pools at every layer. The chunk's own slots are masked out of the context.
         kp = write_pages(state[0], layer, k[0], c.pages, c.offsets)
         vp = write_pages(state[1], layer, v[0], c.pages, c.offsets)
-        context = lambda pool: jnp.pad(gather_pages(pool[layer], c.ctx_table).astype(dtype),  # noqa: E731
+        context = lambda pool: jnp.pad(gather_pages(pool, c.ctx_table, layer).astype(dtype),  # noqa: E731
                                        ((0, ctx - written), (0, 0), (0, 0)))
         keys = jnp.concatenate([context(kp), k[0]])[None]
         values = jnp.concatenate([context(vp), v[0]])[None]

@@ -25,11 +25,13 @@ def write_pages(pool: jax.Array, layer, new: jax.Array, pages: jax.Array, offset
     return pool.at[layer, :, pages, offsets].set(new.astype(pool.dtype))
 
 
-def gather_pages(pool_layer: jax.Array, page_table: jax.Array) -> jax.Array:
-    """One sequence's keys or values ``[M*page_size, kv_heads, D]`` from ``pool_layer`` [KV, N, ps, D]."""
-    kv, _, ps, d = pool_layer.shape
-    x = pool_layer[:, page_table]  # [KV, M, ps, D]
-    return x.reshape(kv, -1, d).transpose(1, 0, 2)
+def gather_pages(pool: jax.Array, page_table: jax.Array, layer=None) -> jax.Array:
+    """One sequence's keys or values ``[M*page_size, kv_heads, D]`` from one layer's pool [KV, N, ps, D],
+    or with ``layer`` from all layers' [L, KV, N, ps, D] (one gather: no copy of the layer's pool)."""
+    kv, _, ps, d = pool.shape[-4:]
+    if layer is None:
+        return pool[:, page_table].reshape(kv, -1, d).transpose(1, 0, 2)  # [KV, M, ps, D] -> [M*ps, KV, D]
+    return pool[layer, :, page_table].transpose(0, 2, 1, 3).reshape(-1, kv, d)  # [M, KV, ps, D] -> [M*ps, KV, D]
 
 
 def _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block: int, layer) -> jax.Array:
