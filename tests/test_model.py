@@ -1,4 +1,6 @@
 """The decoder against transformers' PyTorch implementation, and its KV cache against itself."""
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,7 @@ import transformers
 from flax import nnx
 
 import tooln1
-from tooln1.models.decoder import Block, split_layers
+from tooln1.models.decoder import Block, split_layers, swiglu
 from tooln1.tiny_checkpoint import make_tiny_checkpoint
 
 
@@ -81,6 +83,17 @@ def test_kv_cache_prefill_then_steps_equals_full_forward(tiny_checkpoint):
     np.testing.assert_allclose(np.asarray(last)[:, 0], full[:, prefill - 1], atol=1e-5)
     assert int(cache.index) == ids.shape[1]
     assert np.abs(cached - full)[mask.astype(bool)].max() <= 1e-5
+
+
+def test_swiglu_gradient_equals_autodiff():
+    """The MLP's `swiglu` keeps only its inputs for the backward; its gradients are autodiff's."""
+    rng = np.random.RandomState(0)
+    gate, up, weight = (jnp.asarray(rng.randn(7, 33).astype(np.float32) * 3) for _ in range(3))
+    ours = jax.grad(lambda g, u: jnp.sum(swiglu(g, u) * weight), argnums=(0, 1))(gate, up)
+    plain = jax.grad(lambda g, u: jnp.sum(jax.nn.silu(g) * u * weight), argnums=(0, 1))(gate, up)
+    for a, b in zip(ours, plain):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(swiglu(gate, up)), np.asarray(jax.nn.silu(gate) * up))
 
 
 def test_layers_split_for_decoding_give_the_same_logits(tiny_checkpoint):

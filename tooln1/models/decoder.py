@@ -123,6 +123,28 @@ class Attention(nnx.Module):
         return jnp.einsum("bthk,hkd->btd", attended, self.o_kernel[...].astype(self.dtype))
 
 
+@jax.custom_vjp
+def swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
+    """``silu(gate) * up`` whose backward keeps only its two inputs: autodiff kept sigmoid(gate), silu(gate)
+    and the product as well, five [tokens, intermediate] arrays a layer where two do (Qwen2.5-0.5B packed
+    update: 2.1 of its 5.5 GiB temp were these)."""
+    return jax.nn.silu(gate) * up
+
+
+def _swiglu_fwd(gate, up):
+    return swiglu(gate, up), (gate, up)
+
+
+def _swiglu_bwd(residuals, d_out):
+    gate, up = residuals
+    sig = jax.nn.sigmoid(gate)
+    silu = gate * sig
+    return d_out * up * (sig + silu * (1 - sig)), d_out * silu
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
 class MLP(nnx.Module):
     """SwiGLU: down(silu(gate(x)) * up(x)), no biases."""
 
@@ -146,7 +168,7 @@ class MLP(nnx.Module):
         rows = x.reshape(b * t, d)
         gate = self._matmul(rows, self.gate_kernel).reshape(b, t, -1)
         up = self._matmul(rows, self.up_kernel).reshape(b, t, -1)
-        hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"), mesh)
+        hidden = constrain(swiglu(gate, up), ("batch", "length", "mlp"), mesh)
         return self._matmul(hidden.reshape(b * t, -1), self.down_kernel).reshape(b, t, d)
 
 
