@@ -125,6 +125,24 @@ def test_step_matches_direct_gradients_and_numpy_adamw(run):
     assert run["donated"].is_deleted(), "the incoming state should have been donated"
 
 
+def test_skip_by_select_equals_skip_by_branch():
+    """A non-finite mini-batch is skipped by a branch on a CPU and by a select elsewhere: both give the
+    same params and optimizer state (here the select runs on the CPU too)."""
+    batch = make_batch()
+    batch["old_logprobs"] = batch["ref_logprobs"] = np.zeros(batch["response_mask"].shape, np.float32)
+    batch["advantages"] = np.where(np.arange(N) == 3, np.nan, batch["advantages"]).astype(np.float32)
+    results = []
+    for branch in (True, False):
+        model = CausalLM(CFG, rngs=nnx.Rngs(0))
+        updater = Updater(model, LOSS, OPT, num_mini_batches=MINI, micro_batch_size=MICRO)
+        assert updater._skip_by_branch  # the CPU default
+        updater._skip_by_branch = branch
+        state, metrics = updater.step(updater.init(model), batch)
+        assert float(metrics["skipped"]) == 1.0
+        results.append(to_np(state))
+    jax.tree.map(np.testing.assert_array_equal, *results)
+
+
 def test_update_lowers_loss_and_skips_non_finite_without_recompiling(run):
     loss, _ = direct_fns(run)
     batch = run["batch"]

@@ -50,7 +50,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from tooln1.engine_round import Admit, Chunk, Shape, empty_slots, run_round
 from tooln1.models.decoder import split_layers
-from tooln1.sharding import LOGICAL_RULES, logical_to_spec
+from tooln1.sharding import LOGICAL_RULES, logical_to_spec, platform
 
 # Decoding layout: tensor-parallel where the tensor axis divides, replicated over the batch axes.
 INFERENCE_RULES = tuple((name, None if name == "embed" else axes) for name, axes in LOGICAL_RULES)
@@ -90,9 +90,8 @@ class EngineConfig:
         """Whether the decoding copy is split per layer, for a model on ``mesh`` (None: the default device)."""
         if self.layer_layout != "auto":
             return self.layer_layout == "per_layer"
-        platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
         kernel = model_config.hidden_size * model_config.intermediate_size * jnp.dtype(model_config.dtype).itemsize
-        return platform == "cpu" and kernel >= PER_LAYER_MIN_KERNEL_BYTES
+        return platform(mesh) == "cpu" and kernel >= PER_LAYER_MIN_KERNEL_BYTES
 
 
 class Completion(NamedTuple):

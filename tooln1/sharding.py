@@ -72,6 +72,12 @@ def resolve_mesh_shape(shape: Mapping[str, int], num_devices: int) -> dict[str, 
     return dict(zip(MESH_AXES, sizes))
 
 
+def platform(mesh: Mesh | None) -> str:
+    """The platform programs for ``mesh`` compile for ("cpu", "gpu", "tpu"; compile-only devices
+    included); without a mesh, the default device's."""
+    return (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+
+
 def batch_axes(mesh: Mesh | None) -> tuple[str, ...]:
     """The mesh's batch axes that split it (size > 1), in `BATCH_AXES` order; () without a mesh."""
     if mesh is None:

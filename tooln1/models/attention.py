@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
 from tooln1.models.config import ATTENTION_IMPLEMENTATIONS as IMPLEMENTATIONS
-from tooln1.sharding import batch_axes, batch_shards
+from tooln1.sharding import batch_axes, batch_shards, platform
 _NEG = -1e30  # finite "minus infinity": exp() underflows to 0 without inf - inf = nan
 # The widest block on a CPU (and the longest sequence "auto" runs dense there): a GRPO update with
 # groups packed under their prompt ran 2.1x (fixed-length) to 2.4x (long-tail) faster than with 512
@@ -72,10 +72,10 @@ def attention(
     q_segment_ids = jnp.asarray(q_segment_ids, jnp.int32)
     kv_segment_ids = jnp.asarray(kv_segment_ids, jnp.int32)
     impl = implementation
-    platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
-    block = min(block_size, CPU_BLOCK) if platform == "cpu" else block_size
+    target = platform(mesh)
+    block = min(block_size, CPU_BLOCK) if target == "cpu" else block_size
     if impl == "auto":
-        impl = {"tpu": "splash", "gpu": "cudnn"}.get(platform, "blockwise")
+        impl = {"tpu": "splash", "gpu": "cudnn"}.get(target, "blockwise")
         if max(t, s) <= block:
             impl = "dense"
     kernel_ok = not (explicit_positions or return_lse or t != s or b % batch_shards(mesh))
