@@ -56,7 +56,7 @@ from tooln1.sharding import LOGICAL_RULES, logical_to_spec, platform
 INFERENCE_RULES = tuple((name, None if name == "embed" else axes) for name, axes in LOGICAL_RULES)
 LAYER_LAYOUTS = ("auto", "stacked", "per_layer")
 # Splitting pays on a CPU once a layer's MLP kernel outgrows the caches: Qwen2.5-0.5B (17 MB kernels)
-# decodes 8 slots 23% faster split (227 -> 174 ms a step), SmolLM2-135M (3.5 MB) 3% slower. Elsewhere XLA
+# decodes 1-8 slots 1.2-1.9x faster split, SmolLM2-135M (3.5 MB) no faster. Elsewhere XLA
 # reads a layer's weights straight out of the stack, and unrolling would only cost compile time.
 PER_LAYER_MIN_KERNEL_BYTES = 8 << 20
 
