@@ -85,6 +85,10 @@ def test_weights_split_per_layer_sample_the_same(model, prompts, sampling, one_s
     assert layers[1]["mlp"]["down_kernel"][...].shape == model.layers.mlp.down_kernel[...].shape[:0:-1]
     np.testing.assert_array_equal(np.asarray(layers[1]["mlp"]["down_kernel"][...]).T,
                                   np.asarray(model.layers.mlp.down_kernel[...][1]))
+    engine.release()  # as the trainer does during an update; refresh brings the copy back
+    with pytest.raises(RuntimeError, match="released"):
+        engine.generate(prompts, sampling, jax.random.key(5), max_prompt_len=max(LENGTHS))
+    engine.refresh(model)
     results, _ = engine.generate(prompts, sampling, jax.random.key(5), max_prompt_len=max(LENGTHS))
     for i in range(len(prompts)):
         for g in range(G):

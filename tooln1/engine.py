@@ -214,6 +214,11 @@ class Engine:
         jax.block_until_ready(self.weights)
         return time.perf_counter() - t0
 
+    def release(self) -> None:
+        """Drop the decoding copy until the next `refresh` (the trainer: during the update, where a bf16
+        or per-layer copy would sit beside the parameters, the optimizer state and the update's temp)."""
+        self.weights = None
+
     # -- shapes and placement ------------------------------------------------------------------
     def _page_bytes(self) -> int:
         c = self.model_config
@@ -303,6 +308,8 @@ class Engine:
         ``max_prompt_len`` fixes the page-table width (default: the longest prompt). ``poison(pools,
         pages)`` (tests) may overwrite pages as they are freed or evicted from the prefix cache, and
         returns the new pools."""
+        if self.weights is None:
+            raise RuntimeError("rollout engine: its weights were released; call Engine.refresh(model) first")
         g, r = sampling.num_samples, sampling.max_new_tokens
         indices = range(len(prompts)) if indices is None else indices
         states = [_Prompt(i, int(k), np.asarray(p, np.int32)) for i, (k, p) in enumerate(zip(indices, prompts))]

@@ -46,6 +46,10 @@ class Rollouts:
         """Decode from ``model``'s current parameters from now on; returns the seconds it took."""
         return self.engine.refresh(model)
 
+    def release(self) -> None:
+        """Free the decoding copy until `refresh` (between a rollout and the update)."""
+        self.engine.release()
+
     def run(self, model: Any, prompt_ids: np.ndarray, prompt_mask: np.ndarray, answers: Sequence[Any],
             key) -> Rollout:
         """``answers[b]`` is prompt b's reference; every process passes its own prompts (`tooln1.sampling.sample`)."""

@@ -513,6 +513,7 @@ class Trainer:
             toks = tokenize_prompts(recs, self.tokenizer)
             ids, mask = left_pad(toks, max(len(t) for t in toks), self.pad_id)
             rollout = rollouts.run(policy, ids, mask, [r["answer"] for r in recs], jax.random.fold_in(self.base_key, step))
+            rollouts.release()  # the decoding copy is not needed again until after the update
             out, rewards = rollout.out, rollout.rewards
             tokens, rmask = out.tokens, out.mask
             t1 = time.perf_counter()
