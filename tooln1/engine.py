@@ -139,11 +139,10 @@ class _Running:
 def inference_weights(model, per_layer: bool = False) -> tuple[Any, Any]:
     """(graphdef, state) of ``model``'s decoding copy: float parameters in the compute dtype, laid out for
     decoding (tensor-parallel on a mesh; with ``per_layer``, `tooln1.models.decoder.split_layers`)."""
-    graphdef, state = nnx.split(model)
-    copy = functools.partial(_decoding_copy, graphdef, dtype=jnp.dtype(model.config.dtype), per_layer=per_layer)
+    copy, state = _copier(model, per_layer)
     if model.mesh is None and not per_layer:
         return copy(state)  # shares the arrays where the dtype is already the compute dtype
-    key = (graphdef, model.mesh, jnp.dtype(model.config.dtype), per_layer)
+    key = (copy.args[0], model.mesh, jnp.dtype(model.config.dtype), per_layer)
     if key not in _COPIES:  # one program: eager per-leaf slices took 1.6 s at 0.5B
         out_graphdef, abstract = _abstract_copy(copy, state)
         shardings = None if model.mesh is None else _inference_shardings(abstract, model.mesh)
@@ -153,6 +152,12 @@ def inference_weights(model, per_layer: bool = False) -> tuple[Any, Any]:
 
 
 _COPIES: dict[Any, tuple[Any, Callable]] = {}  # one compiled copy per model structure, mesh, dtype and layout
+
+
+def _copier(model, per_layer: bool) -> tuple[functools.partial, Any]:
+    """``copy(state) -> (graphdef, state)`` of ``model``'s decoding copy, and ``model``'s state."""
+    graphdef, state = nnx.split(model)
+    return functools.partial(_decoding_copy, graphdef, dtype=jnp.dtype(model.config.dtype), per_layer=per_layer), state
 
 
 def _decoding_copy(graphdef, state, dtype, per_layer: bool) -> tuple[Any, Any]:
@@ -194,10 +199,7 @@ class Engine:
         self.stats: dict[str, float] = {}
         if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(nnx.state(model))):
             # an abstract model (tooln1-fit: compile-only devices): the decoding copy's shapes only
-            graphdef, state = nnx.split(model)
-            copy = functools.partial(_decoding_copy, graphdef, dtype=jnp.dtype(model.config.dtype),
-                                     per_layer=config.per_layer(model.config, self.mesh))
-            self.graphdef, abstract = _abstract_copy(copy, state)
+            self.graphdef, abstract = _abstract_copy(*_copier(model, config.per_layer(model.config, self.mesh)))
             shardings = (jax.tree.map(lambda _: None, abstract) if self.mesh is None
                          else _inference_shardings(abstract, self.mesh))
             self.weights = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -209,7 +211,7 @@ class Engine:
     def refresh(self, model) -> float:
         """Take the decoding copy of ``model``'s current parameters; returns the seconds it took."""
         t0 = time.perf_counter()
-        self.weights = None  # a split copy is a second set of weights: drop the old one first
+        self.release()  # a split or cast copy is a second set of weights: drop the old one first
         self.graphdef, self.weights = inference_weights(model, self.config.per_layer(model.config, self.mesh))
         jax.block_until_ready(self.weights)
         return time.perf_counter() - t0

@@ -38,7 +38,7 @@ def _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block:
     """Pure JAX split-K: every (sequence, block of ``pages_per_block`` pages) pair up to that sequence's
     own length is one work item; each loop step reads a fixed number of items and merges their partial
     softmaxes into their sequences'. A short sequence beside a long one costs its own blocks only (a loop
-    over blocks up to the longest length read 1.5x as many pages on API-Bank prompts; 110 -> 72 ms a
+    over blocks up to the longest length read 1.5x as many pages on API-Bank prompts; 110 -> 75 ms a
     SmolLM2 decode step's attention, 8 slots).
 
     With ``layer``, the pools are every layer's and each block gathers straight from them: slicing
