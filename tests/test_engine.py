@@ -21,10 +21,14 @@ FIVE_SLOTS = EngineConfig(num_slots=5, page_size=8, prefill_chunk=16, steps_per_
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    path = make_tiny_checkpoint(str(tmp_path_factory.mktemp("engine") / "tiny"), nonzero_biases=True, init_std=0.3,
+def checkpoint(tmp_path_factory):
+    return make_tiny_checkpoint(str(tmp_path_factory.mktemp("engine") / "tiny"), nonzero_biases=True, init_std=0.3,
                                 seed=3)
-    return load_model(path, dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return load_model(checkpoint, dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +98,26 @@ def test_weights_split_per_layer_sample_the_same(model, prompts, sampling, one_s
         for g in range(G):
             np.testing.assert_array_equal(results[i][g].tokens, one_slot[i][g].tokens, err_msg=f"prompt {i} sample {g}")
             np.testing.assert_allclose(results[i][g].logprobs, one_slot[i][g].logprobs, atol=1e-4, rtol=0)
+
+
+def test_bf16_cpu_copy_samples_what_the_stacked_bf16_copy_samples(checkpoint, prompts, sampling):
+    """16-bit decoding on a CPU: per-layer weights, embedding rows gathered from a float32 table, an
+    untied [D, V] head, float32 KV pages and no one-row decode width; it samples what the plain stacked
+    bf16 copy (tied head, bf16 gather) samples."""
+    model = load_model(checkpoint, dtype="bfloat16")
+    assert FIVE_SLOTS.per_layer(model.config, None)  # "auto" splits any 16-bit model on a CPU
+    engine = Engine(model, FIVE_SLOTS)
+    assert engine.kv_dtype == np.float32 and engine.narrowest == 2
+    assert engine.weights["embed"][...].dtype == np.float32 and engine.weights["lm_head"][...].dtype == jax.numpy.bfloat16
+    np.testing.assert_array_equal(np.asarray(engine.weights["lm_head"][...]).T, np.asarray(model.embed[...]))
+    stacked = Engine(model, dataclasses.replace(FIVE_SLOTS, layer_layout="stacked"))
+    assert "lm_head" not in stacked.weights and 1 not in stacked.widths(stacked.shape(sampling, 15, 23))
+    ours, _ = engine.generate(prompts, sampling, jax.random.key(5), max_prompt_len=max(LENGTHS))
+    ref, _ = stacked.generate(prompts, sampling, jax.random.key(5), max_prompt_len=max(LENGTHS))
+    for i in range(len(prompts)):
+        for g in range(G):
+            np.testing.assert_array_equal(ours[i][g].tokens, ref[i][g].tokens, err_msg=f"prompt {i} sample {g}")
+            np.testing.assert_allclose(ours[i][g].logprobs, ref[i][g].logprobs, atol=0.1, rtol=0)  # bf16 rounding
 
 
 def test_freed_pages_are_never_read_by_their_next_owner(model, prompts, sampling, one_slot):

@@ -49,7 +49,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from tooln1.engine_round import Admit, Chunk, Shape, empty_slots, run_round
-from tooln1.models.decoder import split_layers
+from tooln1.models.decoder import float32_lookup, split_layers
 from tooln1.sharding import LOGICAL_RULES, logical_to_spec, platform
 
 # Decoding layout: tensor-parallel where the tensor axis divides, replicated over the batch axes.
@@ -90,8 +90,10 @@ class EngineConfig:
         """Whether the decoding copy is split per layer, for a model on ``mesh`` (None: the default device)."""
         if self.layer_layout != "auto":
             return self.layer_layout == "per_layer"
-        kernel = model_config.hidden_size * model_config.intermediate_size * jnp.dtype(model_config.dtype).itemsize
-        return platform(mesh) == "cpu" and kernel >= PER_LAYER_MIN_KERNEL_BYTES
+        itemsize = jnp.dtype(model_config.dtype).itemsize
+        kernel = model_config.hidden_size * model_config.intermediate_size * itemsize
+        # 16-bit: under the layer scan XLA:CPU also widens every layer's bf16 stack to float32 each round
+        return platform(mesh) == "cpu" and (kernel >= PER_LAYER_MIN_KERNEL_BYTES or itemsize == 2)
 
 
 class Completion(NamedTuple):
@@ -162,7 +164,11 @@ def _copier(model, per_layer: bool) -> tuple[functools.partial, Any]:
 
 def _decoding_copy(graphdef, state, dtype, per_layer: bool) -> tuple[Any, Any]:
     model = nnx.merge(graphdef, jax.tree.map(lambda x: _cast(x, dtype), state))
-    return nnx.split(split_layers(model) if per_layer else model)
+    if per_layer:  # the CPU layout
+        model = split_layers(model)
+        if dtype.itemsize == 2:
+            model = float32_lookup(model, nnx.merge(graphdef, state)._embedding())
+    return nnx.split(model)
 
 
 def _abstract_copy(copy: Callable, state) -> tuple[Any, Any]:
@@ -196,6 +202,12 @@ class Engine:
 
     def __init__(self, model, config: EngineConfig = EngineConfig()):
         self.config, self.mesh, self.model_config = config, model.mesh, model.config
+        # KV pages in the compute dtype, but float32 on a CPU: XLA:CPU widens a bf16 scatter's whole
+        # operand to float32 and back, so each KV write of a bf16 pool was a pass over every layer's pages
+        cpu = platform(self.mesh) == "cpu"
+        self.kv_dtype = jnp.dtype(jnp.float32 if cpu else model.config.dtype)
+        # XLA:CPU runs a one-row bf16 matmul on a slow path (the 0.5B head: 126 ms against 16 ms at two rows)
+        self.narrowest = 2 if cpu and jnp.dtype(model.config.dtype).itemsize == 2 else 1
         self.stats: dict[str, float] = {}
         if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(nnx.state(model))):
             # an abstract model (tooln1-fit: compile-only devices): the decoding copy's shapes only
@@ -224,7 +236,7 @@ class Engine:
     # -- shapes and placement ------------------------------------------------------------------
     def _page_bytes(self) -> int:
         c = self.model_config
-        return 2 * c.num_layers * c.num_kv_heads * c.head_dim * self.config.page_size * jnp.dtype(c.dtype).itemsize
+        return 2 * c.num_layers * c.num_kv_heads * c.head_dim * self.config.page_size * self.kv_dtype.itemsize
 
     def shape(self, sampling, samples: int, max_prompt_len: int) -> Shape:
         cfg = self.config
@@ -233,8 +245,8 @@ class Engine:
         if not slots and cfg.kv_memory_bytes:
             slots = max(1, cfg.kv_memory_bytes // (self._page_bytes() * (m + 2)))
         if not slots:  # a power of two up to 8, then a multiple of 8: few programs, few idle slots
-            slots = min(1 << max(samples - 1, 0).bit_length() if samples <= 8 else -(-samples // 8) * 8,
-                        cfg.max_slots)
+            slots = min(max(1 << max(samples - 1, 0).bit_length() if samples <= 8 else -(-samples // 8) * 8,
+                            self.narrowest), cfg.max_slots)
         eos = () if sampling.ignore_eos else tuple(sampling.eos_ids)
         return Shape(slots=int(slots), pages_per_seq=m, num_pages=1 + slots * (m + 1) + m, page_size=cfg.page_size,
                      chunk=cfg.prefill_chunk, steps=cfg.steps_per_round, greedy=sampling.greedy,
@@ -255,7 +267,7 @@ class Engine:
     def _init_state(self, shape: Shape, key_shape):
         c = self.model_config
         pool = (c.num_layers, c.num_kv_heads, shape.num_pages, shape.page_size, c.head_dim)
-        make_pool = lambda: jnp.zeros(pool, jnp.dtype(c.dtype))  # noqa: E731
+        make_pool = lambda: jnp.zeros(pool, self.kv_dtype)  # noqa: E731
         make_slots = lambda: empty_slots(shape, key_shape)  # noqa: E731
         if self.mesh is None:
             return (make_pool(), make_pool()), make_slots()
@@ -267,6 +279,8 @@ class Engine:
     def widths(self, shape: Shape) -> list[int]:
         """The decode widths rounds compile for, widest first: all slots, then halving powers of two."""
         below = [1 << k for k in range(max(shape.slots - 1, 0).bit_length() - 1, -1, -1)]
+        if self.narrowest > 1:
+            below = [w for w in below if w >= self.narrowest]
         return [shape.slots] + below[:self.config.decode_widths - 1]
 
     def _args(self, pools, slots, chunk: "_ChunkBuilder", admit: "_admissions", perm, seed, temperature, top_p,
@@ -288,7 +302,7 @@ class Engine:
         pool = (c.num_layers, c.num_kv_heads, shape.num_pages, shape.page_size, c.head_dim)
         pool_sharding = None if self.mesh is None else NamedSharding(
             self.mesh, logical_to_spec(("layers", "kv_heads", None, None, "head_dim"), pool, self.mesh))
-        pools = (jax.ShapeDtypeStruct(pool, jnp.dtype(c.dtype), sharding=pool_sharding),) * 2
+        pools = (jax.ShapeDtypeStruct(pool, self.kv_dtype, sharding=pool_sharding),) * 2
         slots = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
                              jax.eval_shape(lambda: empty_slots(shape, seed_data.shape)))
         return run_round.lower(

@@ -39,8 +39,9 @@ RANDOM_CKPT = "/tmp/tooln1_bench_rollout_ckpt"
 SMOLLM2_CKPT = "/tmp/tooln1_bench_smollm2"
 
 
-def _markers(workload: str) -> tuple[str, str]:
-    return f"<!-- rollout-{workload}:begin -->", f"<!-- rollout-{workload}:end -->"
+def _markers(workload: str, dtype: str) -> tuple[str, str]:
+    name = workload if dtype == "float32" else f"{workload}-{dtype}"
+    return f"<!-- rollout-{name}:begin -->", f"<!-- rollout-{name}:end -->"
 
 
 def _smollm2(ckpt: str) -> str:
@@ -100,7 +101,7 @@ def _count(rows, eos) -> int:
     return n
 
 
-def run_ours(workload, ckpt, prompts, eos):
+def run_ours(workload, ckpt, prompts, eos, dtype):
     import jax
 
     from tooln1.engine import Engine, EngineConfig
@@ -108,7 +109,7 @@ def run_ours(workload, ckpt, prompts, eos):
     from tooln1.sampling import SamplingConfig
 
     w = WORKLOADS[workload]
-    model = load_model(ckpt, dtype="float32")
+    model = load_model(ckpt, dtype=dtype)
     engine = Engine(model, EngineConfig(num_slots=min(32, len(prompts) * w["group"])))
     cfg = SamplingConfig(num_samples=w["group"], max_new_tokens=w["cap"], temperature=0.0 if w["greedy"] else 1.0,
                          eos_ids=tuple(eos))
@@ -122,13 +123,13 @@ def run_ours(workload, ckpt, prompts, eos):
     return wall, sum(len(c.tokens) for group in results for c in group), dict(engine.stats, first_run_s=first)
 
 
-def run_hf(workload, ckpt, prompts, eos, batch: bool):
+def run_hf(workload, ckpt, prompts, eos, dtype, batch: bool):
     import torch
     import transformers
 
     torch.manual_seed(0)
     w = WORKLOADS[workload]
-    model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=getattr(torch, dtype)).eval()
     g, cap = w["group"], w["cap"]
     sampled = {} if w["greedy"] else dict(temperature=1.0, top_k=0, top_p=1.0)
     gen = transformers.GenerationConfig(do_sample=not w["greedy"], eos_token_id=eos, pad_token_id=eos[0],
@@ -157,11 +158,11 @@ def run_hf(workload, ckpt, prompts, eos, batch: bool):
 SYSTEMS = ("tooln1 engine", "HF generate", "HF generate_batch")
 
 
-def child(workload, system, ckpt):
+def child(workload, system, ckpt, dtype):
     ckpt, prompts, eos = _setup(workload, ckpt)
-    fn = {"tooln1 engine": lambda: run_ours(workload, ckpt, prompts, eos),
-          "HF generate": lambda: run_hf(workload, ckpt, prompts, eos, False),
-          "HF generate_batch": lambda: run_hf(workload, ckpt, prompts, eos, True)}[system]
+    fn = {"tooln1 engine": lambda: run_ours(workload, ckpt, prompts, eos, dtype),
+          "HF generate": lambda: run_hf(workload, ckpt, prompts, eos, dtype, False),
+          "HF generate_batch": lambda: run_hf(workload, ckpt, prompts, eos, dtype, True)}[system]
     wall, tokens, stats = fn()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT" + json.dumps(dict(system=system, wall_s=wall, tokens=tokens, tok_s=tokens / wall,
@@ -178,12 +179,13 @@ def _describe(workload, prompts) -> str:
             "Qwen2, near-uniform next-token probabilities, temperature 1")
 
 
-def run_workload(workload, ckpt, systems) -> str:
+def run_workload(workload, ckpt, systems, dtype) -> str:
     ckpt, prompts, _ = _setup(workload, ckpt)
     load = os.getloadavg()
     rows = []
     for system in systems:
-        res = subprocess.run([sys.executable, __file__, "--child", system, "--workload", workload, "--ckpt", ckpt],
+        res = subprocess.run([sys.executable, __file__, "--child", system, "--workload", workload, "--ckpt", ckpt,
+                              "--dtype", dtype],
                              capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
         line = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT")]
         if not line:
@@ -194,10 +196,11 @@ def run_workload(workload, ckpt, systems) -> str:
         print(rows[-1], flush=True)
     load_after = os.getloadavg()
     best_hf = max((r["tok_s"] for r in rows if "tok_s" in r and r["system"] != "tooln1 engine"), default=None)
-    begin, end = _markers(workload)
-    lines = [begin, f"### Rollouts, `{workload}` workload", "",
-             f"`nice python tools/bench_rollout.py --workload {workload} --out docs/benchmarks.md` — "
-             f"{_describe(workload, prompts)}; float32, CPU, one run; load average {load[0]:.1f} before / "
+    begin, end = _markers(workload, dtype)
+    flag = "" if dtype == "float32" else f" --dtype {dtype}"
+    lines = [begin, f"### Rollouts, `{workload}` workload, {dtype}", "",
+             f"`nice python tools/bench_rollout.py --workload {workload}{flag} --out docs/benchmarks.md` — "
+             f"{_describe(workload, prompts)}; every system in {dtype}, CPU, one run; load average {load[0]:.1f} before / "
              f"{load_after[0]:.1f} after.", "",
              "| system | response tokens | wall s | response tok/s | ÷ best HF | peak RSS MB |",
              "|---|---|---|---|---|---|"]
@@ -227,16 +230,18 @@ def main():
     ap.add_argument("--ckpt", default=None, help="checkpoint (default: the workload's)")
     ap.add_argument("--smollm2", default=None, help="SmolLM2 HF checkpoint for the apibank workload")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="weights and compute dtype of every system")
     ap.add_argument("--child", default=None)
     args = ap.parse_args()
     if args.child:
-        return child(args.workload, args.child, args.ckpt)
+        return child(args.workload, args.child, args.ckpt, args.dtype)
     for workload in (list(WORKLOADS) if args.workload == "all" else [args.workload]):
         ckpt = args.smollm2 if workload == "apibank" else args.ckpt
-        text = run_workload(workload, ckpt, [s.strip() for s in args.systems.split(",")])
+        text = run_workload(workload, ckpt, [s.strip() for s in args.systems.split(",")], args.dtype)
         print(text)
         if args.out:
-            begin, end = _markers(workload)
+            begin, end = _markers(workload, args.dtype)
             old = open(args.out).read() if os.path.exists(args.out) else ""
             if begin in old:
                 new = old[:old.index(begin)] + text + old[old.index(end) + len(end):]

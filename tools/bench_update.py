@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import time
 
@@ -62,15 +63,18 @@ def main() -> None:
     state, metrics = updater.step(state, batch)
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - start
-    times = []
+    times, faults = [], []
     for _ in range(args.iters):
+        faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
         state, metrics = updater.step(state, batch)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
     print(json.dumps(dict(shape=args.shape, layers=config.num_layers, rows=n, prompt_len=p, response_len=r,
                           share_prompt=args.share_prompt, first_step_s=round(compile_s, 2),
-                          step_s_median=round(statistics.median(times), 4), step_s_min=round(min(times), 4))))
+                          step_s_median=round(statistics.median(times), 4), step_s_min=round(min(times), 4),
+                          page_faults_per_step=int(statistics.median(faults)))))
 
 
 if __name__ == "__main__":

@@ -66,6 +66,16 @@ def _rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
 
 
+def _contract(spec: str, x: jax.Array, w: jax.Array, dtype, f32_out: bool) -> jax.Array:
+    """``einsum`` in the compute dtype; with ``f32_out`` (the CPU decoding copy, `split_layers`) it asks
+    for a float32 product and casts it: XLA:CPU runs bf16 x bf16 -> f32 on the CPU's bf16 units (AMX /
+    AVX512-BF16: 2-5x a float32 matmul at 2-512 rows) but bf16 -> bf16 on a slow path (10x slower).
+    Training keeps bf16 products: float32 ones pushed the 7B TPU update past 32 GiB."""
+    if not f32_out:
+        return jnp.einsum(spec, x, w)
+    return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32).astype(dtype)
+
+
 def _param(rngs: nnx.Rngs | None, shape, dtype, axes, init: str = "normal", layers: int | None = None) -> nnx.Param:
     """A parameter annotated with logical axes; ``layers`` stacks one per layer on a leading axis."""
     if layers is not None:
@@ -106,9 +116,10 @@ class Attention(nnx.Module):
             self.v_bias = param(None, (c.num_kv_heads, c.head_dim), axes=("kv_heads", "head_dim"))
         self.qkv_bias = c.qkv_bias
         self.dtype = jnp.dtype(c.dtype)
+        self.f32_out = False  # float32 matmul products (the CPU decoding copy, `split_layers`)
 
     def _project(self, x, kernel, bias):
-        y = jnp.einsum("btd,dhk->bthk", x, kernel[...].astype(self.dtype))
+        y = _contract("btd,dhk->bthk", x, kernel[...].astype(self.dtype), self.dtype, self.f32_out)
         return y + bias[...].astype(self.dtype) if self.qkv_bias else y
 
     def qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mesh: Mesh | None):
@@ -120,7 +131,7 @@ class Attention(nnx.Module):
 
     def output(self, attended: jax.Array) -> jax.Array:
         """Output projection of the attended values [B, T, heads, D]."""
-        return jnp.einsum("bthk,hkd->btd", attended, self.o_kernel[...].astype(self.dtype))
+        return _contract("bthk,hkd->btd", attended, self.o_kernel[...].astype(self.dtype), self.dtype, self.f32_out)
 
 
 @jax.custom_vjp
@@ -159,7 +170,8 @@ class MLP(nnx.Module):
     def _matmul(self, rows: jax.Array, kernel: nnx.Param) -> jax.Array:
         w = kernel[...].astype(self.dtype)
         # out-major as (w @ rows.T).T: XLA:CPU's rows @ w.T takes a slow path for one row (7x slower)
-        return (w @ rows.T).T if self.out_major else rows @ w
+        return (_contract("oi,ri->or", w, rows, self.dtype, True).T if self.out_major
+                else _contract("ri,io->ro", rows, w, self.dtype, False))
 
     def __call__(self, x: jax.Array, mesh: Mesh | None) -> jax.Array:
         # The matmuls see [B*T, D] rows: with [B, T, D] operands XLA:CPU transposes the weight
@@ -408,9 +420,23 @@ def split_layers(model: CausalLM) -> CausalLM:
             v = getattr(one.mlp, name)
             setattr(one.mlp, name, v.replace(value=v.get_value().T, logical_axes=v.get_metadata()["logical_axes"][::-1]))
         one.mlp.out_major = True
+        one.attention.f32_out = True
         return one
 
     model.layers = nnx.List([block(i) for i in range(model.config.num_layers)])
+    return model
+
+
+def float32_lookup(model: CausalLM, table: jax.Array) -> CausalLM:
+    """Gather embedding rows from the float32 ``table`` and project logits with a separate [D, V] head in
+    the compute dtype; returns ``model``. For 16-bit decoding on a CPU: XLA:CPU widens a bf16 gather's
+    whole table to float32 on every call inside a loop (SmolLM2: ~35 ms a round), and its bf16 matmul
+    wants the head [in, out], so a tied [V, D] table was transposed every round. A decoding copy only."""
+    dtype = jnp.dtype(model.config.dtype)
+    if model.config.tie_word_embeddings:
+        model.lm_head = nnx.Param(table.T.astype(dtype), logical_axes=("embed", "vocab"))
+        model.config = model.config.replace(tie_word_embeddings=False)
+    model.embed = nnx.Param(table.astype(jnp.float32), logical_axes=("vocab", "embed"))
     return model
 
 
