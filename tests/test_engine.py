@@ -102,12 +102,12 @@ def test_weights_split_per_layer_sample_the_same(model, prompts, sampling, one_s
 
 def test_bf16_cpu_copy_samples_what_the_stacked_bf16_copy_samples(checkpoint, prompts, sampling):
     """16-bit decoding on a CPU: per-layer weights, embedding rows gathered from a float32 table, an
-    untied [D, V] head, float32 KV pages and no one-row decode width; it samples what the plain stacked
+    untied [D, V] head, bf16 KV pages stored as uint16 bits and no one-row decode width; it samples what the plain stacked
     bf16 copy (tied head, bf16 gather) samples."""
     model = load_model(checkpoint, dtype="bfloat16")
     assert FIVE_SLOTS.per_layer(model.config, None)  # "auto" splits any 16-bit model on a CPU
     engine = Engine(model, FIVE_SLOTS)
-    assert engine.kv_dtype == np.float32 and engine.narrowest == 2
+    assert engine.kv_dtype == np.uint16 and engine.narrowest == 2  # bf16 KV pages held as their bits
     assert engine.weights["embed"][...].dtype == np.float32 and engine.weights["lm_head"][...].dtype == jax.numpy.bfloat16
     np.testing.assert_array_equal(np.asarray(engine.weights["lm_head"][...]).T, np.asarray(model.embed[...]))
     stacked = Engine(model, dataclasses.replace(FIVE_SLOTS, layer_layout="stacked"))

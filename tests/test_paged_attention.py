@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tooln1.models.attention import attention
-from tooln1.models.paged_attention import gather_pages, ragged_paged_attention, write_pages
+from tooln1.models.paged_attention import BFLOAT16_BITS, gather_pages, pool_dtype, ragged_paged_attention, write_pages
 
 KV, GROUPS, D, PS, M, N = 2, 3, 8, 4, 5, 40
 
@@ -74,3 +74,21 @@ def test_all_layer_pools_with_a_layer_index_read_that_layer():
     one = ragged_paged_attention(q, k_pool, v_pool, lengths, table, backend="jax")
     got = jax.jit(lambda layer: ragged_paged_attention(q, k_all, v_all, lengths, table, backend="jax", layer=layer))(1)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(one))
+
+
+def test_bfloat16_pages_held_as_bits_read_as_bfloat16():
+    """A CPU holds bf16 KV pages as uint16 bits: writes round to bf16, and attention and gathers read
+    exactly the bf16 pool's values."""
+    assert pool_dtype(jnp.bfloat16, cpu=True) == BFLOAT16_BITS and pool_dtype(jnp.bfloat16, cpu=False) == jnp.bfloat16
+    assert pool_dtype(jnp.float16, cpu=True) == jnp.float32 and pool_dtype(jnp.float32, cpu=True) == jnp.float32
+    q, k_pool, v_pool, lengths, table = _setup(3)
+    bits = lambda pool: jax.lax.bitcast_convert_type(jnp.asarray(pool, jnp.bfloat16), BFLOAT16_BITS)  # noqa: E731
+    want = ragged_paged_attention(q, jnp.asarray(k_pool, jnp.bfloat16), jnp.asarray(v_pool, jnp.bfloat16), lengths,
+                                  table, pages_per_block=2, backend="jax")
+    got = ragged_paged_attention(q, bits(k_pool), bits(v_pool), lengths, table, pages_per_block=2, backend="jax")
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    new = jnp.asarray(np.random.RandomState(4).randn(2, KV, D), jnp.float32)
+    pool = jax.jit(write_pages)(jnp.zeros((1, KV, N, PS, D), BFLOAT16_BITS), 0, new, jnp.array([5, 5]), jnp.array([0, 1]))
+    seq = gather_pages(pool, jnp.array([5]), 0)
+    assert seq.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(seq[:2], np.float32), np.asarray(new.astype(jnp.bfloat16), np.float32))

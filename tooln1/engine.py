@@ -50,6 +50,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from tooln1.engine_round import Admit, Chunk, Shape, empty_slots, run_round
 from tooln1.models.decoder import float32_lookup, split_layers
+from tooln1.models.paged_attention import pool_dtype
 from tooln1.sharding import LOGICAL_RULES, logical_to_spec, platform
 
 # Decoding layout: tensor-parallel where the tensor axis divides, replicated over the batch axes.
@@ -202,10 +203,8 @@ class Engine:
 
     def __init__(self, model, config: EngineConfig = EngineConfig()):
         self.config, self.mesh, self.model_config = config, model.mesh, model.config
-        # KV pages in the compute dtype, but float32 on a CPU: XLA:CPU widens a bf16 scatter's whole
-        # operand to float32 and back, so each KV write of a bf16 pool was a pass over every layer's pages
         cpu = platform(self.mesh) == "cpu"
-        self.kv_dtype = jnp.dtype(jnp.float32 if cpu else model.config.dtype)
+        self.kv_dtype = pool_dtype(model.config.dtype, cpu)  # the compute dtype; bf16 as its bits on a CPU
         # XLA:CPU runs a one-row bf16 matmul on a slow path (the 0.5B head: 126 ms against 16 ms at two rows)
         self.narrowest = 2 if cpu and jnp.dtype(model.config.dtype).itemsize == 2 else 1
         self.stats: dict[str, float] = {}
