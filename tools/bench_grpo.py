@@ -164,7 +164,7 @@ def run_ours(args) -> dict:
     prompt_mask = np.ones_like(prompt_ids)
     answers = [json.dumps(ANSWER)] * (args.prompts * args.group)
 
-    model = tooln1.load_model(args.ckpt, dtype="float32", remat=False)
+    model = tooln1.load_model(args.ckpt, dtype="float32", compute_dtype=args.dtype, remat=False)
     eos = tuple(eos_ids(args.ckpt, tok)) if args.mean_response else (tok.convert_tokens_to_ids("<|im_end|>"),)
     sampling = SamplingConfig(num_samples=args.group, max_new_tokens=args.new_tokens, temperature=args.temperature,
                               top_p=1.0, top_k=0, pad_id=tok.pad_token_id, ignore_eos=not args.mean_response,
@@ -304,7 +304,7 @@ def run_trl(args) -> dict:
         mask_truncated_completions=False,
         learning_rate=1e-6, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, weight_decay=0.01,
         max_grad_norm=1.0, lr_scheduler_type="constant", warmup_steps=0, optim="adamw_torch",
-        max_steps=args.iters + 1, gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=True,
+        max_steps=args.iters + 1, gradient_checkpointing=False, bf16=args.dtype == "bfloat16", fp16=False, use_cpu=True,
         report_to="none", logging_steps=10**6, save_strategy="no", disable_tqdm=True, shuffle_dataset=False,
         dataloader_num_workers=0, seed=0, log_completions=False,
         model_init_kwargs={"dtype": torch.float32},
@@ -336,7 +336,7 @@ def summarise(args, ourses: list[dict], trls: list[dict]) -> dict:
     res = dict(shape=args.shape, prompts=args.prompts, group=args.group, prompt_len=args.prompt_len,
                share_prompt=not args.no_share_prompt, ld_preload=os.environ.get("LD_PRELOAD", ""),
                new_tokens=args.new_tokens, mean_response=args.mean_response, iters=args.iters, beta=args.beta,
-               epsilon=args.epsilon,
+               epsilon=args.epsilon, dtype=args.dtype,
                temperature=args.temperature, loadavg_start=args.loadavg_start, loadavg_end=os.getloadavg())
     if ourses:
         runs = []
@@ -392,6 +392,9 @@ def main(argv=None):
     ap.add_argument("--epsilon", type=float, default=0.2)
     ap.add_argument("--temperature", type=float, default=0.7)
     ap.add_argument("--side", choices=["both", "ours", "trl"], default="both")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="compute dtype of both sides (parameters and Adam stay float32): bfloat16 is "
+                         "TRL's bf16=True autocast and our compute_dtype")
     ap.add_argument("--no-share-prompt", action="store_true",
                     help="ours: score every row's prompt separately (GRPOLoss.group_size=1) instead of once per group")
     ap.add_argument("--matmul-n", type=int, default=2048)
@@ -427,7 +430,7 @@ def main(argv=None):
                "--shape", args.shape, "--prompts", str(args.prompts), "--group", str(args.group),
                "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--iters", str(args.iters), "--mean-response", str(args.mean_response),
                "--beta", str(args.beta), "--epsilon", str(args.epsilon), "--temperature", str(args.temperature),
-               "--matmul-n", str(args.matmul_n), "--threads", threads] + (["--no-share-prompt"] * args.no_share_prompt)
+               "--matmul-n", str(args.matmul_n), "--threads", threads, "--dtype", args.dtype] + (["--no-share-prompt"] * args.no_share_prompt)
         env = dict(os.environ)
         if side == "ours" and threads == "1":
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()

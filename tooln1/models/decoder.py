@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 from tooln1.hf_export import save_pretrained
 from tooln1.models.attention import attention, merge_partial
 from tooln1.models.config import ModelConfig
-from tooln1.sharding import constrain
+from tooln1.sharding import constrain, platform
 
 CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
 
@@ -66,12 +66,12 @@ def _rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
 
 
-def _contract(spec: str, x: jax.Array, w: jax.Array, dtype, f32_out: bool) -> jax.Array:
-    """``einsum`` in the compute dtype; with ``f32_out`` (the CPU decoding copy, `split_layers`) it asks
-    for a float32 product and casts it: XLA:CPU runs bf16 x bf16 -> f32 on the CPU's bf16 units (AMX /
-    AVX512-BF16: 2-5x a float32 matmul at 2-512 rows) but bf16 -> bf16 on a slow path (10x slower).
-    Training keeps bf16 products: float32 ones pushed the 7B TPU update past 32 GiB."""
-    if not f32_out:
+def _contract(spec: str, x: jax.Array, w: jax.Array, dtype, mesh: Mesh | None) -> jax.Array:
+    """``einsum`` in the compute dtype. On a CPU a 16-bit one asks for a float32 product and casts it:
+    XLA:CPU runs bf16 x bf16 -> f32 on the CPU's bf16 units (AMX / AVX512-BF16: 2-5x a float32 matmul
+    at 2-512 rows) but bf16 -> bf16 on a slow path (10x slower). TPUs and GPUs keep bf16 products:
+    float32 ones pushed the 7B TPU update past 32 GiB."""
+    if jnp.dtype(dtype).itemsize == 4 or platform(mesh) != "cpu":
         return jnp.einsum(spec, x, w)
     return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32).astype(dtype)
 
@@ -116,22 +116,21 @@ class Attention(nnx.Module):
             self.v_bias = param(None, (c.num_kv_heads, c.head_dim), axes=("kv_heads", "head_dim"))
         self.qkv_bias = c.qkv_bias
         self.dtype = jnp.dtype(c.dtype)
-        self.f32_out = False  # float32 matmul products (the CPU decoding copy, `split_layers`)
 
-    def _project(self, x, kernel, bias):
-        y = _contract("btd,dhk->bthk", x, kernel[...].astype(self.dtype), self.dtype, self.f32_out)
+    def _project(self, x, kernel, bias, mesh):
+        y = _contract("btd,dhk->bthk", x, kernel[...].astype(self.dtype), self.dtype, mesh)
         return y + bias[...].astype(self.dtype) if self.qkv_bias else y
 
     def qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mesh: Mesh | None):
         """Rotated queries [B, T, heads, D] and keys, plus values [B, T, kv_heads, D]."""
-        q = _rotate(self._project(x, self.q_kernel, getattr(self, "q_bias", None)), cos, sin)
-        k = _rotate(self._project(x, self.k_kernel, getattr(self, "k_bias", None)), cos, sin)
-        v = self._project(x, self.v_kernel, getattr(self, "v_bias", None))
+        q = _rotate(self._project(x, self.q_kernel, getattr(self, "q_bias", None), mesh), cos, sin)
+        k = _rotate(self._project(x, self.k_kernel, getattr(self, "k_bias", None), mesh), cos, sin)
+        v = self._project(x, self.v_kernel, getattr(self, "v_bias", None), mesh)
         return constrain(q, ("batch", "length", "heads", "head_dim"), mesh), k, v
 
-    def output(self, attended: jax.Array) -> jax.Array:
+    def output(self, attended: jax.Array, mesh: Mesh | None) -> jax.Array:
         """Output projection of the attended values [B, T, heads, D]."""
-        return _contract("bthk,hkd->btd", attended, self.o_kernel[...].astype(self.dtype), self.dtype, self.f32_out)
+        return _contract("bthk,hkd->btd", attended, self.o_kernel[...].astype(self.dtype), self.dtype, mesh)
 
 
 @jax.custom_vjp
@@ -167,21 +166,21 @@ class MLP(nnx.Module):
         self.dtype = jnp.dtype(c.dtype)
         self.out_major = False  # kernels stored [out, in] (the decoding copy, `split_layers`)
 
-    def _matmul(self, rows: jax.Array, kernel: nnx.Param) -> jax.Array:
+    def _matmul(self, rows: jax.Array, kernel: nnx.Param, mesh: Mesh | None) -> jax.Array:
         w = kernel[...].astype(self.dtype)
         # out-major as (w @ rows.T).T: XLA:CPU's rows @ w.T takes a slow path for one row (7x slower)
-        return (_contract("oi,ri->or", w, rows, self.dtype, True).T if self.out_major
-                else _contract("ri,io->ro", rows, w, self.dtype, False))
+        return (_contract("oi,ri->or", w, rows, self.dtype, mesh).T if self.out_major
+                else _contract("ri,io->ro", rows, w, self.dtype, mesh))
 
     def __call__(self, x: jax.Array, mesh: Mesh | None) -> jax.Array:
         # The matmuls see [B*T, D] rows: with [B, T, D] operands XLA:CPU transposes the weight
         # gradients through copies (a block's backward 1.5x slower); "length" is never sharded.
         b, t, d = x.shape
         rows = x.reshape(b * t, d)
-        gate = self._matmul(rows, self.gate_kernel).reshape(b, t, -1)
-        up = self._matmul(rows, self.up_kernel).reshape(b, t, -1)
+        gate = self._matmul(rows, self.gate_kernel, mesh).reshape(b, t, -1)
+        up = self._matmul(rows, self.up_kernel, mesh).reshape(b, t, -1)
         hidden = constrain(swiglu(gate, up), ("batch", "length", "mlp"), mesh)
-        return self._matmul(hidden.reshape(b * t, -1), self.down_kernel).reshape(b, t, d)
+        return self._matmul(hidden.reshape(b * t, -1), self.down_kernel, mesh).reshape(b, t, d)
 
 
 class Block(nnx.Module):
@@ -201,7 +200,7 @@ class Block(nnx.Module):
         cache, pages, or None) is threaded through every layer and updated in place at ``layer``."""
         q, k, v = self.attention.qkv(self.input_norm(x), cos, sin, mesh)
         attended, state = attend(q, k, v, state, layer)
-        x = constrain(x + self.attention.output(attended), ("batch", "length", None), mesh)
+        x = constrain(x + self.attention.output(attended, mesh), ("batch", "length", None), mesh)
         x = constrain(x + self.mlp(self.post_attention_norm(x), mesh), ("batch", "length", None), mesh)
         return x, state
 
@@ -420,7 +419,6 @@ def split_layers(model: CausalLM) -> CausalLM:
             v = getattr(one.mlp, name)
             setattr(one.mlp, name, v.replace(value=v.get_value().T, logical_axes=v.get_metadata()["logical_axes"][::-1]))
         one.mlp.out_major = True
-        one.attention.f32_out = True
         return one
 
     model.layers = nnx.List([block(i) for i in range(model.config.num_layers)])
