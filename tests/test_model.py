@@ -1,4 +1,6 @@
 """The decoder against transformers' PyTorch implementation, and its KV cache against itself."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,6 +125,31 @@ def test_bf16_compute_close_to_fp32(tiny_checkpoint):
     ours, theirs = np.abs(a - b)[real].max(), np.abs(a - h)[real].max()
     assert 0 < ours <= 2 * theirs and ours <= 2**-6 * np.abs(a)[real].max()
     assert (a.argmax(-1) == b.argmax(-1))[real].all()
+
+
+def _product_dtypes(model, ids, mask) -> set[str]:
+    """Result dtypes of the forward's weight matmuls: unbatched dot_generals (attention's are batched),
+    less the head's [.., V] logits (float32 by design)."""
+    text = jax.jit(lambda ids, mask: model(ids, mask)).lower(ids, mask).as_text()
+    out = set()
+    for line in text.splitlines():
+        found = re.search(r"stablehlo\.dot_general .*-> tensor<([0-9x]+)x(bf16|f32)>", line)
+        if found and "batching_dims" not in line and not found[1].endswith(f"x{model.config.vocab_size}"):
+            out.add(found[2])
+    return out
+
+
+def test_16_bit_matmul_products_are_float32_on_cpu_only(tiny_checkpoint, monkeypatch):
+    """XLA:CPU runs bf16 x bf16 -> f32 on its bf16 units and bf16 -> bf16 on a slow path, so CPU
+    programs ask for float32 products; TPU and GPU programs keep bf16 ones (7B update memory)."""
+    from tooln1.models import decoder
+
+    bf16 = tooln1.load_model(tiny_checkpoint, dtype="float32", compute_dtype="bfloat16")
+    ids, mask, _ = _batch(bf16.config.vocab_size)
+    assert _product_dtypes(bf16, ids, mask) == {"f32"}
+    monkeypatch.setattr(decoder, "platform", lambda mesh: "tpu")
+    jax.clear_caches()  # the layer scan's body trace is cached across lowerings
+    assert _product_dtypes(bf16, ids, mask) == {"bf16"}
 
 
 def test_remat_gives_same_logits_and_gradients(tiny_checkpoint):
