@@ -54,13 +54,13 @@ def test_slots_past_the_length_and_other_pages_are_never_read():
 
 
 def test_write_then_gather_roundtrip():
-    pool = jnp.zeros((3, KV, N, PS, D))
+    pool = jnp.zeros((KV, 3, N, PS, D))  # every layer's
     new = jnp.arange(5 * KV * D, dtype=jnp.float32).reshape(5, KV, D)
     pages, offsets = jnp.array([7, 7, 3, 9, 9]), jnp.array([0, 1, 3, 2, 3])
     layer = jnp.asarray(2)  # traced-style index
     pool = jax.jit(write_pages)(pool, layer, new, pages, offsets)
-    assert float(jnp.abs(pool[:2]).sum()) == 0.0
-    seq = gather_pages(pool[2], jnp.array([7, 3]))  # [2*PS, KV, D]
+    assert float(jnp.abs(pool[:, :2]).sum()) == 0.0
+    seq = gather_pages(pool[:, 2], jnp.array([7, 3]))  # [2*PS, KV, D]
     np.testing.assert_array_equal(np.asarray(seq[0]), np.asarray(new[0]))
     np.testing.assert_array_equal(np.asarray(seq[1]), np.asarray(new[1]))
     np.testing.assert_array_equal(np.asarray(seq[PS + 3]), np.asarray(new[2]))
@@ -70,7 +70,7 @@ def test_write_then_gather_roundtrip():
 
 def test_all_layer_pools_with_a_layer_index_read_that_layer():
     q, k_pool, v_pool, lengths, table = _setup(2)
-    k_all, v_all = np.stack([k_pool * 0.5, k_pool]), np.stack([-v_pool, v_pool])
+    k_all, v_all = np.stack([k_pool * 0.5, k_pool], axis=1), np.stack([-v_pool, v_pool], axis=1)  # [KV, L, N, PS, D]
     one = ragged_paged_attention(q, k_pool, v_pool, lengths, table, backend="jax")
     got = jax.jit(lambda layer: ragged_paged_attention(q, k_all, v_all, lengths, table, backend="jax", layer=layer))(1)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(one))
@@ -88,7 +88,39 @@ def test_bfloat16_pages_held_as_bits_read_as_bfloat16():
     got = ragged_paged_attention(q, bits(k_pool), bits(v_pool), lengths, table, pages_per_block=2, backend="jax")
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     new = jnp.asarray(np.random.RandomState(4).randn(2, KV, D), jnp.float32)
-    pool = jax.jit(write_pages)(jnp.zeros((1, KV, N, PS, D), BFLOAT16_BITS), 0, new, jnp.array([5, 5]), jnp.array([0, 1]))
+    pool = jax.jit(write_pages)(jnp.zeros((KV, 1, N, PS, D), BFLOAT16_BITS), 0, new, jnp.array([5, 5]), jnp.array([0, 1]))
     seq = gather_pages(pool, jnp.array([5]), 0)
     assert seq.dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(seq[:2], np.float32), np.asarray(new.astype(jnp.bfloat16), np.float32))
+
+
+@pytest.mark.parametrize("mesh_shape", [{"data": 2, "fsdp": 2, "tensor": 2}, {"fsdp": 2, "tensor": 4}])
+def test_kernel_path_runs_per_device_shard(monkeypatch, mesh_shape):
+    """The engine's batch shards (each its own pool, pages numbered within it): the kernel path runs on
+    each device's shard under shard_map (kv heads split with their query heads when the tensor axis
+    divides them) on every layer's pages as one pool (layer l's page p at l * N + p), the pure-JAX path
+    vmaps over the shards; both give every shard's own attention. The TPU kernel is stood in for by the
+    pure-JAX one (no TPU here)."""
+    from tooln1.models import paged_attention as pa
+    from tooln1.sharding import batch_shards, make_mesh
+
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 devices (tests/conftest.py sets 8 host CPU devices)")
+    mesh = make_mesh(mesh_shape)
+    x = batch_shards(mesh)
+    shards = [_setup(seed) for seed in range(x)]  # per shard: q [S, H, D], pools [KV, N, PS, D], lengths, table
+    q, k, v, lengths, table = (np.stack([s[i] for s in shards]) for i in range(5))
+    layers = lambda pool: np.stack([pool * 0.5, pool], axis=2)  # noqa: E731  [X, KV, L=2, N, PS, D]
+    k, v = layers(k), layers(v)
+    want = [ragged_paged_attention(shards[i][0], k[i], v[i], lengths[i], table[i], backend="jax", layer=1)
+            for i in range(x)]
+    # the kernel's contract: one layer's pools [KV, N, PS, D], a pre-scaled query
+    kernel = lambda q, kp, vp, n, t, pages_per_compute_block: pa._reference_blocks(  # noqa: E731
+        q * q.shape[-1] ** 0.5, kp, vp, n, t, pages_per_compute_block, None)
+    monkeypatch.setattr(pa, "_tpu_kernel", lambda: kernel)
+    for backend in ("jax", "pallas"):
+        got = jax.jit(lambda *a: pa.sharded_paged_attention(*a, layer=1, mesh=mesh, backend=backend))(
+            q, k, v, lengths, table)
+        for i in range(x):
+            np.testing.assert_allclose(np.asarray(got[i]), np.asarray(want[i]), atol=1e-5, rtol=1e-5,
+                                       err_msg=f"{backend} shard {i}")

@@ -47,3 +47,27 @@ def test_sharded_equals_single_device(tmp_path):
     gate = Engine(model, per_layer.engine).weights["layers"][0]["mlp"]["gate_kernel"][...]
     assert gate.shape == model.layers.mlp.gate_kernel[...].shape[:0:-1]
     assert gate.sharding.spec[0] == "tensor", gate.sharding.spec
+
+
+def test_each_batch_shard_decodes_its_own_slots_from_its_own_pages(tmp_path):
+    """On data 2 x fsdp 2 x tensor 2 the engine has 4 batch shards: each device holds its shard's pages
+    (kv heads split over tensor), nothing pool-sized crosses devices, and top-k sampling runs on each
+    shard's own rows (XLA gathered every shard's logits for top_k)."""
+    import re
+
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 devices (tests/conftest.py sets 8 host CPU devices)")
+    path = make_tiny_checkpoint(str(tmp_path / "tiny"), nonzero_biases=True, init_std=0.3, seed=2)
+    model = load_model(path, dtype="float32", mesh=make_mesh(MESHES["data2_fsdp2_tensor2"]))
+    cfg = SamplingConfig(num_samples=3, max_new_tokens=12, temperature=0.9, top_k=50, eos_ids=(0,))
+    engine = Engine(model, EngineConfig(page_size=8, prefill_chunk=16))
+    shape = engine.shape(cfg, 10 * 3, 40)
+    assert (shape.shards, shape.slots) == (4, 8)  # 30 samples over 4 shards: 8 slots each
+    pools, _ = engine._init_state(shape, (2,))
+    assert pools[0].shape == (4, 2, 2, shape.num_pages, 8, 16)  # [X, KV, L, N, page_size, D]
+    assert pools[0].sharding.shard_shape(pools[0].shape) == (1, 1, 2, shape.num_pages, 8, 16)
+    for program in ("round", "prefill"):
+        text = engine.lower(cfg, 10 * 3, 40, program=program).compile().as_text()
+        collectives = re.findall(r"= \w+\[([\d,]*)\][^ ]* (?:all-gather|all-reduce|all-to-all|collective-permute)", text)
+        shapes = [tuple(int(d) for d in dims.split(",") if d) for dims in collectives]
+        assert collectives and not [s for s in shapes if shape.num_pages in s or (32, 3000) == s[:2]], (program, shapes)

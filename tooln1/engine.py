@@ -1,15 +1,20 @@
 """The rollout engine: continuous batching over a paged KV cache with shared prompt pages.
 
 Behind GRPO rollouts, validation, ``tooln1-eval`` and `tooln1.generate` (via `tooln1.sampling`).
-The device runs *rounds* (`tooln1.engine_round.run_round`: one prefill chunk, slot admissions, up
-to ``steps_per_round`` decode steps of a fixed number of slots); this host loop decides what each
-round does:
+The device runs *rounds* (`tooln1.engine_round`: a prefill chunk when there is one, then slot
+admissions and up to ``steps_per_round`` decode steps of a fixed number of slots); this host loop
+decides what each round does:
 
-* **Slots.** ``num_slots`` decode slots (or as many as ``kv_memory_bytes`` of KV pages allow). A
-  sample ends at EOS or its length cap and its slot takes the next pending sample, so a rollout of
-  any size streams through the same memory and the same few compiled programs. Live slots are kept
-  in front, and once fewer than half are live (the long tail, when nothing is pending) the round
-  decodes only the front half, quarter, ... (``decode_widths`` compiled widths).
+* **Batch shards.** On a mesh every batch shard (data x fsdp) has its own slots and its own page pool
+  on its own devices (`_Shard`): a shard takes the rollout's next prompt when its slots want samples,
+  and that prompt's G samples decode there. Device memory per slot is that of one shard's pages, so a
+  mesh of X batch shards decodes X times the slots of one device in the same memory per device.
+* **Slots.** Up to ``num_slots`` decode slots per shard (or as many as ``kv_memory_bytes`` of KV
+  pages allow), fewer when its share of the samples needs fewer. A sample ends at EOS or its length
+  cap and its slot takes the next pending sample, so a rollout of any size streams through the same
+  memory and the same few compiled programs. Live slots are kept in front, and once fewer than half
+  are live in every shard (the long tail, when nothing is pending) the round decodes only the front
+  half, quarter, ... (``decode_widths`` compiled widths).
 * **Prefill.** A round that prefills a chunk decodes one step only, so decoding slots ride along
   with the prompt work and new prompts reach their slots without waiting ``steps_per_round`` steps.
 * **Pages.** A page pool with a page table per slot. A prompt (minus its last token) is prefilled
@@ -24,13 +29,15 @@ round does:
   for any slot count, page size, chunk size or prompt order (up to float rounding of different
   batch shapes).
 * **Weights.** Decoding reads `inference_weights`: the parameters cast to the compute dtype and laid
-  out tensor-parallel (replicated over the batch axes), on a CPU also split per layer with the MLP
-  kernels [out, in] (``layer_layout``), refreshed by `Engine.refresh` after an update.
+  out tensor-parallel (replicated over the batch axes, where each shard decodes its own slots), on a
+  CPU also split per layer with the MLP kernels [out, in] (``layer_layout``), refreshed by
+  `Engine.refresh` after an update.
 * **Host overlap.** ``on_group(prompt_index, completions)`` runs on a worker thread as each prompt's
   G samples finish (a bounded queue), while the device keeps decoding.
 
 Several processes: every process passes the same global prompt list (`tooln1.sampling` gathers
-them) and runs the same schedule, so the device programs match; results are replicated.
+them) and runs the same schedule for every shard, so the device programs match; the tokens each
+round returns are replicated.
 """
 from __future__ import annotations
 
@@ -38,7 +45,7 @@ import dataclasses
 import functools
 import hashlib
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -48,10 +55,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from tooln1.engine_round import Admit, Chunk, Shape, empty_slots, run_round
+from tooln1.engine_round import (Admit, Chunk, Shape, empty_slots, pool_sharding, run_prefill, run_round,
+                                 shard_sharding)
 from tooln1.models.decoder import float32_lookup, split_layers
 from tooln1.models.paged_attention import pool_dtype
-from tooln1.sharding import LOGICAL_RULES, logical_to_spec, platform
+from tooln1.sharding import LOGICAL_RULES, batch_shards, logical_to_spec, platform
 
 # Decoding layout: tensor-parallel where the tensor axis divides, replicated over the batch axes.
 INFERENCE_RULES = tuple((name, None if name == "embed" else axes) for name, axes in LOGICAL_RULES)
@@ -66,11 +74,13 @@ PER_LAYER_MIN_KERNEL_BYTES = 8 << 20
 class EngineConfig:
     """How the engine uses memory. Hashable (part of `tooln1.sampling.SamplingConfig`)."""
 
-    num_slots: int = 0  # decode slots; 0 = from kv_memory_bytes, else the samples (rounded up) up to max_slots
-    kv_memory_bytes: int = 0  # per-device KV page budget that sizes the slots when num_slots is 0
+    # Decode slots per batch shard: its share of the samples rounded up, at most num_slots (0: at most what
+    # kv_memory_bytes of pages on a device hold, else max_slots)
+    num_slots: int = 0
+    kv_memory_bytes: int = 0
     max_slots: int = 64
     page_size: int = 16
-    prefill_chunk: int = 512  # prompt tokens per round
+    prefill_chunk: int = 512  # prompt tokens per shard and round
     steps_per_round: int = 16  # decode steps between host scheduling decisions
     decode_widths: int = 4  # compiled decode widths: all slots, then halves (the long tail decodes narrower)
     score_queue: int = 64  # finished groups waiting for on_group before decoding waits
@@ -112,6 +122,7 @@ class _Prompt:
     prefilled: int = 0
     started: int = 0
     done: int = 0
+    completions: list[Completion | None] = dataclasses.field(default_factory=list)  # by sample, as they end
 
     @property
     def prefill_len(self) -> int:  # the last token is each sample's first decode step
@@ -234,28 +245,36 @@ class Engine:
 
     # -- shapes and placement ------------------------------------------------------------------
     def _page_bytes(self) -> int:
-        c = self.model_config
-        return 2 * c.num_layers * c.num_kv_heads * c.head_dim * self.config.page_size * self.kv_dtype.itemsize
+        """Bytes of one KV page (keys and values, every layer) on one device."""
+        c, tensor = self.model_config, 1 if self.mesh is None else self.mesh.shape.get("tensor", 1)
+        kv_heads = c.num_kv_heads // tensor if c.num_kv_heads % tensor == 0 else c.num_kv_heads
+        return 2 * c.num_layers * kv_heads * c.head_dim * self.config.page_size * self.kv_dtype.itemsize
 
     def shape(self, sampling, samples: int, max_prompt_len: int) -> Shape:
+        """The programs' shape for ``samples`` samples of prompts up to ``max_prompt_len`` tokens. Slots per
+        batch shard: the shard's share of the samples rounded up (a power of two up to 8, then a multiple
+        of 8: few programs, few idle slots), at most ``num_slots`` (or what ``kv_memory_bytes`` holds,
+        else ``max_slots``)."""
         cfg = self.config
+        shards = batch_shards(self.mesh)
         m = -(-(max_prompt_len + sampling.max_new_tokens) // cfg.page_size)
-        slots = cfg.num_slots
-        if not slots and cfg.kv_memory_bytes:
-            slots = max(1, cfg.kv_memory_bytes // (self._page_bytes() * (m + 2)))
-        if not slots:  # a power of two up to 8, then a multiple of 8: few programs, few idle slots
-            slots = min(max(1 << max(samples - 1, 0).bit_length() if samples <= 8 else -(-samples // 8) * 8,
-                            self.narrowest), cfg.max_slots)
+        limit = cfg.num_slots or cfg.max_slots
+        if not cfg.num_slots and cfg.kv_memory_bytes:
+            limit = max(1, cfg.kv_memory_bytes // (self._page_bytes() * (m + 2)))
+        share = -(-samples // shards)
+        wanted = max(1 << max(share - 1, 0).bit_length() if share <= 8 else -(-share // 8) * 8, self.narrowest)
+        slots = min(wanted, limit)
         eos = () if sampling.ignore_eos else tuple(sampling.eos_ids)
-        return Shape(slots=int(slots), pages_per_seq=m, num_pages=1 + slots * (m + 1) + m, page_size=cfg.page_size,
-                     chunk=cfg.prefill_chunk, steps=cfg.steps_per_round, greedy=sampling.greedy,
-                     top_k=sampling.top_k, use_top_p=sampling.top_p < 1.0, eos_ids=eos)
+        return Shape(shards=shards, slots=int(slots), pages_per_seq=m, num_pages=1 + slots * (m + 1) + m,
+                     page_size=cfg.page_size, chunk=cfg.prefill_chunk, steps=cfg.steps_per_round,
+                     greedy=sampling.greedy, top_k=sampling.top_k, use_top_p=sampling.top_p < 1.0, eos_ids=eos)
 
-    def _put(self, x):
+    def _put(self, x, per_shard: bool = False):
+        """A host array on the mesh: replicated, or with ``per_shard`` its leading [X] axis on the shards."""
         x = np.asarray(x)
         if self.mesh is None:
             return jnp.asarray(x)
-        sharding = NamedSharding(self.mesh, PartitionSpec())
+        sharding = shard_sharding(self.mesh) if per_shard else NamedSharding(self.mesh, PartitionSpec())
         if self.mesh.is_multi_process:
             return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
         return jax.device_put(x, sharding)
@@ -263,17 +282,18 @@ class Engine:
     def _host(self, x) -> np.ndarray:
         return np.asarray(x if x.is_fully_addressable else x.addressable_data(0))
 
-    def _init_state(self, shape: Shape, key_shape):
+    def _pool_shape(self, shape: Shape) -> tuple[int, ...]:
         c = self.model_config
-        pool = (c.num_layers, c.num_kv_heads, shape.num_pages, shape.page_size, c.head_dim)
+        return shape.shards, c.num_kv_heads, c.num_layers, shape.num_pages, shape.page_size, c.head_dim
+
+    def _init_state(self, shape: Shape, key_shape):
+        pool = self._pool_shape(shape)
         make_pool = lambda: jnp.zeros(pool, self.kv_dtype)  # noqa: E731
         make_slots = lambda: empty_slots(shape, key_shape)  # noqa: E731
         if self.mesh is None:
             return (make_pool(), make_pool()), make_slots()
-        spec = logical_to_spec(("layers", "kv_heads", None, None, "head_dim"), pool, self.mesh)
-        zeros = jax.jit(make_pool, out_shardings=NamedSharding(self.mesh, spec))
-        slots = jax.jit(make_slots, out_shardings=NamedSharding(self.mesh, PartitionSpec()))()
-        return (zeros(), zeros()), slots
+        zeros = jax.jit(make_pool, out_shardings=pool_sharding(self.mesh, pool))
+        return (zeros(), zeros()), jax.jit(make_slots, out_shardings=shard_sharding(self.mesh))()
 
     def widths(self, shape: Shape) -> list[int]:
         """The decode widths rounds compile for, widest first: all slots, then halving powers of two."""
@@ -282,169 +302,243 @@ class Engine:
             below = [w for w in below if w >= self.narrowest]
         return [shape.slots] + below[:self.config.decode_widths - 1]
 
-    def _args(self, pools, slots, chunk: "_ChunkBuilder", admit: "_admissions", perm, seed, temperature, top_p,
-              min_finished: int, max_steps: int, shape: Shape, width: int):
-        return dict(graphdef=self.graphdef, weights=self.weights, pools=pools, slots=slots,
-                    chunk=Chunk(*map(self._put, chunk.arrays())), admit=Admit(*map(self._put, admit.arrays())),
-                    perm=self._put(np.asarray(perm, np.int32)), seed_data=seed, temperature=temperature,
-                    top_p=top_p, min_finished=self._put(np.int32(min_finished)),
-                    max_steps=self._put(np.int32(max_steps)), shape=shape, width=width)
-
-    def lower(self, sampling, samples: int, max_prompt_len: int, seed=None):
-        """The lowered round program `generate` runs for these sizes at its widest (compile it, read its
-        memory). Nothing is placed on devices, so it lowers for compile-only devices and abstract models."""
+    def lower(self, sampling, samples: int, max_prompt_len: int, seed=None, program: str = "round"):
+        """The lowered program `generate` runs for these sizes: the decode ``"round"`` at its widest, or
+        the ``"prefill"`` of a chunk (compile it, read its memory). Nothing is placed on devices, so it
+        lowers for compile-only devices and abstract models."""
+        if program not in ("round", "prefill"):
+            raise ValueError(f"Engine.lower: program {program!r}; expected 'round' or 'prefill'")
         shape = self.shape(sampling, samples, max_prompt_len)
         seed_data = np.asarray(jax.random.key_data(jax.random.key(0) if seed is None else seed))
-        c = self.model_config
         replicated = None if self.mesh is None else NamedSharding(self.mesh, PartitionSpec())
-        host = lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=replicated)  # noqa: E731
-        pool = (c.num_layers, c.num_kv_heads, shape.num_pages, shape.page_size, c.head_dim)
-        pool_sharding = None if self.mesh is None else NamedSharding(
-            self.mesh, logical_to_spec(("layers", "kv_heads", None, None, "head_dim"), pool, self.mesh))
-        pools = (jax.ShapeDtypeStruct(pool, self.kv_dtype, sharding=pool_sharding),) * 2
-        slots = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        shards = shard_sharding(self.mesh)
+        struct = lambda x, sharding: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=sharding)  # noqa: E731
+        pool = self._pool_shape(shape)
+        pools = (jax.ShapeDtypeStruct(pool, self.kv_dtype, sharding=pool_sharding(self.mesh, pool)),) * 2
+        if program == "prefill":
+            chunk = _stack([_ChunkBuilder(shape)] * shape.shards, _ChunkBuilder.arrays)
+            return run_prefill.lower(graphdef=self.graphdef, weights=self.weights, pools=pools,
+                                     chunk=Chunk(*(struct(x, shards) for x in chunk)), shape=shape)
+        slots = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=shards),
                              jax.eval_shape(lambda: empty_slots(shape, seed_data.shape)))
+        admit = _stack([_Admissions(shape)] * shape.shards, _Admissions.arrays)
+        per_shard = np.zeros(shape.shards, np.int32)
         return run_round.lower(
             graphdef=self.graphdef, weights=self.weights, pools=pools, slots=slots,
-            chunk=Chunk(*map(host, _ChunkBuilder(shape).arrays())), admit=Admit(*map(host, _admissions(shape).arrays())),
-            perm=host(np.arange(shape.slots, dtype=np.int32)), seed_data=host(seed_data),
-            temperature=host(np.float32(1)), top_p=host(np.float32(1)), min_finished=host(np.int32(1)),
-            max_steps=host(np.int32(1)), shape=shape, width=shape.slots)
+            admit=Admit(*(struct(x, shards) for x in admit)),
+            perm=struct(np.zeros((shape.shards, shape.slots), np.int32), shards), seed_data=struct(seed_data, replicated),
+            temperature=struct(np.float32(1), replicated), top_p=struct(np.float32(1), replicated),
+            admit_after=struct(per_shard, replicated), narrow_after=struct(per_shard, replicated),
+            max_steps=struct(np.int32(1), replicated), shape=shape, width=shape.slots)
 
     # -- the host loop -------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], sampling, seed, max_prompt_len: int | None = None,
                  on_group: Callable[[int, list[Completion]], Any] | None = None, indices: Sequence[int] | None = None,
-                 poison: Callable[[Any, list[int]], Any] | None = None) -> tuple[list[list[Completion]], list[Any]]:
+                 poison: Callable[[Any, int, list[int]], Any] | None = None) -> tuple[list[list[Completion]], list[Any]]:
         """``sampling.num_samples`` completions of each prompt (token lists, >= 1 token each), and the
         results of ``on_group(i, completions)`` (run on a worker thread as groups finish; [] without it).
 
         ``seed`` is a ``jax.random`` key; ``indices[i]`` (default ``i``) is prompt ``i``'s index in
         the sample keys, so a prompt's samples do not depend on where it sits in the list.
         ``max_prompt_len`` fixes the page-table width (default: the longest prompt). ``poison(pools,
-        pages)`` (tests) may overwrite pages as they are freed or evicted from the prefix cache, and
-        returns the new pools."""
+        shard, pages)`` (tests) may overwrite a shard's pages as they are freed or evicted from its
+        prefix cache, and returns the new pools."""
         if self.weights is None:
             raise RuntimeError("rollout engine: its weights were released; call Engine.refresh(model) first")
         g, r = sampling.num_samples, sampling.max_new_tokens
         indices = range(len(prompts)) if indices is None else indices
-        states = [_Prompt(i, int(k), np.asarray(p, np.int32)) for i, (k, p) in enumerate(zip(indices, prompts))]
-        longest = max(len(s.ids) for s in states)
-        max_prompt_len = max(max_prompt_len or longest, longest)
-        shape = self.shape(sampling, len(states) * g, max_prompt_len)
-        ps, m = shape.page_size, shape.pages_per_seq
+        queue = deque(_Prompt(i, int(k), np.asarray(p, np.int32), completions=[None] * g)
+                      for i, (k, p) in enumerate(zip(indices, prompts)))
+        longest = max(len(p.ids) for p in queue)
+        shape = self.shape(sampling, len(queue) * g, max(max_prompt_len or longest, longest))
         seed_data = np.asarray(jax.random.key_data(seed))
         pools, slots = self._init_state(shape, seed_data.shape)
         seed_dev = self._put(seed_data)
         temperature = self._put(np.float32(1.0 if sampling.greedy else sampling.temperature))
         top_p = self._put(np.float32(sampling.top_p))
-        pages = _PagePool(shape.num_pages)
-        owners: list[_Running | None] = [None] * shape.slots
-        results: list[list[Completion | None]] = [[None] * g for _ in states]
-        prefill_ptr = admit_ptr = 0
+        shards = [_Shard(shape, g, r, self.config.prefix_cache) for _ in range(shape.shards)]
+        results: list[list[Completion]] = [[] for _ in queue]
         scorer = _Scorer(on_group, self.config.score_queue)
         stats = dict(rounds=0, device_s=0.0, prefill_chunks=0, prefill_tokens=0, cached_tokens=0, decode_steps=0,
                      slot_steps=0, width_steps=0)
-        finished_groups = 0
-        t_start = time.perf_counter()
-
-        def private_need(p: _Prompt) -> int:
-            return -(-(p.prefill_len + r) // ps) - p.prefill_len // ps
-
+        unfinished = len(queue)
         widths = self.widths(shape)
-        while finished_groups < len(states):
-            perm = [s for s in range(shape.slots) if owners[s] is not None]  # live slots first
-            perm += [s for s in range(shape.slots) if owners[s] is None]
-            owners = [owners[s] for s in perm]
-            free_slots = [s for s in range(shape.slots) if owners[s] is None]
-            # 1. prefill chunk: only as far as free slots want samples
-            waiting = sum(g - p.started for p in states[admit_ptr:prefill_ptr] if p.ready)
-            demand = len(free_slots) - waiting
-            c = _ChunkBuilder(shape)
-            while prefill_ptr < len(states) and c.room and (demand > 0 or states[prefill_ptr].prefilled):
-                p = states[prefill_ptr]
-                if not p.pages and p.prefill_len:
-                    p.keys = p.page_keys(ps) if self.config.prefix_cache else []
-                    hits = pages.cached(p.keys)
-                    need = -(-p.prefill_len // ps) - len(hits)
-                    if pages.available(excluding=hits) < need + private_need(p):
-                        break
-                    p.pages = pages.hold(hits) + pages.take(need)
-                    p.prefilled = len(hits) * ps
-                    stats["cached_tokens"] += p.prefilled
-                if not c.add(p):
-                    break  # its context does not fit beside the chunk's other prompts' contexts
-                pages.index(p.keys[:p.prefilled // ps], p.pages)
-                if not p.ready:
-                    break
-                prefill_ptr += 1
-                demand -= g
-            # 2. admissions
-            a = _admissions(shape)
-            for s in free_slots:
-                while admit_ptr < len(states) and states[admit_ptr].started == g:
-                    admit_ptr += 1
-                if admit_ptr >= prefill_ptr or pages.available() < private_need(states[admit_ptr]):
-                    break
-                p = states[admit_ptr]
-                own = pages.take(private_need(p))
-                full = p.prefill_len // ps
-                table = (p.pages[:full] + own + [0] * m)[:m]
-                partial = (p.pages[full], own[0]) if p.prefill_len % ps else (0, 0)
-                a.set(s, token=p.ids[-1], pos=p.prefill_len, table=table, copy=partial, prompt=p.key_index,
-                      sample=p.started, budget=r)
-                owners[s] = _Running(p, p.started, own)
-                p.started += 1
-            if poison is not None and pages.evicted:
-                pools, pages.evicted = poison(pools, pages.evicted), []
-            if not c.tokens_added and not a.any and not any(o is not None for o in owners):
+        t_start = time.perf_counter()
+        while unfinished:
+            perm = [shard.compact() for shard in shards]
+            chunks = [shard.fill(_ChunkBuilder(shape), queue) for shard in shards]
+            admits = [shard.admit(_Admissions(shape)) for shard in shards]
+            prefilled = sum(c.tokens_added for c in chunks)
+            if poison is not None:
+                for x, shard in enumerate(shards):
+                    if shard.pages.evicted:
+                        pools, shard.pages.evicted = poison(pools, x, shard.pages.evicted), []
+            occupied = [shard.occupied for shard in shards]
+            if not prefilled and not any(a.any for a in admits) and not any(occupied):
                 raise RuntimeError(f"rollout engine: {shape.num_pages} KV pages cannot hold one more sample "
-                                   f"(page_size {ps}, {m} pages per sample); raise kv_memory_bytes or num_slots")
-            pending = admit_ptr < len(states) and any(p.started < g for p in states[admit_ptr:])
-            occupied = sum(o is not None for o in owners)
-            width = min(w for w in widths if w >= max(occupied, 1))
+                                   f"(page_size {shape.page_size}, {shape.pages_per_seq} pages per sample); raise "
+                                   "kv_memory_bytes or num_slots")
+            width = min(w for w in widths if w >= max(max(occupied), 1))
             narrower = [w for w in widths if w < width]
-            # stop early to admit a pending sample, or once a narrower width holds the live slots
-            min_finished = 1 if pending else (occupied - narrower[0] if narrower else width + 1)
+            # stop early to admit a pending sample, or once a narrower width holds every shard's live slots
+            pending = [shard.pending(queue) for shard in shards]
+            never = width + 1
+            admit_after = [1 if p else never for p in pending]
+            narrow_after = ([max(n - narrower[0], 0) for n in occupied] if narrower and not any(pending)
+                            else [never] * len(shards))
             t0 = time.perf_counter()
-            pools, slots, tok, lp, live = run_round(**self._args(
-                pools, slots, c, a, perm, seed_dev, temperature, top_p, min_finished,
-                1 if c.tokens_added else shape.steps, shape, width))
-            tok, lp, live, active = (self._host(x) for x in (tok, lp, live, slots.active))
+            if prefilled:
+                chunk = Chunk(*(self._put(x, per_shard=True) for x in _stack(chunks, _ChunkBuilder.arrays)))
+                pools = run_prefill(graphdef=self.graphdef, weights=self.weights, pools=pools, chunk=chunk, shape=shape)
+            pools, slots, tok, lp, live, active = run_round(
+                graphdef=self.graphdef, weights=self.weights, pools=pools, slots=slots,
+                admit=Admit(*(self._put(x, per_shard=True) for x in _stack(admits, _Admissions.arrays))),
+                perm=self._put(np.asarray(perm, np.int32), per_shard=True), seed_data=seed_dev,
+                temperature=temperature, top_p=top_p, admit_after=self._put(np.asarray(admit_after, np.int32)),
+                narrow_after=self._put(np.asarray(narrow_after, np.int32)),
+                max_steps=self._put(np.int32(1 if prefilled else shape.steps)), shape=shape, width=width)
+            tok, lp, live, active = (self._host(x) for x in (tok, lp, live, active))
             stats["device_s"] += time.perf_counter() - t0
-            stats["rounds"] += 1
-            stats["prefill_tokens"] += c.tokens_added
-            stats["prefill_chunks"] += bool(c.tokens_added)
-            stats["decode_steps"] += int(live.any(1).sum())
-            stats["slot_steps"] += int(live.sum())
-            stats["width_steps"] += int(live.any(1).sum()) * width
-            # 3. collect tokens; hand finished slots back
-            for s, run in enumerate(owners):
-                if run is None:
-                    continue
-                run.tokens.append(tok[live[:, s], s])
-                run.logprobs.append(lp[live[:, s], s])
-                if active[s]:
-                    continue
-                p = run.prompt
-                results[p.index][run.sample] = Completion(np.concatenate(run.tokens), np.concatenate(run.logprobs))
-                released = run.pages
-                owners[s] = None
-                p.done += 1
-                if p.done == g:
-                    released = released + p.pages
-                    p.pages = []
-                    finished_groups += 1
-                    scorer.submit(p.index, results[p.index])
-                freed = pages.release(released)
-                if poison is not None and freed:
-                    pools = poison(pools, freed)
+            steps = int(live.any((1, 2)).sum())
+            stats.update(rounds=stats["rounds"] + 1, prefill_tokens=stats["prefill_tokens"] + prefilled,
+                         prefill_chunks=stats["prefill_chunks"] + bool(prefilled),
+                         decode_steps=stats["decode_steps"] + steps, slot_steps=stats["slot_steps"] + int(live.sum()),
+                         width_steps=stats["width_steps"] + steps * width * len(shards))
+            for x, shard in enumerate(shards):
+                for p, group in shard.collect(tok[:, x], lp[:, x], live[:, x], active[x]):
+                    results[p.index] = group
+                    unfinished -= 1
+                    scorer.submit(p.index, group)
+                if poison is not None and shard.freed:
+                    pools = poison(pools, x, shard.freed)
         stats["wall_s"] = time.perf_counter() - t_start
-        stats["evicted_pages"] = pages.evictions
+        stats["cached_tokens"] = sum(shard.cached_tokens for shard in shards)
+        stats["evicted_pages"] = sum(shard.pages.evictions for shard in shards)
         outputs = scorer.close()
         stats["score_wait_s"] = time.perf_counter() - t_start - stats["wall_s"]
-        stats.update(slots=shape.slots, num_pages=shape.num_pages, pages_per_seq=m)
+        stats.update(shards=shape.shards, slots=shape.slots, num_pages=shape.num_pages, pages_per_seq=shape.pages_per_seq)
         self.stats = stats
         return results, outputs
+
+
+def _stack(builders, arrays: Callable) -> list[np.ndarray]:
+    """The shards' host-built arrays, each stacked on a leading [X] axis."""
+    return [np.stack(column) for column in zip(*(arrays(b) for b in builders))]
+
+
+class _Shard:
+    """One batch shard's part of a rollout: its slots, its page pool and the prompts it took.
+
+    A shard takes the next prompt of the rollout's queue when its free slots want samples and its pool
+    has the prompt's pages; the prompt's G samples then all decode in its slots, over its pages."""
+
+    def __init__(self, shape: Shape, g: int, r: int, prefix_cache: bool):
+        self.g, self.r, self.ps, self.prefix_cache = g, r, shape.page_size, prefix_cache
+        self.pages = _PagePool(shape.num_pages)
+        self.owners: list[_Running | None] = [None] * shape.slots
+        self.prompts: list[_Prompt] = []  # taken from the queue, in order
+        self.prefill_ptr = self.admit_ptr = 0  # the first prompt not fully prefilled / not fully started
+        self.cached_tokens = 0
+        self.freed: list[int] = []  # pages freed by the last collect (tests poison them)
+
+    @property
+    def occupied(self) -> int:
+        return sum(o is not None for o in self.owners)
+
+    def _private_need(self, p: _Prompt) -> int:
+        """Pages a sample of ``p`` owns: its copy of the prompt's partial last page and its response."""
+        return -(-(p.prefill_len + self.r) // self.ps) - p.prefill_len // self.ps
+
+    def compact(self) -> list[int]:
+        """Live slots to the front; returns the permutation (new slot i = old slot perm[i])."""
+        perm = [s for s, o in enumerate(self.owners) if o is not None]
+        perm += [s for s, o in enumerate(self.owners) if o is None]
+        self.owners = [self.owners[s] for s in perm]
+        return perm
+
+    def pending(self, queue: deque) -> bool:
+        """Whether a freed slot would take a sample now: one of its prompts', or the queue's next."""
+        return bool(queue) or any(p.started < self.g for p in self.prompts[self.admit_ptr:])
+
+    def _take(self, p: _Prompt) -> bool:
+        """Hold ``p``'s prompt pages (cached ones shared) if the pool also has one sample's own pages."""
+        if not p.prefill_len:
+            return True
+        p.keys = p.page_keys(self.ps) if self.prefix_cache else []
+        hits = self.pages.cached(p.keys)
+        need = -(-p.prefill_len // self.ps) - len(hits)
+        if self.pages.available(excluding=hits) < need + self._private_need(p):
+            return False
+        p.pages = self.pages.hold(hits) + self.pages.take(need)
+        p.prefilled = len(hits) * self.ps
+        self.cached_tokens += p.prefilled
+        return True
+
+    def fill(self, chunk: "_ChunkBuilder", queue: deque) -> "_ChunkBuilder":
+        """This round's prefill chunk: the prompts it is prefilling, then new ones from ``queue`` only as
+        far as its free slots want samples."""
+        waiting = sum(self.g - p.started for p in self.prompts[self.admit_ptr:self.prefill_ptr])
+        demand = sum(o is None for o in self.owners) - waiting
+        while chunk.room:
+            if self.prefill_ptr == len(self.prompts):
+                if demand <= 0 or not queue or not self._take(queue[0]):
+                    break
+                self.prompts.append(queue.popleft())
+            p = self.prompts[self.prefill_ptr]
+            if not chunk.add(p):
+                break  # its context does not fit beside the chunk's other prompts' contexts
+            self.pages.index(p.keys[:p.prefilled // self.ps], p.pages)
+            if not p.ready:
+                break
+            self.prefill_ptr += 1
+            demand -= self.g
+        return chunk
+
+    def admit(self, a: "_Admissions") -> "_Admissions":
+        """Free slots take the next samples of prefilled prompts, as far as the pool has their pages."""
+        for s, owner in enumerate(self.owners):
+            if owner is not None:
+                continue
+            while self.admit_ptr < len(self.prompts) and self.prompts[self.admit_ptr].started == self.g:
+                self.admit_ptr += 1
+            if self.admit_ptr >= self.prefill_ptr:
+                break
+            p = self.prompts[self.admit_ptr]
+            if self.pages.available() < self._private_need(p):
+                break
+            own = self.pages.take(self._private_need(p))
+            full = p.prefill_len // self.ps
+            m = len(a.table[s])
+            table = (p.pages[:full] + own + [0] * m)[:m]
+            partial = (p.pages[full], own[0]) if p.prefill_len % self.ps else (0, 0)
+            a.set(s, token=p.ids[-1], pos=p.prefill_len, table=table, copy=partial, prompt=p.key_index,
+                  sample=p.started, budget=self.r)
+            self.owners[s] = _Running(p, p.started, own)
+            p.started += 1
+        return a
+
+    def collect(self, tok: np.ndarray, lp: np.ndarray, live: np.ndarray, active: np.ndarray):
+        """Take a round's tokens [steps, width]; hand ended samples' slots and pages back. Returns the
+        prompts whose G samples are all done, with their completions."""
+        done, self.freed = [], []
+        for s, run in enumerate(self.owners):
+            if run is None:
+                continue
+            run.tokens.append(tok[live[:, s], s])
+            run.logprobs.append(lp[live[:, s], s])
+            if active[s]:
+                continue
+            p = run.prompt
+            p.completions[run.sample] = Completion(np.concatenate(run.tokens), np.concatenate(run.logprobs))
+            released = run.pages
+            self.owners[s] = None
+            p.done += 1
+            if p.done == self.g:
+                released = released + p.pages
+                p.pages = []
+                done.append((p, p.completions))
+            self.freed += self.pages.release(released)
+        return done
 
 
 class _PagePool:
@@ -555,11 +649,10 @@ class _ChunkBuilder:
         return True
 
     def arrays(self):
-        return (np.bool_(self.tokens_added > 0), self.tokens, self.positions, self.seg, self.pages, self.offsets,
-                self.ctx_table, self.ctx_seg)
+        return self.tokens, self.positions, self.seg, self.pages, self.offsets, self.ctx_table, self.ctx_seg
 
 
-class _admissions:
+class _Admissions:
     """Slot admissions of one round."""
 
     def __init__(self, shape: Shape):

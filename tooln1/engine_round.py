@@ -1,25 +1,33 @@
-"""The rollout engine's device program: a *round* = one prefill chunk, slot admissions, then up to
-``max_steps`` decode steps of the first ``width`` slots over the paged KV cache (see `tooln1.engine`
-for the host side).
+"""The rollout engine's device programs: a *prefill* (one chunk of prompt tokens per batch shard into its
+pages) and a *round* (slot admissions, then up to ``max_steps`` decode steps of the first ``width`` slots
+of every shard over the paged KV cache). `tooln1.engine` is the host side that decides what each does.
 
-Its shapes depend only on the engine's shape (slots, pages, chunk, steps) and the decode width, never
-on how many prompts a rollout has: a few compiled programs (one per width) serve any batch.
+Their shapes depend only on the engine's shape (shards, slots, pages, chunk, steps) and the decode
+width, never on how many prompts a rollout has: a few compiled programs serve any batch.
 
-* **Prefill chunk**: ``chunk`` prompt tokens packed from one or more prompts (segment ids). A prompt
-  that continues pages written before (an earlier chunk, or pages reused from the prefix cache) also
-  attends to those, gathered through the chunk's context table (two samples' worth of pages, shared
-  by its segments). Their keys/values go to the prompt's pages. A prompt's last token is not prefilled:
-  each sample feeds it as its first decode step, so prompt pages stay read-only and shared.
+* **Shards.** Every array leads with the batch shards ``X`` (the mesh's data x fsdp; 1 without a mesh):
+  each shard has its own slots and its own page pool, page numbers are local to it, and pool reads and
+  writes run per shard (``vmap`` over ``X``, which XLA partitions without communication). The pools
+  are split over the batch axes instead of replicated, so every device holds its own slots' pages
+  only, and the model's batch is ``X x`` slots.
+* **Prefill**: ``chunk`` prompt tokens per shard, packed from one or more prompts (segment ids). A
+  prompt that continues pages written before (an earlier chunk, or pages reused from the prefix
+  cache) also attends to those, gathered through the chunk's context table (two samples' worth of
+  pages, shared by its segments). Their keys/values go to the prompt's pages. A prompt's last token is
+  not prefilled: each sample feeds it as its first decode step, so prompt pages stay read-only and
+  shared. A program of its own: inside the round, a ``lax.cond`` around it made XLA:GPU copy both
+  pools in each branch (a compile-only H100, Qwen2.5-0.5B: 0.43 GiB of temp, a pool copy, -> 0.02).
 * **Admission**: a slot takes a sample: its page table (the prompt's full pages shared, a private
   copy of the prompt's partial last page, private pages for the response), the prompt's last token
   and the sample key ``fold_in(fold_in(seed, prompt_index), sample_index)``.
-* **Compaction**: ``perm`` reorders the slots first (slot ``i`` becomes old slot ``perm[i]``), so the
-  host can pack the live slots in front and decode a narrower ``width`` when few are left: the
+* **Compaction**: ``perm`` reorders each shard's slots first (slot ``i`` becomes old slot ``perm[i]``),
+  so the host can pack the live slots in front and decode a narrower ``width`` when few are left: the
   long tail of a rollout then costs what its live samples cost, not what all slots cost.
 * **Decode**: each live slot writes its token's keys/values to its own page and attends over its own
   first ``pos + 1`` slots (ragged paged attention); the next token uses ``fold_in(sample_key, step)``.
-  The loop stops after ``max_steps`` (<= ``steps``) steps, when no slot is live, or once
-  ``min_finished`` slots ended (so the host can hand their slots to pending samples, or narrow the width).
+  The loop stops after ``max_steps`` (<= ``steps``) steps, when no slot is live, once some shard has
+  ended ``admit_after`` of its samples (the host can hand their slots to pending samples), or once
+  every shard has ended ``narrow_after`` (the host can decode a narrower width).
 """
 from __future__ import annotations
 
@@ -32,20 +40,22 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from tooln1.models.attention import attention
-from tooln1.models.paged_attention import gather_pages, ragged_paged_attention, write_pages
-
+from tooln1.models.paged_attention import gather_pages, sharded_paged_attention, write_pages
+from tooln1.sharding import batch_axes, logical_to_spec, per_batch_shard
 
 PREFILL_BLOCK = 256
+POOL_AXES = ("batch", "kv_heads", "layers", None, None, "head_dim")  # [X, KV, L, N, page_size, D]
 
 
 class Shape(NamedTuple):
-    """Everything static about a round program."""
+    """Everything static about the engine's programs."""
 
-    slots: int
+    shards: int  # X, batch shards: each has its own slots and page pool
+    slots: int  # S, decode slots per shard
     pages_per_seq: int  # M, page-table width
-    num_pages: int  # N, pool size (page 0 = scratch)
+    num_pages: int  # N, pages in each shard's pool (page 0 = scratch)
     page_size: int
-    chunk: int
+    chunk: int  # prompt tokens a shard prefills per program
     steps: int
     greedy: bool
     top_k: int
@@ -60,37 +70,36 @@ class Shape(NamedTuple):
 
 
 class Slots(NamedTuple):
-    """Per-slot decode state [S] (device)."""
+    """Per-slot decode state [X, S] (device)."""
 
     token: jax.Array  # int32, the token to feed next
     pos: jax.Array  # int32, its position
     step: jax.Array  # int32, index of the response token it produces
     remaining: jax.Array  # int32, response tokens still allowed
     active: jax.Array  # bool
-    table: jax.Array  # [S, M] int32 page table
-    key: jax.Array  # [S, *key_data] uint32 sample key data
+    table: jax.Array  # [X, S, M] int32 page table
+    key: jax.Array  # [X, S, *key_data] uint32 sample key data
 
 
 class Chunk(NamedTuple):
-    """One prefill chunk [C] (host-built)."""
+    """One prefill chunk per shard [X, C] (host-built)."""
 
-    has: jax.Array  # bool scalar: any real token
     tokens: jax.Array
     positions: jax.Array
     seg: jax.Array  # segment within the chunk, -1 = padding
     pages: jax.Array  # destination page per token (0 for padding)
     offsets: jax.Array
-    ctx_table: jax.Array  # [2M] the context pages of the chunk's prompts that continue earlier pages
-    ctx_seg: jax.Array  # [2M * page_size] segment + 1 of each context slot (0 = unused)
+    ctx_table: jax.Array  # [X, 2M] the context pages of the chunk's prompts that continue earlier pages
+    ctx_seg: jax.Array  # [X, 2M * page_size] segment + 1 of each context slot (0 = unused)
 
 
 class Admit(NamedTuple):
-    """Slot admissions [S] (host-built); rows with ``admit`` False are ignored."""
+    """Slot admissions [X, S] (host-built); rows with ``admit`` False are ignored."""
 
     admit: jax.Array
     token: jax.Array
     pos: jax.Array
-    table: jax.Array  # [S, M]
+    table: jax.Array  # [X, S, M]
     copy_src: jax.Array  # page to copy into copy_dst (0 -> 0 when nothing to copy)
     copy_dst: jax.Array
     prompt_index: jax.Array
@@ -99,10 +108,20 @@ class Admit(NamedTuple):
 
 
 def empty_slots(shape: Shape, key_data_shape: tuple[int, ...]) -> Slots:
-    s, m = shape.slots, shape.pages_per_seq
-    z = lambda: jnp.zeros((s,), jnp.int32)  # noqa: E731  (distinct buffers: the slots are donated)
-    return Slots(z(), z(), z(), z(), jnp.zeros((s,), bool), jnp.zeros((s, m), jnp.int32),
-                 jnp.zeros((s, *key_data_shape), jnp.uint32))
+    xs = (shape.shards, shape.slots)
+    z = lambda: jnp.zeros(xs, jnp.int32)  # noqa: E731  (distinct buffers: the slots are donated)
+    return Slots(z(), z(), z(), z(), jnp.zeros(xs, bool), jnp.zeros((*xs, shape.pages_per_seq), jnp.int32),
+                 jnp.zeros((*xs, *key_data_shape), jnp.uint32))
+
+
+def pool_sharding(mesh, pool_shape) -> NamedSharding | None:
+    """Pools split over the batch axes (a shard's pages on its devices) and kv heads over ``tensor``."""
+    return None if mesh is None else NamedSharding(mesh, logical_to_spec(POOL_AXES, pool_shape, mesh))
+
+
+def shard_sharding(mesh) -> NamedSharding | None:
+    """Per-shard host arrays [X, ...]: shard x on the devices of batch shard x."""
+    return None if mesh is None else NamedSharding(mesh, PartitionSpec(batch_axes(mesh) or None))
 
 
 # -- token selection ------------------------------------------------------------------------
@@ -125,16 +144,17 @@ def filter_logits(scaled: jax.Array, top_k: int, use_top_p: bool, top_p: jax.Arr
 
 
 def select(logits, keys, steps, temperature, top_p, shape: Shape):
-    """Next token [N] and ``log_softmax(logits / T)`` of it [N] (unfiltered; T = 0: plain log_softmax)."""
+    """Next token [N] and ``log_softmax(logits / T)`` of it [N] (unfiltered; T = 0: plain log_softmax).
+    ``keys`` is key data [N, ...]; ``temperature`` and ``top_p`` are [N] (a row's own)."""
     logits = logits.astype(jnp.float32)
     if shape.greedy:
         token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
         logp = jax.nn.log_softmax(logits, axis=-1)
     else:
-        scaled = logits / temperature
+        scaled = logits / temperature[:, None]
         logp = jax.nn.log_softmax(scaled, axis=-1)
-        filtered = filter_logits(scaled, shape.top_k, shape.use_top_p, top_p)
-        step_keys = jax.vmap(jax.random.fold_in)(keys, steps)
+        filtered = filter_logits(scaled, shape.top_k, shape.use_top_p, top_p[:, None])
+        step_keys = jax.vmap(jax.random.fold_in)(jax.random.wrap_key_data(keys), steps)
         token = jax.vmap(jax.random.categorical)(step_keys, filtered).astype(jnp.int32)
     return token, jnp.take_along_axis(logp, token[:, None], axis=-1)[:, 0]
 
@@ -145,7 +165,17 @@ def is_eos(token: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
     return jnp.any(token[..., None] == jnp.asarray(eos_ids, jnp.int32), axis=-1)
 
 
-# -- the three phases -----------------------------------------------------------------------
+def _write(pools, layer, k, v, pages, offsets):
+    """Each shard's new keys/values [X, T, KV, D] to its (page, offset) slots [X, T] of ``layer``."""
+    write = jax.vmap(write_pages, in_axes=(0, None, 0, 0, 0))
+    return write(pools[0], layer, k, pages, offsets), write(pools[1], layer, v, pages, offsets)
+
+
+def _keep_layout(tree, sharding):
+    return tree if sharding is None else jax.lax.with_sharding_constraint(tree, sharding)
+
+
+# -- the programs ---------------------------------------------------------------------------
 def _prefill(model, pools, c: Chunk, shape: Shape):
     dtype = jnp.dtype(model.config.dtype)
     # Always blockwise (the kernels need square self-attention); small blocks skip more of the
@@ -156,99 +186,121 @@ def _prefill(model, pools, c: Chunk, shape: Shape):
     # straddles context and chunk is visible to every query (20% more blocks for a 512-token chunk).
     written = shape.context_pages * shape.page_size
     ctx = -(-written // block) * block
+    x_shards = shape.shards
     # Masks as data: the chunk's prompts are segments seg + 1 (padding -1 -> 0); a context slot carries
     # the segment of the prompt it continues and precedes every position.
-    q_seg = (c.seg + 1)[None]
-    kv_seg = jnp.concatenate([jnp.pad(c.ctx_seg, (0, ctx - written)), c.seg + 1])[None]
-    q_pos = jnp.arange(shape.chunk, dtype=jnp.int32)[None]
-    kv_pos = jnp.concatenate([jnp.full((ctx,), -1, jnp.int32), q_pos[0]])[None]
+    q_seg = c.seg + 1
+    kv_seg = jnp.concatenate([jnp.pad(c.ctx_seg, ((0, 0), (0, ctx - written))), q_seg], axis=1)
+    q_pos = jnp.broadcast_to(jnp.arange(shape.chunk, dtype=jnp.int32), (x_shards, shape.chunk))
+    kv_pos = jnp.concatenate([jnp.full((x_shards, ctx), -1, jnp.int32), q_pos], axis=1)
+    gather = jax.vmap(gather_pages, in_axes=(0, 0, None))
 
     def attend(q, k, v, state, layer):
         # Write first, then read the context: a read before the in-place write of the same pool made
         # XLA copy both pools at every layer. The chunk's own slots are masked out of the context.
-        kp = write_pages(state[0], layer, k[0], c.pages, c.offsets)
-        vp = write_pages(state[1], layer, v[0], c.pages, c.offsets)
-        context = lambda pool: jnp.pad(gather_pages(pool, c.ctx_table, layer).astype(dtype),  # noqa: E731
-                                       ((0, ctx - written), (0, 0), (0, 0)))
-        keys = jnp.concatenate([context(kp), k[0]])[None]
-        values = jnp.concatenate([context(vp), v[0]])[None]
+        kp, vp = _write(state, layer, k, v, c.pages, c.offsets)
+        context = lambda pool: jnp.pad(gather(pool, c.ctx_table, layer).astype(dtype),  # noqa: E731
+                                       ((0, 0), (0, ctx - written), (0, 0), (0, 0)))
+        keys = jnp.concatenate([context(kp), k], axis=1)
+        values = jnp.concatenate([context(vp), v], axis=1)
         return attention(q, keys, values, q_seg, kv_seg, q_pos, kv_pos, **attend_kw), (kp, vp)
 
-    x = model.embed_tokens(c.tokens[None])
-    _, pools = model.run_layers(x, *model.rope(c.positions[None]), attend, pools)
+    x = model.embed_tokens(c.tokens)
+    _, pools = model.run_layers(x, *model.rope(c.positions), attend, pools)
     return pools
 
 
 def _admit(pools, slots: Slots, a: Admit, seed):
-    kp, vp = pools
-    kp = kp.at[:, :, a.copy_dst].set(kp[:, :, a.copy_src])
-    vp = vp.at[:, :, a.copy_dst].set(vp[:, :, a.copy_src])
-    prompt_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(seed, a.prompt_index)
-    keys = jax.random.key_data(jax.vmap(jax.random.fold_in)(prompt_keys, a.sample_index))
-    pick = lambda new, old: jnp.where(a.admit.reshape((-1,) + (1,) * (old.ndim - 1)), new, old)  # noqa: E731
+    def copy_page(pool, src, dst):  # one shard's pool [KV, L, N, ps, D]: each admitted sample's partial page
+        return pool.at[:, :, dst].set(pool[:, :, src])
+
+    kp, vp = (jax.vmap(copy_page)(pool, a.copy_src, a.copy_dst) for pool in pools)
+    prompt_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(seed, a.prompt_index.reshape(-1))
+    keys = jax.vmap(jax.random.fold_in)(prompt_keys, a.sample_index.reshape(-1))
+    keys = jax.random.key_data(keys).reshape(slots.key.shape)
+    pick = lambda new, old: jnp.where(a.admit.reshape(a.admit.shape + (1,) * (old.ndim - 2)), new, old)  # noqa: E731
     slots = Slots(token=pick(a.token, slots.token), pos=pick(a.pos, slots.pos), step=pick(0, slots.step),
                   remaining=pick(a.budget, slots.remaining), active=a.admit | slots.active,
                   table=pick(a.table, slots.table), key=pick(keys, slots.key))
     return (kp, vp), slots
 
 
-def _decode(model, pools, slots: Slots, temperature, top_p, min_finished, max_steps, shape: Shape):
-    ps, width = shape.page_size, slots.token.shape[0]
-    out_tok = jnp.zeros((shape.steps, width), jnp.int32)
-    out_lp = jnp.zeros((shape.steps, width), jnp.float32)
-    out_live = jnp.zeros((shape.steps, width), bool)
+def _decode(model, pools, slots: Slots, temperature, top_p, admit_after, narrow_after, max_steps, shape: Shape):
+    ps = shape.page_size
+    x_shards, width = slots.token.shape
+    rows = x_shards * width
+    flat = lambda a: a.reshape(rows, *a.shape[2:])  # noqa: E731  [X, W, ...] -> the model's batch [X*W, ...]
+    out_tok = jnp.zeros((shape.steps, x_shards, width), jnp.int32)
+    out_lp = jnp.zeros((shape.steps, x_shards, width), jnp.float32)
+    out_live = jnp.zeros((shape.steps, x_shards, width), bool)
 
     def cond(carry):
         i, _, slots, _, _, _, finished = carry
-        return (i < jnp.minimum(max_steps, shape.steps)) & jnp.any(slots.active) & (finished < min_finished)
+        stop = jnp.any(finished >= admit_after) | jnp.all(finished >= narrow_after)
+        return (i < jnp.minimum(max_steps, shape.steps)) & jnp.any(slots.active) & ~stop
 
     def body(carry):
         i, pools, slots, out_tok, out_lp, out_live, finished = carry
         live, pos = slots.active, slots.pos
-        page = jnp.where(live, jnp.take_along_axis(slots.table, (pos // ps)[:, None], axis=1)[:, 0], 0)
+        page = jnp.where(live, jnp.take_along_axis(slots.table, (pos // ps)[..., None], axis=2)[..., 0], 0)
         lengths = jnp.where(live, pos + 1, 1)
 
         def attend(q, k, v, state, layer):
-            kp, vp = state
-            kp = write_pages(kp, layer, k[:, 0], page, pos % ps)
-            vp = write_pages(vp, layer, v[:, 0], page, pos % ps)
-            out = ragged_paged_attention(q[:, 0], kp, vp, lengths, slots.table, layer=layer)
-            return out[:, None], (kp, vp)
+            unflat = lambda a: a.reshape(x_shards, width, *a.shape[2:])  # noqa: E731  [X*W, 1, ...] -> [X, W, ...]
+            kp, vp = _write(state, layer, unflat(k), unflat(v), page, pos % ps)
+            out = sharded_paged_attention(unflat(q), kp, vp, lengths, slots.table, layer, model.mesh)
+            return out.reshape(rows, 1, *out.shape[2:]), (kp, vp)
 
-        x, pools = model.run_layers(model.embed_tokens(slots.token[:, None]), *model.rope(pos[:, None]),
+        x, pools = model.run_layers(model.embed_tokens(flat(slots.token)[:, None]), *model.rope(flat(pos)[:, None]),
                                     attend, pools)
         logits = model.logits_from_hidden(model.final_norm(x))[:, 0]
-        keys = jax.random.wrap_key_data(slots.key)
-        token, logp = select(logits, keys, slots.step, temperature, top_p, shape)
+        # each shard's own rows: XLA gathered every shard's rows to run top_k on them
+        token, logp = per_batch_shard(functools.partial(select, shape=shape), model.mesh, logits, flat(slots.key),
+                                      flat(slots.step), jnp.full(rows, temperature), jnp.full(rows, top_p))
+        token, logp = token.reshape(x_shards, width), logp.reshape(x_shards, width)
         remaining = slots.remaining - 1
         done = live & (is_eos(token, shape.eos_ids) | (remaining <= 0))
         step = live.astype(jnp.int32)
         slots = slots._replace(token=jnp.where(live, token, slots.token), pos=pos + step, step=slots.step + step,
                                remaining=jnp.where(live, remaining, slots.remaining), active=live & ~done)
         return (i + 1, pools, slots, out_tok.at[i].set(token), out_lp.at[i].set(logp), out_live.at[i].set(live),
-                finished + jnp.sum(done))
+                finished + jnp.sum(done, axis=1))
 
-    carry = (jnp.asarray(0, jnp.int32), pools, slots, out_tok, out_lp, out_live, jnp.asarray(0, jnp.int32))
+    carry = (jnp.asarray(0, jnp.int32), pools, slots, out_tok, out_lp, out_live, jnp.zeros((x_shards,), jnp.int32))
     _, pools, slots, out_tok, out_lp, out_live, _ = jax.lax.while_loop(cond, body, carry)
     return pools, slots, out_tok, out_lp, out_live
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "shape", "width"), donate_argnames=("pools", "slots"))
-def run_round(graphdef, weights, pools, slots: Slots, chunk: Chunk, admit: Admit, perm, seed_data, temperature,
-              top_p, min_finished, max_steps, shape: Shape, width: int):
-    """One round; returns (pools, slots, tokens [steps, width], log-probs [steps, width], live [steps, width]).
-
-    ``admit`` rows index the slots after ``perm``; slots from ``width`` on must be free."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "shape"), donate_argnames=("pools",))
+def run_prefill(graphdef, weights, pools, chunk: Chunk, shape: Shape):
+    """Each shard's chunk of prompt tokens into its pages; returns the pools."""
     model = nnx.merge(graphdef, weights)
-    pools = jax.lax.cond(chunk.has, lambda p: _prefill(model, p, chunk, shape), lambda p: p, pools)
-    slots = jax.tree.map(lambda x: x[perm], slots)
+    return _keep_layout(_prefill(model, pools, chunk, shape), pool_sharding(model.mesh, pools[0].shape))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "shape", "width"), donate_argnames=("pools", "slots"))
+def run_round(graphdef, weights, pools, slots: Slots, admit: Admit, perm, seed_data, temperature, top_p,
+              admit_after, narrow_after, max_steps, shape: Shape, width: int):
+    """Admissions, then up to ``max_steps`` decode steps of each shard's first ``width`` slots; returns
+    (pools, slots, tokens, log-probs, live [steps, X, width], active [X, S]).
+
+    ``admit`` rows index the slots after ``perm`` [X, S]; slots from ``width`` on must be free."""
+    model = nnx.merge(graphdef, weights)
+    slots = jax.tree.map(lambda x: jnp.take_along_axis(x, perm.reshape(perm.shape + (1,) * (x.ndim - 2)), axis=1),
+                         slots)
     pools, slots = _admit(pools, slots, admit, jax.random.wrap_key_data(seed_data))
-    head = jax.tree.map(lambda x: x[:width], slots)
-    pools, head, *out = _decode(model, pools, head, temperature, top_p, min_finished, max_steps, shape)
-    slots = jax.tree.map(lambda h, x: jnp.concatenate([h, x[width:]]), head, slots)
-    if model.mesh is not None:  # every process reads the slots and tokens whole (and schedules alike)
-        slots, out = jax.lax.with_sharding_constraint((slots, out), NamedSharding(model.mesh, PartitionSpec()))
+    head = jax.tree.map(lambda x: x[:, :width], slots)
+    pools, head, *out = _decode(model, pools, head, temperature, top_p, admit_after, narrow_after, max_steps, shape)
+    slots = jax.tree.map(lambda h, x: jnp.concatenate([h, x[:, width:]], axis=1), head, slots)
+    mesh = model.mesh
+    pools = _keep_layout(pools, pool_sharding(mesh, pools[0].shape))
+    slots = _keep_layout(slots, shard_sharding(mesh))
+    if mesh is not None:  # every process reads the tokens whole (and schedules alike)
+        out = jax.lax.with_sharding_constraint((*out, slots.active), NamedSharding(mesh, PartitionSpec()))
+    else:
+        out = (*out, slots.active)
     return (pools, slots, *out)
 
 
-__all__ = ["Shape", "Slots", "Chunk", "Admit", "empty_slots", "run_round", "select", "filter_logits", "is_eos"]
+__all__ = ["Shape", "Slots", "Chunk", "Admit", "empty_slots", "pool_sharding", "shard_sharding", "run_prefill",
+           "run_round", "select", "filter_logits", "is_eos", "POOL_AXES"]

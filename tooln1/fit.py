@@ -21,7 +21,8 @@ rollouts and log-prob passes, the on-device reference copy during the update). X
 program over its HBM (the entry then has ``compile_error``); XLA:GPU compiles it anyway, so there the
 verdict is this comparison alone, against the memory JAX's allocator gets (:func:`tooln1.targets.usable_gpu_bytes`).
 FLOPs are analytic (``tooln1.metrics`` model: 2·params per token plus attention; XLA's cost analysis
-counts a loop body once, and is absent for compile-only GPUs) and global, over all devices. The rollout is compiled at its largest prompt bucket
+counts a loop body once, and is absent for compile-only GPUs) and global, over all devices. A rollout is two
+programs, its prefill chunk and its decode round (at its widest), compiled at the largest prompt bucket
 (memory grows with the bucket). Exit status 0 iff every program fits, 1 if one does not, 2 on a
 bad config or target.
 """
@@ -145,10 +146,15 @@ def forward_flops(config: Any, tokens: int, context: float) -> float:
     return tokens * (2 * non_embedding_params(config) + 4 * config.num_layers * config.num_heads * config.head_dim * context)
 
 
-def rollout_flops(config: Any, batch: int, group: int, prompt: int, response: int) -> float:
+def prefill_flops(config: Any, batch: int, prompt: int) -> float:
+    """A rollout's prompts, each prefilled once (the LM head runs for the decode steps only)."""
     head = config.hidden_size * config.vocab_size
-    prefill = forward_flops(config, batch * prompt, prompt) - 2 * head * batch * (prompt - 1)  # head at the last only
-    return prefill + forward_flops(config, batch * group * response, prompt + response / 2)
+    return forward_flops(config, batch * prompt, prompt) - 2 * head * batch * prompt
+
+
+def decode_flops(config: Any, batch: int, group: int, prompt: int, response: int) -> float:
+    """A rollout's decode steps: ``group`` samples of ``response`` tokens per prompt."""
+    return forward_flops(config, batch * group * response, prompt + response / 2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,11 +199,15 @@ def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
         sampling = SamplingConfig(num_samples=g, max_new_tokens=r, temperature=grpo.temperature, top_p=grpo.top_p,
                                   top_k=grpo.top_k, engine=EngineConfig(num_slots=grpo.rollout_slots), **sampler_cfg)
         during_rollout = opt_b + (params_b if ref_on_device else 0)
+        shape = {"prompts": grpo.batch_size, "group_size": g, "prompt_len": p, "response_len": r}
         out.append(Program(
-            f"rollout engine round (B={grpo.batch_size}, G={g}, P={p}, R={r})",
-            {"prompts": grpo.batch_size, "group_size": g, "prompt_len": p, "response_len": r},
+            f"rollout engine round (B={grpo.batch_size}, G={g}, P={p}, R={r})", shape,
             lambda: lower_sampler(model, sampling, grpo.batch_size, p),
-            rollout_flops(config, grpo.batch_size, g, p, r), during_rollout))
+            decode_flops(config, grpo.batch_size, g, p, r), during_rollout))
+        out.append(Program(
+            f"rollout engine prefill (B={grpo.batch_size}, G={g}, P={p}, R={r})", shape,
+            lambda: lower_sampler(model, sampling, grpo.batch_size, p, program="prefill"),
+            prefill_flops(config, grpo.batch_size, p), during_rollout))
         lp_micro = grpo.logprob_micro_batch_size or grpo.micro_batch_size or n // grpo.num_mini_batches
         rows, seq = (n // g, p + g * r) if grpo.share_prompt else (n, p + r)
         passes = [x for x, on in (("old", not loss.on_policy), ("ref", grpo.kl_coef > 0)) if on]
@@ -229,11 +239,15 @@ def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
             val_resident = device_bytes(sft_updater.abstract_state().opt_state)
     val = SamplingConfig(num_samples=1, max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0,
                          engine=EngineConfig(num_slots=cfg.eval.rollout_slots), **sampler_cfg)
+    shape = {"prompts": cfg.eval.batch_size, "prompt_len": p, "response_len": cfg.eval.max_new_tokens}
     out.append(Program(
-        f"validation rollout (B={cfg.eval.batch_size}, P={p}, R={cfg.eval.max_new_tokens}, greedy)",
-        {"prompts": cfg.eval.batch_size, "prompt_len": p, "response_len": cfg.eval.max_new_tokens},
+        f"validation rollout (B={cfg.eval.batch_size}, P={p}, R={cfg.eval.max_new_tokens}, greedy)", shape,
         lambda: lower_sampler(model, val, cfg.eval.batch_size, p),
-        rollout_flops(config, cfg.eval.batch_size, 1, p, cfg.eval.max_new_tokens), val_resident))
+        decode_flops(config, cfg.eval.batch_size, 1, p, cfg.eval.max_new_tokens), val_resident))
+    out.append(Program(
+        f"validation prefill (B={cfg.eval.batch_size}, P={p}, R={cfg.eval.max_new_tokens}, greedy)", shape,
+        lambda: lower_sampler(model, val, cfg.eval.batch_size, p, program="prefill"),
+        prefill_flops(config, cfg.eval.batch_size, p), val_resident))
     wanted = [w.strip() for w in programs.split(",") if w.strip()]
     return [prog for prog in out if not wanted or any(w in prog.name for w in wanted)]
 

@@ -16,8 +16,8 @@ GRPO's rollouts, validation and `generate` come from here (DESIGN §3, §8). For
    (``T = 0``: ``log_softmax(logits)``), as the trainer recomputes them (DESIGN §8). ``mask`` is 1 up to
    and including the first EOS, 0 after; tokens after EOS are ``pad_id`` with log-prob 0.
 
-On a mesh (``model.mesh``) the engine decodes from a tensor-parallel copy of the weights, its slots
-split over the batch axes by the model's activation annotations.
+On a mesh (``model.mesh``) the engine decodes from a tensor-parallel copy of the weights, and each
+batch shard (data x fsdp) decodes its own slots from its own KV pages (`tooln1.engine`).
 
 Multi-host: when the mesh spans several processes, each process passes only *its* prompts (as the
 data iterator hands them out) and every process must call `sample` together. The prompts are
@@ -42,7 +42,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from tooln1.data.tokens import bucket_length, left_pad
 from tooln1.engine import Completion, Engine, EngineConfig
-from tooln1.engine_round import is_eos, run_round
+from tooln1.engine_round import is_eos, run_prefill, run_round
 from tooln1.sharding import BATCH_AXES
 
 DEFAULT_PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -119,7 +119,7 @@ def response_mask_np(tokens, eos_ids: Sequence[int]) -> np.ndarray:
 
 def compiled_programs() -> int:
     """How many engine programs are compiled so far (tests use it to assert no recompiles)."""
-    return run_round._cache_size()
+    return run_round._cache_size() + run_prefill._cache_size()
 
 
 # -- host side -------------------------------------------------------------------------------
@@ -206,7 +206,8 @@ def _key(rng):
 
 
 def precompile(model, prompt_ids, prompt_mask, sampling: SamplingConfig) -> float:
-    """Compile (without running) the engine program `sample` will use for these prompts; returns the
+    """Compile (without running) the engine programs `sample` will use for these prompts (the prefill
+    and the widest round); returns the
     seconds spent. With JAX's persistent compilation cache enabled the next `sample` call loads it."""
     import time
 
@@ -214,16 +215,19 @@ def precompile(model, prompt_ids, prompt_mask, sampling: SamplingConfig) -> floa
     engine = Engine(model, sampling.engine)
     longest = bucket_length(max(map(len, prompts)), sampling.prompt_buckets)
     t0 = time.perf_counter()
-    engine.lower(sampling, len(prompts) * sampling.num_samples, longest, _key(0)).compile()
+    for program in ("prefill", "round"):
+        engine.lower(sampling, len(prompts) * sampling.num_samples, longest, _key(0), program=program).compile()
     return time.perf_counter() - t0
 
 
-def lower(model, sampling: SamplingConfig, batch_size: int, prompt_len: int) -> jax.stages.Lowered:
-    """Lower (without running) the engine round `sample` runs for ``batch_size`` prompts of up to
-    ``prompt_len`` tokens; ``model`` may be abstract (``nnx.eval_shape``, compile-only devices). Its
-    shapes, and so its memory, do not depend on ``batch_size`` beyond the slot count. For ``tooln1-fit``."""
+def lower(model, sampling: SamplingConfig, batch_size: int, prompt_len: int,
+          program: str = "round") -> jax.stages.Lowered:
+    """Lower (without running) the engine program `sample` runs for ``batch_size`` prompts of up to
+    ``prompt_len`` tokens: the decode ``"round"`` or the ``"prefill"`` of a chunk. ``model`` may be
+    abstract (``nnx.eval_shape``, compile-only devices). Its shapes, and so its memory, do not depend
+    on ``batch_size`` beyond the slot count. For ``tooln1-fit``."""
     longest = bucket_length(prompt_len, sampling.prompt_buckets)
-    return Engine(model, sampling.engine).lower(sampling, batch_size * sampling.num_samples, longest)
+    return Engine(model, sampling.engine).lower(sampling, batch_size * sampling.num_samples, longest, program=program)
 
 
 def sample(model, prompt_ids, prompt_mask, sampling: SamplingConfig, rng, engine: Engine | None = None) -> SampleOutput:

@@ -94,6 +94,18 @@ def batch_shards(mesh: Mesh | Mapping[str, int] | None) -> int:
     return math.prod(int(sizes.get(a, 1)) for a in BATCH_AXES)
 
 
+def per_batch_shard(fn, mesh: Mesh | None, *arrays: jax.Array) -> Any:
+    """``fn`` on each device's rows, under ``shard_map``: every array (and output) leads with the batch,
+    split over the batch axes and whole on each device otherwise. For what XLA cannot partition
+    along the batch by itself: custom calls (Pallas and cuDNN kernels), and ``top_k``, whose rows
+    XLA gathers from every shard."""
+    axes = batch_axes(mesh)
+    if not axes:
+        return fn(*arrays)
+    spec = PartitionSpec(axes)
+    return jax.shard_map(fn, mesh=mesh, in_specs=(spec,) * len(arrays), out_specs=spec, check_vma=False)(*arrays)
+
+
 def logical_to_spec(
     logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules=LOGICAL_RULES
 ) -> PartitionSpec:

@@ -24,10 +24,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh
 
 from tooln1.models.config import ATTENTION_IMPLEMENTATIONS as IMPLEMENTATIONS
-from tooln1.sharding import batch_axes, batch_shards, platform
+from tooln1.sharding import batch_shards, per_batch_shard, platform
 _NEG = -1e30  # finite "minus infinity": exp() underflows to 0 without inf - inf = nan
 # The widest block on a CPU (and the longest sequence "auto" runs dense there): a GRPO update with
 # groups packed under their prompt ran 2.1x (fixed-length) to 2.4x (long-tail) faster than with 512
@@ -91,21 +91,11 @@ def attention(
         bq, bk = min(block, t), min(block, s)
         out, lse = _blockwise(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, causal, bq, bk)
     elif impl == "splash":
-        return _per_batch_shard(functools.partial(_splash, causal=causal, block_size=block_size), mesh,
+        return per_batch_shard(functools.partial(_splash, causal=causal, block_size=block_size), mesh,
                                 q, k, v, q_segment_ids, kv_segment_ids)
     else:
-        return _per_batch_shard(functools.partial(_cudnn, causal=causal), mesh, q, k, v, q_segment_ids)
+        return per_batch_shard(functools.partial(_cudnn, causal=causal), mesh, q, k, v, q_segment_ids)
     return (out, lse) if return_lse else out
-
-
-def _per_batch_shard(kernel, mesh: Mesh | None, *arrays: jax.Array) -> jax.Array:
-    """Run ``kernel`` on each device's rows (all arrays and the output lead with the batch)."""
-    axes = batch_axes(mesh)
-    if not axes:
-        return kernel(*arrays)
-    spec = PartitionSpec(axes)
-    return jax.shard_map(kernel, mesh=mesh, in_specs=(spec,) * len(arrays), out_specs=spec,
-                         check_vma=False)(*arrays)
 
 
 def merge_partial(parts: list[tuple[jax.Array, jax.Array]]) -> jax.Array:

@@ -1,9 +1,12 @@
 """Attention over a paged KV cache: each sequence reads only the pages its page table names.
 
-A page pool holds every layer's keys (and one holds the values) as ``[L, kv_heads, pages, page_size,
-head_dim]`` (the layout of the TPU Pallas kernel); a sequence's page table ``[M]`` lists its pages in
-order and its length says how many leading slots are real. Page 0 is the engine's scratch page: rows
-and tokens with nothing to write write there, and a table padded with 0 is masked by the length.
+A page pool holds every layer's keys (and one holds the values) as ``[kv_heads, L, pages, page_size,
+head_dim]``: merging L and pages is free, so the TPU Pallas kernel, which takes one layer's ``[kv_heads,
+pages, page_size, head_dim]``, reads every layer's pool as one with layer ``l``'s page ``p`` at
+``l * pages + p`` (slicing a layer out of a stacked pool copied it for the kernel at every step). A
+sequence's page table ``[M]`` lists its pages in order and its length says how many leading slots are
+real. Page 0 is the engine's scratch page: rows and tokens with nothing to write write there, and a
+table padded with 0 is masked by the length.
 
 * `write_pages` scatters new keys/values to (page, offset) slots of one layer; `pool_dtype` says what
   the pools hold (bfloat16 as uint16 bits on a CPU, where a bf16 scatter widens its whole pool).
@@ -12,11 +15,17 @@ and tokens with nothing to write write there, and a table padded with 0 is maske
   length, so the cost follows the real lengths, not the table width or the longest sequence.
 * `gather_pages` reads one sequence's pages back as a contiguous ``[M*page_size, kv_heads, D]``
   (the prior context of a prefill chunk).
+* `sharded_paged_attention` is decode attention for the engine's batch shards, each with its own pool
+  (page numbers local to it): the pure-JAX path ``vmap``s over the shards, which XLA partitions along
+  them without communication; the Pallas kernel runs per device under ``shard_map``.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
+
+from tooln1.sharding import batch_axes, logical_to_spec, platform
 
 MASKED = -1e30  # finite, so a block with no real slot adds exp(MASKED - m) = 0 rather than NaN
 
@@ -46,17 +55,23 @@ def _store(x: jax.Array, dtype) -> jax.Array:
 
 
 def write_pages(pool: jax.Array, layer, new: jax.Array, pages: jax.Array, offsets: jax.Array) -> jax.Array:
-    """``pool[layer, :, pages[t], offsets[t]] = new[t]`` for new ``[T, kv_heads, D]``; ``layer`` may be traced."""
-    return pool.at[layer, :, pages, offsets].set(_store(new, pool.dtype))
+    """``pool[:, layer, pages[t], offsets[t]] = new[t]`` for new ``[T, kv_heads, D]``; ``layer`` may be traced.
+
+    One scatter per kv head, each writing [T, D] rows: a scatter of [T, kv_heads, D] made XLA:TPU lay
+    the pool out with the heads next to D, then copy the whole pool to and from that layout around
+    the decode loop and copy each layer's pages back for the attention kernel at every step."""
+    new = _store(new, pool.dtype)
+    for head in range(pool.shape[0]):
+        pool = pool.at[head, layer, pages, offsets].set(new[:, head])
+    return pool
 
 
 def gather_pages(pool: jax.Array, page_table: jax.Array, layer=None) -> jax.Array:
     """One sequence's keys or values ``[M*page_size, kv_heads, D]`` from one layer's pool [KV, N, ps, D],
-    or with ``layer`` from all layers' [L, KV, N, ps, D] (one gather: no copy of the layer's pool)."""
-    kv, _, ps, d = pool.shape[-4:]
-    if layer is None:
-        return _load(pool[:, page_table].reshape(kv, -1, d).transpose(1, 0, 2))  # [KV, M, ps, D] -> [M*ps, KV, D]
-    return _load(pool[layer, :, page_table].transpose(0, 2, 1, 3).reshape(-1, kv, d))  # [M, KV, ps, D] -> [M*ps, KV, D]
+    or with ``layer`` from all layers' [KV, L, N, ps, D] (one gather: no copy of the layer's pool)."""
+    kv, d = pool.shape[0], pool.shape[-1]
+    pages = pool[:, page_table] if layer is None else pool[:, layer, page_table]  # [KV, M, ps, D]
+    return _load(pages.reshape(kv, -1, d).transpose(1, 0, 2))
 
 
 def _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block: int, layer) -> jax.Array:
@@ -69,9 +84,9 @@ def _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block:
     With ``layer``, the pools are every layer's and each block gathers straight from them: slicing
     out the layer first would copy its whole pool at every decode step."""
     s, h, d = q.shape
-    kv, _, ps, _ = k_pages.shape[-4:]
-    read = (lambda pool, pages: pool[:, pages]) if layer is None else (  # [W, bp, KV, ps, D] -> [KV, W, bp, ps, D]
-        lambda pool, pages: jnp.moveaxis(pool[layer, :, pages], 2, 0))
+    kv, ps = k_pages.shape[0], k_pages.shape[-2]
+    read = (lambda pool, pages: pool[:, pages]) if layer is None else (  # [KV, W, bp, ps, D]
+        lambda pool, pages: pool[:, layer, pages])
     g = h // kv
     m_pages = page_table.shape[1]
     bp = max(1, min(pages_per_block, m_pages))
@@ -120,13 +135,22 @@ def _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block:
     return (acc / l[..., None]).reshape(s, h, d).astype(q.dtype)
 
 
-def _pallas_tpu(q, k_pages, v_pages, lengths, page_table, pages_per_block: int) -> jax.Array:
+def _tpu_kernel():
     from jax.experimental.pallas.ops.tpu.paged_attention import paged_attention
+
+    return paged_attention
+
+
+def _pallas_tpu(q, k_pages, v_pages, lengths, page_table, pages_per_block: int, layer=None) -> jax.Array:
+    if layer is not None:  # every layer's pages as one pool: layer l's page p is l * N + p (no copy)
+        kv, num_layers, n = k_pages.shape[:3]
+        k_pages, v_pages = (p.reshape(kv, num_layers * n, *p.shape[3:]) for p in (k_pages, v_pages))
+        page_table = page_table + layer * n
 
     m_pages = page_table.shape[1]
     block = max(b for b in range(1, min(pages_per_block, m_pages) + 1) if m_pages % b == 0)
     scaled = (q.astype(jnp.float32) * (q.shape[-1] ** -0.5)).astype(q.dtype)  # the kernel does not scale
-    return paged_attention(scaled, k_pages, v_pages, lengths, page_table, pages_per_compute_block=block)
+    return _tpu_kernel()(scaled, k_pages, v_pages, lengths, page_table, pages_per_compute_block=block)
 
 
 def ragged_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, lengths: jax.Array,
@@ -135,15 +159,41 @@ def ragged_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
     """Decode attention: q ``[S, heads, D]`` over sequence s's first ``lengths[s]`` (>= 1) cached slots.
 
     ``k_pages``/``v_pages`` are one layer's pools ``[kv_heads, N, page_size, D]``, or with ``layer``
-    (may be traced) all layers' ``[L, kv_heads, N, page_size, D]``; ``page_table`` ``[S, M]``.
+    (may be traced) all layers' ``[kv_heads, L, N, page_size, D]``; ``page_table`` ``[S, M]``.
     ``backend`` "pallas" / "jax" forces an implementation (default: Pallas on TPU)."""
     backend = backend or ("pallas" if jax.default_backend() == "tpu" else "jax")
     q, k_pages, v_pages, lengths, page_table = map(jnp.asarray, (q, k_pages, v_pages, lengths, page_table))
     if backend == "pallas":
-        if layer is not None:
-            k_pages, v_pages = k_pages[layer], v_pages[layer]
-        return _pallas_tpu(q, k_pages, v_pages, lengths, page_table, pages_per_block)
+        return _pallas_tpu(q, k_pages, v_pages, lengths, page_table, pages_per_block, layer)
     return _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block, layer)
 
 
-__all__ = ["BFLOAT16_BITS", "pool_dtype", "write_pages", "gather_pages", "ragged_paged_attention"]
+def sharded_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, lengths: jax.Array,
+                            page_table: jax.Array, layer, mesh: Mesh | None = None, pages_per_block: int = 8,
+                            backend: str | None = None) -> jax.Array:
+    """`ragged_paged_attention` for every batch shard: q ``[X, S, heads, D]``, all layers' pools ``[X,
+    kv_heads, L, N, page_size, D]`` (shard x's pages numbered within its pool), ``lengths`` [X, S] and
+    ``page_table`` [X, S, M]; returns [X, S, heads, D]. ``mesh``: where the shards live (one per device
+    of its batch axes; see `tooln1.engine_round`), whose platform picks the backend (compile-only TPUs too)."""
+    backend = backend or ("pallas" if platform(mesh) == "tpu" else "jax")
+    if backend != "pallas":
+        one = lambda *a: _reference_blocks(*a, pages_per_block, layer)  # noqa: E731
+        return jax.vmap(one)(q, k_pages, v_pages, lengths, page_table)
+
+    def per_device(q, k_pages, v_pages, lengths, page_table):  # this device's shard: X = 1
+        return _pallas_tpu(q[0], k_pages[0], v_pages[0], lengths[0], page_table[0], pages_per_block, layer)[None]
+
+    if mesh is None:
+        return per_device(q, k_pages, v_pages, lengths, page_table)
+    # XLA cannot partition a custom call: run it on each device's own shard (and kv heads, when the
+    # tensor axis splits them; query heads then follow their kv heads)
+    shards = batch_axes(mesh) or None
+    heads = logical_to_spec(("kv_heads",), k_pages.shape[1:2], mesh)[0]
+    q_spec, pool_spec = PartitionSpec(shards, None, heads), PartitionSpec(shards, heads)
+    specs = (q_spec, pool_spec, pool_spec, PartitionSpec(shards), PartitionSpec(shards))
+    return jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=q_spec, check_vma=False)(
+        q, k_pages, v_pages, lengths, page_table)
+
+
+__all__ = ["BFLOAT16_BITS", "pool_dtype", "write_pages", "gather_pages", "ragged_paged_attention",
+           "sharded_paged_attention"]
