@@ -31,7 +31,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from tooln1.config_validation import ConfigError, parse_ratios, source_kind, split_specs, validate_config
-from tooln1.data.tokens import decode_responses, left_pad
+from tooln1.data import prompt_batch, tokenize_prompts
+from tooln1.data.tokens import decode_responses, left_pad, truncated_fraction
 
 log = logging.getLogger("tooln1.train")
 
@@ -85,20 +86,6 @@ def sft_response(record: dict, target: str, think_text: str, eos: str = "<|im_en
         names = ", ".join(c["name"] for c in record["answer"]) or "no function"
         think = think_text.format(names=names)
     return f"<think>{think}</think>{body}"
-
-
-def truncated_fraction(tokens: np.ndarray, mask: np.ndarray, eos_ids: Sequence[int]) -> float:
-    """Share of sampled rows cut by the token limit: the last slot is a response token and not an EOS
-    (a row whose EOS lands in the last slot finished)."""
-    last_real = np.asarray(mask)[:, -1] > 0
-    return float((last_real & ~np.isin(np.asarray(tokens)[:, -1], list(eos_ids))).mean())
-
-
-def tokenize_prompts(records: Sequence[dict], tokenizer: Any) -> list[list[int]]:
-    from tooln1.data import render_prompt
-
-    texts = [render_prompt(r, tokenizer) for r in records]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
 # =============================================================================================
@@ -260,9 +247,7 @@ class Trainer:
         recs = recs + [self.val_records[0]] * (share - len(recs))
         bs = cfg.eval.batch_size
         for start in range(0, len(recs), bs):
-            chunk = recs[start:start + bs]
-            toks = tokenize_prompts(chunk, self.tokenizer)
-            ids, mask = left_pad(toks, max(len(t) for t in toks), self.pad_id)
+            ids, mask = prompt_batch(recs[start:start + bs], self.tokenizer, self.pad_id)
             out = sample(model, ids, mask, sampling, jax_key(0)).local()
             responses += self.decode(out.tokens, out.mask)
         answers = [r["answer"] for r in recs]
@@ -510,8 +495,7 @@ class Trainer:
             recs = [self.train_records[i] for i in idx]
             self._log_ids("grpo", step + 1, [r["id"] for r in recs])
             # 1. rollouts: G responses per prompt, each group scored on the host as it finishes
-            toks = tokenize_prompts(recs, self.tokenizer)
-            ids, mask = left_pad(toks, max(len(t) for t in toks), self.pad_id)
+            ids, mask = prompt_batch(recs, self.tokenizer, self.pad_id)
             rollout = rollouts.run(policy, ids, mask, [r["answer"] for r in recs], jax.random.fold_in(self.base_key, step))
             rollouts.release()  # the decoding copy is not needed again until after the update
             out, rewards = rollout.out, rollout.rewards
