@@ -1,7 +1,7 @@
 """One GRPO rollout step: prompts -> engine (G samples each) -> responses as text -> rewards.
 
-The trainer's loop reads as its steps (iterator -> `Rollouts.run` -> advantages -> update). Each
-prompt's G responses are decoded and scored on the engine's worker thread as soon as that group
+The GRPO loop (`tooln1.grpo_phase`) reads as its steps: iterator -> `Rollouts.run` -> advantages ->
+update. Each prompt's G responses are decoded and scored on the engine's worker thread as soon as that group
 finishes, while the device keeps decoding the others (`tooln1.engine`), so reward time mostly
 leaves the critical path; ``timings`` shows the split. `Rollouts.refresh` takes the policy's new
 parameters into the engine's decoding copy after each update.

@@ -3,14 +3,15 @@
     tooln1-train --config configs/quickstart.py
     tooln1-train --config configs/paper.py:model=qwen2.5-7b,mesh=gpu8,recipe=rl --config.grpo.batch_size=512
 
-One GRPO step (DESIGN §8): next global batch of prompts from the deterministic iterator (this
-process's share) → render + tokenize (left pad) → ``sample`` G responses per prompt → decode on the
-host with special tokens kept → ``score_batch`` → ``compute_advantages`` → old log-probs recomputed
-with the current params → reference log-probs from the frozen initial params → ``Updater.step``
-(``num_mini_batches`` optimizer steps). Periodic validation is the greedy mean binary reward on a
-held-out split. Checkpoints (orbax: params, optimizer state, step, data position, RNG) are written
-every ``checkpoint.every`` steps and at the end of each phase; a restarted run resumes from the
-latest one automatically. At the end the policy is exported as an HF checkpoint.
+:class:`Trainer` builds what the phases share (mesh, model, tokenizer, records, metrics writer) and
+runs them. The GRPO phase (DESIGN §8) is `tooln1.grpo_phase`: per step, the next batch of prompts
+from the deterministic iterator (this process's share) → `tooln1.rollout.Rollouts` (G responses per
+prompt, decoded and scored on the host) → ``compute_advantages`` → old and reference log-probs →
+``Updater.step`` (``num_mini_batches`` optimizer steps). Periodic validation (:meth:`Trainer.validate`)
+is the greedy mean binary reward on a held-out split. What both phases do around their steps —
+resume, logging, checkpoints (orbax: params, optimizer state, step, data position, RNG) every
+``checkpoint.every`` steps and at the end of each phase — is `tooln1.phase.Phase`; a restarted run
+resumes from the latest checkpoint automatically. At the end the policy is exported as an HF checkpoint.
 
 The SFT phase (Table 3 recipes, warm-starts) trains masked next-token CE on the assistant reply
 ``<think>…</think><tool_call>[…]</tool_call><|im_end|>`` (``sft.target="reason"``) or
@@ -19,19 +20,23 @@ Config keys: docs/training.md.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from tooln1.config_validation import ConfigError, parse_ratios, source_kind, split_specs, validate_config
+from tooln1.data import prompt_batch, tokenize_prompts
 from tooln1.data.tokens import decode_responses, left_pad
+from tooln1.data.tokens import truncated_fraction  # noqa: F401 - imported from here by tests
+
+if TYPE_CHECKING:
+    from tooln1.phase import PhaseResult
 
 log = logging.getLogger("tooln1.train")
 
@@ -87,30 +92,8 @@ def sft_response(record: dict, target: str, think_text: str, eos: str = "<|im_en
     return f"<think>{think}</think>{body}"
 
 
-def truncated_fraction(tokens: np.ndarray, mask: np.ndarray, eos_ids: Sequence[int]) -> float:
-    """Share of sampled rows cut by the token limit: the last slot is a response token and not an EOS
-    (a row whose EOS lands in the last slot finished)."""
-    last_real = np.asarray(mask)[:, -1] > 0
-    return float((last_real & ~np.isin(np.asarray(tokens)[:, -1], list(eos_ids))).mean())
-
-
-def tokenize_prompts(records: Sequence[dict], tokenizer: Any) -> list[list[int]]:
-    from tooln1.data import render_prompt
-
-    texts = [render_prompt(r, tokenizer) for r in records]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
-
-
 # =============================================================================================
 # the trainer
-
-
-@dataclasses.dataclass
-class PhaseResult:
-    steps: int = 0
-    seconds: float = 0.0
-    val_before: float | None = None
-    val_after: float | None = None
 
 
 class Trainer:
@@ -148,14 +131,10 @@ class Trainer:
             print(f"[tooln1-train] {msg}", flush=True)
         log.info(msg)
 
-    def _killed(self) -> bool:
+    def killed(self) -> bool:
+        """``debug.kill_after_steps`` steps (of all phases) done: stop as if the process had been killed."""
         k = self.cfg.debug.kill_after_steps if "debug" in self.cfg else 0
         return bool(k) and self.loop_steps >= k
-
-    def _log_ids(self, phase: str, step: int, ids: Sequence[str]) -> None:
-        if self.cfg.log.data_ids and self.process_index == 0:
-            with open(os.path.join(self.workdir, "data_ids.jsonl"), "a", encoding="utf-8") as f:
-                f.write(json.dumps({"phase": phase, "step": step, "ids": list(ids)}) + "\n")
 
     # -- set-up -----------------------------------------------------------------------------
     def setup(self) -> None:
@@ -234,6 +213,15 @@ class Trainer:
         top = -(-self.cfg.data.max_prompt_tokens // b) * b
         return {"prompt_buckets": tuple(range(b, top + 1, b))}
 
+    def sampling_config(self, rollout_slots: int, **knobs: Any) -> Any:
+        """A `tooln1.sampling.SamplingConfig` for this model and tokenizer (EOS and pad ids, prompt
+        buckets) on an engine of ``rollout_slots`` slots (0: the engine's default); ``knobs``: the rest."""
+        from tooln1.engine import EngineConfig
+        from tooln1.sampling import SamplingConfig
+
+        return SamplingConfig(eos_ids=self.eos_ids, pad_id=self.pad_id, engine=EngineConfig(num_slots=rollout_slots),
+                              **knobs, **self._prompt_buckets())
+
     # -- validation -------------------------------------------------------------------------
     def validate(self, model: Any, step: int, tag: str) -> float:
         """Greedy mean binary reward on the validation records (and diagnostics), logged under val/.
@@ -244,15 +232,13 @@ class Trainer:
         import jax
         from jax.experimental import multihost_utils
 
-        from tooln1.engine import EngineConfig
         from tooln1.reward import score_batch
-        from tooln1.sampling import SamplingConfig, sample
+        from tooln1.sampling import sample
 
         cfg = self.cfg
         t0 = time.perf_counter()
-        sampling = SamplingConfig(num_samples=1, max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0,
-                                  eos_ids=self.eos_ids, pad_id=self.pad_id,
-                                  engine=EngineConfig(num_slots=cfg.eval.rollout_slots), **self._prompt_buckets())
+        sampling = self.sampling_config(cfg.eval.rollout_slots, num_samples=1, max_new_tokens=cfg.eval.max_new_tokens,
+                                        temperature=0.0)
         responses: list[str] = []
         share = -(-len(self.val_records) // jax.process_count())
         recs = self.val_records[self.process_index * share:(self.process_index + 1) * share]
@@ -260,9 +246,7 @@ class Trainer:
         recs = recs + [self.val_records[0]] * (share - len(recs))
         bs = cfg.eval.batch_size
         for start in range(0, len(recs), bs):
-            chunk = recs[start:start + bs]
-            toks = tokenize_prompts(chunk, self.tokenizer)
-            ids, mask = left_pad(toks, max(len(t) for t in toks), self.pad_id)
+            ids, mask = prompt_batch(recs[start:start + bs], self.tokenizer, self.pad_id)
             out = sample(model, ids, mask, sampling, jax_key(0)).local()
             responses += self.decode(out.tokens, out.mask)
         answers = [r["answer"] for r in recs]
@@ -287,33 +271,12 @@ class Trainer:
         return decode_responses(self.tokenizer, tokens, mask, self.eos_ids)
 
     # -- checkpoint helpers -----------------------------------------------------------------
-    def _checkpointer(self, phase: str):
+    def checkpointer(self, phase: str) -> Any:
+        """The `tooln1.checkpointing.Checkpointer` of ``<workdir>/checkpoints/<phase>``."""
         from tooln1.checkpointing import Checkpointer
 
         c = self.cfg.checkpoint
         return Checkpointer(os.path.join(self.workdir, "checkpoints", phase), keep=c.keep, async_save=c.async_save)
-
-    def _meta(self, phase: str, step: int, iterator: Any, done: bool, **extra: Any) -> dict[str, Any]:
-        from tooln1.checkpointing import rng_to_json
-
-        return {"phase": phase, "step": step, "data": iterator.get_state(), "rng": rng_to_json(self.base_key),
-                "seed": int(self.cfg.seed), "done": done, **extra}
-
-    def _resume(self, ckpt: Any, like: Any) -> tuple[Any, dict[str, Any]] | None:
-        """(state, meta) of the phase's newest readable checkpoint (an unreadable one is set aside with
-        a warning), or None. Refuses a checkpoint written under another ``seed``: its samples would
-        silently differ from the run being continued."""
-        from tooln1.checkpointing import rng_to_json
-
-        if not self.cfg.checkpoint.resume:
-            return None
-        restored = ckpt.restore_latest(like, self.say)
-        if restored is not None and restored[1].get("rng", rng_to_json(self.base_key)) != rng_to_json(self.base_key):
-            was = restored[1].get("seed")
-            raise ConfigError(f"config.seed={self.cfg.seed}, but the checkpoints in {ckpt.directory} were written with "
-                              f"{'seed ' + str(was) if was is not None else 'another seed'}; resume with that seed, "
-                              "or use a new workdir or --config.checkpoint.resume=false")
-        return restored
 
     def _finished_step(self) -> int | None:
         """The last step of a finished run in the workdir (summary.json written and the final phase's
@@ -323,7 +286,7 @@ class Trainer:
         if not (cfg.checkpoint.resume and os.path.isfile(os.path.join(self.workdir, "summary.json"))
                 and os.path.isdir(os.path.join(self.workdir, "checkpoints", phase))):
             return None
-        ckpt = self._checkpointer(phase)
+        ckpt = self.checkpointer(phase)
         try:
             meta = ckpt.restore_meta()
         finally:
@@ -367,73 +330,53 @@ class Trainer:
         import jax
 
         from tooln1.data.iterator import BatchIterator, global_array
-        from tooln1.metrics import Progress, peak_flops, sft_flops
+        from tooln1.metrics import peak_flops, sft_flops
+        from tooln1.phase import Phase
         from tooln1.sft import SFTLoss
         from tooln1.update import OptimizerConfig, Updater
 
         cfg = self.cfg.sft
-        res = PhaseResult()
         usable = self._sft_fitting(self.train_records)
+        examples = [self.train_records[i] for i in usable]
         iterator = BatchIterator(len(usable), cfg.batch_size, seed=self.cfg.data.seed + 1)
-        total = cfg.steps or cfg.epochs * iterator.steps_per_epoch
+        phase = Phase(self, "sft", iterator, cfg.steps or cfg.epochs * iterator.steps_per_epoch, cfg.loss_agg)
         updater = Updater(model, SFTLoss(loss_agg=cfg.loss_agg), OptimizerConfig.from_mapping(cfg.optimizer),
                           num_mini_batches=1, micro_batch_size=cfg.micro_batch_size or None)
-        state = updater.init(model)
-        ckpt = self._checkpointer("sft")
-        step = 0
-        restored = self._resume(ckpt, state)
-        if restored is not None:
-            state, meta = restored
-            step = int(meta["step"])
-            iterator.set_state(meta["data"])
-            self.say(f"SFT: resumed from {ckpt.directory} step {step}")
-        if step >= total:
-            ckpt.close()
-            return updater.model(state), res
-        self.say(f"SFT: {total} steps of {cfg.batch_size} examples ({cfg.target} target), "
+        state, _ = phase.resume(updater.init(model))
+        if phase.step >= phase.total:
+            phase.checkpoints.close()
+            return updater.model(state), phase.result
+        self.say(f"SFT: {phase.total} steps of {cfg.batch_size} examples ({cfg.target} target), "
                  f"lr {cfg.optimizer.learning_rate}, loss aggregation {cfg.loss_agg}")
         peak = peak_flops(self.cfg.log.peak_tflops)
-        bar = Progress(total, step, "sft", self.cfg.log.progress)
-        t_phase = time.perf_counter()
-        while step < total:
+        phase.start()
+        while phase.running:
             t0 = time.perf_counter()
-            recs = [self.train_records[usable[i]] for i in iterator.next()]
-            self._log_ids("sft", step + 1, [r["id"] for r in recs])
-            ids, attn, lmask = self._sft_examples(recs)
+            ids, attn, lmask = self._sft_examples(phase.next_records(examples))
             batch = {"input_ids": global_array(ids, self.mesh), "attention_mask": global_array(attn, self.mesh),
                      "loss_mask": global_array(lmask, self.mesh)}
             state, metrics = updater.step(state, batch)
             metrics = jax.device_get(metrics)
-            step += 1
-            self.loop_steps += 1
+            phase.advance()
             dt = time.perf_counter() - t0
             if metrics["skipped"] > 0:
-                self.say(f"SFT step {step}: non-finite loss or gradient (loss={float(metrics['loss'])}); "
+                self.say(f"SFT step {phase.step}: non-finite loss or gradient (loss={float(metrics['loss'])}); "
                          "update skipped")
             scalars = {"sft/loss": metrics["loss"], "sft/nll": metrics["nll"], "sft/grad_norm": metrics["grad_norm"],
                        "sft/learning_rate": metrics.get("learning_rate", np.nan), "sft/skipped": metrics["skipped"],
                        "sft/tokens_per_s": float(attn.sum()) * iterator.process_count / dt,
                        "sft/step_seconds": dt,
                        "sft/mfu": sft_flops(model.config, ids.shape[0] * iterator.process_count, ids.shape[1]) / dt / peak}
-            if step % self.cfg.log.every == 0 or step == total:
-                self.writer.write(step, scalars, phase="sft", loss_agg=cfg.loss_agg)
-            bar.update({"loss": float(metrics["loss"]), "tok/s": scalars["sft/tokens_per_s"]})
-            every = self.cfg.checkpoint.every
-            if step == total or (every and step % every == 0):
-                ckpt.save(step, state, self._meta("sft", step, iterator, step == total, loss_agg=cfg.loss_agg))
-            if self._killed():
-                break
-        bar.close()
-        ckpt.close()
-        res.steps, res.seconds = step, time.perf_counter() - t_phase
-        return updater.model(state), res
+            phase.log(scalars, {"loss": float(metrics["loss"]), "tok/s": scalars["sft/tokens_per_s"]})
+            phase.checkpoint(state)
+        return updater.model(state), phase.finish()
 
     def _post_sft_model(self, model: Any) -> Any:
         """The model after a finished SFT phase (for the GRPO reference after a resume)."""
         from tooln1.sft import SFTLoss
         from tooln1.update import OptimizerConfig, Updater
 
-        ckpt = self._checkpointer("sft")
+        ckpt = self.checkpointer("sft")
         try:
             meta = ckpt.restore_meta()
             if meta is None or not meta.get("done"):
@@ -443,131 +386,6 @@ class Trainer:
             return updater.model(state)
         finally:
             ckpt.close()
-
-    # -- GRPO -------------------------------------------------------------------------------
-    def run_grpo(self, model: Any) -> tuple[Any, PhaseResult]:
-        import jax
-
-        from tooln1.data.iterator import BatchIterator, global_array
-        from tooln1.grpo import GRPOLoss, compute_advantages
-        from tooln1.engine import EngineConfig
-        from tooln1.metrics import Progress, grpo_scalars, peak_flops, update_flops
-        from tooln1.rollout import Rollouts
-        from tooln1.sampling import SamplingConfig
-        from tooln1.update import OptimizerConfig, ReferencePolicy, Updater
-        from tooln1.update_batch import update_batch
-
-        cfg = self.cfg.grpo
-        res = PhaseResult()
-        G = cfg.group_size
-        iterator = BatchIterator(len(self.train_records), cfg.batch_size, seed=self.cfg.data.seed)
-        total = cfg.steps or cfg.epochs * iterator.steps_per_epoch
-        # One optimizer step per rollout batch: the old policy is the current one (no recompute).
-        loss_fn = GRPOLoss(clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef, loss_agg=cfg.loss_agg,
-                           temperature=cfg.temperature, logprob_chunk_size=cfg.logprob_chunk_size or None,
-                           on_policy=cfg.num_mini_batches == 1, group_size=G if cfg.share_prompt else 1)
-        updater = Updater(model, loss_fn, OptimizerConfig.from_mapping(cfg.optimizer),
-                          num_mini_batches=cfg.num_mini_batches, micro_batch_size=cfg.micro_batch_size or None)
-        # The reference is the frozen policy at the start of GRPO: copy it before the first step.
-        reference = (ReferencePolicy(nnx_params(model), offload_to_host=cfg.ref_offload,
-                                     dtype=self.cfg.model.compute_dtype) if cfg.kl_coef > 0 else None)
-        state = updater.init(model)
-        ckpt = self._checkpointer("grpo")
-        step = 0
-        extra: dict[str, Any] = {}
-        restored = self._resume(ckpt, state)
-        if restored is not None:
-            state, meta = restored
-            step = int(meta["step"])
-            iterator.set_state(meta["data"])
-            extra = {k: meta[k] for k in ("val_before",) if k in meta}
-            res.val_before = extra.get("val_before")
-            self.say(f"GRPO: resumed from {ckpt.directory} step {step}")
-        if step == 0 and self.cfg.eval.at_start:
-            res.val_before = self.validate(model, 0, "before GRPO")
-            extra["val_before"] = res.val_before
-        if step >= total:
-            ckpt.close()
-            return updater.model(state), res
-        self.say(f"GRPO: {total} steps of {cfg.batch_size} prompts × G={G} (T={cfg.temperature}, "
-                 f"{cfg.max_response_tokens} new tokens max), {cfg.num_mini_batches} mini-batches, lr "
-                 f"{cfg.optimizer.learning_rate}, kl {cfg.kl_coef}, reward {cfg.reward!r}, loss aggregation "
-                 f"{cfg.loss_agg!r}")
-        sampling = SamplingConfig(num_samples=G, max_new_tokens=cfg.max_response_tokens, temperature=cfg.temperature,
-                                  top_p=cfg.top_p, top_k=cfg.top_k, eos_ids=self.eos_ids, pad_id=self.pad_id,
-                                  engine=EngineConfig(num_slots=cfg.rollout_slots), **self._prompt_buckets())
-        peak = peak_flops(self.cfg.log.peak_tflops)
-        lp_micro = cfg.logprob_micro_batch_size or cfg.micro_batch_size or (cfg.batch_size * G // cfg.num_mini_batches)
-        bar = Progress(total, step, "grpo", self.cfg.log.progress)
-        t_phase = time.perf_counter()
-        eval_every = self.cfg.eval.every
-        policy = updater.model(state)
-        rollouts = Rollouts(policy, self.tokenizer, sampling, cfg.reward, cfg.reward_workers)
-        refresh_s = rollouts.engine.refresh_seconds
-        while step < total:
-            t0 = time.perf_counter()
-            idx = iterator.next()
-            recs = [self.train_records[i] for i in idx]
-            self._log_ids("grpo", step + 1, [r["id"] for r in recs])
-            # 1. rollouts: G responses per prompt, each group scored on the host as it finishes
-            toks = tokenize_prompts(recs, self.tokenizer)
-            ids, mask = left_pad(toks, max(len(t) for t in toks), self.pad_id)
-            rollout = rollouts.run(policy, ids, mask, [r["answer"] for r in recs], jax.random.fold_in(self.base_key, step))
-            rollouts.release()  # the decoding copy is not needed again until after the update
-            out, rewards = rollout.out, rollout.rewards
-            tokens, rmask = out.tokens, out.mask
-            t1 = time.perf_counter()
-            # 2. advantages
-            advantages = np.asarray(compute_advantages(rewards, G))
-            t2 = time.perf_counter()
-            # 3. update, over the tokens sampled (trimmed; each group's responses packed back to back)
-            lengths = rmask.sum(-1)
-            host, packed = update_batch(out, advantages, G, trim=cfg.trim_responses,
-                                        pack=cfg.share_prompt and cfg.trim_responses)
-            r_len = host["response_ids"].shape[1]
-            step_loss = dataclasses.replace(loss_fn, packed_length=packed)
-            batch = {k: global_array(v, self.mesh) for k, v in host.items()}
-            if not loss_fn.on_policy:
-                batch["old_logprobs"] = updater.compute_logprobs(state.params, batch, lp_micro, step_loss)
-            if reference is not None:
-                batch["ref_logprobs"] = updater.compute_logprobs(reference.params(), batch, lp_micro, step_loss)
-            state, metrics = updater.step(state, batch, step_loss)
-            metrics = jax.device_get(metrics)
-            policy = updater.model(state)
-            refresh_s = rollouts.refresh(policy)
-            t3 = time.perf_counter()
-            step += 1
-            self.loop_steps += 1
-            if metrics["skipped"] > 0:
-                self.say(f"GRPO step {step}: non-finite loss or gradient in {int(metrics['skipped'])} of "
-                         f"{cfg.num_mini_batches} mini-batch(es) (loss={float(metrics['loss'])}); that update was skipped")
-            flops = update_flops(policy.config, host["prompt_ids"].shape[0] * iterator.process_count,
-                                 host["prompt_ids"].shape[1], r_len, old_logprobs=not loss_fn.on_policy,
-                                 reference=reference is not None, group_size=G if cfg.share_prompt else 1,
-                                 packed_length=packed)
-            seconds = {"sample": t1 - t0, "update": t3 - t2, "step": t3 - t0,
-                       # scoring overlaps decoding: score = what was left after the device finished
-                       "score": rollout.timings["score_tail"] + t2 - t1, "rollout_device": rollout.timings["device"],
-                       "refresh_weights": refresh_s}
-            real_tokens = float(host["prompt_mask"].sum() + lengths.sum()) * iterator.process_count
-            scalars = grpo_scalars(rollout, G, truncated_fraction(tokens, rmask, self.eos_ids), metrics, seconds,
-                                   real_tokens=real_tokens, update_flops=flops, peak_flops=peak,
-                                   epoch=iterator.state.epoch)
-            if step % self.cfg.log.every == 0 or step == total:
-                self.writer.write(step, scalars, phase="grpo", loss_agg=cfg.loss_agg)
-            bar.update({"reward": float(rewards.mean()), "kl": float(metrics["kl"]),
-                        "len": float(lengths.mean()), "tok/s": scalars["perf/tokens_per_s"]})
-            if eval_every and step % eval_every == 0 and step < total:
-                self.validate(policy, step, "GRPO")
-            every = self.cfg.checkpoint.every
-            if step == total or (every and step % every == 0):
-                ckpt.save(step, state, self._meta("grpo", step, iterator, step == total, loss_agg=cfg.loss_agg, **extra))
-            if self._killed():
-                break
-        bar.close()
-        ckpt.close()
-        res.steps, res.seconds = step, time.perf_counter() - t_phase
-        return policy, res
 
     # -- the whole run ----------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -584,7 +402,7 @@ class Trainer:
         model = self.model
         grpo_started = False
         if cfg.grpo.enabled and cfg.checkpoint.resume:
-            ck = self._checkpointer("grpo")
+            ck = self.checkpointer("grpo")
             grpo_started = ck.latest_step() is not None
             ck.close()
         if cfg.sft.enabled:
@@ -597,15 +415,17 @@ class Trainer:
             else:
                 model, sft_res = self.run_sft(model)
                 summary["sft_steps"], summary["sft_seconds"] = sft_res.steps, sft_res.seconds
-                if self._killed():
+                if self.killed():
                     return self._finish(summary, killed=True)
                 if not cfg.grpo.enabled:
                     summary["val_after_sft"] = self.validate(model, sft_res.steps, "after SFT")
         if cfg.grpo.enabled:
-            model, res = self.run_grpo(model)
+            from tooln1.grpo_phase import GRPOPhase
+
+            model, res = GRPOPhase(self, model).run()
             summary["grpo_steps"], summary["grpo_seconds"] = res.steps, res.seconds
             summary["val_before_grpo"] = res.val_before
-            if self._killed():
+            if self.killed():
                 return self._finish(summary, killed=True)
             summary["val_after_grpo"] = self.validate(model, res.steps, "after GRPO")
         if cfg.export.enabled:
@@ -643,12 +463,6 @@ class Trainer:
             self.say("matplotlib is not installed: no curves.png (pip install matplotlib)")
             return
         self.say(f"training curves in {os.path.join(self.workdir, 'curves.png')}")
-
-
-def nnx_params(model: Any) -> Any:
-    from flax import nnx
-
-    return nnx.state(model, nnx.Param)
 
 
 def jax_key(seed: int):

@@ -11,8 +11,10 @@ from tooln1.data.prompt import (
     DEFAULT_PREAMBLE,
     build_messages,
     filter_by_prompt_length,
+    prompt_batch,
     render_prompt,
     system_prompt,
+    tokenize_prompts,
 )
 from tooln1.data.records import read_records, validate_record, write_records
 from tooln1.data.sources import (
@@ -29,6 +31,6 @@ from tooln1.data.toolace_calls import CallParseError, parse_calls
 __all__ = [
     "DEFAULT_PREAMBLE", "CallParseError", "SourceStats", "add_irrelevance", "build_messages",
     "filter_by_prompt_length", "generate_xlam_rows", "load_records", "load_records_with_stats",
-    "load_source", "mix", "parse_calls", "read_records", "render_prompt", "system_prompt",
-    "toolace_records", "train_val_split", "validate_record", "write_records", "xlam_records",
+    "load_source", "mix", "parse_calls", "prompt_batch", "read_records", "render_prompt", "system_prompt",
+    "tokenize_prompts", "toolace_records", "train_val_split", "validate_record", "write_records", "xlam_records",
 ]

@@ -8,6 +8,10 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+
+from tooln1.data.tokens import left_pad
+
 DEFAULT_PREAMBLE = (
     "You are an expert in composing functions. You are given a question and a set of possible functions. \n"
     "Based on the question, you will need to make one or more function/tool calls to achieve the purpose. \n"
@@ -56,6 +60,18 @@ def build_messages(record: dict) -> list[dict[str, str]]:
 def render_prompt(record: dict, tokenizer: Any) -> str:
     """The templated prompt string (``add_generation_prompt=True``) the sampler continues."""
     return tokenizer.apply_chat_template(build_messages(record), tokenize=False, add_generation_prompt=True)
+
+
+def tokenize_prompts(records: Sequence[dict], tokenizer: Any) -> list[list[int]]:
+    """Each record's templated prompt as token ids (none added: the template has its own)."""
+    texts = [render_prompt(r, tokenizer) for r in records]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def prompt_batch(records: Sequence[dict], tokenizer: Any, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, mask)`` of the records' prompts, left-padded to the longest: what the sampler continues."""
+    tokens = tokenize_prompts(records, tokenizer)
+    return left_pad(tokens, max(len(t) for t in tokens), pad_id)
 
 
 def prompt_token_counts(records: Sequence[dict], tokenizer: Any, batch_size: int = 256) -> list[int]:

@@ -1,4 +1,4 @@
-"""Host-side token batches: left padding, length buckets and response decoding.
+"""Host-side token batches: left padding, length buckets, response decoding and truncation.
 
 The sampler, the trainer and the evaluation all turn lists of token ids into padded ``[B, T]``
 arrays and sampled rows back into text; this module is the one implementation of each step.
@@ -64,4 +64,11 @@ def decode_responses(tokenizer: Any, tokens: np.ndarray, mask: np.ndarray, eos_i
     return tokenizer.batch_decode(rows, skip_special_tokens=skip_special_tokens)
 
 
-__all__ = ["left_pad", "bucket_length", "power_of_two_buckets", "decode_responses"]
+def truncated_fraction(tokens: np.ndarray, mask: np.ndarray, eos_ids: Sequence[int]) -> float:
+    """Share of sampled rows cut by the token limit: the last slot is a response token and not an EOS
+    (a row whose EOS lands in the last slot finished)."""
+    last_real = np.asarray(mask)[:, -1] > 0
+    return float((last_real & ~np.isin(np.asarray(tokens)[:, -1], list(eos_ids))).mean())
+
+
+__all__ = ["left_pad", "bucket_length", "power_of_two_buckets", "decode_responses", "truncated_fraction"]
