@@ -240,7 +240,7 @@ def test_corrupt_latest_checkpoint_resumes_from_the_previous_one(runs, tiny_chec
 
 
 def test_truncated_fraction_counts_rows_cut_by_the_limit():
-    from tooln1.train import truncated_fraction
+    from tooln1.data.tokens import truncated_fraction
 
     eos = 9
     tokens = np.array([[1, 2, 3], [1, 2, eos], [1, eos, 0], [1, 2, 3]])

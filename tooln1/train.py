@@ -33,7 +33,6 @@ import numpy as np
 from tooln1.config_validation import ConfigError, parse_ratios, source_kind, split_specs, validate_config
 from tooln1.data import prompt_batch, tokenize_prompts
 from tooln1.data.tokens import decode_responses, left_pad
-from tooln1.data.tokens import truncated_fraction  # noqa: F401 - imported from here by tests
 
 if TYPE_CHECKING:
     from tooln1.phase import PhaseResult
@@ -247,7 +246,7 @@ class Trainer:
         bs = cfg.eval.batch_size
         for start in range(0, len(recs), bs):
             ids, mask = prompt_batch(recs[start:start + bs], self.tokenizer, self.pad_id)
-            out = sample(model, ids, mask, sampling, jax_key(0)).local()
+            out = sample(model, ids, mask, sampling, 0).local()  # greedy: the key is never drawn
             responses += self.decode(out.tokens, out.mask)
         answers = [r["answer"] for r in recs]
         rewards, diag = score_batch(responses, answers, "binary")
@@ -452,7 +451,6 @@ class Trainer:
                          f"{summary['val_after_grpo']:.3f}  ({summary['wall_seconds']:.0f} s in all)")
         return summary
 
-
     def _plot_curves(self) -> None:
         """``<workdir>/curves.png`` from metrics.jsonl; one line instead when matplotlib is missing."""
         try:
@@ -463,12 +461,6 @@ class Trainer:
             self.say("matplotlib is not installed: no curves.png (pip install matplotlib)")
             return
         self.say(f"training curves in {os.path.join(self.workdir, 'curves.png')}")
-
-
-def jax_key(seed: int):
-    import jax
-
-    return jax.random.key(seed)
 
 
 def train(cfg: Any) -> dict[str, Any]:

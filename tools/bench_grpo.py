@@ -149,6 +149,7 @@ def measure_matmul_flops(n: int = 2048, reps: int = 10) -> float:
 def run_ours(args) -> dict:
     import jax
     import numpy as np
+    from flax import nnx
     from transformers import AutoTokenizer
 
     import tooln1
@@ -174,7 +175,7 @@ def run_ours(args) -> dict:
     loss = GRPOLoss(clip_eps=args.epsilon, kl_coef=args.beta, loss_agg="token-mean", temperature=args.temperature,
                     on_policy=True, group_size=1 if args.no_share_prompt else args.group)
     updater = Updater(model, loss, OptimizerConfig(), num_mini_batches=1)
-    reference = ReferencePolicy(nnx_params(model), offload_to_host=False)
+    reference = ReferencePolicy(nnx.state(model, nnx.Param), offload_to_host=False)
     state = updater.init(model)
 
     rows = []
@@ -217,12 +218,6 @@ def run_ours(args) -> dict:
     model_flops = update_model_flops(model.config, args.prompts * args.group, args.prompt_len, rows[-1]["trained_len"],
                                      loss.group_size, rows[-1]["packed_len"])
     return dict(side="ours", rows=rows, flops_xla_step=flops_xla, model_flops_step=model_flops)
-
-
-def nnx_params(model):
-    from flax import nnx
-
-    return nnx.state(model, nnx.Param)
 
 
 # --------------------------------------------------------------------------------------------
