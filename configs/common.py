@@ -19,9 +19,10 @@ MODELS = {
     "llama-3-8b": ("llama-3-8b", "checkpoints/Meta-Llama-3-8B-Instruct"),
     "tiny": ("", ""),  # a random tiny checkpoint made on the fly (tests, quickstart)
 }
-# name -> (grpo.rollout_slots, eval.rollout_slots) where the defaults' KV pages do not fit (paper lengths,
-# docs/scaling.md "GPU nodes"): Qwen2.5-14B's rollout is 125 GiB a GPU on 8 x H200 at 16 slots, 89 at 8;
-# Llama-3-8B's (8 KV heads, twice Qwen2.5-7B's) 77 GiB on 8 x H100 at 16, 53 at 8
+# name -> (grpo.rollout_slots, eval.rollout_slots) per batch shard where the defaults' KV pages do not fit
+# every preset (paper lengths, docs/scaling.md "The engine per batch shard"): Qwen2.5-14B's rollout on
+# tpu-v5p-128 is 110 GiB a chip at 16 slots, 54 at 8; Llama-3-8B (8 KV heads, twice Qwen2.5-7B's) 40 GiB
+# on 8 x H100 at 8
 MODEL_SLOTS = {
     "qwen2.5-14b": (8, 16),
     "llama-3-8b": (8, 16),
@@ -149,8 +150,9 @@ def base_config() -> ml_collections.ConfigDict:
         reward="binary",  # binary | format_partial | format_name_partial | binary_no_think
         reward_workers=0,  # > 0: score in worker processes
         ref_offload=False,  # keep the frozen reference params in host memory between uses
-        # the rollout engine's decode slots, each with KV pages for P + R tokens; 0 = its default (up to 64).
-        # 16 keeps Qwen2.5-7B's paper-length rollout at 49 GiB a chip on v5p-128 (64 slots: 102 GiB, docs/scaling.md)
+        # the rollout engine's decode slots per batch shard (data x fsdp), each with KV pages for P + R tokens;
+        # 0 = its default (up to 64). 16 keeps Qwen2.5-7B's paper-length rollout at 36 GiB a GPU on 8 x H100
+        # and 27 GiB a chip on v5p-128 (docs/scaling.md, "The engine per batch shard")
         rollout_slots=16,
         logprob_chunk_size=512,  # LM-head positions at a time (0 = all); bounds [n, chunk, V] logits
         # score each group's prompt once, packed with its G responses (GRPOLoss.group_size): same values,
@@ -163,8 +165,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(dict(
         every=50,  # GRPO/SFT steps between validations; 0 = only before and after
         batch_size=64,  # prompts per greedy sampling call
-        # the engine's decode slots for validation (0 = its default, up to 64): 32 keeps Qwen2.5-7B's
-        # P 4,096 + R 1,024 validation at 43 GiB a GPU on 8 x H100 (64: 61 GiB, over the 59 GiB JAX takes)
+        # the engine's decode slots per batch shard for validation, at most (0 = its default, up to 64): a
+        # shard takes its share of the prompts rounded up (64 prompts on 8 x H100: 8 each, Qwen2.5-7B's
+        # P 4,096 + R 1,024 validation at 27 GiB a GPU)
         rollout_slots=32,
         max_new_tokens=1024,
         at_start=True,
