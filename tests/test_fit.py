@@ -227,3 +227,33 @@ def test_shapes_come_from_config_json_without_weights(tmp_path):
     cfg.model.path = str(tmp_path / "missing")
     assert fit.model_config(cfg, layers=2) == preset("qwen2.5-7b", dtype="bfloat16", num_layers=2,
                                                      remat=bool(cfg.model.remat))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed (pip install 'jax[tpu]')")
+def test_tpu_rollout_programs_run_the_kernel_on_pools_in_place():
+    """On a TPU v5e 2x2 (4 batch shards) with a head size of 128 the decode round runs the Pallas paged-
+    attention kernel, and neither engine program copies a pool: a [T, KV, D] scatter made XLA:TPU keep
+    the pools in another layout and copy them around the decode loop, and a layer sliced out of the
+    stacked pools for the kernel was a copy at every step."""
+    import re
+
+    from tooln1.engine import Engine, EngineConfig
+    from tooln1.models import ModelConfig
+    from tooln1.sampling import SamplingConfig
+    from tooln1.sharding import make_mesh
+    from tooln1.targets import get_target, target_devices
+
+    mesh = make_mesh({"fsdp": -1}, devices=target_devices(get_target("tpu-v5e-4")))
+    config = ModelConfig(vocab_size=1024, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
+                         num_kv_heads=2, head_dim=128, dtype="bfloat16")
+    engine = Engine(fit.abstract_model(config, mesh), EngineConfig(num_slots=8))
+    sampling = SamplingConfig(num_samples=2, max_new_tokens=512, eos_ids=(0,))
+    shape = engine.shape(sampling, 64, 1024)
+    pool_bytes = 2 * 2 * shape.num_pages * shape.page_size * 128 * 2  # one shard's keys (or values)
+    for program in ("round", "prefill"):
+        compiled = engine.lower(sampling, 64, 1024, program=program).compile()
+        text = compiled.as_text()
+        assert (program == "round") == ("tpu_custom_call" in text), program
+        pool_copies = re.findall(r"= bf16\[1,2,2,%d,16,128\]\S* copy\(" % shape.num_pages, text)
+        limit = pool_bytes / 4 if program == "round" else pool_bytes  # the prefill holds two samples' context
+        assert not pool_copies and compiled.memory_analysis().temp_size_in_bytes < limit, program
