@@ -198,6 +198,23 @@ def test_rerunning_a_finished_run_changes_nothing(runs, tiny_checkpoint, capsys)
     assert f"finished at step {GRPO_STEPS}; use a new workdir or --config.checkpoint.resume=false" in capsys.readouterr().out
 
 
+def test_a_finished_run_without_its_summary_finishes_at_its_last_step(runs, tiny_checkpoint, tmp_path):
+    """Killed after the last checkpoint but before summary.json: the rerun trains no step, and says and
+    validates at the run's last step (it reported 0 GRPO steps and logged the final validation at 0)."""
+    import shutil
+
+    from tooln1.train import Trainer
+
+    summary, _ = runs["ref"]
+    workdir = tmp_path / "copy"
+    shutil.copytree(summary["workdir"], workdir)
+    (workdir / "summary.json").unlink()
+    again = Trainer(make_config(workdir, tiny_checkpoint, runs["base"] / "jax_cache")).run()
+    assert again["grpo_steps"] == GRPO_STEPS and again["val_after_grpo"] == summary["val_after_grpo"]
+    rows = read_jsonl(workdir / "metrics.jsonl")
+    assert rows[-1]["step"] == GRPO_STEPS and rows[-1]["phase"] == "after GRPO", rows[-1]
+
+
 def test_resume_refuses_another_seed(runs, tiny_checkpoint, tmp_path):
     import shutil
 

@@ -64,9 +64,8 @@ class GRPOPhase:
     def run(self) -> tuple[Any, PhaseResult]:
         """The steps left up to ``grpo.steps`` (or the kill switch); the policy and the phase's result."""
         phase = self.phase
-        if phase.step >= phase.total:
-            phase.checkpoints.close()
-            return self.policy, phase.result
+        if phase.step >= phase.total:  # resumed from its last checkpoint: nothing left to do
+            return self.policy, phase.finish()
         self._start()
         while phase.running:
             t0 = time.perf_counter()

@@ -44,7 +44,7 @@ class Phase:
         self.meta: dict[str, Any] = {"loss_agg": loss_agg}
         self.result = PhaseResult()
         self.bar: Progress | None = None
-        self.t_start = 0.0
+        self.t_start = time.perf_counter()
 
     def resume(self, state: Any) -> tuple[Any, dict[str, Any]]:
         """``state`` and meta of the phase's newest readable checkpoint (an unreadable one is set aside
@@ -107,8 +107,10 @@ class Phase:
                 "rng": rng_to_json(self.trainer.base_key), "seed": int(cfg.seed), "done": done, **self.meta})
 
     def finish(self) -> PhaseResult:
-        """Close the bar and the checkpointer (waiting for the last save); the steps and seconds."""
-        self.bar.close()
+        """Close the bar and the checkpointer (waiting for the last save); the steps done in all (those
+        of the checkpoint it resumed from included) and the seconds."""
+        if self.bar is not None:
+            self.bar.close()
         self.checkpoints.close()
         self.result.steps, self.result.seconds = self.step, time.perf_counter() - self.t_start
         return self.result

@@ -342,9 +342,8 @@ class Trainer:
         updater = Updater(model, SFTLoss(loss_agg=cfg.loss_agg), OptimizerConfig.from_mapping(cfg.optimizer),
                           num_mini_batches=1, micro_batch_size=cfg.micro_batch_size or None)
         state, _ = phase.resume(updater.init(model))
-        if phase.step >= phase.total:
-            phase.checkpoints.close()
-            return updater.model(state), phase.result
+        if phase.step >= phase.total:  # resumed from its last checkpoint: nothing left to do
+            return updater.model(state), phase.finish()
         self.say(f"SFT: {phase.total} steps of {cfg.batch_size} examples ({cfg.target} target), "
                  f"lr {cfg.optimizer.learning_rate}, loss aggregation {cfg.loss_agg}")
         peak = peak_flops(self.cfg.log.peak_tflops)
