@@ -209,6 +209,10 @@ def test_program_does_not_depend_on_the_number_of_prompts(model, prompts, sampli
     temp = {program: engine.lower(sampling, 2 * G, 4000, key, program=program).compile().memory_analysis()
             .temp_size_in_bytes for program in ("round", "prefill")}
     assert temp["round"] < pool_bytes / 4 and temp["prefill"] < pool_bytes, (temp, pool_bytes)
+    # num_slots is a cap: a shard takes its share of the samples rounded up, at most that many
+    assert Engine(model, EngineConfig(num_slots=32)).shape(sampling, 2 * G, 30).slots == 8
+    with pytest.raises(ValueError, match="program 'decode'"):
+        engine.lower(sampling, 2 * G, 30, program="decode")
     # default slots grow with the samples only up to max_slots
     auto = Engine(model, EngineConfig(max_slots=4))
     assert auto.shape(sampling, 2, 30).slots == 2

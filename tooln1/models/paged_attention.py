@@ -141,6 +141,12 @@ def kernel_fits(head_dim: int) -> bool:
     return head_dim % 128 == 0
 
 
+def _backend(backend: str | None, head_dim: int, mesh: Mesh | None) -> str:
+    """"pallas" where the kernel runs: the mesh's platform (the default device's without one; compile-only
+    TPUs too) is a TPU and the head size fits it; else "jax"."""
+    return backend or ("pallas" if platform(mesh) == "tpu" and kernel_fits(head_dim) else "jax")
+
+
 def _tpu_kernel():
     from jax.experimental.pallas.ops.tpu.paged_attention import paged_attention
 
@@ -167,7 +173,7 @@ def ragged_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
     ``k_pages``/``v_pages`` are one layer's pools ``[kv_heads, N, page_size, D]``, or with ``layer``
     (may be traced) all layers' ``[kv_heads, L, N, page_size, D]``; ``page_table`` ``[S, M]``.
     ``backend`` "pallas" / "jax" forces an implementation (default: Pallas on TPU)."""
-    backend = backend or ("pallas" if jax.default_backend() == "tpu" and kernel_fits(q.shape[-1]) else "jax")
+    backend = _backend(backend, q.shape[-1], None)
     q, k_pages, v_pages, lengths, page_table = map(jnp.asarray, (q, k_pages, v_pages, lengths, page_table))
     if backend == "pallas":
         return _pallas_tpu(q, k_pages, v_pages, lengths, page_table, pages_per_block, layer)
@@ -181,8 +187,7 @@ def sharded_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array
     kv_heads, L, N, page_size, D]`` (shard x's pages numbered within its pool), ``lengths`` [X, S] and
     ``page_table`` [X, S, M]; returns [X, S, heads, D]. ``mesh``: where the shards live (one per device
     of its batch axes; see `tooln1.engine_round`), whose platform picks the backend (compile-only TPUs too)."""
-    backend = backend or ("pallas" if platform(mesh) == "tpu" and kernel_fits(q.shape[-1]) else "jax")
-    if backend != "pallas":
+    if _backend(backend, q.shape[-1], mesh) != "pallas":
         one = lambda *a: _reference_blocks(*a, pages_per_block, layer)  # noqa: E731
         return jax.vmap(one)(q, k_pages, v_pages, lengths, page_table)
 
