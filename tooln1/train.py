@@ -33,6 +33,7 @@ import numpy as np
 from tooln1.config_validation import ConfigError, parse_ratios, source_kind, split_specs, validate_config
 from tooln1.data import prompt_batch, tokenize_prompts
 from tooln1.data.tokens import decode_responses, left_pad
+from tooln1.host_memory import keep_freed_memory
 
 if TYPE_CHECKING:
     from tooln1.phase import PhaseResult
@@ -534,6 +535,7 @@ def _absl_main(argv: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``tooln1-train --config configs/<file>.py[:spec] --config.key=value``."""
+    keep_freed_memory()  # before any thread allocates (XLA:CPU's update temporaries: tooln1.host_memory)
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # no "PyTorch was not found" (JAX here)
     from absl import app, flags
     from ml_collections import config_flags

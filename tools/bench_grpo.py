@@ -20,7 +20,13 @@ longest), and both report the response tokens they generated.
 
 Each side runs in its own subprocess (one at a time, so they never compete for the cores or the
 memory); the first iteration is a warm-up (JAX compile, torch allocator) and is excluded from the
-per-iteration figure; our compile time is reported separately.
+per-iteration figure. Our compiles are timed apart and left out of every figure (``jax.monitoring``'s
+trace, lowering and compile durations): a later iteration whose packed length falls in a new bucket
+compiles its update, which the trainer pays once per bucket, not per step.
+
+``--malloc keep`` (the default) runs both sides with glibc keeping freed memory for reuse
+(``tooln1.host_memory``, what ``tooln1-train`` sets on a CPU); ``default`` leaves glibc's own
+settings. Like ``--threads``, a comma list runs each side once per setting and its fastest counts.
 
     python tools/bench_grpo.py                                    # tiny shape, both sides
     python tools/bench_grpo.py --shape qwen2.5-0.5b --prompts 2 --group 4 --prompt-len 32 --new-tokens 32 --iters 2
@@ -148,6 +154,7 @@ def measure_matmul_flops(n: int = 2048, reps: int = 10) -> float:
 
 def run_ours(args) -> dict:
     import jax
+    import jax.monitoring
     import numpy as np
     from flax import nnx
     from transformers import AutoTokenizer
@@ -178,24 +185,32 @@ def run_ours(args) -> dict:
     reference = ReferencePolicy(nnx.state(model, nnx.Param), offload_to_host=False)
     state = updater.init(model)
 
+    compiling = [0.0]  # seconds spent tracing, lowering and compiling so far
+
+    def on_duration(event, duration, **_):
+        if event.startswith("/jax/core/compile/"):
+            compiling[0] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(on_duration)
     rows = []
     flops_xla = None
     for it in range(args.iters + 1):
+        c0 = compiling[0]
         t0 = time.perf_counter()
         out = sample(updater.model(state), prompt_ids, prompt_mask, sampling, jax.random.key(it))
         tokens = np.asarray(out.tokens)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), compiling[0]
         texts = tok.batch_decode(tokens, skip_special_tokens=False)
         rewards, _ = score_batch(texts, answers, kind="binary")
         adv = compute_advantages(rewards, args.group)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), compiling[0]
         # as the trainer: train on the longest response's bucket, each group's responses packed back to back
         batch, packed = update_batch(out, adv, args.group, pack=loss.group_size > 1)
         r_len = batch["response_ids"].shape[1]
         step_loss = dataclasses.replace(loss, packed_length=packed)
         batch["ref_logprobs"] = updater.compute_logprobs(reference.params(), batch, loss_fn=step_loss)
         jax.block_until_ready(batch["ref_logprobs"])
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), compiling[0]
         if it == 0:  # XLA's FLOP count of the update step (its compile is not timed)
             try:
                 req = {k: batch[k] for k in loss.required_keys}
@@ -204,14 +219,16 @@ def run_ours(args) -> dict:
                 flops_xla = float(cost.get("flops", 0.0)) or None
             except Exception as e:  # cost analysis is best effort
                 print(f"[ours] XLA cost analysis unavailable: {e}", file=sys.stderr)
-        t3b = time.perf_counter()
+        t3b, c3b = time.perf_counter(), compiling[0]
         state, metrics = updater.step(state, batch, step_loss)
         metrics = jax.device_get(metrics)
-        t4 = time.perf_counter()
+        t4, c4 = time.perf_counter(), compiling[0]
         n_tok = int(np.asarray(out.mask).sum())
-        rows.append(dict(total=(t3 - t0) + (t4 - t3b), sample=t1 - t0, score=t2 - t1, logprobs=t3 - t2,
-                         step=t4 - t3b, tokens=n_tok, trained_len=r_len, packed_len=packed,
-                         loss=float(metrics["loss"])))
+        sample_s, score_s = (t1 - t0) - (c1 - c0), (t2 - t1) - (c2 - c1)
+        logprobs_s, step_s = (t3 - t2) - (c3 - c2), (t4 - t3b) - (c4 - c3b)
+        rows.append(dict(total=sample_s + score_s + logprobs_s + step_s, sample=sample_s, score=score_s,
+                         logprobs=logprobs_s, step=step_s, compile=(c3 - c0) + (c4 - c3b), tokens=n_tok,
+                         trained_len=r_len, packed_len=packed, loss=float(metrics["loss"])))
         print(f"[ours] iter {it}: " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                                                for k, v in rows[-1].items()), file=sys.stderr, flush=True)
     # FLOPs at the last iteration's lengths (every iteration's in the fixed-length mode)
@@ -341,7 +358,8 @@ def summarise(args, ourses: list[dict], trls: list[dict]) -> dict:
                      split_s={k: _median([x[k] for x in steady]) for k in ("sample", "score", "logprobs", "step")},
                      iter_s=[x["total"] for x in o["rows"]], matmul_flops=o["matmul_flops"],
                      response_tokens=[x["tokens"] for x in o["rows"]], trained_len=[x["trained_len"] for x in o["rows"]])
-            r["compile_s"] = o["rows"][0]["total"] - r["s_per_iter"]
+            r["compile_s"] = sum(x["compile"] for x in o["rows"])
+            r["malloc"] = o["malloc"]
             r["step_flops_per_s"] = o["model_flops_step"] / r["split_s"]["step"]
             r["step_frac_of_matmul"] = r["step_flops_per_s"] / o["matmul_flops"]
             if o.get("flops_xla_step"):
@@ -356,7 +374,7 @@ def summarise(args, ourses: list[dict], trls: list[dict]) -> dict:
         res["ours_step_flops_per_s"] = best["step_flops_per_s"]
         res["ours_step_frac_of_best_matmul"] = best["step_flops_per_s"] / res["matmul_flops_best"]
     if trls:
-        res["trl_runs"] = [dict(threads=t["threads"], torch_threads=t["torch_threads"],
+        res["trl_runs"] = [dict(threads=t["threads"], malloc=t["malloc"], torch_threads=t["torch_threads"],
                                 s_per_iter=_median([x["total"] for x in t["rows"][1:]]),
                                 split_s={k: _median([x[k] for x in t["rows"][1:]])
                                          for k in ("sample", "score", "logprobs", "step")},
@@ -398,11 +416,18 @@ def main(argv=None):
                          "1: torch.set_num_threads(1) / XLA with --xla_cpu_multi_thread_eigen=false; N>1: "
                          "torch.set_num_threads(N) / XLA's default pool. (On a loaded 2-core machine a 2-thread "
                          "pool can be several times slower than 1 thread, for torch more than for XLA.)")
+    ap.add_argument("--malloc", default="keep",
+                    help="comma list of host allocator settings, each side runs once per setting and its fastest "
+                         "counts: keep (glibc keeps freed memory, tooln1.host_memory) or default (glibc's own)")
     ap.add_argument("--json", default=None, help="write the summary here")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args._child:  # one side in this process; raw rows to the JSON path
+        if args.malloc == "keep":
+            from tooln1.host_memory import keep_freed_memory
+
+            keep_freed_memory()  # before torch or JAX start threads
         if args.side == "ours":
             res = run_ours(args)
             res["matmul_flops"] = measure_matmul_flops(args.matmul_n)
@@ -415,17 +440,20 @@ def main(argv=None):
     args.loadavg_start = os.getloadavg()
     args.ckpt = ensure_checkpoint(args.shape, args.ckpt, args.mean_response)
     runs = []
+    mallocs = [m.strip() for m in args.malloc.split(",") if m.strip()]
+    if not set(mallocs) <= {"keep", "default"}:
+        ap.error(f"--malloc: expected keep and/or default, got {args.malloc!r}")
     for t in [t.strip() for t in args.threads.split(",") if t.strip()]:
-        runs += [(side, t) for side in ("ours", "trl") if args.side in ("both", side)]
+        runs += [(side, t, m) for m in mallocs for side in ("ours", "trl") if args.side in ("both", side)]
     ourses, trls = [], []
-    for side, threads in runs:
+    for side, threads, malloc in runs:
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
             path = f.name
         cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--_child", path, "--ckpt", args.ckpt,
                "--shape", args.shape, "--prompts", str(args.prompts), "--group", str(args.group),
                "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--iters", str(args.iters), "--mean-response", str(args.mean_response),
                "--beta", str(args.beta), "--epsilon", str(args.epsilon), "--temperature", str(args.temperature),
-               "--matmul-n", str(args.matmul_n), "--threads", threads, "--dtype", args.dtype] + (["--no-share-prompt"] * args.no_share_prompt)
+               "--matmul-n", str(args.matmul_n), "--threads", threads, "--malloc", malloc, "--dtype", args.dtype] + (["--no-share-prompt"] * args.no_share_prompt)
         env = dict(os.environ)
         if side == "ours" and threads == "1":
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
@@ -434,9 +462,9 @@ def main(argv=None):
         with open(path) as f:
             raw = json.load(f)
         os.unlink(path)
-        raw["threads"] = int(threads)
+        raw["threads"], raw["malloc"] = int(threads), malloc
         (ourses if side == "ours" else trls).append(raw)
-        print(f"[{side} threads={threads}] process wall time "
+        print(f"[{side} threads={threads} malloc={malloc}] process wall time "
               f"{time.perf_counter() - t0:.1f} s, load average {os.getloadavg()}", file=sys.stderr, flush=True)
     res = summarise(args, ourses, trls)
     print(json.dumps(res, indent=2))

@@ -33,7 +33,9 @@ def main() -> None:
     ap.add_argument("--share-prompt", action="store_true", help="score each group's prompt once")
     ap.add_argument("--iters", type=int, default=5)
     args = ap.parse_args()
+    from tooln1.host_memory import keep_freed_memory
 
+    keep_freed_memory()  # as tooln1-train does, before JAX starts its threads
     import jax
     import numpy as np
     from flax import nnx
