@@ -391,6 +391,26 @@ def test_frozen_layers_train_only_the_blocks_above(scan_layers):
         assert np.any(a[2] != b[2]), jax.tree_util.keystr(path)
 
 
+def test_remat_with_frozen_layers_scores_and_steps_as_without():
+    """The old-log-prob pass and two optimizer steps of a remat model with frozen blocks (SmolLM2's
+    config shape) give what the same model gives without remat."""
+    results = []
+    for remat in (False, True):
+        model = CausalLM(CFG.replace(num_layers=3, frozen_layers=1, remat=remat), rngs=nnx.Rngs(0))
+        updater = Updater(model, LOSS, OPT, num_mini_batches=2)
+        state = updater.init(model)
+        batch = make_batch()
+        batch["old_logprobs"] = np.asarray(updater.compute_logprobs(state.params, batch))
+        batch["ref_logprobs"] = batch["old_logprobs"]
+        state, metrics = updater.step(state, batch)
+        results.append((batch["old_logprobs"], to_np(state.params), float(metrics["loss"])))
+    (lp, params, loss), (lp_remat, params_remat, loss_remat) = results
+    np.testing.assert_allclose(lp_remat, lp, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loss_remat, loss, rtol=1e-5, atol=1e-7)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params_remat), jax.tree.leaves(params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+
+
 def test_update_batch_trims_to_the_longest_response_and_packs_groups():
     """The trainer's update batch: responses cut to the longest one's power-of-two bucket, and the
     packed length is the longest group's total in its bucket (0 without packing)."""

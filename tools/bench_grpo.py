@@ -24,9 +24,10 @@ per-iteration figure. Our compiles are timed apart and left out of every figure 
 trace, lowering and compile durations): a later iteration whose packed length falls in a new bucket
 compiles its update, which the trainer pays once per bucket, not per step.
 
-``--malloc keep`` (the default) runs both sides with glibc keeping freed memory for reuse
-(``tooln1.host_memory``, what ``tooln1-train`` sets on a CPU); ``default`` leaves glibc's own
-settings. Like ``--threads``, a comma list runs each side once per setting and its fastest counts.
+Allocator: ours runs as ``tooln1-train`` does on a CPU, glibc keeping freed memory for reuse
+(``tooln1.host_memory``; ``--ours-malloc default`` for glibc's own settings), TRL with glibc's own
+(``--trl-malloc keep``: at the 0.5B shape its heap grew past this machine's 24 GB and it was killed).
+Like ``--threads``, a comma list runs a side once per setting and its fastest counts.
 
     python tools/bench_grpo.py                                    # tiny shape, both sides
     python tools/bench_grpo.py --shape qwen2.5-0.5b --prompts 2 --group 4 --prompt-len 32 --new-tokens 32 --iters 2
@@ -43,6 +44,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -359,7 +361,7 @@ def summarise(args, ourses: list[dict], trls: list[dict]) -> dict:
                      iter_s=[x["total"] for x in o["rows"]], matmul_flops=o["matmul_flops"],
                      response_tokens=[x["tokens"] for x in o["rows"]], trained_len=[x["trained_len"] for x in o["rows"]])
             r["compile_s"] = sum(x["compile"] for x in o["rows"])
-            r["malloc"] = o["malloc"]
+            r["malloc"], r["peak_rss_gb"] = o["malloc"], o["peak_rss_gb"]
             r["step_flops_per_s"] = o["model_flops_step"] / r["split_s"]["step"]
             r["step_frac_of_matmul"] = r["step_flops_per_s"] / o["matmul_flops"]
             if o.get("flops_xla_step"):
@@ -374,7 +376,8 @@ def summarise(args, ourses: list[dict], trls: list[dict]) -> dict:
         res["ours_step_flops_per_s"] = best["step_flops_per_s"]
         res["ours_step_frac_of_best_matmul"] = best["step_flops_per_s"] / res["matmul_flops_best"]
     if trls:
-        res["trl_runs"] = [dict(threads=t["threads"], malloc=t["malloc"], torch_threads=t["torch_threads"],
+        res["trl_runs"] = [dict(threads=t["threads"], malloc=t["malloc"], peak_rss_gb=t["peak_rss_gb"],
+                                torch_threads=t["torch_threads"],
                                 s_per_iter=_median([x["total"] for x in t["rows"][1:]]),
                                 split_s={k: _median([x[k] for x in t["rows"][1:]])
                                          for k in ("sample", "score", "logprobs", "step")},
@@ -416,15 +419,17 @@ def main(argv=None):
                          "1: torch.set_num_threads(1) / XLA with --xla_cpu_multi_thread_eigen=false; N>1: "
                          "torch.set_num_threads(N) / XLA's default pool. (On a loaded 2-core machine a 2-thread "
                          "pool can be several times slower than 1 thread, for torch more than for XLA.)")
-    ap.add_argument("--malloc", default="keep",
-                    help="comma list of host allocator settings, each side runs once per setting and its fastest "
-                         "counts: keep (glibc keeps freed memory, tooln1.host_memory) or default (glibc's own)")
+    for side, default in (("ours", "keep"), ("trl", "default")):
+        ap.add_argument(f"--{side}-malloc", default=default,
+                        help=f"comma list of host allocator settings for {side}, one run each, the fastest counts: "
+                             "keep (glibc keeps freed memory, tooln1.host_memory) or default (glibc's own)")
+    ap.add_argument("--_malloc", default="default", help=argparse.SUPPRESS)
     ap.add_argument("--json", default=None, help="write the summary here")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args._child:  # one side in this process; raw rows to the JSON path
-        if args.malloc == "keep":
+        if args._malloc == "keep":
             from tooln1.host_memory import keep_freed_memory
 
             keep_freed_memory()  # before torch or JAX start threads
@@ -433,6 +438,7 @@ def main(argv=None):
             res["matmul_flops"] = measure_matmul_flops(args.matmul_n)
         else:
             res = run_trl(args)
+        res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         with open(args._child, "w") as f:
             json.dump(res, f)
         return res
@@ -440,11 +446,12 @@ def main(argv=None):
     args.loadavg_start = os.getloadavg()
     args.ckpt = ensure_checkpoint(args.shape, args.ckpt, args.mean_response)
     runs = []
-    mallocs = [m.strip() for m in args.malloc.split(",") if m.strip()]
-    if not set(mallocs) <= {"keep", "default"}:
-        ap.error(f"--malloc: expected keep and/or default, got {args.malloc!r}")
+    mallocs = {side: [m.strip() for m in getattr(args, f"{side}_malloc").split(",") if m.strip()] for side in ("ours", "trl")}
+    for side, settings in mallocs.items():
+        if not settings or not set(settings) <= {"keep", "default"}:
+            ap.error(f"--{side}-malloc: expected keep and/or default, got {getattr(args, f'{side}_malloc')!r}")
     for t in [t.strip() for t in args.threads.split(",") if t.strip()]:
-        runs += [(side, t, m) for m in mallocs for side in ("ours", "trl") if args.side in ("both", side)]
+        runs += [(side, t, m) for side in ("ours", "trl") if args.side in ("both", side) for m in mallocs[side]]
     ourses, trls = [], []
     for side, threads, malloc in runs:
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
@@ -453,7 +460,7 @@ def main(argv=None):
                "--shape", args.shape, "--prompts", str(args.prompts), "--group", str(args.group),
                "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--iters", str(args.iters), "--mean-response", str(args.mean_response),
                "--beta", str(args.beta), "--epsilon", str(args.epsilon), "--temperature", str(args.temperature),
-               "--matmul-n", str(args.matmul_n), "--threads", threads, "--malloc", malloc, "--dtype", args.dtype] + (["--no-share-prompt"] * args.no_share_prompt)
+               "--matmul-n", str(args.matmul_n), "--threads", threads, "--_malloc", malloc, "--dtype", args.dtype] + (["--no-share-prompt"] * args.no_share_prompt)
         env = dict(os.environ)
         if side == "ours" and threads == "1":
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
@@ -464,8 +471,8 @@ def main(argv=None):
         os.unlink(path)
         raw["threads"], raw["malloc"] = int(threads), malloc
         (ourses if side == "ours" else trls).append(raw)
-        print(f"[{side} threads={threads} malloc={malloc}] process wall time "
-              f"{time.perf_counter() - t0:.1f} s, load average {os.getloadavg()}", file=sys.stderr, flush=True)
+        print(f"[{side} threads={threads} malloc={malloc}] process wall time {time.perf_counter() - t0:.1f} s, "
+              f"peak RSS {raw['peak_rss_gb']:.1f} GB, load average {os.getloadavg()}", file=sys.stderr, flush=True)
     res = summarise(args, ourses, trls)
     print(json.dumps(res, indent=2))
     if args.json:
