@@ -7,8 +7,11 @@ gigabytes of temporaries back in one zeroed 4 KiB page at a time. A Qwen2.5-0.5B
 (512-token prompt shared by 320 response tokens) took 18.6 s with 1.3 M page faults a step on a
 2-core machine, and 12.1 s with none once freed memory stays in the heap (docs/benchmarks.md).
 
-The price: the process keeps its peak resident memory instead of returning it to the system. It is
-applied only when JAX will run on the CPU, and ``TOOLN1_KEEP_FREED_MEMORY=0`` turns it off.
+The price: the process keeps its peak resident memory instead of returning it to the system, and
+programs without large temporaries gain nothing and may lose: the API-Bank rollout (SmolLM2-135M,
+engine only) took 17.7-21.1 s with it against 13.8-16.4 s without in three alternating pairs. So
+``tooln1-train`` sets it (updates dominate a GRPO step's temporaries) and ``tooln1-eval`` does not.
+It is applied only when JAX will run on the CPU, and ``TOOLN1_KEEP_FREED_MEMORY=0`` turns it off.
 """
 from __future__ import annotations
 

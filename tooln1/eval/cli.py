@@ -17,8 +17,6 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from tooln1.host_memory import keep_freed_memory
-
 __all__ = ["main", "build_parser"]
 
 
@@ -84,7 +82,6 @@ def _oracle(args: argparse.Namespace, data_dirs: dict) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    keep_freed_memory()  # before any thread allocates (tooln1.host_memory)
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # no "PyTorch was not found" (JAX here)
     args = build_parser().parse_args(argv)
     if args.compare:
