@@ -330,3 +330,16 @@ def test_sft_drops_and_counts_examples_longer_than_max_seq_len(tiny_tokenizer):
     assert all(tiny_tokenizer.decode(row[a > 0]).startswith("<|im_start|>system") for row, a in zip(ids, attn))
     with pytest.raises(ValueError, match=f"more than the padded length {limit}"):
         t._sft_examples([recs[too_long[0]]])
+
+
+def test_cli_keeps_freed_host_memory_before_anything_else(monkeypatch, capsys):
+    """tooln1-train sets the allocator (tooln1.host_memory) first thing: before it even reads the config,
+    so before JAX or a tokenizer has started a thread."""
+    import tooln1.train as train_module
+
+    calls = []
+    monkeypatch.setattr(train_module, "keep_freed_memory", lambda: calls.append("kept"))
+    with pytest.raises(SystemExit):
+        train_module.main(["tooln1-train", "--config", "/nonexistent/config.py"])
+    assert calls == ["kept"]
+    assert "config file /nonexistent/config.py does not exist" in capsys.readouterr().err
