@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Rollout throughput: the tooln1 engine vs transformers' ``generate`` and ``generate_batch``, one run.
+"""Rollout throughput: the tooln1 engine vs transformers' ``generate`` and ``generate_batch``.
 
 Workloads (``--workload``):
 
@@ -14,7 +14,9 @@ Workloads (``--workload``):
 
 Each system runs in its own subprocess (its peak RSS is its peak memory). Ours runs the workload once
 to compile (its first-run wall time is reported) and is timed on a second run with another seed; HF
-runs a short warm-up. Response tokens/s = response tokens (to the first EOS) / wall time.
+runs a short warm-up. Response tokens/s = response tokens (to the first EOS) / wall time. With
+``--repeats N`` every system runs N times in rotation (this machine's speed drifts by more than 10% between
+runs) and each row is its median run, with the ratio within each rotation beside it.
 
     nice python tools/bench_rollout.py --workload longtail --out docs/benchmarks.md
 """
@@ -179,29 +181,50 @@ def _describe(workload, prompts) -> str:
             "Qwen2, near-uniform next-token probabilities, temperature 1")
 
 
-def run_workload(workload, ckpt, systems, dtype) -> str:
+def _run_child(workload, system, ckpt, dtype) -> dict:
+    res = subprocess.run([sys.executable, __file__, "--child", system, "--workload", workload, "--ckpt", ckpt,
+                          "--dtype", dtype],
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+    line = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT")]
+    if not line:
+        print(res.stderr[-3000:])
+        return dict(system=system, error=res.stderr.strip().splitlines()[-1][:200])
+    return json.loads(line[0][6:])
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median wall time (the lower middle of an even count) and every run's wall, in order;
+    the last error when no run finished."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return runs[-1]
+    row = dict(sorted(ok, key=lambda r: r["wall_s"])[(len(ok) - 1) // 2])
+    row["walls"] = [r["wall_s"] for r in ok]
+    return row
+
+
+def run_workload(workload, ckpt, systems, dtype, repeats: int = 1) -> str:
+    """Every system ``repeats`` times in rotation, each run in a fresh process, so a slow spell of this
+    machine hits both sides; each system's row is its median run."""
     ckpt, prompts, _ = _setup(workload, ckpt)
     load = os.getloadavg()
-    rows = []
-    for system in systems:
-        res = subprocess.run([sys.executable, __file__, "--child", system, "--workload", workload, "--ckpt", ckpt,
-                              "--dtype", dtype],
-                             capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
-        line = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT")]
-        if not line:
-            print(res.stderr[-3000:])
-            rows.append(dict(system=system, error=res.stderr.strip().splitlines()[-1][:200]))
-            continue
-        rows.append(json.loads(line[0][6:]))
-        print(rows[-1], flush=True)
+    runs: dict[str, list[dict]] = {system: [] for system in systems}
+    for _ in range(repeats):
+        for system in systems:
+            runs[system].append(_run_child(workload, system, ckpt, dtype))
+            print(runs[system][-1], flush=True)
     load_after = os.getloadavg()
+    rows = [_median_run(runs[system]) for system in systems]
     best_hf = max((r["tok_s"] for r in rows if "tok_s" in r and r["system"] != "tooln1 engine"), default=None)
     begin, end = _markers(workload, dtype)
-    flag = "" if dtype == "float32" else f" --dtype {dtype}"
+    flag = ("" if dtype == "float32" else f" --dtype {dtype}") + ("" if repeats == 1 else f" --repeats {repeats}")
+    if tuple(systems) != SYSTEMS:
+        flag += f' --systems "{",".join(systems)}"'
+    how = "one run" if repeats == 1 else f"{repeats} runs each in rotation, the median run shown"
     lines = [begin, f"### Rollouts, `{workload}` workload, {dtype}", "",
              f"`nice python tools/bench_rollout.py --workload {workload}{flag} --out docs/benchmarks.md` — "
-             f"{_describe(workload, prompts)}; every system in {dtype}, CPU, one run; load average {load[0]:.1f} before / "
-             f"{load_after[0]:.1f} after.", "",
+             f"{_describe(workload, prompts)}; every system in {dtype}, CPU, {how}; load average {load[0]:.1f} "
+             f"before / {load_after[0]:.1f} after.", "",
              "| system | response tokens | wall s | response tok/s | ÷ best HF | peak RSS MB |",
              "|---|---|---|---|---|---|"]
     for r in rows:
@@ -209,8 +232,17 @@ def run_workload(workload, ckpt, systems, dtype) -> str:
             lines.append(f"| {r['system']} | failed: {r['error']} | | | | |")
             continue
         ratio = f"{r['tok_s'] / best_hf:.2f}×" if best_hf else "—"
-        lines.append(f"| {r['system']} | {r['tokens']} | {r['wall_s']:.1f} | {r['tok_s']:.0f} | {ratio} | "
+        walls = f"{r['wall_s']:.1f}" + ("" if repeats == 1 else " (" + ", ".join(f"{w:.1f}" for w in r["walls"]) + ")")
+        lines.append(f"| {r['system']} | {r['tokens']} | {walls} | {r['tok_s']:.0f} | {ratio} | "
                      f"{r['peak_rss_mb']:.0f} |")
+    hf = [s for s in systems if s != "tooln1 engine"]
+    if repeats > 1 and "tooln1 engine" in runs and hf:
+        pairs = []
+        for i, ours in enumerate(runs["tooln1 engine"]):
+            same = [runs[s][i]["tok_s"] for s in hf if "tok_s" in runs[s][i]]
+            if "tok_s" in ours and same:
+                pairs.append(ours["tok_s"] / max(same))
+        lines += ["", "Ours ÷ best HF within each rotation: " + ", ".join(f"{x:.2f}×" for x in pairs) + "."]
     ours = next((r for r in rows if r["system"] == "tooln1 engine" and "stats" in r), None)
     if ours:
         s = ours["stats"]
@@ -232,13 +264,16 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="weights and compute dtype of every system")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="runs of each system, in rotation; each row shows the median run")
     ap.add_argument("--child", default=None)
     args = ap.parse_args()
     if args.child:
         return child(args.workload, args.child, args.ckpt, args.dtype)
     for workload in (list(WORKLOADS) if args.workload == "all" else [args.workload]):
         ckpt = args.smollm2 if workload == "apibank" else args.ckpt
-        text = run_workload(workload, ckpt, [s.strip() for s in args.systems.split(",")], args.dtype)
+        text = run_workload(workload, ckpt, [s.strip() for s in args.systems.split(",")], args.dtype,
+                            args.repeats)
         print(text)
         if args.out:
             begin, end = _markers(workload, args.dtype)
