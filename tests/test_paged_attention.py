@@ -22,6 +22,17 @@ def _setup(seed: int):
     return q, k_pool, v_pool, lengths, table
 
 
+@pytest.fixture
+def gpu_kernel_interpreted(monkeypatch):
+    """JAX's Pallas GPU kernel run by Pallas' interpreter (no GPU here): the same kernel program, on a CPU."""
+    import functools
+
+    from jax.experimental.pallas.ops.gpu.paged_attention import paged_attention
+
+    monkeypatch.setattr("tooln1.models.paged_attention._gpu_kernel",
+                        lambda: functools.partial(paged_attention, interpret=True))
+
+
 @pytest.mark.parametrize("pages_per_block", [1, 2, 8])
 def test_ragged_paged_attention_equals_dense(pages_per_block):
     q, k_pool, v_pool, lengths, table = _setup(0)
@@ -95,12 +106,13 @@ def test_bfloat16_pages_held_as_bits_read_as_bfloat16():
 
 
 @pytest.mark.parametrize("mesh_shape", [{"data": 2, "fsdp": 2, "tensor": 2}, {"fsdp": 2, "tensor": 4}])
+@pytest.mark.usefixtures("gpu_kernel_interpreted")
 def test_kernel_path_runs_per_device_shard(monkeypatch, mesh_shape):
     """The engine's batch shards (each its own pool, pages numbered within it): the kernel path runs on
     each device's shard under shard_map (kv heads split with their query heads when the tensor axis
     divides them) on every layer's pages as one pool (layer l's page p at l * N + p), the pure-JAX path
-    vmaps over the shards; both give every shard's own attention. The TPU kernel is stood in for by the
-    pure-JAX one (no TPU here)."""
+    vmaps over the shards; all give every shard's own attention. The TPU kernel is stood in for by the
+    pure-JAX one (no TPU here), the GPU one runs in Pallas' interpreter."""
     from tooln1.models import paged_attention as pa
     from tooln1.sharding import batch_shards, make_mesh
 
@@ -118,9 +130,48 @@ def test_kernel_path_runs_per_device_shard(monkeypatch, mesh_shape):
     kernel = lambda q, kp, vp, n, t, pages_per_compute_block: pa._reference_blocks(  # noqa: E731
         q * q.shape[-1] ** 0.5, kp, vp, n, t, pages_per_compute_block, None)
     monkeypatch.setattr(pa, "_tpu_kernel", lambda: kernel)
-    for backend in ("jax", "pallas"):
+    for backend in ("jax", "pallas", "pallas_gpu"):
         got = jax.jit(lambda *a: pa.sharded_paged_attention(*a, layer=1, mesh=mesh, backend=backend))(
             q, k, v, lengths, table)
         for i in range(x):
             np.testing.assert_allclose(np.asarray(got[i]), np.asarray(want[i]), atol=1e-5, rtol=1e-5,
                                        err_msg=f"{backend} shard {i}")
+
+
+@pytest.mark.usefixtures("gpu_kernel_interpreted")
+@pytest.mark.parametrize("pages_per_block", [1, 2, 8])
+def test_gpu_kernel_equals_the_portable_path(pages_per_block):
+    """bf16 pools, every layer's pages as one pool (layer 1 read), pages past each length poisoned: the GPU
+    kernel's table is padded to whole partitions (pages_per_block 1: 5 partitions of one page; 2: 3 of two,
+    one padded; 8: one of five) and must read what the pure-JAX path reads."""
+    _, _, _, lengths, table = _setup(3)
+    d = 16
+    rng = np.random.RandomState(4)
+    q = rng.randn(len(lengths), KV * GROUPS, d).astype(np.float32)
+    k_pool, v_pool = (rng.randn(KV, 2, N, PS, d).astype(np.float32) for _ in range(2))
+    used = np.zeros(N, bool)
+    for s, n in enumerate(lengths):
+        used[table[s, : -(-n // PS)]] = True
+    k_pool[:, 1, ~used], v_pool[:, 1, ~used] = 1e4, -1e4  # poison: pages no sequence reaches
+    bf16 = lambda x: jnp.asarray(x, jnp.bfloat16)  # noqa: E731
+    args = (bf16(q), bf16(k_pool), bf16(v_pool), jnp.asarray(lengths), jnp.asarray(table))
+    want = ragged_paged_attention(*args, pages_per_block=pages_per_block, backend="jax", layer=1)
+    got = jax.jit(lambda *a: ragged_paged_attention(*a, pages_per_block=pages_per_block, backend="pallas_gpu",
+                                                    layer=1))(*args)
+    assert got.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(got.astype(jnp.float32))))
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=2e-2, rtol=2e-2)
+
+
+def test_backend_choice_by_platform_dtype_and_shape(monkeypatch):
+    """TPU kernel for head sizes of 128s, the GPU kernel for 16-bit KV with power-of-two head and page sizes,
+    the portable path otherwise (and always on a CPU)."""
+    from tooln1.models import paged_attention as pa
+
+    cases = [("tpu", 128, 16, jnp.bfloat16, "pallas"), ("tpu", 64, 16, jnp.bfloat16, "jax"),
+             ("gpu", 128, 16, jnp.bfloat16, "pallas_gpu"), ("cuda", 64, 16, jnp.float16, "pallas_gpu"),
+             ("gpu", 128, 16, jnp.float32, "jax"), ("gpu", 80, 16, jnp.bfloat16, "jax"),
+             ("gpu", 128, 12, jnp.bfloat16, "jax"), ("cpu", 128, 16, jnp.bfloat16, "jax")]
+    for target, head_dim, page_size, dtype, want in cases:
+        monkeypatch.setattr(pa, "platform", lambda mesh, t=target: t)
+        assert pa._backend(None, head_dim, page_size, dtype, None) == want, (target, head_dim, page_size, dtype)
+    assert pa._backend("jax", 128, 16, jnp.bfloat16, None) == "jax"

@@ -10,9 +10,10 @@ table padded with 0 is masked by the length.
 
 * `write_pages` scatters new keys/values to (page, offset) slots of one layer; `pool_dtype` says what
   the pools hold (bfloat16 as uint16 bits on a CPU, where a bf16 scatter widens its whole pool).
-* `ragged_paged_attention` is decode attention (one query per sequence): the Pallas kernel on TPU,
-  elsewhere a pure-JAX split-K loop over (sequence, block of pages) items up to each sequence's own
-  length, so the cost follows the real lengths, not the table width or the longest sequence.
+* `ragged_paged_attention` is decode attention (one query per sequence): JAX's Pallas kernels on TPU and,
+  for 16-bit KV, on GPU (Triton); elsewhere a pure-JAX split-K loop over (sequence, block of pages) items
+  up to each sequence's own length, so the cost follows the real lengths, not the table width or the
+  longest sequence.
 * `gather_pages` reads one sequence's pages back as a contiguous ``[M*page_size, kv_heads, D]``
   (the prior context of a prefill chunk).
 * `sharded_paged_attention` is decode attention for the engine's batch shards, each with its own pool
@@ -141,10 +142,24 @@ def kernel_fits(head_dim: int) -> bool:
     return head_dim % 128 == 0
 
 
-def _backend(backend: str | None, head_dim: int, mesh: Mesh | None) -> str:
-    """"pallas" where the kernel runs: the mesh's platform (the default device's without one; compile-only
-    TPUs too) is a TPU and the head size fits it; else "jax"."""
-    return backend or ("pallas" if platform(mesh) == "tpu" and kernel_fits(head_dim) else "jax")
+def gpu_kernel_fits(head_dim: int, page_size: int, dtype) -> bool:
+    """Whether the GPU (Triton) kernel takes these pools: 16-bit KV (a float32 one would meet its dots in
+    TF32 and lose float32 parity), and head and page sizes that are powers of two (Triton's block shapes)."""
+    pow2 = lambda n: n >= 16 and n & (n - 1) == 0  # noqa: E731
+    return jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and pow2(head_dim) and page_size & (page_size - 1) == 0
+
+
+def _backend(backend: str | None, head_dim: int, page_size: int, dtype, mesh: Mesh | None) -> str:
+    """"pallas" where the TPU kernel runs (the mesh's platform, the default device's without one, is a TPU,
+    compile-only ones too, and the head size fits it), "pallas_gpu" where the GPU one does, else "jax"."""
+    if backend:
+        return backend
+    target = platform(mesh)
+    if target == "tpu" and kernel_fits(head_dim):
+        return "pallas"
+    if target in ("gpu", "cuda") and gpu_kernel_fits(head_dim, page_size, dtype):
+        return "pallas_gpu"
+    return "jax"
 
 
 def _tpu_kernel():
@@ -153,16 +168,52 @@ def _tpu_kernel():
     return paged_attention
 
 
-def _pallas_tpu(q, k_pages, v_pages, lengths, page_table, pages_per_block: int, layer=None) -> jax.Array:
-    if layer is not None:  # every layer's pages as one pool: layer l's page p is l * N + p (no copy)
-        kv, num_layers, n = k_pages.shape[:3]
-        k_pages, v_pages = (p.reshape(kv, num_layers * n, *p.shape[3:]) for p in (k_pages, v_pages))
-        page_table = page_table + layer * n
+def _gpu_kernel():
+    from jax.experimental.pallas.ops.gpu.paged_attention import paged_attention
 
+    return paged_attention
+
+
+def _one_pool(k_pages, v_pages, page_table, layer):
+    """Every layer's pages as one pool, layer ``l``'s page ``p`` at ``l * N + p``: the kernels take one layer's
+    ``[KV, pages, page_size, D]``, and merging L and N is free where slicing the layer out copied it."""
+    if layer is None:
+        return k_pages, v_pages, page_table
+    kv, num_layers, n = k_pages.shape[:3]
+    k_pages, v_pages = (p.reshape(kv, num_layers * n, *p.shape[3:]) for p in (k_pages, v_pages))
+    return k_pages, v_pages, page_table + layer * n
+
+
+def _scaled(q):
+    return (q.astype(jnp.float32) * (q.shape[-1] ** -0.5)).astype(q.dtype)  # the kernels do not scale
+
+
+def _pallas_tpu(q, k_pages, v_pages, lengths, page_table, pages_per_block: int, layer=None) -> jax.Array:
+    k_pages, v_pages, page_table = _one_pool(k_pages, v_pages, page_table, layer)
     m_pages = page_table.shape[1]
     block = max(b for b in range(1, min(pages_per_block, m_pages) + 1) if m_pages % b == 0)
-    scaled = (q.astype(jnp.float32) * (q.shape[-1] ** -0.5)).astype(q.dtype)  # the kernel does not scale
-    return _tpu_kernel()(scaled, k_pages, v_pages, lengths, page_table, pages_per_compute_block=block)
+    return _tpu_kernel()(_scaled(q), k_pages, v_pages, lengths, page_table, pages_per_compute_block=block)
+
+
+# Partitions of a sequence's pages the GPU kernel runs as separate programs (its default), merged after:
+# one sequence's decode at paper lengths is then 16 programs per kv head, not one.
+GPU_SPLITS = 16
+
+
+def _pallas_gpu(q, k_pages, v_pages, lengths, page_table, pages_per_block: int, layer=None) -> jax.Array:
+    """JAX's Pallas GPU (Triton) paged attention. It reads pages straight from the pool, where the pure-JAX
+    path gathers each block into a temporary first. Its table must split into ``k_splits`` partitions of
+    whole compute blocks: padded with page 0, which the lengths mask."""
+    k_pages, v_pages, page_table = _one_pool(k_pages, v_pages, page_table, layer)
+    m_pages = page_table.shape[1]
+    block = max(1, min(pages_per_block, m_pages))
+    splits = max(1, min(GPU_SPLITS, -(-m_pages // block)))
+    page_table = jnp.pad(page_table, ((0, 0), (0, -m_pages % (splits * block))))
+    return _gpu_kernel()(_scaled(q), k_pages, v_pages, page_table, lengths.astype(jnp.int32),
+                         pages_per_compute_block=block, k_splits=splits)
+
+
+_KERNELS = {"pallas": _pallas_tpu, "pallas_gpu": _pallas_gpu}
 
 
 def ragged_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, lengths: jax.Array,
@@ -172,11 +223,11 @@ def ragged_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
 
     ``k_pages``/``v_pages`` are one layer's pools ``[kv_heads, N, page_size, D]``, or with ``layer``
     (may be traced) all layers' ``[kv_heads, L, N, page_size, D]``; ``page_table`` ``[S, M]``.
-    ``backend`` "pallas" / "jax" forces an implementation (default: Pallas on TPU)."""
-    backend = _backend(backend, q.shape[-1], None)
+    ``backend`` "pallas" (TPU) / "pallas_gpu" / "jax" forces an implementation (default: `_backend`)."""
     q, k_pages, v_pages, lengths, page_table = map(jnp.asarray, (q, k_pages, v_pages, lengths, page_table))
-    if backend == "pallas":
-        return _pallas_tpu(q, k_pages, v_pages, lengths, page_table, pages_per_block, layer)
+    backend = _backend(backend, q.shape[-1], k_pages.shape[-2], k_pages.dtype, None)
+    if backend in _KERNELS:
+        return _KERNELS[backend](q, k_pages, v_pages, lengths, page_table, pages_per_block, layer)
     return _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block, layer)
 
 
@@ -186,13 +237,14 @@ def sharded_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array
     """`ragged_paged_attention` for every batch shard: q ``[X, S, heads, D]``, all layers' pools ``[X,
     kv_heads, L, N, page_size, D]`` (shard x's pages numbered within its pool), ``lengths`` [X, S] and
     ``page_table`` [X, S, M]; returns [X, S, heads, D]. ``mesh``: where the shards live (one per device
-    of its batch axes; see `tooln1.engine_round`), whose platform picks the backend (compile-only TPUs too)."""
-    if _backend(backend, q.shape[-1], mesh) != "pallas":
+    of its batch axes; see `tooln1.engine_round`), whose platform picks the backend (compile-only devices too)."""
+    kernel = _KERNELS.get(_backend(backend, q.shape[-1], k_pages.shape[-2], k_pages.dtype, mesh))
+    if kernel is None:
         one = lambda *a: _reference_blocks(*a, pages_per_block, layer)  # noqa: E731
         return jax.vmap(one)(q, k_pages, v_pages, lengths, page_table)
 
     def per_device(q, k_pages, v_pages, lengths, page_table):  # this device's shard: X = 1
-        return _pallas_tpu(q[0], k_pages[0], v_pages[0], lengths[0], page_table[0], pages_per_block, layer)[None]
+        return kernel(q[0], k_pages[0], v_pages[0], lengths[0], page_table[0], pages_per_block, layer)[None]
 
     if mesh is None:
         return per_device(q, k_pages, v_pages, lengths, page_table)
@@ -207,4 +259,4 @@ def sharded_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array
 
 
 __all__ = ["BFLOAT16_BITS", "pool_dtype", "write_pages", "gather_pages", "ragged_paged_attention",
-           "sharded_paged_attention"]
+           "sharded_paged_attention", "kernel_fits", "gpu_kernel_fits"]
