@@ -64,10 +64,12 @@ from tooln1.sharding import LOGICAL_RULES, batch_shards, logical_to_spec, platfo
 # Decoding layout: tensor-parallel where the tensor axis divides, replicated over the batch axes.
 INFERENCE_RULES = tuple((name, None if name == "embed" else axes) for name, axes in LOGICAL_RULES)
 LAYER_LAYOUTS = ("auto", "stacked", "per_layer")
-# Splitting pays on a CPU once a layer's MLP kernel outgrows the caches: Qwen2.5-0.5B (17 MB kernels)
-# decodes 1-8 slots 1.2-1.9x faster split, SmolLM2-135M (3.5 MB) no faster. Elsewhere XLA
-# reads a layer's weights straight out of the stack, and unrolling would only cost compile time.
-PER_LAYER_MIN_KERNEL_BYTES = 8 << 20
+# Splitting pays on a CPU once a layer's MLP kernel is more than a few MB: Qwen2.5-0.5B (17 MB kernels)
+# decodes 1-8 slots 1.2-1.9x faster split; SmolLM2-135M (3.5 MB) decodes API-Bank's rounds 7.0 s against
+# 7.5 s stacked (six alternating runs on a 2-core CPU without AMX; 8-row MLP reads 38-41 against 52-58 ms
+# a step). Elsewhere XLA reads a layer's weights straight out of the stack, and unrolling would only cost
+# compile time.
+PER_LAYER_MIN_KERNEL_BYTES = 2 << 20
 
 
 @dataclasses.dataclass(frozen=True)
