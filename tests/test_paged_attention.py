@@ -142,8 +142,8 @@ def test_kernel_path_runs_per_device_shard(monkeypatch, mesh_shape):
 @pytest.mark.parametrize("pages_per_block", [1, 2, 8])
 def test_gpu_kernel_equals_the_portable_path(pages_per_block):
     """bf16 pools, every layer's pages as one pool (layer 1 read), pages past each length poisoned: the GPU
-    kernel's table is padded to whole partitions (pages_per_block 1: 5 partitions of one page; 2: 3 of two,
-    one padded; 8: one of five) and must read what the pure-JAX path reads."""
+    kernel's table of 5 pages is padded to whole partitions of power-of-two blocks (pages_per_block 1: 5
+    partitions of one page; 2: 3 of two; 8: 2 of four) and must read what the pure-JAX path reads."""
     _, _, _, lengths, table = _setup(3)
     d = 16
     rng = np.random.RandomState(4)
@@ -159,6 +159,18 @@ def test_gpu_kernel_equals_the_portable_path(pages_per_block):
     got = jax.jit(lambda *a: ragged_paged_attention(*a, pages_per_block=pages_per_block, backend="pallas_gpu",
                                                     layer=1))(*args)
     assert got.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(got.astype(jnp.float32))))
+    # what Triton lowers: compute blocks of a power of two of pages, partitions of whole blocks
+    calls = []
+    from tooln1.models import paged_attention as pa
+
+    kernel = pa._gpu_kernel()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pa, "_gpu_kernel", lambda: lambda q, k, v, t, n, **kw: calls.append((t.shape, kw)) or kernel(
+            q, k, v, t, n, **kw))
+        ragged_paged_attention(*args, pages_per_block=pages_per_block, backend="pallas_gpu", layer=1)
+    (table_shape, kw), = calls
+    block = kw["pages_per_compute_block"]
+    assert block & (block - 1) == 0 and table_shape[1] % (block * kw["k_splits"]) == 0
     np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32), atol=2e-2, rtol=2e-2)
 
 

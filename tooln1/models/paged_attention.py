@@ -203,10 +203,11 @@ GPU_SPLITS = 16
 def _pallas_gpu(q, k_pages, v_pages, lengths, page_table, pages_per_block: int, layer=None) -> jax.Array:
     """JAX's Pallas GPU (Triton) paged attention. It reads pages straight from the pool, where the pure-JAX
     path gathers each block into a temporary first. Its table must split into ``k_splits`` partitions of
-    whole compute blocks: padded with page 0, which the lengths mask."""
+    whole compute blocks: padded with page 0, which the lengths mask. Triton takes power-of-two array
+    sizes only, so a compute block is a power of two of pages (a table of 5 failed to lower)."""
     k_pages, v_pages, page_table = _one_pool(k_pages, v_pages, page_table, layer)
     m_pages = page_table.shape[1]
-    block = max(1, min(pages_per_block, m_pages))
+    block = 1 << (max(1, min(pages_per_block, m_pages)).bit_length() - 1)
     splits = max(1, min(GPU_SPLITS, -(-m_pages // block)))
     page_table = jnp.pad(page_table, ((0, 0), (0, -m_pages % (splits * block))))
     return _gpu_kernel()(_scaled(q), k_pages, v_pages, page_table, lengths.astype(jnp.int32),
