@@ -67,8 +67,9 @@ LAYER_LAYOUTS = ("auto", "stacked", "per_layer")
 # Splitting pays on a CPU once a layer's MLP kernel is more than a few MB: Qwen2.5-0.5B (17 MB kernels)
 # decodes 1-8 slots 1.2-1.9x faster split; SmolLM2-135M (3.5 MB) decodes API-Bank's rounds 7.0 s against
 # 7.5 s stacked (six alternating runs on a 2-core CPU without AMX; 8-row MLP reads 38-41 against 52-58 ms
-# a step). Elsewhere XLA reads a layer's weights straight out of the stack, and unrolling would only cost
-# compile time.
+# a step), but its unrolled programs compile ~3x longer (API-Bank's first pass 74-78 s against 24 s): it
+# pays over a training run or a long evaluation. Elsewhere XLA reads a layer's weights straight out of the
+# stack, and unrolling would only cost compile time.
 PER_LAYER_MIN_KERNEL_BYTES = 2 << 20
 
 
@@ -293,7 +294,10 @@ class Engine:
         make_pool = lambda: jnp.zeros(pool, self.kv_dtype)  # noqa: E731
         make_slots = lambda: empty_slots(shape, key_shape)  # noqa: E731
         if self.mesh is None:
-            return (make_pool(), make_pool()), make_slots()
+            # committed to the weights' device like the programs' outputs, or every program compiles twice:
+            # once for the uncommitted first state and again for the committed state the next call passes
+            device = next(iter(jax.tree.leaves(self.weights)[0].devices()))
+            return jax.device_put(((make_pool(), make_pool()), make_slots()), device)
         zeros = jax.jit(make_pool, out_shardings=pool_sharding(self.mesh, pool))
         return (zeros(), zeros()), jax.jit(make_slots, out_shardings=shard_sharding(self.mesh))()
 
