@@ -100,6 +100,25 @@ def test_weights_split_per_layer_sample_the_same(model, prompts, sampling, one_s
             np.testing.assert_allclose(results[i][g].logprobs, one_slot[i][g].logprobs, atol=1e-4, rtol=0)
 
 
+def test_tpu_copy_stores_qkv_heads_major_and_samples_the_same(model, prompts, sampling, one_slot, monkeypatch):
+    """On a TPU the decoding copy stores the q/k/v kernels [layers, heads, embed, D], the layout XLA:TPU's
+    decode matmuls read (it copied the stacks into it every round); it samples what the plain copy samples."""
+    import tooln1.engine
+
+    monkeypatch.setattr(tooln1.engine, "platform", lambda mesh: "tpu")  # the attention backend stays pure JAX
+    engine = Engine(model, ONE_SLOT)
+    c, attention = model.config, engine.weights["layers"]["attention"]
+    assert attention["q_kernel"][...].shape == (c.num_layers, c.num_heads, c.hidden_size, c.head_dim)
+    assert attention["k_kernel"][...].shape == (c.num_layers, c.num_kv_heads, c.hidden_size, c.head_dim)
+    np.testing.assert_array_equal(np.asarray(attention["v_kernel"][...]),
+                                  np.swapaxes(np.asarray(model.layers.attention.v_kernel[...]), 1, 2))
+    results, _ = engine.generate(prompts, sampling, jax.random.key(5), max_prompt_len=max(LENGTHS))
+    for i in range(len(prompts)):
+        for g in range(G):
+            np.testing.assert_array_equal(results[i][g].tokens, one_slot[i][g].tokens, err_msg=f"prompt {i} sample {g}")
+            np.testing.assert_allclose(results[i][g].logprobs, one_slot[i][g].logprobs, atol=1e-4, rtol=0)
+
+
 def test_bf16_cpu_copy_samples_what_the_stacked_bf16_copy_samples(checkpoint, prompts, sampling):
     """16-bit decoding on a CPU: per-layer weights, embedding rows gathered from a float32 table, an
     untied [D, V] head, bf16 KV pages stored as uint16 bits and no one-row decode width; it samples what the plain stacked

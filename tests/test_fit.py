@@ -261,3 +261,31 @@ def test_tpu_rollout_programs_run_the_kernel_on_pools_in_place():
     # attention, and compiles
     small = Engine(fit.abstract_model(config.replace(head_dim=64), mesh), EngineConfig(num_slots=8))
     assert "tpu_custom_call" not in small.lower(sampling, 64, 1024).compile().as_text()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed (pip install 'jax[tpu]')")
+def test_tpu_decode_round_neither_relays_out_projections_nor_gathers_the_head():
+    """On a TPU v5e 2x2 the decode round reads the decoding copy's q/k/v kernels in place (stored
+    [layers, heads, embed, D]: XLA:TPU copied [layers, embed, heads, D] stacks into that layout at every
+    round, Qwen2.5-14B 3.3 GiB a chip), and with tensor parallelism it gathers the logits, not the
+    vocab-sharded head (Qwen2.5-7B on tpu-v4-32-tp4: 1 GiB at every step)."""
+    import re
+
+    from tooln1.engine import Engine, EngineConfig
+    from tooln1.models import ModelConfig
+    from tooln1.sampling import SamplingConfig
+    from tooln1.sharding import make_mesh
+    from tooln1.targets import get_target, target_devices
+
+    config = ModelConfig(vocab_size=8192, hidden_size=1024, intermediate_size=2048, num_layers=2, num_heads=8,
+                         num_kv_heads=2, head_dim=128, dtype="bfloat16")
+    sampling = SamplingConfig(num_samples=2, max_new_tokens=512, eos_ids=(0,))
+    for axes in ({"fsdp": -1}, {"fsdp": 2, "tensor": 2}):
+        mesh = make_mesh(axes, devices=target_devices(get_target("tpu-v5e-4")))
+        engine = Engine(fit.abstract_model(config, mesh), EngineConfig(num_slots=8))
+        assert engine.weights["layers"]["attention"]["q_kernel"].shape == (2, 8, 1024, 128)
+        text = engine.lower(sampling, 64, 1024).compile().as_text()
+        kernel_copies = re.findall(r"= (bf16\[2,\d+,\d+,128\])\S* copy\(", text)
+        gathered = [tuple(map(int, dims.split(","))) for dims in re.findall(r"= \w+\[([\d,]+)\]\S* all-gather", text)]
+        assert not kernel_copies, (axes, kernel_copies)
+        assert not [s for s in gathered if 8192 in s and 1024 in s], (axes, gathered)

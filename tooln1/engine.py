@@ -57,7 +57,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from tooln1.engine_round import (Admit, Chunk, Shape, empty_slots, pool_sharding, run_prefill, run_round,
                                  shard_sharding)
-from tooln1.models.decoder import float32_lookup, split_layers
+from tooln1.models.decoder import float32_lookup, heads_major, split_layers
 from tooln1.models.paged_attention import pool_dtype
 from tooln1.sharding import LOGICAL_RULES, batch_shards, logical_to_spec, platform
 
@@ -183,6 +183,8 @@ def _decoding_copy(graphdef, state, dtype, per_layer: bool) -> tuple[Any, Any]:
         model = split_layers(model)
         if dtype.itemsize == 2:
             model = float32_lookup(model, nnx.merge(graphdef, state)._embedding())
+    elif platform(model.mesh) == "tpu":
+        model = heads_major(model)
     return nnx.split(model)
 
 

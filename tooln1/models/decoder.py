@@ -116,9 +116,11 @@ class Attention(nnx.Module):
             self.v_bias = param(None, (c.num_kv_heads, c.head_dim), axes=("kv_heads", "head_dim"))
         self.qkv_bias = c.qkv_bias
         self.dtype = jnp.dtype(c.dtype)
+        self.heads_major = False  # q/k/v kernels stored [heads, embed, D] (the TPU decoding copy, `heads_major`)
 
     def _project(self, x, kernel, bias, mesh):
-        y = _contract("btd,dhk->bthk", x, kernel[...].astype(self.dtype), self.dtype, mesh)
+        spec = "btd,hdk->bthk" if self.heads_major else "btd,dhk->bthk"
+        y = _contract(spec, x, kernel[...].astype(self.dtype), self.dtype, mesh)
         return y + bias[...].astype(self.dtype) if self.qkv_bias else y
 
     def qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mesh: Mesh | None):
@@ -422,6 +424,20 @@ def split_layers(model: CausalLM) -> CausalLM:
         return one
 
     model.layers = nnx.List([block(i) for i in range(model.config.num_layers)])
+    return model
+
+
+def heads_major(model: CausalLM) -> CausalLM:
+    """Store the stacked q/k/v kernels [layers, heads, embed, D]; returns ``model``. XLA:TPU's decode
+    matmuls read them heads-major and copied the [layers, embed, heads, D] stacks into that layout at
+    every round (Qwen2.5-14B: 3.3 GiB of temporaries a chip). A decoding copy only."""
+    attention = model.layers.attention
+    for name in ("q_kernel", "k_kernel", "v_kernel"):
+        v = getattr(attention, name)
+        axes = v.get_metadata()["logical_axes"]
+        setattr(attention, name, v.replace(value=jnp.swapaxes(v.get_value(), 1, 2),
+                                           logical_axes=(axes[0], axes[2], axes[1], axes[3])))
+    attention.heads_major = True
     return model
 
 
