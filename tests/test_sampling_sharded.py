@@ -66,8 +66,20 @@ def test_each_batch_shard_decodes_its_own_slots_from_its_own_pages(tmp_path):
     pools, _ = engine._init_state(shape, (2,))
     assert pools[0].shape == (4, 2, 2, shape.num_pages, 8, 16)  # [X, KV, L, N, page_size, D]
     assert pools[0].sharding.shard_shape(pools[0].shape) == (1, 1, 2, shape.num_pages, 8, 16)
-    for program in ("round", "prefill"):
+
+    def collective_shapes(engine, program):
         text = engine.lower(cfg, 10 * 3, 40, program=program).compile().as_text()
         collectives = re.findall(r"= \w+\[([\d,]*)\][^ ]* (?:all-gather|all-reduce|all-to-all|collective-permute)", text)
-        shapes = [tuple(int(d) for d in dims.split(",") if d) for dims in collectives]
-        assert collectives and not [s for s in shapes if shape.num_pages in s or (32, 3000) == s[:2]], (program, shapes)
+        return [tuple(int(d) for d in dims.split(",") if d) for dims in collectives]
+
+    for program in ("round", "prefill"):
+        shapes = collective_shapes(engine, program)
+        assert shapes and not [s for s in shapes if shape.num_pages in s or (32, 3000) == s[:2]], (program, shapes)
+    # 2 kv heads on a tensor axis of 4: the pools are replicated over it and stay so through the layers
+    # (XLA split them after the query heads and all-gathered both whole pools at every round's end)
+    model = load_model(path, dtype="float32", mesh=make_mesh(MESHES["fsdp2_tensor4"]))
+    engine = Engine(model, EngineConfig(page_size=8, prefill_chunk=16))
+    pages = engine.shape(cfg, 10 * 3, 40).num_pages
+    for program in ("round", "prefill"):
+        shapes = collective_shapes(engine, program)
+        assert shapes and not [s for s in shapes if pages in s], (program, shapes)

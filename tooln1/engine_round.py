@@ -165,10 +165,14 @@ def is_eos(token: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
     return jnp.any(token[..., None] == jnp.asarray(eos_ids, jnp.int32), axis=-1)
 
 
-def _write(pools, layer, k, v, pages, offsets):
+def _write(pools, layer, k, v, pages, offsets, mesh):
     """Each shard's new keys/values [X, T, KV, D] to its (page, offset) slots [X, T] of ``layer``."""
     write = jax.vmap(write_pages, in_axes=(0, None, 0, 0, 0))
-    return write(pools[0], layer, k, pages, offsets), write(pools[1], layer, v, pages, offsets)
+    # The pools keep their sharding through the layers: where the kv heads do not divide the tensor axis
+    # (replicated pools), XLA split them over part of it, following the tensor-sharded query heads, and
+    # all-gathered both whole pools at the end of every round and prefill.
+    return _keep_layout((write(pools[0], layer, k, pages, offsets), write(pools[1], layer, v, pages, offsets)),
+                        pool_sharding(mesh, pools[0].shape))
 
 
 def _keep_layout(tree, sharding):
@@ -198,7 +202,7 @@ def _prefill(model, pools, c: Chunk, shape: Shape):
     def attend(q, k, v, state, layer):
         # Write first, then read the context: a read before the in-place write of the same pool made
         # XLA copy both pools at every layer. The chunk's own slots are masked out of the context.
-        kp, vp = _write(state, layer, k, v, c.pages, c.offsets)
+        kp, vp = _write(state, layer, k, v, c.pages, c.offsets, model.mesh)
         context = lambda pool: jnp.pad(gather(pool, c.ctx_table, layer).astype(dtype),  # noqa: E731
                                        ((0, 0), (0, ctx - written), (0, 0), (0, 0)))
         keys = jnp.concatenate([context(kp), k], axis=1)
@@ -247,7 +251,7 @@ def _decode(model, pools, slots: Slots, temperature, top_p, admit_after, narrow_
 
         def attend(q, k, v, state, layer):
             unflat = lambda a: a.reshape(x_shards, width, *a.shape[2:])  # noqa: E731  [X*W, 1, ...] -> [X, W, ...]
-            kp, vp = _write(state, layer, unflat(k), unflat(v), page, pos % ps)
+            kp, vp = _write(state, layer, unflat(k), unflat(v), page, pos % ps, model.mesh)
             out = sharded_paged_attention(unflat(q), kp, vp, lengths, slots.table, layer, model.mesh)
             return out.reshape(rows, 1, *out.shape[2:]), (kp, vp)
 
