@@ -242,6 +242,7 @@ def test_program_does_not_depend_on_the_number_of_prompts(model, prompts, sampli
     # state compiled each program a second time); a page-table width no other test uses
     width = max(LENGTHS) + 11
     compiles = []
+
     def listener(event, secs, fun_name="", **kw):
         if "backend_compile" in event and fun_name in ("jit(run_round)", "jit(run_prefill)"):
             compiles.append(fun_name)
