@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from tooln1.models.attention import attention
-from tooln1.models.paged_attention import BFLOAT16_BITS, gather_pages, pool_dtype, ragged_paged_attention, write_pages
+from tooln1.models.paged_attention import (BFLOAT16_BITS, gather_pages, page_shape, pool_dtype, ragged_paged_attention,
+                                          write_pages)
 
 KV, GROUPS, D, PS, M, N = 2, 3, 8, 4, 5, 40
 
@@ -79,6 +80,37 @@ def test_write_then_gather_roundtrip():
     np.testing.assert_array_equal(np.asarray(jax.jit(gather_pages)(pool, jnp.array([7, 3]), layer)), np.asarray(seq))
 
 
+def test_pools_of_128_lane_rows_hold_the_same_tokens():
+    """A head narrower than 128 lanes is stored in rows of 128 (TPU tiles pad a narrower minor dim): writes,
+    gathers and attention see the same tokens as in a [page_size, D] pool."""
+    assert page_shape(16, 64) == (8, 128) and page_shape(16, 128) == (16, 128) and page_shape(16, 96) == (16, 96)
+    assert page_shape(4, 8) == (4, 8)  # a page smaller than one row stays as it is
+    d, ps = 32, 8
+    rows, width = page_shape(ps, d)
+    assert (rows, width) == (2, 128)
+    rng = np.random.RandomState(5)
+    lengths = np.array([1, 9, 40, 23], np.int32)
+    table = rng.permutation(np.arange(1, N))[: 4 * M].reshape(4, M).astype(np.int32)
+    plain = [jnp.asarray(rng.randn(KV, 2, N, ps, d), jnp.float32) for _ in range(2)]  # [KV, L, N, ps, D]
+    new = jnp.asarray(rng.randn(6, KV, d), jnp.float32)
+    pages, offsets = jnp.array([3, 3, 3, 3, 11, 11]), jnp.array([0, 3, 4, 7, 5, 6])  # both halves of rows
+    plain = [jax.jit(write_pages)(pool, 1, new, pages, offsets) for pool in plain]
+    lanes = [pool.reshape(KV, 2, N, rows, width) for pool in plain]
+    written = [jax.jit(write_pages)(pool.reshape(KV, 2, N, rows, width) * 0 + 7, 1, new, pages, offsets)
+               for pool in plain]
+    seq = gather_pages(written[0], jnp.array([3, 11]), 1, head_dim=d)  # [2*ps, KV, D]
+    np.testing.assert_array_equal(np.asarray(seq[jnp.array([0, 3, 4, 7, ps + 5, ps + 6])]), np.asarray(new))
+    untouched = np.ones(2 * ps, bool)
+    untouched[[0, 3, 4, 7, ps + 5, ps + 6]] = False
+    assert np.all(np.asarray(seq)[untouched] == 7)
+    np.testing.assert_array_equal(np.asarray(gather_pages(lanes[0], jnp.asarray(table[2]), 1, head_dim=d)),
+                                  np.asarray(gather_pages(plain[0], jnp.asarray(table[2]), 1)))
+    q = jnp.asarray(rng.randn(4, KV * GROUPS, d), jnp.float32)
+    want = ragged_paged_attention(q, *plain, lengths, table, pages_per_block=2, backend="jax", layer=1)
+    got = ragged_paged_attention(q, *lanes, lengths, table, pages_per_block=2, backend="jax", layer=1)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 def test_all_layer_pools_with_a_layer_index_read_that_layer():
     q, k_pool, v_pool, lengths, table = _setup(2)
     k_all, v_all = np.stack([k_pool * 0.5, k_pool], axis=1), np.stack([-v_pool, v_pool], axis=1)  # [KV, L, N, PS, D]
@@ -143,9 +175,11 @@ def test_kernel_path_runs_per_device_shard(monkeypatch, mesh_shape):
 def test_gpu_kernel_equals_the_portable_path(pages_per_block):
     """bf16 pools, every layer's pages as one pool (layer 1 read), pages past each length poisoned: the GPU
     kernel's table of 5 pages is padded to whole partitions of power-of-two blocks (pages_per_block 1: 5
-    partitions of one page; 2: 3 of two; 8: 2 of four) and must read what the pure-JAX path reads."""
+    partitions of one page; 2: 3 of two; 8: 2 of four) and must read what the pure-JAX path reads, from
+    pools of 128-lane rows (`page_shape`: 4 tokens x 32 in one row) where the pure-JAX path reads
+    [page_size, D] ones."""
     _, _, _, lengths, table = _setup(3)
-    d = 16
+    d = 32
     rng = np.random.RandomState(4)
     q = rng.randn(len(lengths), KV * GROUPS, d).astype(np.float32)
     k_pool, v_pool = (rng.randn(KV, 2, N, PS, d).astype(np.float32) for _ in range(2))
@@ -156,6 +190,8 @@ def test_gpu_kernel_equals_the_portable_path(pages_per_block):
     bf16 = lambda x: jnp.asarray(x, jnp.bfloat16)  # noqa: E731
     args = (bf16(q), bf16(k_pool), bf16(v_pool), jnp.asarray(lengths), jnp.asarray(table))
     want = ragged_paged_attention(*args, pages_per_block=pages_per_block, backend="jax", layer=1)
+    assert page_shape(PS, d) == (1, 128)
+    args = (args[0], *(pool.reshape(KV, 2, N, 1, 128) for pool in args[1:3]), *args[3:])
     got = jax.jit(lambda *a: ragged_paged_attention(*a, pages_per_block=pages_per_block, backend="pallas_gpu",
                                                     layer=1))(*args)
     assert got.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(got.astype(jnp.float32))))

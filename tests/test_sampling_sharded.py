@@ -64,8 +64,9 @@ def test_each_batch_shard_decodes_its_own_slots_from_its_own_pages(tmp_path):
     shape = engine.shape(cfg, 10 * 3, 40)
     assert (shape.shards, shape.slots) == (4, 8)  # 30 samples over 4 shards: 8 slots each
     pools, _ = engine._init_state(shape, (2,))
-    assert pools[0].shape == (4, 2, 2, shape.num_pages, 8, 16)  # [X, KV, L, N, page_size, D]
-    assert pools[0].sharding.shard_shape(pools[0].shape) == (1, 1, 2, shape.num_pages, 8, 16)
+    # [X, KV, L, N, rows, width]: a page of 8 tokens x 16 is one row of 128 lanes (`page_shape`)
+    assert pools[0].shape == (4, 2, 2, shape.num_pages, 1, 128)
+    assert pools[0].sharding.shard_shape(pools[0].shape) == (1, 1, 2, shape.num_pages, 1, 128)
 
     def collective_shapes(engine, program):
         text = engine.lower(cfg, 10 * 3, 40, program=program).compile().as_text()

@@ -58,7 +58,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tooln1.engine_round import (Admit, Chunk, Shape, empty_slots, pool_sharding, run_prefill, run_round,
                                  shard_sharding)
 from tooln1.models.decoder import float32_lookup, heads_major, split_layers
-from tooln1.models.paged_attention import pool_dtype
+from tooln1.models.paged_attention import page_shape, pool_dtype
 from tooln1.sharding import LOGICAL_RULES, batch_shards, logical_to_spec, platform
 
 # Decoding layout: tensor-parallel where the tensor axis divides, replicated over the batch axes.
@@ -289,7 +289,7 @@ class Engine:
 
     def _pool_shape(self, shape: Shape) -> tuple[int, ...]:
         c = self.model_config
-        return shape.shards, c.num_kv_heads, c.num_layers, shape.num_pages, shape.page_size, c.head_dim
+        return shape.shards, c.num_kv_heads, c.num_layers, shape.num_pages, *page_shape(shape.page_size, c.head_dim)
 
     def _init_state(self, shape: Shape, key_shape):
         pool = self._pool_shape(shape)

@@ -44,7 +44,7 @@ from tooln1.models.paged_attention import gather_pages, sharded_paged_attention,
 from tooln1.sharding import batch_axes, constrain, logical_to_spec, per_batch_shard
 
 PREFILL_BLOCK = 256
-POOL_AXES = ("batch", "kv_heads", "layers", None, None, "head_dim")  # [X, KV, L, N, page_size, D]
+POOL_AXES = ("batch", "kv_heads", "layers", None, None, None)  # [X, KV, L, N, rows, width] (`page_shape`)
 
 
 class Shape(NamedTuple):
@@ -197,7 +197,7 @@ def _prefill(model, pools, c: Chunk, shape: Shape):
     kv_seg = jnp.concatenate([jnp.pad(c.ctx_seg, ((0, 0), (0, ctx - written))), q_seg], axis=1)
     q_pos = jnp.broadcast_to(jnp.arange(shape.chunk, dtype=jnp.int32), (x_shards, shape.chunk))
     kv_pos = jnp.concatenate([jnp.full((x_shards, ctx), -1, jnp.int32), q_pos], axis=1)
-    gather = jax.vmap(gather_pages, in_axes=(0, 0, None))
+    gather = jax.vmap(functools.partial(gather_pages, head_dim=model.config.head_dim), in_axes=(0, 0, None))
 
     def attend(q, k, v, state, layer):
         # Write first, then read the context: a read before the in-place write of the same pool made
@@ -215,7 +215,7 @@ def _prefill(model, pools, c: Chunk, shape: Shape):
 
 
 def _admit(pools, slots: Slots, a: Admit, seed):
-    def copy_page(pool, src, dst):  # one shard's pool [KV, L, N, ps, D]: each admitted sample's partial page
+    def copy_page(pool, src, dst):  # one shard's pool [KV, L, N, rows, width]: each admitted sample's partial page
         return pool.at[:, :, dst].set(pool[:, :, src])
 
     kp, vp = (jax.vmap(copy_page)(pool, a.copy_src, a.copy_dst) for pool in pools)

@@ -1,12 +1,13 @@
 """Attention over a paged KV cache: each sequence reads only the pages its page table names.
 
-A page pool holds every layer's keys (and one holds the values) as ``[kv_heads, L, pages, page_size,
-head_dim]``: merging L and pages is free, so the TPU Pallas kernel, which takes one layer's ``[kv_heads,
-pages, page_size, head_dim]``, reads every layer's pool as one with layer ``l``'s page ``p`` at
-``l * pages + p`` (slicing a layer out of a stacked pool copied it for the kernel at every step). A
-sequence's page table ``[M]`` lists its pages in order and its length says how many leading slots are
-real. Page 0 is the engine's scratch page: rows and tokens with nothing to write write there, and a
-table padded with 0 is masked by the length.
+A page pool holds every layer's keys (and one holds the values) as ``[kv_heads, L, pages, rows, width]``,
+a page's tokens one after another in ``rows x width`` (`page_shape`: ``[page_size, head_dim]``, or for
+a head under 128 wide, rows of 128 lanes holding several tokens each). Merging L and pages is free, so
+the TPU Pallas kernel, which takes one layer's ``[kv_heads, pages, page_size, head_dim]``, reads every
+layer's pool as one with layer ``l``'s page ``p`` at ``l * pages + p`` (slicing a layer out of a stacked
+pool copied it for the kernel at every step). A sequence's page table ``[M]`` lists its pages in order
+and its length says how many leading slots are real. Page 0 is the engine's scratch page: rows and
+tokens with nothing to write write there, and a table padded with 0 is masked by the length.
 
 * `write_pages` scatters new keys/values to (page, offset) slots of one layer; `pool_dtype` says what
   the pools hold (bfloat16 as uint16 bits on a CPU, where a bf16 scatter widens its whole pool).
@@ -33,6 +34,22 @@ MASKED = -1e30  # finite, so a block with no real slot adds exp(MASKED - m) = 0 
 
 # A pool of this dtype holds bfloat16 values as their bits (`pool_dtype`).
 BFLOAT16_BITS = jnp.dtype(jnp.uint16)
+LANES = 128
+
+
+def page_shape(page_size: int, head_dim: int) -> tuple[int, int]:
+    """A page's ``(rows, width)`` in a pool: ``(page_size, head_dim)``, or for a head that divides 128 lanes,
+    rows of 128 (16 tokens x 64 -> 8 x 128). TPU tiles pad a minor dim to 128 lanes, so XLA:TPU kept
+    64-wide pools with the pages dim minor-most and copied both pools to and from a head-minor layout
+    around every decode loop and prefill (Qwen2.5-0.5B on tpu-v5e-64: round temp 7.19 GiB, prefill
+    9.58). Both shapes hold the same bytes in the same order: a free reshape on a CPU or GPU."""
+    if head_dim < LANES and LANES % head_dim == 0 and page_size * head_dim % LANES == 0:
+        return page_size * head_dim // LANES, LANES
+    return page_size, head_dim
+
+
+def _tokens_per_page(pool: jax.Array, head_dim: int) -> int:
+    return pool.shape[-2] * pool.shape[-1] // head_dim
 
 
 def pool_dtype(dtype, cpu: bool) -> jnp.dtype:
@@ -60,18 +77,30 @@ def write_pages(pool: jax.Array, layer, new: jax.Array, pages: jax.Array, offset
 
     One scatter per kv head, each writing [T, D] rows: a scatter of [T, kv_heads, D] made XLA:TPU lay
     the pool out with the heads next to D, then copy the whole pool to and from that layout around
-    the decode loop and copy each layer's pages back for the attention kernel at every step."""
+    the decode loop and copy each layer's pages back for the attention kernel at every step. In a
+    pool of 128-lane rows (`page_shape`) each token is a window of D lanes within its row."""
     new = _store(new, pool.dtype)
+    d, width = new.shape[-1], pool.shape[-1]
+    if width == d:
+        for head in range(pool.shape[0]):
+            pool = pool.at[head, layer, pages, offsets].set(new[:, head])
+        return pool
+    flat = offsets * d
+    dims = jax.lax.ScatterDimensionNumbers(update_window_dims=(1,), inserted_window_dims=(0, 1, 2, 3),
+                                           scatter_dims_to_operand_dims=(0, 1, 2, 3, 4))
     for head in range(pool.shape[0]):
-        pool = pool.at[head, layer, pages, offsets].set(new[:, head])
+        at = [jnp.full_like(pages, head), jnp.full_like(pages, layer), pages, flat // width, flat % width]
+        pool = jax.lax.scatter(pool, jnp.stack(at, axis=-1), new[:, head], dims, indices_are_sorted=False,
+                               unique_indices=False, mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
     return pool
 
 
-def gather_pages(pool: jax.Array, page_table: jax.Array, layer=None) -> jax.Array:
-    """One sequence's keys or values ``[M*page_size, kv_heads, D]`` from one layer's pool [KV, N, ps, D],
-    or with ``layer`` from all layers' [KV, L, N, ps, D] (one gather: no copy of the layer's pool)."""
-    kv, d = pool.shape[0], pool.shape[-1]
-    pages = pool[:, page_table] if layer is None else pool[:, layer, page_table]  # [KV, M, ps, D]
+def gather_pages(pool: jax.Array, page_table: jax.Array, layer=None, head_dim: int | None = None) -> jax.Array:
+    """One sequence's keys or values ``[M*page_size, kv_heads, D]`` from one layer's pool [KV, N, rows, width],
+    or with ``layer`` from all layers' [KV, L, N, rows, width] (one gather: no copy of the layer's pool).
+    ``head_dim`` D: the pool's width by default."""
+    kv, d = pool.shape[0], head_dim or pool.shape[-1]
+    pages = pool[:, page_table] if layer is None else pool[:, layer, page_table]  # [KV, M, rows, width]
     return _load(pages.reshape(kv, -1, d).transpose(1, 0, 2))
 
 
@@ -85,8 +114,8 @@ def _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block:
     With ``layer``, the pools are every layer's and each block gathers straight from them: slicing
     out the layer first would copy its whole pool at every decode step."""
     s, h, d = q.shape
-    kv, ps = k_pages.shape[0], k_pages.shape[-2]
-    read = (lambda pool, pages: pool[:, pages]) if layer is None else (  # [KV, W, bp, ps, D]
+    kv, ps = k_pages.shape[0], _tokens_per_page(k_pages, d)
+    read = (lambda pool, pages: pool[:, pages]) if layer is None else (  # [KV, W, bp, rows, width]
         lambda pool, pages: pool[:, layer, pages])
     g = h // kv
     m_pages = page_table.shape[1]
@@ -174,14 +203,14 @@ def _gpu_kernel():
     return paged_attention
 
 
-def _one_pool(k_pages, v_pages, page_table, layer):
+def _one_pool(k_pages, v_pages, page_table, layer, head_dim: int):
     """Every layer's pages as one pool, layer ``l``'s page ``p`` at ``l * N + p``: the kernels take one layer's
-    ``[KV, pages, page_size, D]``, and merging L and N is free where slicing the layer out copied it."""
-    if layer is None:
-        return k_pages, v_pages, page_table
-    kv, num_layers, n = k_pages.shape[:3]
-    k_pages, v_pages = (p.reshape(kv, num_layers * n, *p.shape[3:]) for p in (k_pages, v_pages))
-    return k_pages, v_pages, page_table + layer * n
+    ``[KV, pages, page_size, D]``, and merging L and N is free where slicing the layer out copied it (so
+    is splitting 128-lane rows back into tokens, on a GPU, whose kernel takes such pools)."""
+    kv, ps = k_pages.shape[0], _tokens_per_page(k_pages, head_dim)
+    n = k_pages.shape[-3]
+    k_pages, v_pages = (p.reshape(kv, -1, ps, head_dim) for p in (k_pages, v_pages))
+    return k_pages, v_pages, page_table if layer is None else page_table + layer * n
 
 
 def _scaled(q):
@@ -189,7 +218,7 @@ def _scaled(q):
 
 
 def _pallas_tpu(q, k_pages, v_pages, lengths, page_table, pages_per_block: int, layer=None) -> jax.Array:
-    k_pages, v_pages, page_table = _one_pool(k_pages, v_pages, page_table, layer)
+    k_pages, v_pages, page_table = _one_pool(k_pages, v_pages, page_table, layer, q.shape[-1])
     m_pages = page_table.shape[1]
     block = max(b for b in range(1, min(pages_per_block, m_pages) + 1) if m_pages % b == 0)
     return _tpu_kernel()(_scaled(q), k_pages, v_pages, lengths, page_table, pages_per_compute_block=block)
@@ -205,7 +234,7 @@ def _pallas_gpu(q, k_pages, v_pages, lengths, page_table, pages_per_block: int, 
     path gathers each block into a temporary first. Its table must split into ``k_splits`` partitions of
     whole compute blocks: padded with page 0, which the lengths mask. Triton takes power-of-two array
     sizes only, so a compute block is a power of two of pages (a table of 5 failed to lower)."""
-    k_pages, v_pages, page_table = _one_pool(k_pages, v_pages, page_table, layer)
+    k_pages, v_pages, page_table = _one_pool(k_pages, v_pages, page_table, layer, q.shape[-1])
     m_pages = page_table.shape[1]
     block = 1 << (max(1, min(pages_per_block, m_pages)).bit_length() - 1)
     splits = max(1, min(GPU_SPLITS, -(-m_pages // block)))
@@ -222,11 +251,11 @@ def ragged_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
                            layer=None) -> jax.Array:
     """Decode attention: q ``[S, heads, D]`` over sequence s's first ``lengths[s]`` (>= 1) cached slots.
 
-    ``k_pages``/``v_pages`` are one layer's pools ``[kv_heads, N, page_size, D]``, or with ``layer``
-    (may be traced) all layers' ``[kv_heads, L, N, page_size, D]``; ``page_table`` ``[S, M]``.
+    ``k_pages``/``v_pages`` are one layer's pools ``[kv_heads, N, rows, width]`` (`page_shape`), or with
+    ``layer`` (may be traced) all layers' ``[kv_heads, L, N, rows, width]``; ``page_table`` ``[S, M]``.
     ``backend`` "pallas" (TPU) / "pallas_gpu" / "jax" forces an implementation (default: `_backend`)."""
     q, k_pages, v_pages, lengths, page_table = map(jnp.asarray, (q, k_pages, v_pages, lengths, page_table))
-    backend = _backend(backend, q.shape[-1], k_pages.shape[-2], k_pages.dtype, None)
+    backend = _backend(backend, q.shape[-1], _tokens_per_page(k_pages, q.shape[-1]), k_pages.dtype, None)
     if backend in _KERNELS:
         return _KERNELS[backend](q, k_pages, v_pages, lengths, page_table, pages_per_block, layer)
     return _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block, layer)
@@ -236,10 +265,11 @@ def sharded_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array
                             page_table: jax.Array, layer, mesh: Mesh | None = None, pages_per_block: int = 8,
                             backend: str | None = None) -> jax.Array:
     """`ragged_paged_attention` for every batch shard: q ``[X, S, heads, D]``, all layers' pools ``[X,
-    kv_heads, L, N, page_size, D]`` (shard x's pages numbered within its pool), ``lengths`` [X, S] and
+    kv_heads, L, N, rows, width]`` (shard x's pages numbered within its pool), ``lengths`` [X, S] and
     ``page_table`` [X, S, M]; returns [X, S, heads, D]. ``mesh``: where the shards live (one per device
     of its batch axes; see `tooln1.engine_round`), whose platform picks the backend (compile-only devices too)."""
-    kernel = _KERNELS.get(_backend(backend, q.shape[-1], k_pages.shape[-2], k_pages.dtype, mesh))
+    kernel = _KERNELS.get(_backend(backend, q.shape[-1], _tokens_per_page(k_pages, q.shape[-1]), k_pages.dtype,
+                                        mesh))
     if kernel is None:
         one = lambda *a: _reference_blocks(*a, pages_per_block, layer)  # noqa: E731
         return jax.vmap(one)(q, k_pages, v_pages, lengths, page_table)
@@ -259,5 +289,5 @@ def sharded_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array
         q, k_pages, v_pages, lengths, page_table)
 
 
-__all__ = ["BFLOAT16_BITS", "pool_dtype", "write_pages", "gather_pages", "ragged_paged_attention",
+__all__ = ["BFLOAT16_BITS", "LANES", "page_shape", "pool_dtype", "write_pages", "gather_pages", "ragged_paged_attention",
            "sharded_paged_attention", "kernel_fits", "gpu_kernel_fits"]
