@@ -297,3 +297,30 @@ def test_tpu_decode_round_neither_relays_out_projections_nor_gathers_the_head():
         gathered = [tuple(map(int, dims.split(","))) for dims in re.findall(r"= \w+\[([\d,]+)\]\S* all-gather", text)]
         assert not kernel_copies, (axes, kernel_copies)
         assert not [s for s in gathered if 8192 in s and 1024 in s], (axes, gathered)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed (pip install 'jax[tpu]')")
+def test_tpu_kernel_splits_decode_attention_over_a_megacore_chips_two_cores(monkeypatch):
+    """A v4 (or v5p) device is two TensorCores; JAX's paged-attention kernel runs on one of them unless told
+    to split (by kv head, else by sequence). A v5e device is one core, where a split may hang the kernel."""
+    from tooln1.engine import Engine, EngineConfig
+    from tooln1.models import ModelConfig
+    from tooln1.models import paged_attention as pa
+    from tooln1.sampling import SamplingConfig
+    from tooln1.sharding import make_mesh
+    from tooln1.targets import get_target, target_devices
+
+    modes = []
+    kernel = pa._tpu_kernel()
+    monkeypatch.setattr(pa, "_tpu_kernel", lambda: lambda *a, **kw: modes.append(kw["megacore_mode"]) or kernel(*a, **kw))
+    config = ModelConfig(vocab_size=1024, hidden_size=512, intermediate_size=1024, num_layers=2, num_heads=8,
+                         num_kv_heads=4, head_dim=128, dtype="bfloat16")
+    sampling = SamplingConfig(num_samples=2, max_new_tokens=256, eos_ids=(0,))
+    cases = [("tpu-v4-32", {"fsdp": -1}, "kv_head"), ("tpu-v4-32", {"fsdp": 4, "tensor": 4}, "batch"),
+             ("tpu-v5e-4", {"fsdp": -1}, None)]
+    for target, axes, want in cases:
+        mesh = make_mesh(axes, devices=target_devices(get_target(target)))
+        modes.clear()
+        Engine(fit.abstract_model(config, mesh), EngineConfig(num_slots=8)).lower(sampling, 32, 512).compile()
+        assert modes and set(modes) == {want}, (target, axes, modes)
+    assert pa.megacore_mode(2, 1, 3) is None and pa.megacore_mode(1, 4, 8) is None

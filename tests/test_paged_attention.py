@@ -159,7 +159,7 @@ def test_kernel_path_runs_per_device_shard(monkeypatch, mesh_shape):
     want = [ragged_paged_attention(shards[i][0], k[i], v[i], lengths[i], table[i], backend="jax", layer=1)
             for i in range(x)]
     # the kernel's contract: one layer's pools [KV, N, PS, D], a pre-scaled query
-    kernel = lambda q, kp, vp, n, t, pages_per_compute_block: pa._reference_blocks(  # noqa: E731
+    kernel = lambda q, kp, vp, n, t, pages_per_compute_block, megacore_mode: pa._reference_blocks(  # noqa: E731
         q * q.shape[-1] ** 0.5, kp, vp, n, t, pages_per_compute_block, None)
     monkeypatch.setattr(pa, "_tpu_kernel", lambda: kernel)
     for backend in ("jax", "pallas", "pallas_gpu"):

@@ -23,6 +23,8 @@ tokens with nothing to write write there, and a table padded with 0 is masked by
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
@@ -217,11 +219,30 @@ def _scaled(q):
     return (q.astype(jnp.float32) * (q.shape[-1] ** -0.5)).astype(q.dtype)  # the kernels do not scale
 
 
-def _pallas_tpu(q, k_pages, v_pages, lengths, page_table, pages_per_block: int, layer=None) -> jax.Array:
+def _pallas_tpu(q, k_pages, v_pages, lengths, page_table, pages_per_block: int, layer=None, cores: int = 1
+                ) -> jax.Array:
+    """JAX's Pallas TPU paged attention. On a chip with ``cores`` TensorCores behind one device (v4, v5p:
+    megacore) it is told to split over them, by kv head, else by sequence: left at its default, it runs
+    on one core and decode attention gets half the chip."""
     k_pages, v_pages, page_table = _one_pool(k_pages, v_pages, page_table, layer, q.shape[-1])
     m_pages = page_table.shape[1]
     block = max(b for b in range(1, min(pages_per_block, m_pages) + 1) if m_pages % b == 0)
-    return _tpu_kernel()(_scaled(q), k_pages, v_pages, lengths, page_table, pages_per_compute_block=block)
+    return _tpu_kernel()(_scaled(q), k_pages, v_pages, lengths, page_table, pages_per_compute_block=block,
+                         megacore_mode=megacore_mode(cores, k_pages.shape[0], q.shape[0]))
+
+
+def megacore_mode(cores: int, kv_heads: int, sequences: int) -> str | None:
+    """The TPU kernel's split over a device's TensorCores: "kv_head", "batch", or None (one core; the
+    kernel may hang if told to split where there is nothing to split over)."""
+    if cores < 2:
+        return None
+    return "kv_head" if kv_heads % 2 == 0 else "batch" if sequences % 2 == 0 else None
+
+
+def _cores(mesh: Mesh | None) -> int:
+    """TensorCores behind each device (2 on a megacore v4 / v5p chip, compile-only devices too)."""
+    device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
+    return getattr(device, "num_cores", 1) if device.platform == "tpu" else 1
 
 
 # Partitions of a sequence's pages the GPU kernel runs as separate programs (its default), merged after:
@@ -246,6 +267,12 @@ def _pallas_gpu(q, k_pages, v_pages, lengths, page_table, pages_per_block: int, 
 _KERNELS = {"pallas": _pallas_tpu, "pallas_gpu": _pallas_gpu}
 
 
+def _kernel(backend: str, mesh: Mesh | None):
+    if backend == "pallas":
+        return functools.partial(_pallas_tpu, cores=_cores(mesh))
+    return _KERNELS.get(backend)
+
+
 def ragged_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, lengths: jax.Array,
                            page_table: jax.Array, pages_per_block: int = 8, backend: str | None = None,
                            layer=None) -> jax.Array:
@@ -257,7 +284,7 @@ def ragged_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
     q, k_pages, v_pages, lengths, page_table = map(jnp.asarray, (q, k_pages, v_pages, lengths, page_table))
     backend = _backend(backend, q.shape[-1], _tokens_per_page(k_pages, q.shape[-1]), k_pages.dtype, None)
     if backend in _KERNELS:
-        return _KERNELS[backend](q, k_pages, v_pages, lengths, page_table, pages_per_block, layer)
+        return _kernel(backend, None)(q, k_pages, v_pages, lengths, page_table, pages_per_block, layer)
     return _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block, layer)
 
 
@@ -268,8 +295,8 @@ def sharded_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array
     kv_heads, L, N, rows, width]`` (shard x's pages numbered within its pool), ``lengths`` [X, S] and
     ``page_table`` [X, S, M]; returns [X, S, heads, D]. ``mesh``: where the shards live (one per device
     of its batch axes; see `tooln1.engine_round`), whose platform picks the backend (compile-only devices too)."""
-    kernel = _KERNELS.get(_backend(backend, q.shape[-1], _tokens_per_page(k_pages, q.shape[-1]), k_pages.dtype,
-                                        mesh))
+    kernel = _kernel(_backend(backend, q.shape[-1], _tokens_per_page(k_pages, q.shape[-1]), k_pages.dtype, mesh),
+                     mesh)
     if kernel is None:
         one = lambda *a: _reference_blocks(*a, pages_per_block, layer)  # noqa: E731
         return jax.vmap(one)(q, k_pages, v_pages, lengths, page_table)
@@ -290,4 +317,4 @@ def sharded_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array
 
 
 __all__ = ["BFLOAT16_BITS", "LANES", "page_shape", "pool_dtype", "write_pages", "gather_pages", "ragged_paged_attention",
-           "sharded_paged_attention", "kernel_fits", "gpu_kernel_fits"]
+           "sharded_paged_attention", "kernel_fits", "gpu_kernel_fits", "megacore_mode"]
