@@ -83,17 +83,13 @@ def write_pages(pool: jax.Array, layer, new: jax.Array, pages: jax.Array, offset
     pool of 128-lane rows (`page_shape`) each token is a window of D lanes within its row."""
     new = _store(new, pool.dtype)
     d, width = new.shape[-1], pool.shape[-1]
-    if width == d:
-        for head in range(pool.shape[0]):
-            pool = pool.at[head, layer, pages, offsets].set(new[:, head])
-        return pool
-    flat = offsets * d
+    flat = offsets * d  # the token's first lane within its page
     dims = jax.lax.ScatterDimensionNumbers(update_window_dims=(1,), inserted_window_dims=(0, 1, 2, 3),
                                            scatter_dims_to_operand_dims=(0, 1, 2, 3, 4))
     for head in range(pool.shape[0]):
         at = [jnp.full_like(pages, head), jnp.full_like(pages, layer), pages, flat // width, flat % width]
-        pool = jax.lax.scatter(pool, jnp.stack(at, axis=-1), new[:, head], dims, indices_are_sorted=False,
-                               unique_indices=False, mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+        pool = jax.lax.scatter(pool, jnp.stack(at, axis=-1), new[:, head], dims,
+                               mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
     return pool
 
 
@@ -264,13 +260,11 @@ def _pallas_gpu(q, k_pages, v_pages, lengths, page_table, pages_per_block: int, 
                          pages_per_compute_block=block, k_splits=splits)
 
 
-_KERNELS = {"pallas": _pallas_tpu, "pallas_gpu": _pallas_gpu}
-
-
 def _kernel(backend: str, mesh: Mesh | None):
+    """The kernel of ``backend`` (the TPU one told its device's cores), None for the pure-JAX path."""
     if backend == "pallas":
         return functools.partial(_pallas_tpu, cores=_cores(mesh))
-    return _KERNELS.get(backend)
+    return _pallas_gpu if backend == "pallas_gpu" else None
 
 
 def ragged_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, lengths: jax.Array,
@@ -283,8 +277,9 @@ def ragged_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
     ``backend`` "pallas" (TPU) / "pallas_gpu" / "jax" forces an implementation (default: `_backend`)."""
     q, k_pages, v_pages, lengths, page_table = map(jnp.asarray, (q, k_pages, v_pages, lengths, page_table))
     backend = _backend(backend, q.shape[-1], _tokens_per_page(k_pages, q.shape[-1]), k_pages.dtype, None)
-    if backend in _KERNELS:
-        return _kernel(backend, None)(q, k_pages, v_pages, lengths, page_table, pages_per_block, layer)
+    kernel = _kernel(backend, None)
+    if kernel is not None:
+        return kernel(q, k_pages, v_pages, lengths, page_table, pages_per_block, layer)
     return _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block, layer)
 
 
@@ -316,5 +311,5 @@ def sharded_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array
         q, k_pages, v_pages, lengths, page_table)
 
 
-__all__ = ["BFLOAT16_BITS", "LANES", "page_shape", "pool_dtype", "write_pages", "gather_pages", "ragged_paged_attention",
+__all__ = ["BFLOAT16_BITS", "page_shape", "pool_dtype", "write_pages", "gather_pages", "ragged_paged_attention",
            "sharded_paged_attention", "kernel_fits", "gpu_kernel_fits", "megacore_mode"]
