@@ -71,6 +71,7 @@ def test_samples_do_not_depend_on_slots_pages_or_prompt_order(model, prompts, sa
     assert sorted(seen) == list(range(len(order)))
     assert scored == [[len(c.tokens) for c in group] for group in results]
     assert engine.stats["slots"] == 5 and engine.stats["prefill_tokens"] == sum(n - 1 for n in LENGTHS)
+    assert 0 < engine.stats["prefill_rounds_s"] < engine.stats["device_s"]  # rounds that prefill are timed apart
     # the tail decoded narrower than all five slots (live slots compacted to the front), same samples
     assert engine.stats["width_steps"] < 5 * engine.stats["decode_steps"]
 

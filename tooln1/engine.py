@@ -367,8 +367,8 @@ class Engine:
         shards = [_Shard(shape, g, r, self.config.prefix_cache) for _ in range(shape.shards)]
         results: list[list[Completion]] = [[] for _ in queue]
         scorer = _Scorer(on_group, self.config.score_queue)
-        stats = dict(rounds=0, device_s=0.0, prefill_chunks=0, prefill_tokens=0, cached_tokens=0, decode_steps=0,
-                     slot_steps=0, width_steps=0)
+        stats = dict(rounds=0, device_s=0.0, prefill_rounds_s=0.0, prefill_chunks=0, prefill_tokens=0, cached_tokens=0,
+                     decode_steps=0, slot_steps=0, width_steps=0)
         unfinished = len(queue)
         widths = self.widths(shape)
         t_start = time.perf_counter()
@@ -407,6 +407,8 @@ class Engine:
                 max_steps=self._put(np.int32(1 if prefilled else shape.steps)), shape=shape, width=width)
             tok, lp, live, active = (self._host(x) for x in (tok, lp, live, active))
             stats["device_s"] += time.perf_counter() - t0
+            if prefilled:  # a chunk's prefill and its one decode step; the rest of device_s is decoding
+                stats["prefill_rounds_s"] += time.perf_counter() - t0
             steps = int(live.any((1, 2)).sum())
             stats.update(rounds=stats["rounds"] + 1, prefill_tokens=stats["prefill_tokens"] + prefilled,
                          prefill_chunks=stats["prefill_chunks"] + bool(prefilled),

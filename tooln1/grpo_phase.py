@@ -80,7 +80,7 @@ class GRPOPhase:
             seconds = {"sample": t1 - t0, "update": t3 - t2, "step": t3 - t0,
                        # scoring overlaps decoding: score = what was left after the device finished
                        "score": rollout.timings["score_tail"] + t2 - t1, "rollout_device": rollout.timings["device"],
-                       "refresh_weights": refresh_s}
+                       "rollout_prefill": rollout.timings["prefill"], "refresh_weights": refresh_s}
             self._log_validate_checkpoint(rollout, metrics, flops, seconds)
         return self.policy, phase.finish()
 

@@ -25,7 +25,7 @@ class Rollout:
     responses: list[str]  # [B*G] text, special tokens kept, trailing EOS dropped
     rewards: np.ndarray  # [B*G] float32
     diagnostics: dict[str, np.ndarray]  # score_batch's per-response flags
-    timings: dict[str, float]  # seconds: rollout (engine, scoring overlapped), device, score_tail
+    timings: dict[str, float]  # seconds: rollout (engine, scoring overlapped), device, prefill, score_tail
 
 
 def response_text(tokenizer: Any, eos_ids: Sequence[int], rows: Sequence[np.ndarray]) -> list[str]:
@@ -68,7 +68,7 @@ class Rollouts:
         diagnostics = {k: np.concatenate([d[k] for _, _, d in groups]) for k in groups[0][2]}
         stats = self.engine.stats
         timings = {"rollout": time.perf_counter() - t0, "device": stats["device_s"],
-                   "score_tail": stats["score_wait_s"]}
+                   "prefill": stats["prefill_rounds_s"], "score_tail": stats["score_wait_s"]}
         return Rollout(out, responses, rewards, diagnostics, timings)
 
 

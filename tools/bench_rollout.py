@@ -262,7 +262,8 @@ def run_workload(workload, ckpt, systems, dtype, repeats: int = 1) -> str:
                       f"prefilled ({s.get('cached_tokens', 0)} more reused from the prefix cache), "
                       f"{s['decode_steps']} decode steps computing {s['width_steps']} slot-steps for "
                       f"{s['slot_steps']} response tokens ({s['slot_steps'] / max(1, s['width_steps']):.0%} of the "
-                      f"computed slots live); first run, compile included: {s['first_run_s']:.1f} s."]
+                      f"computed slots live); {s['prefill_rounds_s']:.1f} of {s['device_s']:.1f} s on the device in "
+                      f"rounds that prefill a chunk; first run, compile included: {s['first_run_s']:.1f} s."]
     lines.append(end)
     return "\n".join(lines)
 
