@@ -84,6 +84,11 @@ class EngineConfig:
     max_slots: int = 64
     page_size: int = 16
     prefill_chunk: int = 512  # prompt tokens per shard and round
+    # Query and key block of a chunk's attention. Small blocks skip more of the mostly-masked context (a CPU:
+    # 3x faster than 512 for a 512-token chunk over ~1.5k slots), but each pair of blocks is a loop step,
+    # and a GPU may spend more per step than it skips: a 0.5B chunk of 8,192 over 5k slots is 1,664 steps a
+    # layer at 256 (untimed; docs/benchmarks.md, H200)
+    prefill_block: int = 256
     steps_per_round: int = 16  # decode steps between host scheduling decisions
     decode_widths: int = 4  # compiled decode widths: all slots, then halves (the long tail decodes narrower)
     score_queue: int = 64  # finished groups waiting for on_group before decoding waits
@@ -94,7 +99,8 @@ class EngineConfig:
     layer_layout: str = "auto"
 
     def __post_init__(self):
-        for name in ("max_slots", "page_size", "prefill_chunk", "steps_per_round", "decode_widths", "score_queue"):
+        for name in ("max_slots", "page_size", "prefill_chunk", "prefill_block", "steps_per_round", "decode_widths",
+                     "score_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.layer_layout not in LAYER_LAYOUTS:
@@ -271,7 +277,8 @@ class Engine:
         slots = min(wanted, limit)
         eos = () if sampling.ignore_eos else tuple(sampling.eos_ids)
         return Shape(shards=shards, slots=int(slots), pages_per_seq=m, num_pages=1 + slots * (m + 1) + m,
-                     page_size=cfg.page_size, chunk=cfg.prefill_chunk, steps=cfg.steps_per_round,
+                     page_size=cfg.page_size, chunk=cfg.prefill_chunk, chunk_block=cfg.prefill_block,
+                     steps=cfg.steps_per_round,
                      greedy=sampling.greedy, top_k=sampling.top_k, use_top_p=sampling.top_p < 1.0, eos_ids=eos)
 
     def _put(self, x, per_shard: bool = False):

@@ -43,7 +43,6 @@ from tooln1.models.attention import attention
 from tooln1.models.paged_attention import gather_pages, sharded_paged_attention, write_pages
 from tooln1.sharding import batch_axes, constrain, logical_to_spec, per_batch_shard
 
-PREFILL_BLOCK = 256
 POOL_AXES = ("batch", "kv_heads", "layers", None, None, None)  # [X, KV, L, N, rows, width] (`page_shape`)
 
 
@@ -56,6 +55,7 @@ class Shape(NamedTuple):
     num_pages: int  # N, pages in each shard's pool (page 0 = scratch)
     page_size: int
     chunk: int  # prompt tokens a shard prefills per program
+    chunk_block: int  # query and key block of the chunk's attention
     steps: int
     greedy: bool
     top_k: int
@@ -182,9 +182,8 @@ def _keep_layout(tree, sharding):
 # -- the programs ---------------------------------------------------------------------------
 def _prefill(model, pools, c: Chunk, shape: Shape):
     dtype = jnp.dtype(model.config.dtype)
-    # Always blockwise (the kernels need square self-attention); small blocks skip more of the
-    # mostly-masked context: 3x faster than 512 on a CPU for a 512-token chunk over ~1.5k slots.
-    block = min(model.config.attention_block_size, PREFILL_BLOCK)
+    # Always blockwise (the kernels need square self-attention), in blocks of EngineConfig.prefill_block
+    block = shape.chunk_block
     attend_kw = dict(model.attention_options(), block_size=block)
     # The context is padded to whole blocks, so the chunk's own keys start a block: a block that
     # straddles context and chunk is visible to every query (20% more blocks for a 512-token chunk).

@@ -38,7 +38,7 @@ WORKLOADS = {
     "longtail": dict(prompts=8, group=4, prompt_len=(64, 192), mean_response=270, cap=768, greedy=False),
     "tool": dict(prompts=8, group=4, prompt_len=(400, 1200), mean_response=120, cap=400, greedy=False),
     "tool-0.5b": dict(prompts=64, group=5, prompt_len=(400, 1200), mean_response=120, cap=400, greedy=False,
-                      shape="qwen2.5-0.5b", slots=320, prefill_chunk=8192),
+                      shape="qwen2.5-0.5b", engine=dict(num_slots=320, prefill_chunk=8192)),
     "apibank": dict(prompts=8, group=1, cap=64, greedy=True),
 }
 RANDOM_CKPT = "/tmp/tooln1_bench_rollout_ckpt"  # + "-<shape>" for a workload with one
@@ -119,8 +119,7 @@ def run_ours(workload, ckpt, prompts, eos, dtype):
 
     w = WORKLOADS[workload]
     model = load_model(ckpt, dtype=dtype)
-    engine = Engine(model, EngineConfig(num_slots=min(w.get("slots", 32), len(prompts) * w["group"]),
-                                        prefill_chunk=w.get("prefill_chunk", EngineConfig.prefill_chunk)))
+    engine = Engine(model, EngineConfig(**{"num_slots": min(32, len(prompts) * w["group"]), **w.get("engine", {})}))
     cfg = SamplingConfig(num_samples=w["group"], max_new_tokens=w["cap"], temperature=0.0 if w["greedy"] else 1.0,
                          eos_ids=tuple(eos))
     width = max(map(len, prompts))
@@ -192,9 +191,14 @@ def _describe(workload, prompts) -> str:
             "next-token probabilities, temperature 1")
 
 
+def _engine_flag(workload) -> str:
+    """The workload's EngineConfig settings as ``--engine`` takes them."""
+    return ",".join(f"{k}={v}" for k, v in WORKLOADS[workload].get("engine", {}).items())
+
+
 def _run_child(workload, system, ckpt, dtype) -> dict:
     res = subprocess.run([sys.executable, __file__, "--child", system, "--workload", workload, "--ckpt", ckpt,
-                          "--dtype", dtype],
+                          "--dtype", dtype, "--engine", _engine_flag(workload)],
                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
     line = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT")]
     if not line:
@@ -214,7 +218,7 @@ def _median_run(runs: list[dict]) -> dict:
     return row
 
 
-def run_workload(workload, ckpt, systems, dtype, repeats: int = 1) -> str:
+def run_workload(workload, ckpt, systems, dtype, repeats: int = 1, engine: str = "") -> str:
     """Every system ``repeats`` times in rotation, each run in a fresh process, so a slow spell of this
     machine hits both sides; each system's row is its median run."""
     ckpt, prompts, _ = _setup(workload, ckpt)
@@ -232,6 +236,8 @@ def run_workload(workload, ckpt, systems, dtype, repeats: int = 1) -> str:
     flag = ("" if dtype == "float32" else f" --dtype {dtype}") + ("" if repeats == 1 else f" --repeats {repeats}")
     if tuple(systems) != SYSTEMS:
         flag += f' --systems "{",".join(systems)}"'
+    if engine:
+        flag += f" --engine {engine}"
     how = "one run" if repeats == 1 else f"{repeats} runs each in rotation, the median run shown"
     lines = [begin, f"### Rollouts, `{workload}` workload, {dtype}", "",
              f"`nice python tools/bench_rollout.py --workload {workload}{flag} --out docs/benchmarks.md` — "
@@ -279,15 +285,21 @@ def main():
                     help="weights and compute dtype of every system")
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs of each system, in rotation; each row shows the median run")
+    ap.add_argument("--engine", default="", help="EngineConfig settings of ours, e.g. prefill_chunk=8192,"
+                    "prefill_block=1024 (over the workload's)")
     ap.add_argument("--child", default=None)
     args = ap.parse_args()
+    for workload in WORKLOADS if args.workload == "all" else [args.workload]:
+        for item in filter(None, args.engine.split(",")):
+            key, _, value = item.partition("=")
+            WORKLOADS[workload].setdefault("engine", {})[key.strip()] = int(value)
     if args.child:
         return child(args.workload, args.child, args.ckpt, args.dtype)
     everything = [w for w in WORKLOADS if "shape" not in WORKLOADS[w]]  # "all": the CPU-sized ones
     for workload in (everything if args.workload == "all" else [args.workload]):
         ckpt = args.smollm2 if workload == "apibank" else args.ckpt
         text = run_workload(workload, ckpt, [s.strip() for s in args.systems.split(",")], args.dtype,
-                            args.repeats)
+                            args.repeats, args.engine)
         print(text)
         if args.out:
             begin, end = _markers(workload, args.dtype)
