@@ -286,13 +286,21 @@ def main():
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs of each system, in rotation; each row shows the median run")
     ap.add_argument("--engine", default="", help="EngineConfig settings of ours, e.g. prefill_chunk=8192,"
-                    "prefill_block=1024 (over the workload's)")
+                    "prefill_block=1024,layer_layout=stacked (over the workload's)")
     ap.add_argument("--child", default=None)
     args = ap.parse_args()
-    for workload in WORKLOADS if args.workload == "all" else [args.workload]:
-        for item in filter(None, args.engine.split(",")):
-            key, _, value = item.partition("=")
-            WORKLOADS[workload].setdefault("engine", {})[key.strip()] = int(value)
+    if args.engine:
+        import dataclasses
+
+        from tooln1.engine import EngineConfig
+
+        fields = {f.name for f in dataclasses.fields(EngineConfig)}
+        for item in args.engine.split(","):
+            key, _, value = (part.strip() for part in item.partition("="))
+            if key not in fields or not value:
+                raise SystemExit(f"--engine {item!r}: expected NAME=VALUE with NAME one of {sorted(fields)}")
+            for workload in WORKLOADS if args.workload == "all" else [args.workload]:
+                WORKLOADS[workload].setdefault("engine", {})[key] = int(value) if value.isdigit() else value
     if args.child:
         return child(args.workload, args.child, args.ckpt, args.dtype)
     everything = [w for w in WORKLOADS if "shape" not in WORKLOADS[w]]  # "all": the CPU-sized ones
