@@ -16,8 +16,8 @@ LENGTHS = [1, 9, 23, 4, 15]
 G, R = 3, 12
 # One slot, pages of 4, chunks of 8 (prompts span chunks and share them), 3 steps a round...
 ONE_SLOT = EngineConfig(num_slots=1, page_size=4, prefill_chunk=8, steps_per_round=3)
-# ... versus five slots with other page, chunk and round sizes.
-FIVE_SLOTS = EngineConfig(num_slots=5, page_size=8, prefill_chunk=16, steps_per_round=4)
+# ... versus five slots with other page, chunk, attention block and round sizes.
+FIVE_SLOTS = EngineConfig(num_slots=5, page_size=8, prefill_chunk=16, prefill_block=4, steps_per_round=4)
 
 
 @pytest.fixture(scope="module")

@@ -413,9 +413,10 @@ class Engine:
                 narrow_after=self._put(np.asarray(narrow_after, np.int32)),
                 max_steps=self._put(np.int32(1 if prefilled else shape.steps)), shape=shape, width=width)
             tok, lp, live, active = (self._host(x) for x in (tok, lp, live, active))
-            stats["device_s"] += time.perf_counter() - t0
+            waited = time.perf_counter() - t0
+            stats["device_s"] += waited
             if prefilled:  # a chunk's prefill and its one decode step; the rest of device_s is decoding
-                stats["prefill_rounds_s"] += time.perf_counter() - t0
+                stats["prefill_rounds_s"] += waited
             steps = int(live.any((1, 2)).sum())
             stats.update(rounds=stats["rounds"] + 1, prefill_tokens=stats["prefill_tokens"] + prefilled,
                          prefill_chunks=stats["prefill_chunks"] + bool(prefilled),

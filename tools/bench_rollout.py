@@ -25,6 +25,7 @@ runs) and each row is its median run, with the ratio within each rotation beside
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import resource
@@ -191,6 +192,14 @@ def _describe(workload, prompts) -> str:
             "next-token probabilities, temperature 1")
 
 
+def _literal(value: str):
+    """``8192`` -> 8192, ``False`` -> False, ``stacked`` -> "stacked"."""
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
 def _engine_flag(workload) -> str:
     """The workload's EngineConfig settings as ``--engine`` takes them."""
     return ",".join(f"{k}={v}" for k, v in WORKLOADS[workload].get("engine", {}).items())
@@ -300,7 +309,7 @@ def main():
             if key not in fields or not value:
                 raise SystemExit(f"--engine {item!r}: expected NAME=VALUE with NAME one of {sorted(fields)}")
             for workload in WORKLOADS if args.workload == "all" else [args.workload]:
-                WORKLOADS[workload].setdefault("engine", {})[key] = int(value) if value.isdigit() else value
+                WORKLOADS[workload].setdefault("engine", {})[key] = _literal(value)
     if args.child:
         return child(args.workload, args.child, args.ckpt, args.dtype)
     everything = [w for w in WORKLOADS if "shape" not in WORKLOADS[w]]  # "all": the CPU-sized ones
