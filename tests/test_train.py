@@ -108,11 +108,13 @@ def test_end_to_end_metrics_and_export(runs, tiny_tokenizer):
     needed = ["reward/mean", "reward/std", "reward/format_ok", "reward/json_ok", "reward/names_match",
               "reward/full_match", "loss/kl", "loss/entropy", "loss/clip_frac", "optim/grad_norm",
               "optim/learning_rate", "response/length_mean", "response/length_min", "response/length_max",
-              "perf/tokens_per_s", "perf/mfu", "time/sample", "time/score", "time/update"]
+              "perf/tokens_per_s", "perf/mfu", "time/sample", "time/score", "time/update", "time/rollout_device",
+              "time/rollout_prefill"]
     for step, r in grpo.items():
         assert r["loss_agg"] == "token-mean"
         for k in needed:
             assert k in r and math.isfinite(r[k]), (step, k, r.get(k))
+        assert 0 < r["time/rollout_prefill"] <= r["time/rollout_device"]  # every step prefills its prompts
         assert 1 <= r["response/length_min"] <= r["response/length_mean"] <= r["response/length_max"] <= 16
         assert r["optim/skipped"] == 0 and r["perf/mfu"] > 0
         # FLOPs of the update: old + reference forwards and forward+backward (num_mini_batches=2, so not
