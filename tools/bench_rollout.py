@@ -16,9 +16,10 @@ Workloads (``--workload``):
 
 Each system runs in its own subprocess (its peak RSS is its peak host memory; on a GPU the peak of its
 allocator is reported too). Ours runs the workload once to compile (its first-run wall time is reported)
-and is timed on a second run with another seed; HF runs a short warm-up. Response tokens/s = response tokens (to the first EOS) / wall time. With
-``--repeats N`` every system runs N times in rotation (this machine's speed drifts by more than 10% between
-runs) and each row is its median run, with the ratio within each rotation beside it.
+and is timed on a second run with another seed; HF runs a short warm-up. Response tokens/s = response
+tokens (to the first EOS) / wall time. With ``--repeats N`` every system runs N times in rotation (this
+machine's speed drifts by more than 10% between runs) and each row is its median run, with the ratio
+within each rotation beside it.
 
     nice python tools/bench_rollout.py --workload longtail --out docs/benchmarks.md
 """
