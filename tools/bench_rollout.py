@@ -271,8 +271,9 @@ def run_workload(workload, ckpt, systems, dtype, repeats: int = 1, engine: str =
         ratio = f"{r['tok_s'] / best_hf:.2f}×" if best_hf else "—"
         walls = f"{r['wall_s']:.1f}" + ("" if repeats == 1 else " (" + ", ".join(f"{w:.1f}" for w in r["walls"]) + ")")
         device_mb = r["stats"].get("peak_device_mb")
+        device_cell = f" {'—' if device_mb is None else f'{device_mb:.0f}'} |" * on_device
         lines.append(f"| {r['system']} | {r['tokens']} | {walls} | {r['tok_s']:.0f} | {ratio} | "
-                     f"{r['peak_rss_mb']:.0f} |" + (f" {'—' if device_mb is None else f'{device_mb:.0f}'} |" * on_device))
+                     f"{r['peak_rss_mb']:.0f} |" + device_cell)
     hf = [s for s in systems if s != "tooln1 engine"]
     if repeats > 1 and "tooln1 engine" in runs and hf:
         pairs = []
