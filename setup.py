@@ -36,10 +36,10 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "tooln1-train=tooln1.train:main",
+            "tooln1-train=tooln1.training.loop:main",
             "tooln1-eval=tooln1.eval.cli:main",
-            "tooln1-convert=tooln1.hf_io:main",
-            "tooln1-fit=tooln1.fit:main",
+            "tooln1-convert=tooln1.checkpoints.hf_import:main",
+            "tooln1-fit=tooln1.preflight.fit:main",
         ]
     },
 )

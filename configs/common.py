@@ -30,7 +30,7 @@ MODEL_SLOTS = {
 
 # --------------------------------------------------------------------------- mesh presets
 # name -> (mesh shape over (data, fsdp, tensor); -1 takes the remaining devices, expected devices or 0 = any,
-#          the tooln1-fit target it is meant for: tooln1.targets.TARGETS, or "cpu:N")
+#          the tooln1-fit target it is meant for: tooln1.preflight.targets.TARGETS, or "cpu:N")
 MESHES = {
     "cpu": ({"data": 1, "fsdp": -1, "tensor": 1}, 0, "cpu:8"),
     "gpu1": ({"data": 1, "fsdp": 1, "tensor": 1}, 1, "h100-80gb:1"),

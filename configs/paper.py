@@ -9,7 +9,7 @@ reason-sft, sft-rl, reason-sft-rl), reward (binary, format_partial, format_name_
 binary_no_think), data (xlam, toolace, xlam+toolace, prepared), xlam= / toolace= / prepared= (paths
 or hub ids for the data sources), name (run name; workdir runs/<name>).
 """
-from tooln1.config_files import load_sibling
+from tooln1.config import load_sibling
 import os
 
 

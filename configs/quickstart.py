@@ -7,7 +7,7 @@ A short SFT warm-up teaches the tiny model the paper's reply format
 the greedy validation reward, then the model is exported in HF format to <workdir>/hf_export.
 The validation reward before and after GRPO is printed at the end (and is in metrics.jsonl).
 """
-from tooln1.config_files import load_sibling
+from tooln1.config import load_sibling
 import os
 
 

@@ -16,7 +16,7 @@ the top 8 of 30 blocks trained (``model.frozen_layers``). Reason-SFT is 12 steps
 GRPO 20 steps at lr 5e-5, temperature 0.7 (temperature 1.0 at lr 2e-5 was tried
 first: see experiments/README.md, "SmolLM2"). One seed takes about 25 minutes on 2 cores.
 """
-from tooln1.config_files import load_sibling
+from tooln1.config import load_sibling
 
 RECIPES = ("rl", "reason-sft-rl")
 ROOT = "runs/smollm2"

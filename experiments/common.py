@@ -23,7 +23,7 @@ Two variants of every plan:
   as subprocesses of the two CLIs; ``--dry-run`` only prints them.
 - **smoke** (``--smoke``, CPU, minutes): the same plan on tiny random checkpoints, the xLAM and
   ToolACE schema fixtures in ``tests/fixtures``, one or two steps per phase, a few evaluation
-  samples with short generations. Steps run *in this process* (``tooln1.train.train`` on the
+  samples with short generations. Steps run *in this process* (``tooln1.training.loop.train`` on the
   config ``configs/paper.py:<spec>`` + the same overrides; ``tooln1.eval.cli.main``), so one
   Python process runs every experiment's smoke and reuses compiled programs.
 """
@@ -244,7 +244,7 @@ def _set_key(cfg: Any, dotted: str, value: Any) -> None:
 
 def load_paper_config(spec: str, overrides: dict[str, Any]) -> Any:
     """What ``tooln1-train --config configs/paper.py:<spec> --config.K=V ...`` builds."""
-    from tooln1.config_files import load_file
+    from tooln1.config import load_file
 
     path = os.path.join(ROOT, PAPER_CONFIG)
     cfg = load_file(path).get_config(spec)
@@ -271,7 +271,7 @@ def _train_step(t: Train, opts: Options, exp: Experiment) -> Step:
     workdir = ov["workdir"]
 
     def run():
-        from tooln1.train import train
+        from tooln1.training.loop import train
 
         return train(load_paper_config(spec, ov))
 
@@ -347,7 +347,7 @@ def plan(exp: Experiment, opts: Options) -> list[Step]:
 
 def prepare_smoke(exps: Sequence[Experiment], opts: Options) -> None:
     """Tiny random base checkpoints (one per size the experiments use), made once."""
-    from tooln1.tiny_checkpoint import make_tiny_checkpoint
+    from tooln1.checkpoints.tiny import make_tiny_checkpoint
 
     sizes = {smoke_size(row.model_key) for e in exps for row in e.rows_for(opts)}
     for size in sorted(sizes):

@@ -23,14 +23,14 @@ SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "d
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> str:
     """A tiny random Qwen2 checkpoint (tied, non-zero q/k/v biases) with the tiny tokenizer."""
-    from tooln1.tiny_checkpoint import make_tiny_checkpoint
+    from tooln1.checkpoints.tiny import make_tiny_checkpoint
 
     return make_tiny_checkpoint(str(tmp_path_factory.mktemp("tiny_qwen2")), nonzero_biases=True, random_norms=True)
 
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
-    from tooln1.tiny_checkpoint import load_tiny_tokenizer
+    from tooln1.checkpoints.tiny import load_tiny_tokenizer
 
     return load_tiny_tokenizer()
 

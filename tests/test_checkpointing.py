@@ -1,4 +1,4 @@
-"""tooln1.checkpointing: sharded round trip of a TrainState, keep-N, metadata and RNG."""
+"""tooln1.checkpoints.train_state: sharded round trip of a TrainState, keep-N, metadata and RNG."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +9,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 def _state(mesh, scale=1.0):
     import optax
 
-    from tooln1.update import TrainState
+    from tooln1.training.updater import TrainState
 
     sh = NamedSharding(mesh, PartitionSpec("fsdp"))
     params = {"w": jax.device_put(jnp.arange(16, dtype=jnp.float32) * scale, sh),
@@ -19,7 +19,7 @@ def _state(mesh, scale=1.0):
 
 
 def test_round_trip_keep_and_meta(tmp_path):
-    from tooln1.checkpointing import Checkpointer, rng_from_json, rng_to_json
+    from tooln1.checkpoints.train_state import Checkpointer, rng_from_json, rng_to_json
     from tooln1.sharding import make_mesh
 
     mesh = make_mesh({"fsdp": -1})
@@ -46,10 +46,10 @@ def test_round_trip_keep_and_meta(tmp_path):
 
 
 def test_restore_into_wrong_shape_names_the_array(tmp_path):
-    from tooln1.checkpointing import Checkpointer
-    from tooln1.update import TrainState
+    from tooln1.checkpoints.train_state import Checkpointer
+    from tooln1.training.updater import TrainState
 
-    from tooln1.checkpointing import CheckpointMismatch
+    from tooln1.checkpoints.train_state import CheckpointMismatch
 
     ck = Checkpointer(str(tmp_path / "ck"), async_save=False)
     ck.save(1, TrainState(params={"w": jnp.zeros((4,))}, opt_state=()), {})
@@ -67,8 +67,8 @@ def _truncate_arrays(step_dir):
 
 
 def test_restore_latest_skips_an_unreadable_step(tmp_path):
-    from tooln1.checkpointing import Checkpointer, NoUsableCheckpoint
-    from tooln1.update import TrainState
+    from tooln1.checkpoints.train_state import Checkpointer, NoUsableCheckpoint
+    from tooln1.training.updater import TrainState
 
     state = lambda v: TrainState(params={"w": jnp.full((256,), v)}, opt_state=())  # noqa: E731
     ck = Checkpointer(str(tmp_path / "ck"), keep=3, async_save=False)

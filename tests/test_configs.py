@@ -86,7 +86,7 @@ def test_bad_spec_names_the_key(paper, spec, needle):
 
 def test_quickstart_config_is_valid(tmp_path):
     """The shipped quickstart config, mesh included (fsdp=-1 takes conftest's 8 host devices)."""
-    from tooln1.config_validation import mesh_batch_shards, validate_config
+    from tooln1.config import mesh_batch_shards, validate_config
 
     c = load_config_module("quickstart").get_config()
     assert c.model.tiny.enabled and c.sft.enabled and c.grpo.enabled and c.data.sources.startswith("synthetic-tiny")
@@ -139,7 +139,7 @@ def _cfg(tmp_path, **over):
     ({"sft.enabled": False, "grpo.enabled": False}, "nothing to train"),
 ])
 def test_invalid_config_message(tmp_path, over, needle):
-    from tooln1.config_validation import ConfigError, validate_config
+    from tooln1.config import ConfigError, validate_config
 
     with pytest.raises(ConfigError) as e:
         validate_config(_cfg(tmp_path, **over))
@@ -147,7 +147,7 @@ def test_invalid_config_message(tmp_path, over, needle):
 
 
 def test_several_errors_in_one_message(tmp_path):
-    from tooln1.config_validation import ConfigError, validate_config
+    from tooln1.config import ConfigError, validate_config
 
     with pytest.raises(ConfigError) as e:
         validate_config(_cfg(tmp_path, **{"grpo.group_size": 1, "grpo.reward": "x"}))
@@ -157,7 +157,7 @@ def test_several_errors_in_one_message(tmp_path):
 def test_cli_rejects_bad_config_before_compiling(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run(
-        [sys.executable, "-m", "tooln1.train", "--config", str(ROOT / "configs" / "quickstart.py"),
+        [sys.executable, "-m", "tooln1.training.loop", "--config", str(ROOT / "configs" / "quickstart.py"),
          f"--config.workdir={tmp_path}", "--config.grpo.group_size=1", "--config.grpo.reward=nope"],
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
     )
@@ -174,7 +174,7 @@ def test_cli_rejects_bad_config_before_compiling(tmp_path):
 ])
 def test_cli_names_the_closest_keys_of_a_misspelled_override(tmp_path, args, needle):
     proc = subprocess.run(
-        [sys.executable, "-m", "tooln1.train", "--config", str(ROOT / "configs" / "quickstart.py"), *args],
+        [sys.executable, "-m", "tooln1.training.loop", "--config", str(ROOT / "configs" / "quickstart.py"), *args],
         capture_output=True, text=True, cwd=tmp_path, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300,
     )
     assert proc.returncode == 2 and needle in proc.stderr, proc.stderr[-2000:]
@@ -183,7 +183,7 @@ def test_cli_names_the_closest_keys_of_a_misspelled_override(tmp_path, args, nee
 
 def test_cli_missing_config_file_and_uncreatable_workdir_are_one_line(tmp_path):
     run = lambda *a: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "tooln1.train", *a], capture_output=True, text=True, cwd=tmp_path,
+        [sys.executable, "-m", "tooln1.training.loop", *a], capture_output=True, text=True, cwd=tmp_path,
         env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
     proc = run("--config", "configs/nope.py")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
@@ -195,8 +195,8 @@ def test_cli_missing_config_file_and_uncreatable_workdir_are_one_line(tmp_path):
 
 
 def test_invalid_config_leaves_no_workdir(tmp_path):
-    from tooln1.config_validation import ConfigError
-    from tooln1.train import Trainer
+    from tooln1.config import ConfigError
+    from tooln1.training.loop import Trainer
 
     cfg = _cfg(tmp_path / "run", **{"grpo.group_size": 1})
     with pytest.raises(ConfigError):
@@ -205,15 +205,15 @@ def test_invalid_config_leaves_no_workdir(tmp_path):
 
 
 def test_frozen_layers_beyond_the_checkpoints_depth_is_a_config_error(tmp_path):
-    from tooln1.config_validation import ConfigError
-    from tooln1.train import Trainer
+    from tooln1.config import ConfigError
+    from tooln1.training.loop import Trainer
 
     cfg = _cfg(tmp_path / "run", **{"model.frozen_layers": 5})  # the tiny model has 2 layers
     with pytest.raises(ConfigError, match=r"config.model does not fit .*frozen_layers=5: expected 0..num_layers=2"):
         Trainer(cfg).setup()
 
 
-@pytest.mark.parametrize("entry", ["tooln1.train:main(['tooln1-train', '--config', 'nope.py'])",
+@pytest.mark.parametrize("entry", ["tooln1.training.loop:main(['tooln1-train', '--config', 'nope.py'])",
                                    "tooln1.eval.cli:main(['--compare', 'nope.json'])"])
 def test_clis_silence_transformers_pytorch_warning(entry):
     """Without torch (the quickstart install) transformers warns that PyTorch was not found; our CLIs

@@ -7,10 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from tooln1.engine import Engine, EngineConfig
-from tooln1.hf_io import load_model
-from tooln1.sampling import SamplingConfig, compiled_programs
-from tooln1.tiny_checkpoint import make_tiny_checkpoint, special_token_ids
+from tooln1.rollout.engine import Engine, EngineConfig
+from tooln1.checkpoints.hf_import import load_model
+from tooln1.rollout.sampling import SamplingConfig, compiled_programs
+from tooln1.checkpoints.tiny import make_tiny_checkpoint, special_token_ids
 
 LENGTHS = [1, 9, 23, 4, 15]
 G, R = 3, 12
@@ -104,9 +104,9 @@ def test_weights_split_per_layer_sample_the_same(model, prompts, sampling, one_s
 def test_tpu_copy_stores_qkv_heads_major_and_samples_the_same(model, prompts, sampling, one_slot, monkeypatch):
     """On a TPU the decoding copy stores the q/k/v kernels [layers, heads, embed, D], the layout XLA:TPU's
     decode matmuls read (it copied the stacks into it every round); it samples what the plain copy samples."""
-    import tooln1.engine
+    import tooln1.rollout.engine
 
-    monkeypatch.setattr(tooln1.engine, "platform", lambda mesh: "tpu")  # the attention backend stays pure JAX
+    monkeypatch.setattr(tooln1.rollout.engine, "platform", lambda mesh: "tpu")  # the attention backend stays pure JAX
     engine = Engine(model, ONE_SLOT)
     c, attention = model.config, engine.weights["layers"]["attention"]
     assert attention["q_kernel"][...].shape == (c.num_layers, c.num_heads, c.hidden_size, c.head_dim)

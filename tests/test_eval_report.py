@@ -56,7 +56,7 @@ def test_evaluate_with_injected_generation(tmp_path):
     pytest.importorskip("tooln1.data.prompt")
     from tooln1.eval.oracle import oracle_response
     from tooln1.eval.samples import EvalSample
-    from tooln1.tiny_checkpoint import load_tiny_tokenizer
+    from tooln1.checkpoints.tiny import load_tiny_tokenizer
 
     tok = load_tiny_tokenizer()
     answers = [{"name": "get_weather", "arguments": {"city": "Paris"}}]

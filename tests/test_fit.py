@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from tooln1 import fit
+from tooln1.preflight import fit
 from tooln1.models import count_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,7 +98,7 @@ def test_unknown_target_is_one_line(capsys):
 
 
 def test_gpu_targets_are_the_cuda_totals_at_jax_memory_fraction(monkeypatch):
-    from tooln1.targets import GPUS, GiB, get_target
+    from tooln1.preflight.targets import GPUS, GiB, get_target
 
     monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
     h100, h200, a100 = (get_target(f"{gpu}:8") for gpu in ("h100-80gb", "h200", "a100-80gb"))
@@ -114,7 +114,7 @@ def test_gpu_targets_are_the_cuda_totals_at_jax_memory_fraction(monkeypatch):
 
 
 def test_gpu_target_config_text_proto():
-    from tooln1.targets import GPUS, gpu_target_config
+    from tooln1.preflight.targets import GPUS, gpu_target_config
 
     h200 = gpu_target_config(GPUS["h200"], (9, 8, 0))
     assert h200.count("{") == h200.count("}") == 3  # gpu_device_info, its compute capability, dnn_version_info
@@ -129,7 +129,7 @@ def test_gpu_target_config_text_proto():
 def test_gpu_target_without_the_cuda_plugin_is_one_line(capsys, monkeypatch):
     import jax
 
-    from tooln1 import targets
+    from tooln1.preflight import targets
 
     monkeypatch.setattr(targets, "cuda_plugin_installed", lambda: False)
     with pytest.raises(SystemExit) as e:
@@ -140,7 +140,7 @@ def test_gpu_target_without_the_cuda_plugin_is_one_line(capsys, monkeypatch):
 
 
 def test_mesh_presets_name_known_targets():
-    from tooln1.targets import get_target
+    from tooln1.preflight.targets import get_target
 
     spec = importlib.util.spec_from_file_location("common_cfg", os.path.join(ROOT, "configs", "common.py"))
     common = importlib.util.module_from_spec(spec)
@@ -152,7 +152,7 @@ def test_mesh_presets_name_known_targets():
 
 def _why_no_gpu_compile() -> str:
     """Why the compile-only GPU test cannot run in this environment ("" when it can)."""
-    from tooln1.targets import cuda_plugin_installed
+    from tooln1.preflight.targets import cuda_plugin_installed
 
     if not cuda_plugin_installed():
         return "CUDA plugin not installed (pip install 'jax[cuda12]', 5.5 GB; compiles without a GPU)"
@@ -237,11 +237,11 @@ def test_tpu_rollout_programs_run_the_kernel_on_pools_in_place():
     stacked pools for the kernel was a copy at every step."""
     import re
 
-    from tooln1.engine import Engine, EngineConfig
+    from tooln1.rollout.engine import Engine, EngineConfig
     from tooln1.models import ModelConfig
-    from tooln1.sampling import SamplingConfig
+    from tooln1.rollout.sampling import SamplingConfig
     from tooln1.sharding import make_mesh
-    from tooln1.targets import get_target, target_devices
+    from tooln1.preflight.targets import get_target, target_devices
 
     mesh = make_mesh({"fsdp": -1}, devices=target_devices(get_target("tpu-v5e-4")))
     config = ModelConfig(vocab_size=1024, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
@@ -279,11 +279,11 @@ def test_tpu_decode_round_neither_relays_out_projections_nor_gathers_the_head():
     vocab-sharded head (Qwen2.5-7B on tpu-v4-32-tp4: 1 GiB at every step)."""
     import re
 
-    from tooln1.engine import Engine, EngineConfig
+    from tooln1.rollout.engine import Engine, EngineConfig
     from tooln1.models import ModelConfig
-    from tooln1.sampling import SamplingConfig
+    from tooln1.rollout.sampling import SamplingConfig
     from tooln1.sharding import make_mesh
-    from tooln1.targets import get_target, target_devices
+    from tooln1.preflight.targets import get_target, target_devices
 
     config = ModelConfig(vocab_size=8192, hidden_size=1024, intermediate_size=2048, num_layers=2, num_heads=8,
                          num_kv_heads=2, head_dim=128, dtype="bfloat16")
@@ -303,12 +303,12 @@ def test_tpu_decode_round_neither_relays_out_projections_nor_gathers_the_head():
 def test_tpu_kernel_splits_decode_attention_over_a_megacore_chips_two_cores(monkeypatch):
     """A v4 (or v5p) device is two TensorCores; JAX's paged-attention kernel runs on one of them unless told
     to split (by kv head, else by sequence). A v5e device is one core, where a split may hang the kernel."""
-    from tooln1.engine import Engine, EngineConfig
+    from tooln1.rollout.engine import Engine, EngineConfig
     from tooln1.models import ModelConfig
     from tooln1.models import paged_attention as pa
-    from tooln1.sampling import SamplingConfig
+    from tooln1.rollout.sampling import SamplingConfig
     from tooln1.sharding import make_mesh
-    from tooln1.targets import get_target, target_devices
+    from tooln1.preflight.targets import get_target, target_devices
 
     modes = []
     kernel = pa._tpu_kernel()

@@ -19,8 +19,8 @@ gguf = pytest.importorskip("gguf")
 from transformers.convert_slow_tokenizer import bytes_to_unicode  # noqa: E402
 
 import tooln1  # noqa: E402
-from tooln1 import gguf_io  # noqa: E402
-from tooln1.hf_io import CheckpointError  # noqa: E402
+from tooln1.checkpoints import gguf_file as gguf_io  # noqa: E402
+from tooln1.checkpoints.hf_import import CheckpointError  # noqa: E402
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -170,7 +170,7 @@ def test_convert_cli_without_torch_writes_an_hf_checkpoint(tiny_llama, tmp_path)
     """`tooln1-convert x.gguf out/` in a process where torch cannot be imported; transformers reads out/."""
     path, _ = tiny_llama
     out = str(tmp_path / "hf")
-    code = ("import sys; sys.modules['torch'] = None; from tooln1.hf_io import main; "
+    code = ("import sys; sys.modules['torch'] = None; from tooln1.checkpoints.hf_import import main; "
             f"main([{path!r}, {out!r}]); assert 'torch' not in sys.modules or sys.modules['torch'] is None")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)

@@ -11,8 +11,8 @@ import transformers
 from flax import nnx
 
 import tooln1
-from tooln1.hf_io import CheckpointError
-from tooln1.tiny_checkpoint import make_tiny_checkpoint
+from tooln1.checkpoints.hf_import import CheckpointError
+from tooln1.checkpoints.tiny import make_tiny_checkpoint
 
 
 def _params(model):
@@ -187,7 +187,7 @@ def test_quickstart_checkpoint_needs_no_torch(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['torch'] = None; from tooln1.tiny_checkpoint import make_random_checkpoint; "
+    code = ("import sys; sys.modules['torch'] = None; from tooln1.checkpoints.tiny import make_random_checkpoint; "
             f"make_random_checkpoint({str(tmp_path)!r}, seed=1)")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     ours = tooln1.load_model(str(tmp_path))
@@ -201,7 +201,7 @@ def test_quickstart_checkpoint_needs_no_torch(tmp_path):
 
 
 def test_convert_cli_round_trips_and_reports_bad_paths(tiny_checkpoint, tmp_path, capsys):
-    from tooln1.hf_io import main
+    from tooln1.checkpoints.hf_import import main
 
     main([tiny_checkpoint, str(tmp_path / "out")])
     assert "converted" in capsys.readouterr().out

@@ -5,12 +5,12 @@ import sys
 
 import pytest
 
-from tooln1.host_memory import jax_runs_on_cpu, keep_freed_memory
+from tooln1.platform.host_memory import jax_runs_on_cpu, keep_freed_memory
 
 _REFAULTS = r"""
 import ctypes, resource, sys, threading
 if sys.argv[1] == "keep":
-    from tooln1.host_memory import keep_freed_memory
+    from tooln1.platform.host_memory import keep_freed_memory
     assert keep_freed_memory()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, (ctypes.c_void_p,)

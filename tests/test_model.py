@@ -11,7 +11,7 @@ from flax import nnx
 
 import tooln1
 from tooln1.models.decoder import Block, split_layers, swiglu
-from tooln1.tiny_checkpoint import make_tiny_checkpoint
+from tooln1.checkpoints.tiny import make_tiny_checkpoint
 
 
 def _batch(vocab: int, seed: int = 0):
@@ -169,7 +169,7 @@ def test_remat_gives_same_logits_and_gradients(tiny_checkpoint):
 
 def test_sampling_a_remat_model(tiny_checkpoint):
     """Paper configs train with remat on; the same model must also sample (decoding skips remat)."""
-    from tooln1.sampling import SamplingConfig, sample
+    from tooln1.rollout.sampling import SamplingConfig, sample
 
     ids = np.random.RandomState(2).randint(0, 200, (2, 7))
     config = SamplingConfig(max_new_tokens=4, temperature=0.0)

@@ -10,10 +10,10 @@ import sys
 import jax
 import numpy as np
 
-from tooln1.hf_io import load_model
-from tooln1.sampling import SamplingConfig, sample
+from tooln1.checkpoints.hf_import import load_model
+from tooln1.rollout.sampling import SamplingConfig, sample
 from tooln1.sharding import make_mesh
-from tooln1.tiny_checkpoint import make_tiny_checkpoint, special_token_ids
+from tooln1.checkpoints.tiny import make_tiny_checkpoint, special_token_ids
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESH = {"data": 2, "fsdp": 2, "tensor": 2}
@@ -29,8 +29,8 @@ import jax
 process_id, port, args = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
 jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=2, process_id=process_id)
 import numpy as np
-from tooln1.hf_io import load_model
-from tooln1.sampling import SamplingConfig, sample
+from tooln1.checkpoints.hf_import import load_model
+from tooln1.rollout.sampling import SamplingConfig, sample
 from tooln1.sharding import make_mesh
 
 assert jax.process_count() == 2 and jax.local_device_count() == 4 and jax.device_count() == 8, jax.devices()
@@ -43,7 +43,7 @@ assert not out.tokens.is_fully_addressable and out.tokens.shape[0] == 8 * cfg.nu
 local = out.local()
 result = {k: np.asarray(v).tolist() for k, v in local._asdict().items() if k != "num_local"}
 # the trainer's update batch: both processes must agree on the trimmed and packed lengths
-from tooln1.update_batch import update_batch
+from tooln1.training.batch import update_batch
 lengths = np.asarray(args["update_lengths"][process_id])
 fake = local._replace(mask=(np.arange(64)[None] < lengths[:, None]).astype(np.int32),
                       tokens=np.zeros((len(lengths), 64), np.int32))

@@ -7,10 +7,10 @@ jax = pytest.importorskip("jax")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from tooln1.hf_io import load_model  # noqa: E402
-from tooln1.sampling import (SamplingConfig, bucket_length, compiled_programs, generate,  # noqa: E402
+from tooln1.checkpoints.hf_import import load_model  # noqa: E402
+from tooln1.rollout.sampling import (SamplingConfig, bucket_length, compiled_programs, generate,  # noqa: E402
                              response_mask_np, sample)
-from tooln1.tiny_checkpoint import make_tiny_checkpoint, special_token_ids  # noqa: E402
+from tooln1.checkpoints.tiny import make_tiny_checkpoint, special_token_ids  # noqa: E402
 
 IDS = special_token_ids()
 PAD, IM_END = IDS["<|endoftext|>"], IDS["<|im_end|>"]

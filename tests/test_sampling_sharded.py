@@ -5,11 +5,11 @@ import jax
 import numpy as np
 import pytest
 
-from tooln1.engine import Engine, EngineConfig
-from tooln1.hf_io import load_model
-from tooln1.sampling import SamplingConfig, sample
+from tooln1.rollout.engine import Engine, EngineConfig
+from tooln1.checkpoints.hf_import import load_model
+from tooln1.rollout.sampling import SamplingConfig, sample
 from tooln1.sharding import make_mesh
-from tooln1.tiny_checkpoint import make_tiny_checkpoint, special_token_ids
+from tooln1.checkpoints.tiny import make_tiny_checkpoint, special_token_ids
 
 MESHES = {"fsdp2_tensor4": {"fsdp": 2, "tensor": 4}, "data2_fsdp2_tensor2": {"data": 2, "fsdp": 2, "tensor": 2}}
 

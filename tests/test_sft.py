@@ -12,8 +12,8 @@ import optax
 import pytest
 from flax import nnx
 
-from tooln1.sft import SFTLoss, sft_loss
-from tooln1.update import OptimizerConfig, Updater
+from tooln1.training.sft import SFTLoss, sft_loss
+from tooln1.training.updater import OptimizerConfig, Updater
 
 V, D, N, T = 16, 8, 4, 7
 

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from tooln1.tiny_checkpoint import make_tiny_checkpoint, special_token_ids, tiny_tokenizer_path
+from tooln1.checkpoints.tiny import make_tiny_checkpoint, special_token_ids, tiny_tokenizer_path
 
 transformers = pytest.importorskip("transformers")
 torch = pytest.importorskip("torch")

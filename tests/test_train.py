@@ -60,7 +60,7 @@ def last_by_step(rows, phase):
 def params_of(model):
     from flax import nnx
 
-    from tooln1.checkpointing import flatten
+    from tooln1.checkpoints.train_state import flatten
 
     flat, _ = flatten(nnx.state(model, nnx.Param))
     return {k: np.asarray(v) for k, v in flat.items()}
@@ -68,7 +68,7 @@ def params_of(model):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_checkpoint):
-    from tooln1.train import Trainer
+    from tooln1.training.loop import Trainer
 
     base = tmp_path_factory.mktemp("train")
     cache = base / "jax_cache"
@@ -189,7 +189,7 @@ def _tree(workdir):
 
 
 def test_rerunning_a_finished_run_changes_nothing(runs, tiny_checkpoint, capsys):
-    from tooln1.train import Trainer
+    from tooln1.training.loop import Trainer
 
     summary, _ = runs["ref"]
     workdir = pathlib.Path(summary["workdir"])
@@ -205,7 +205,7 @@ def test_a_finished_run_without_its_summary_finishes_at_its_last_step(runs, tiny
     validates at the run's last step (it reported 0 GRPO steps and logged the final validation at 0)."""
     import shutil
 
-    from tooln1.train import Trainer
+    from tooln1.training.loop import Trainer
 
     summary, _ = runs["ref"]
     workdir = tmp_path / "copy"
@@ -220,7 +220,7 @@ def test_a_finished_run_without_its_summary_finishes_at_its_last_step(runs, tiny
 def test_resume_refuses_another_seed(runs, tiny_checkpoint, tmp_path):
     import shutil
 
-    from tooln1.train import ConfigError, Trainer
+    from tooln1.training.loop import ConfigError, Trainer
 
     workdir = tmp_path / "run"
     shutil.copytree(runs["base"] / "full", workdir)
@@ -235,7 +235,7 @@ def test_corrupt_latest_checkpoint_resumes_from_the_previous_one(runs, tiny_chec
     then the run resumes from the previous kept step and ends with the reference's parameters."""
     import shutil
 
-    from tooln1.train import Trainer
+    from tooln1.training.loop import Trainer
 
     ref_summary, ref = runs["ref"]
     workdir = tmp_path / "run"
@@ -292,7 +292,7 @@ def test_sft_examples_mask_exactly_the_reply(tiny_tokenizer):
 
     from tooln1.data import load_records
     from tooln1.reward import compute_reward
-    from tooln1.train import Trainer, sft_response
+    from tooln1.training.loop import Trainer, sft_response
 
     recs = load_records("synthetic-simple:3:1")
     t = Trainer.__new__(Trainer)
@@ -313,7 +313,7 @@ def test_sft_drops_and_counts_examples_longer_than_max_seq_len(tiny_tokenizer):
     from ml_collections import ConfigDict
 
     from tooln1.data import load_records
-    from tooln1.train import Trainer
+    from tooln1.training.loop import Trainer
 
     recs = load_records("synthetic-simple:8:2")
     said = []
@@ -335,9 +335,9 @@ def test_sft_drops_and_counts_examples_longer_than_max_seq_len(tiny_tokenizer):
 
 
 def test_cli_keeps_freed_host_memory_before_anything_else(monkeypatch, capsys):
-    """tooln1-train sets the allocator (tooln1.host_memory) first thing: before it even reads the config,
+    """tooln1-train sets the allocator (tooln1.platform.host_memory) first thing: before it even reads the config,
     so before JAX or a tokenizer has started a thread."""
-    import tooln1.train as train_module
+    import tooln1.training.loop as train_module
 
     calls = []
     monkeypatch.setattr(train_module, "keep_freed_memory", lambda: calls.append("kept"))

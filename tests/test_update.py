@@ -19,7 +19,7 @@ from flax import nnx
 from tooln1.grpo import GRPOLoss, packed_length, response_logprobs, token_logprobs
 from tooln1.models import CausalLM, ModelConfig
 from tooln1.sharding import make_mesh, state_shardings
-from tooln1.update import OptimizerConfig, ReferencePolicy, Updater, make_optimizer
+from tooln1.training.updater import OptimizerConfig, ReferencePolicy, Updater, make_optimizer
 
 CFG = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4,
                   num_kv_heads=2, head_dim=8)
@@ -414,8 +414,8 @@ def test_remat_with_frozen_layers_scores_and_steps_as_without():
 def test_update_batch_trims_to_the_longest_response_and_packs_groups():
     """The trainer's update batch: responses cut to the longest one's power-of-two bucket, and the
     packed length is the longest group's total in its bucket (0 without packing)."""
-    from tooln1.sampling import SampleOutput
-    from tooln1.update_batch import update_batch
+    from tooln1.rollout.sampling import SampleOutput
+    from tooln1.training.batch import update_batch
 
     g, r = 2, 64
     lengths = np.array([3, 20, 17, 1])  # groups of 23 and 18 tokens; the longest response 20

@@ -9,11 +9,11 @@ import importlib
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_model": "tooln1.hf_io",
-    "CheckpointError": "tooln1.hf_io",
+    "load_model": "tooln1.checkpoints.hf_import",
+    "CheckpointError": "tooln1.checkpoints.hf_import",
     "CausalLM": "tooln1.models",
     "ModelConfig": "tooln1.models",
-    "generate": "tooln1.sampling",
+    "generate": "tooln1.rollout.sampling",
 }
 
 

@@ -2,7 +2,7 @@
 per-token log-probs / entropies of sampled tokens.
 
 Everything here is a pure function over arrays, usable inside ``jax.jit``. The optimiser machinery
-that drives these losses over mini-/micro-batches lives in :mod:`tooln1.update`.
+that drives these losses over mini-/micro-batches lives in :mod:`tooln1.training.updater`.
 
 Conventions: token-level arrays are ``[N, T]`` with ``N = B*G`` responses (groups contiguous: row
 ``b*G + g`` is sample ``g`` of prompt ``b``) and a 0/1 ``mask`` marking the response tokens that
@@ -422,7 +422,7 @@ GRPO_BATCH_KEYS = (
 
 @dataclasses.dataclass(frozen=True)
 class GRPOLoss:
-    """GRPO objective over a batch dict with :data:`GRPO_BATCH_KEYS`, for :class:`tooln1.update.Updater`.
+    """GRPO objective over a batch dict with :data:`GRPO_BATCH_KEYS`, for :class:`tooln1.training.updater.Updater`.
 
     Hashable (static under jit). ``temperature`` is the sampling temperature (DESIGN §8: all
     log-probs use ``logits / T``). ``logprob_chunk_size`` bounds the logits held at once.

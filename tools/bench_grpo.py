@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """One full GRPO iteration (sample + score + update): tooln1 (JAX) against TRL's GRPOTrainer (PyTorch).
 
-Both sides get the same random-weight HF checkpoint (``tooln1.tiny_checkpoint.make_tiny_checkpoint``), the
+Both sides get the same random-weight HF checkpoint (``tooln1.checkpoints.tiny.make_tiny_checkpoint``), the
 same prompts (token ids identical on both sides), the same G, prompt length, number of new tokens,
 sampling (temperature, top_p 1, top_k off), beta (k3 KL coef), epsilon (clip), loss aggregation
 (global token-mean: ours ``token-mean``, TRL ``loss_type="dapo"``), optimizer (AdamW lr 1e-6, betas
@@ -25,7 +25,7 @@ trace, lowering and compile durations): a later iteration whose packed length fa
 compiles its update, which the trainer pays once per bucket, not per step.
 
 Allocator: ours runs as ``tooln1-train`` does on a CPU, glibc keeping freed memory for reuse
-(``tooln1.host_memory``; ``--ours-malloc default`` for glibc's own settings), TRL with glibc's own
+(``tooln1.platform.host_memory``; ``--ours-malloc default`` for glibc's own settings), TRL with glibc's own
 (``--trl-malloc keep``: at the 0.5B shape its heap grew past this machine's 24 GB and it was killed).
 Like ``--threads``, a comma list runs a side once per setting and its fastest counts.
 
@@ -82,7 +82,7 @@ def make_prompts(tokenizer, num_prompts: int, length: int, seed: int = 0) -> tup
 def ensure_checkpoint(shape: str, ckpt_dir: str | None, mean_response: int = 0) -> str:
     """The benchmark checkpoint; for the long-tail mode near-uniform, with ``vocab / mean_response``
     extra EOS ids in its generation config (read by both sides)."""
-    from tooln1.tiny_checkpoint import make_tiny_checkpoint
+    from tooln1.checkpoints.tiny import make_tiny_checkpoint
 
     tail = f"_tail{mean_response}" if mean_response else ""
     path = ckpt_dir or os.path.join(tempfile.gettempdir(), f"tooln1_bench_{shape}{tail}")
@@ -164,9 +164,9 @@ def run_ours(args) -> dict:
     import tooln1
     from tooln1.grpo import GRPOLoss, compute_advantages
     from tooln1.reward import score_batch
-    from tooln1.sampling import SamplingConfig, sample
-    from tooln1.update import OptimizerConfig, ReferencePolicy, Updater
-    from tooln1.update_batch import update_batch
+    from tooln1.rollout.sampling import SamplingConfig, sample
+    from tooln1.training.updater import OptimizerConfig, ReferencePolicy, Updater
+    from tooln1.training.batch import update_batch
 
     tok = AutoTokenizer.from_pretrained(args.ckpt)
     _, prompt_ids = make_prompts(tok, args.prompts, args.prompt_len)
@@ -394,7 +394,7 @@ def summarise(args, ourses: list[dict], trls: list[dict]) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", default="tiny", help="tiny | qwen2.5-0.5b | ... (tooln1.tiny_checkpoint.SHAPES)")
+    ap.add_argument("--shape", default="tiny", help="tiny | qwen2.5-0.5b | ... (tooln1.checkpoints.tiny.SHAPES)")
     ap.add_argument("--ckpt", default=None, help="checkpoint dir (default: a cached one in the temp dir)")
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--group", type=int, default=5)
@@ -422,7 +422,7 @@ def main(argv=None):
     for side, default in (("ours", "keep"), ("trl", "default")):
         ap.add_argument(f"--{side}-malloc", default=default,
                         help=f"comma list of host allocator settings for {side}, one run each, the fastest counts: "
-                             "keep (glibc keeps freed memory, tooln1.host_memory) or default (glibc's own)")
+                             "keep (glibc keeps freed memory, tooln1.platform.host_memory) or default (glibc's own)")
     ap.add_argument("--_malloc", default="default", help=argparse.SUPPRESS)
     ap.add_argument("--json", default=None, help="write the summary here")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
@@ -430,7 +430,7 @@ def main(argv=None):
 
     if args._child:  # one side in this process; raw rows to the JSON path
         if args._malloc == "keep":
-            from tooln1.host_memory import keep_freed_memory
+            from tooln1.platform.host_memory import keep_freed_memory
 
             keep_freed_memory()  # before torch or JAX start threads
         if args.side == "ours":

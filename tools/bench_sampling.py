@@ -2,7 +2,7 @@
 """Benchmark the jitted group sampler against transformers' ``generate`` (PyTorch CPU), same run.
 
 For each model shape: B prompts x G samples, prompt length P, R new tokens with EOS ignored, random
-weights (``tooln1.tiny_checkpoint.make_tiny_checkpoint``), float32 everywhere, temperature 0.7, top-p 1,
+weights (``tooln1.checkpoints.tiny.make_tiny_checkpoint``), float32 everywhere, temperature 0.7, top-p 1,
 top-k off (the paper's rollout settings). Reports tokens/s of both (B*G*R / wall time, compile and
 warm-up excluded), the ratio, our compile time, and our decode time per token at R and at a longer
 R (``(t(R) - t(R=1)) / (R - 1)``, i.e. prefill excluded), to show the per-token cost does not grow.
@@ -46,8 +46,8 @@ def bench_ours(path, prompts, g, r, r_long, repeats):
     import jax
     import numpy as np
 
-    from tooln1.hf_io import load_model
-    from tooln1.sampling import SamplingConfig, precompile, sample
+    from tooln1.checkpoints.hf_import import load_model
+    from tooln1.rollout.sampling import SamplingConfig, precompile, sample
 
     # Compile ahead of time (timed on its own) into a persistent cache that the timed call then
     # loads, so no timed call includes compilation and no generation is run just to warm up.
@@ -113,7 +113,7 @@ def write_markdown(out_path, results, args, command):
     import torch
     import transformers
 
-    lines = [BEGIN, "## Sampling (`tooln1.sampling`)", ""]
+    lines = [BEGIN, "## Sampling (`tooln1.rollout.sampling`)", ""]
     lines += [
         "Rollout throughput of our jitted group sampler against transformers' `generate` (PyTorch, CPU), "
         f"both float32, in the same run: {args.prompts} prompts x {args.samples} samples, prompt "
@@ -182,7 +182,7 @@ def main(argv=None):
 
     import numpy as np
 
-    from tooln1.tiny_checkpoint import make_tiny_checkpoint, special_token_ids
+    from tooln1.checkpoints.tiny import make_tiny_checkpoint, special_token_ids
 
     results = {"machine": dict(cpu=cpu_name(), cores=os.cpu_count(),
                                load_before=" ".join(f"{x:.1f}" for x in os.getloadavg())),

@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--share-prompt", action="store_true", help="score each group's prompt once")
     ap.add_argument("--iters", type=int, default=5)
     args = ap.parse_args()
-    from tooln1.host_memory import keep_freed_memory
+    from tooln1.platform.host_memory import keep_freed_memory
 
     keep_freed_memory()  # as tooln1-train does, before JAX starts its threads
     import jax
@@ -42,7 +42,7 @@ def main() -> None:
 
     from tooln1.grpo import GRPOLoss
     from tooln1.models import CausalLM, ModelConfig, PRESETS
-    from tooln1.update import OptimizerConfig, Updater
+    from tooln1.training.updater import OptimizerConfig, Updater
 
     config = ModelConfig(**SHAPES[args.shape]) if args.shape in SHAPES else PRESETS[args.shape]
     if args.layers:

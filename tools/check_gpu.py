@@ -98,7 +98,7 @@ def check_cudnn_prefill(b: int = 4, t: int = 512, heads: int = 14, kv: int = 2, 
 
 
 def _checkpoint(tmp: str, dtype: str, **shape) -> str:
-    from tooln1.tiny_checkpoint import make_tiny_checkpoint
+    from tooln1.checkpoints.tiny import make_tiny_checkpoint
 
     return make_tiny_checkpoint(os.path.join(tmp, dtype), dtype=dtype, seed=1, **shape)
 
@@ -110,9 +110,9 @@ def _prompts(vocab: int, count: int = 8) -> list[list[int]]:
 
 def ours(ckpt: str, dtype: str, prompts, new: int, eos: int, portable: bool = False):
     """Greedy (tokens, log-probs) per prompt from the engine; ``portable``: the pure-JAX attention paths."""
-    from tooln1.engine import Engine, EngineConfig
-    from tooln1.hf_io import load_model
-    from tooln1.sampling import SamplingConfig
+    from tooln1.rollout.engine import Engine, EngineConfig
+    from tooln1.checkpoints.hf_import import load_model
+    from tooln1.rollout.sampling import SamplingConfig
 
     model = load_model(ckpt, dtype=dtype, **({"attention": "blockwise"} if portable else {}))
     engine = Engine(model, EngineConfig(num_slots=4))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Write a tiny random Qwen2 / Llama checkpoint in the real Hugging Face layout.
 
-Thin command-line front end over ``tooln1.tiny_checkpoint.make_tiny_checkpoint`` (see there for details).
+Thin command-line front end over ``tooln1.checkpoints.tiny.make_tiny_checkpoint`` (see there for details).
 
     python tools/make_tiny_checkpoint.py /tmp/tiny                       # 2-layer Qwen2, tied, fp32
     python tools/make_tiny_checkpoint.py /tmp/tiny-llama --arch llama --shard-size 100KB
@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tooln1.tiny_checkpoint import SHAPES, make_tiny_checkpoint  # noqa: E402
+from tooln1.checkpoints.tiny import SHAPES, make_tiny_checkpoint  # noqa: E402
 
 
 def main(argv=None):

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from tooln1.hf_export import save_pretrained
+from tooln1.checkpoints.hf_export import save_pretrained
 from tooln1.models.attention import attention, merge_partial
 from tooln1.models.config import ModelConfig
 from tooln1.sharding import constrain, platform
@@ -334,7 +334,7 @@ class CausalLM(nnx.Module):
         return jnp.einsum("btd,dv->btv", hidden, self.lm_head[...].astype(dtype), preferred_element_type=jnp.float32)
 
     def save_pretrained(self, out_dir: str, **kwargs: Any) -> None:
-        """Write an HF checkpoint directory (see `tooln1.hf_export.save_pretrained`)."""
+        """Write an HF checkpoint directory (see `tooln1.checkpoints.hf_export.save_pretrained`)."""
         save_pretrained(self, out_dir, **kwargs)
 
     # -- the pieces every forward is made of (the rollout engine composes them too) -------------

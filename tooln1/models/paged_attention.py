@@ -289,7 +289,7 @@ def sharded_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array
     """`ragged_paged_attention` for every batch shard: q ``[X, S, heads, D]``, all layers' pools ``[X,
     kv_heads, L, N, rows, width]`` (shard x's pages numbered within its pool), ``lengths`` [X, S] and
     ``page_table`` [X, S, M]; returns [X, S, heads, D]. ``mesh``: where the shards live (one per device
-    of its batch axes; see `tooln1.engine_round`), whose platform picks the backend (compile-only devices too)."""
+    of its batch axes; see `tooln1.rollout.programs`), whose platform picks the backend (compile-only devices too)."""
     kernel = _kernel(_backend(backend, q.shape[-1], _tokens_per_page(k_pages, q.shape[-1]), k_pages.dtype, mesh),
                      mesh)
     if kernel is None:

@@ -3,7 +3,7 @@
 A GGUF file holds the config as metadata under llama.cpp's key names, the tensors under llama.cpp's
 names (``blk.N.attn_q.weight``), possibly quantised (Q4_1, Q8_0, ...), and the tokenizer's vocabulary,
 merges and chat template. This module turns all three into what a Hugging Face checkpoint directory
-holds, so `tooln1.hf_io` places the tensors exactly as it does for safetensors: tensors are read from
+holds, so `tooln1.checkpoints.hf_import` places the tensors exactly as it does for safetensors: tensors are read from
 the memory-mapped file and dequantised one at a time (the `gguf` package's ``quants.dequantize``),
 so host memory peaks near one float32 tensor. No torch is needed.
 
@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from tooln1.hf_layout import CheckpointError
+from tooln1.checkpoints.hf_layout import CheckpointError
 
 # llama.cpp architecture -> (HF class, HF model_type, q/k rows permuted for llama.cpp's RoPE)
 _ARCHITECTURES = {

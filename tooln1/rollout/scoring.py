@@ -1,8 +1,8 @@
 """One GRPO rollout step: prompts -> engine (G samples each) -> responses as text -> rewards.
 
-The GRPO loop (`tooln1.grpo_phase`) reads as its steps: iterator -> `Rollouts.run` -> advantages ->
+The GRPO loop (`tooln1.training.grpo_loop`) reads as its steps: iterator -> `Rollouts.run` -> advantages ->
 update. Each prompt's G responses are decoded and scored on the engine's worker thread as soon as that group
-finishes, while the device keeps decoding the others (`tooln1.engine`), so reward time mostly
+finishes, while the device keeps decoding the others (`tooln1.rollout.engine`), so reward time mostly
 leaves the critical path; ``timings`` shows the split. `Rollouts.refresh` takes the policy's new
 parameters into the engine's decoding copy after each update.
 """
@@ -14,9 +14,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from tooln1.engine import Completion, Engine
+from tooln1.rollout.engine import Completion, Engine
 from tooln1.reward import score_batch
-from tooln1.sampling import SampleOutput, SamplingConfig, sample_groups
+from tooln1.rollout.sampling import SampleOutput, SamplingConfig, sample_groups
 
 
 @dataclasses.dataclass
@@ -52,7 +52,7 @@ class Rollouts:
 
     def run(self, model: Any, prompt_ids: np.ndarray, prompt_mask: np.ndarray, answers: Sequence[Any],
             key) -> Rollout:
-        """``answers[b]`` is prompt b's reference; every process passes its own prompts (`tooln1.sampling.sample`)."""
+        """``answers[b]`` is prompt b's reference; every process passes its own prompts (`tooln1.rollout.sampling.sample`)."""
         g = self.sampling.num_samples
 
         def score(b: int, group: list[Completion]):

@@ -1,6 +1,6 @@
 """The rollout engine's device programs: a *prefill* (one chunk of prompt tokens per batch shard into its
 pages) and a *round* (slot admissions, then up to ``max_steps`` decode steps of the first ``width`` slots
-of every shard over the paged KV cache). `tooln1.engine` is the host side that decides what each does.
+of every shard over the paged KV cache). `tooln1.rollout.engine` is the host side that decides what each does.
 
 Their shapes depend only on the engine's shape (shards, slots, pages, chunk, steps) and the decode
 width, never on how many prompts a rollout has: a few compiled programs serve any batch.

@@ -32,7 +32,7 @@ def update_batch(out: Any, advantages: np.ndarray, group_size: int, *, trim: boo
     """This process's update arrays (GRPO batch keys less the log-probs) and the packed length
     (0 = not packed) for `tooln1.grpo.GRPOLoss.packed_length`.
 
-    ``out``: the rollout's `tooln1.sampling.SampleOutput` (numpy); ``pack`` needs groups of
+    ``out``: the rollout's `tooln1.rollout.sampling.SampleOutput` (numpy); ``pack`` needs groups of
     ``group_size`` rows sharing a prompt (``grpo.share_prompt``)."""
     tokens, mask = np.asarray(out.tokens), np.asarray(out.mask)
     cap = tokens.shape[1]

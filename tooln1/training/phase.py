@@ -14,13 +14,13 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from tooln1.checkpointing import rng_to_json
-from tooln1.config_validation import ConfigError
+from tooln1.checkpoints.train_state import rng_to_json
+from tooln1.config import ConfigError
 from tooln1.data.iterator import BatchIterator
-from tooln1.metrics import Progress
+from tooln1.training.metrics import Progress
 
 if TYPE_CHECKING:
-    from tooln1.train import Trainer
+    from tooln1.training.loop import Trainer
 
 
 @dataclasses.dataclass

@@ -6,10 +6,10 @@
 
 No weights are read: the model is abstract (``nnx.eval_shape``; shapes from ``config.model.path``'s
 config.json when it exists, else the ``config.model.preset``), its params ``ShapeDtypeStruct``s
-sharded over the mesh of the target's compile-only devices (:mod:`tooln1.targets`; the mesh
+sharded over the mesh of the target's compile-only devices (:mod:`tooln1.preflight.targets`; the mesh
 preset names its target in ``config.mesh.target``). Each program is lowered through the pieces'
-public hooks (:func:`tooln1.sampling.lower`, :meth:`tooln1.update.Updater.lower`,
-:meth:`~tooln1.update.Updater.lower_logprobs`) at the config's batch sizes and maximum lengths,
+public hooks (:func:`tooln1.rollout.sampling.lower`, :meth:`tooln1.training.updater.Updater.lower`,
+:meth:`~tooln1.training.updater.Updater.lower_logprobs`) at the config's batch sizes and maximum lengths,
 compiled, and its per-device memory read from ``compiled.memory_analysis()``:
 
     peak = arguments + outputs − aliased + temporaries
@@ -19,8 +19,8 @@ A program fits when ``peak + resident`` ≤ the chip's HBM (``peak``: the larger
 loop keeps on the devices while the program runs without passing it in (the optimizer state during
 rollouts and log-prob passes, the on-device reference copy during the update). XLA:TPU refuses a
 program over its HBM (the entry then has ``compile_error``); XLA:GPU compiles it anyway, so there the
-verdict is this comparison alone, against the memory JAX's allocator gets (:func:`tooln1.targets.usable_gpu_bytes`).
-FLOPs are analytic (``tooln1.metrics`` model: 2·params per token plus attention; XLA's cost analysis
+verdict is this comparison alone, against the memory JAX's allocator gets (:func:`tooln1.preflight.targets.usable_gpu_bytes`).
+FLOPs are analytic (``tooln1.training.metrics`` model: 2·params per token plus attention; XLA's cost analysis
 counts a loop body once, and is absent for compile-only GPUs) and global, over all devices. A rollout is two
 programs, its prefill chunk and its decode round (at its widest), compiled at the largest prompt bucket
 (memory grows with the bucket). Exit status 0 iff every program fits, 1 if one does not, 2 on a
@@ -37,7 +37,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from tooln1.targets import GPUS, GiB, Target, TargetError, get_target, prepare_environment, target_devices
+from tooln1.preflight.targets import GPUS, GiB, Target, TargetError, get_target, prepare_environment, target_devices
 
 
 class FitError(ValueError):
@@ -71,7 +71,7 @@ def model_config(cfg: Any, layers: int | None = None) -> Any:
         with open(config_json, encoding="utf-8") as f:
             config = ModelConfig.from_hf(json.load(f), **dtypes)
     elif m.tiny.enabled:
-        from tooln1.tiny_checkpoint import special_token_ids
+        from tooln1.checkpoints.tiny import special_token_ids
 
         t = m.tiny
         config = ModelConfig(max(special_token_ids().values()) + 1, t.hidden, t.intermediate, t.layers, t.heads, t.kv_heads,
@@ -141,7 +141,7 @@ def device_bytes(tree: Any) -> int:
 
 def forward_flops(config: Any, tokens: int, context: float) -> float:
     """2·(matmul params) per token plus QK and PV attention against ``context`` keys."""
-    from tooln1.metrics import non_embedding_params
+    from tooln1.training.metrics import non_embedding_params
 
     return tokens * (2 * non_embedding_params(config) + 4 * config.num_layers * config.num_heads * config.head_dim * context)
 
@@ -164,11 +164,11 @@ def decode_flops(config: Any, batch: int, group: int, prompt: int, response: int
 def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
     """Every program a run of ``cfg`` compiles (filtered by comma-separated name substrings)."""
     from tooln1.grpo import GRPOLoss
-    from tooln1.engine import EngineConfig
-    from tooln1.sampling import DEFAULT_PROMPT_BUCKETS, SamplingConfig, bucket_length
-    from tooln1.sampling import lower as lower_sampler
-    from tooln1.sft import SFTLoss
-    from tooln1.update import OptimizerConfig, Updater
+    from tooln1.rollout.engine import EngineConfig
+    from tooln1.rollout.sampling import DEFAULT_PROMPT_BUCKETS, SamplingConfig, bucket_length
+    from tooln1.rollout.sampling import lower as lower_sampler
+    from tooln1.training.sft import SFTLoss
+    from tooln1.training.updater import OptimizerConfig, Updater
 
     config = model.config
     out: list[Program] = []
@@ -469,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                         lock_config=True)
     for define, name, default, text in (
         (flags.DEFINE_string, "json", "", "write the report to this JSON file"),
-        (flags.DEFINE_string, "target", "", "compile target (default: config.mesh.target); see tooln1.targets"),
+        (flags.DEFINE_string, "target", "", "compile target (default: config.mesh.target); see tooln1.preflight.targets"),
         (flags.DEFINE_string, "programs", "", "only programs whose name contains one of these comma-separated words"),
         (flags.DEFINE_integer, "layers", 0, "override the model's layer count (scaling studies)"),
         (flags.DEFINE_float, "hbm_gib", 0.0, "override the target's memory per device, GiB"),

@@ -1,7 +1,7 @@
 """The rollout engine: continuous batching over a paged KV cache with shared prompt pages.
 
-Behind GRPO rollouts, validation, ``tooln1-eval`` and `tooln1.generate` (via `tooln1.sampling`).
-The device runs *rounds* (`tooln1.engine_round`: a prefill chunk when there is one, then slot
+Behind GRPO rollouts, validation, ``tooln1-eval`` and `tooln1.generate` (via `tooln1.rollout.sampling`).
+The device runs *rounds* (`tooln1.rollout.programs`: a prefill chunk when there is one, then slot
 admissions and up to ``steps_per_round`` decode steps of a fixed number of slots); this host loop
 decides what each round does:
 
@@ -35,7 +35,7 @@ decides what each round does:
 * **Host overlap.** ``on_group(prompt_index, completions)`` runs on a worker thread as each prompt's
   G samples finish (a bounded queue), while the device keeps decoding.
 
-Several processes: every process passes the same global prompt list (`tooln1.sampling` gathers
+Several processes: every process passes the same global prompt list (`tooln1.rollout.sampling` gathers
 them) and runs the same schedule for every shard, so the device programs match; the tokens each
 round returns are replicated.
 """
@@ -55,7 +55,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from tooln1.engine_round import (Admit, Chunk, Shape, empty_slots, pool_sharding, run_prefill, run_round,
+from tooln1.rollout.programs import (Admit, Chunk, Shape, empty_slots, pool_sharding, run_prefill, run_round,
                                  shard_sharding)
 from tooln1.models.decoder import float32_lookup, heads_major, split_layers
 from tooln1.models.paged_attention import page_shape, pool_dtype
@@ -75,7 +75,7 @@ PER_LAYER_MIN_KERNEL_BYTES = 2 << 20
 
 @dataclasses.dataclass(frozen=True)
 class EngineConfig:
-    """How the engine uses memory. Hashable (part of `tooln1.sampling.SamplingConfig`)."""
+    """How the engine uses memory. Hashable (part of `tooln1.rollout.sampling.SamplingConfig`)."""
 
     # Decode slots per batch shard: its share of the samples rounded up, at most num_slots (0: at most what
     # kv_memory_bytes of pages on a device hold, else max_slots)

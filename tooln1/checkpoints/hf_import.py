@@ -18,7 +18,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from safetensors import SafetensorError, safe_open
 
-from tooln1.hf_layout import IGNORED_SUFFIXES, SAFETENSORS_INDEX, SAFETENSORS_SINGLE, CheckpointError, tensor_map
+from tooln1.checkpoints.hf_layout import IGNORED_SUFFIXES, SAFETENSORS_INDEX, SAFETENSORS_SINGLE, CheckpointError, tensor_map
 from tooln1.models.config import ModelConfig
 from tooln1.models.decoder import CausalLM
 from tooln1.sharding import named_sharding
@@ -87,7 +87,7 @@ def read_source(path: str) -> Source:
     """``(hf_config, tensor names, iterate)`` for an HF directory or a ``.gguf`` file; ``iterate(names)``
     yields ``(HF name, array in HF layout)`` one tensor at a time."""
     if path.endswith(".gguf"):
-        from tooln1 import gguf_io
+        from tooln1.checkpoints import gguf_file as gguf_io
 
         return gguf_io.read_source(path)
     hf_config = _read_config(path)
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"tooln1-convert: {e}")
     model.save_pretrained(args.dst, max_shard_size=args.max_shard_size)
     if args.src.endswith(".gguf") and jax.process_index() == 0:
-        from tooln1 import gguf_io
+        from tooln1.checkpoints import gguf_file as gguf_io
 
         gguf_io.load_tokenizer(args.src).save_pretrained(args.dst)
     n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -10,7 +10,7 @@ directory sees::
     config.json  generation_config.json  model.safetensors | model-0000k-of-0000n.safetensors
     model.safetensors.index.json (sharded)  tokenizer.json  tokenizer_config.json  vocab.json  merges.txt
 
-    >>> from tooln1.tiny_checkpoint import make_tiny_checkpoint
+    >>> from tooln1.checkpoints.tiny import make_tiny_checkpoint
     >>> path = make_tiny_checkpoint("/tmp/tiny")                   # 2-layer Qwen2, tied, fp32
     >>> path = make_tiny_checkpoint("/tmp/tiny-llama", arch="llama", shard_size="100KB")
     >>> path = make_tiny_checkpoint("/tmp/q05", shape="qwen2.5-0.5b", dtype="bfloat16")
@@ -24,7 +24,7 @@ import os
 import shutil
 from typing import Any
 
-TINY_TOKENIZER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "tiny_tokenizer")
+TINY_TOKENIZER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "tiny_tokenizer")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 
 # Named shapes. ``vocab_size`` None means "the tiny tokenizer's size".

@@ -14,7 +14,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
-from tooln1.hf_layout import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, TOKENIZER_FILES, tensor_map
+from tooln1.checkpoints.hf_layout import SAFETENSORS_INDEX, SAFETENSORS_SINGLE, TOKENIZER_FILES, tensor_map
 
 
 def _to_host(x: jax.Array) -> np.ndarray:

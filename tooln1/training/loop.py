@@ -4,13 +4,13 @@
     tooln1-train --config configs/paper.py:model=qwen2.5-7b,mesh=gpu8,recipe=rl --config.grpo.batch_size=512
 
 :class:`Trainer` builds what the phases share (mesh, model, tokenizer, records, metrics writer) and
-runs them. The GRPO phase (DESIGN §8) is `tooln1.grpo_phase`: per step, the next batch of prompts
-from the deterministic iterator (this process's share) → `tooln1.rollout.Rollouts` (G responses per
+runs them. The GRPO phase (DESIGN §8) is `tooln1.training.grpo_loop`: per step, the next batch of prompts
+from the deterministic iterator (this process's share) → `tooln1.rollout.scoring.Rollouts` (G responses per
 prompt, decoded and scored on the host) → ``compute_advantages`` → old and reference log-probs →
 ``Updater.step`` (``num_mini_batches`` optimizer steps). Periodic validation (:meth:`Trainer.validate`)
 is the greedy mean binary reward on a held-out split. What both phases do around their steps —
 resume, logging, checkpoints (orbax: params, optimizer state, step, data position, RNG) every
-``checkpoint.every`` steps and at the end of each phase — is `tooln1.phase.Phase`; a restarted run
+``checkpoint.every`` steps and at the end of each phase — is `tooln1.training.phase.Phase`; a restarted run
 resumes from the latest checkpoint automatically. At the end the policy is exported as an HF checkpoint.
 
 The SFT phase (Table 3 recipes, warm-starts) trains masked next-token CE on the assistant reply
@@ -30,15 +30,15 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from tooln1.config_validation import ConfigError, parse_ratios, source_kind, split_specs, validate_config
+from tooln1.config import ConfigError, parse_ratios, source_kind, split_specs, validate_config
 from tooln1.data import prompt_batch, tokenize_prompts
 from tooln1.data.tokens import decode_responses, left_pad
-from tooln1.host_memory import keep_freed_memory
+from tooln1.platform.host_memory import keep_freed_memory
 
 if TYPE_CHECKING:
-    from tooln1.phase import PhaseResult
+    from tooln1.training.phase import PhaseResult
 
-log = logging.getLogger("tooln1.train")
+log = logging.getLogger("tooln1.training.loop")
 
 
 # =============================================================================================
@@ -115,7 +115,7 @@ class Trainer:
         self.finished_at = self._finished_step()
         if self.finished_at is not None:
             return  # run() says so and changes nothing: no metrics writer, no new event file
-        from tooln1.metrics import MetricsWriter
+        from tooln1.training.metrics import MetricsWriter
 
         if cfg.compile_cache_dir:
             import jax
@@ -141,13 +141,13 @@ class Trainer:
         import jax
 
         import tooln1
-        from tooln1.sampling import eos_ids_for
+        from tooln1.rollout.sampling import eos_ids_for
         from tooln1.sharding import make_mesh
 
         cfg = self.cfg
         path = cfg.model.path
         if cfg.model.tiny.enabled and (not path or not os.path.isfile(os.path.join(path, "config.json"))):
-            from tooln1.tiny_checkpoint import make_random_checkpoint
+            from tooln1.checkpoints.tiny import make_random_checkpoint
 
             path = path or os.path.join(self.workdir, "tiny_model")
             if not os.path.isfile(os.path.join(path, "config.json")):
@@ -166,7 +166,7 @@ class Trainer:
         if -1 not in shape.values() and math.prod(shape.values()) < len(devices):
             devices = devices[: math.prod(shape.values())]  # a smaller mesh on the first devices
         self.mesh = make_mesh(shape, devices=devices)
-        from tooln1.hf_layout import CheckpointError
+        from tooln1.checkpoints.hf_layout import CheckpointError
 
         try:
             self.model = tooln1.load_model(path, dtype=cfg.model.dtype, mesh=self.mesh,
@@ -214,10 +214,10 @@ class Trainer:
         return {"prompt_buckets": tuple(range(b, top + 1, b))}
 
     def sampling_config(self, rollout_slots: int, **knobs: Any) -> Any:
-        """A `tooln1.sampling.SamplingConfig` for this model and tokenizer (EOS and pad ids, prompt
+        """A `tooln1.rollout.sampling.SamplingConfig` for this model and tokenizer (EOS and pad ids, prompt
         buckets) on an engine of ``rollout_slots`` slots (0: the engine's default); ``knobs``: the rest."""
-        from tooln1.engine import EngineConfig
-        from tooln1.sampling import SamplingConfig
+        from tooln1.rollout.engine import EngineConfig
+        from tooln1.rollout.sampling import SamplingConfig
 
         return SamplingConfig(eos_ids=self.eos_ids, pad_id=self.pad_id, engine=EngineConfig(num_slots=rollout_slots),
                               **knobs, **self._prompt_buckets())
@@ -233,7 +233,7 @@ class Trainer:
         from jax.experimental import multihost_utils
 
         from tooln1.reward import score_batch
-        from tooln1.sampling import sample
+        from tooln1.rollout.sampling import sample
 
         cfg = self.cfg
         t0 = time.perf_counter()
@@ -272,8 +272,8 @@ class Trainer:
 
     # -- checkpoint helpers -----------------------------------------------------------------
     def checkpointer(self, phase: str) -> Any:
-        """The `tooln1.checkpointing.Checkpointer` of ``<workdir>/checkpoints/<phase>``."""
-        from tooln1.checkpointing import Checkpointer
+        """The `tooln1.checkpoints.train_state.Checkpointer` of ``<workdir>/checkpoints/<phase>``."""
+        from tooln1.checkpoints.train_state import Checkpointer
 
         c = self.cfg.checkpoint
         return Checkpointer(os.path.join(self.workdir, "checkpoints", phase), keep=c.keep, async_save=c.async_save)
@@ -330,10 +330,10 @@ class Trainer:
         import jax
 
         from tooln1.data.iterator import BatchIterator, global_array
-        from tooln1.metrics import peak_flops, sft_flops
-        from tooln1.phase import Phase
-        from tooln1.sft import SFTLoss
-        from tooln1.update import OptimizerConfig, Updater
+        from tooln1.training.metrics import peak_flops, sft_flops
+        from tooln1.training.phase import Phase
+        from tooln1.training.sft import SFTLoss
+        from tooln1.training.updater import OptimizerConfig, Updater
 
         cfg = self.cfg.sft
         usable = self._sft_fitting(self.train_records)
@@ -372,8 +372,8 @@ class Trainer:
 
     def _post_sft_model(self, model: Any) -> Any:
         """The model after a finished SFT phase (for the GRPO reference after a resume)."""
-        from tooln1.sft import SFTLoss
-        from tooln1.update import OptimizerConfig, Updater
+        from tooln1.training.sft import SFTLoss
+        from tooln1.training.updater import OptimizerConfig, Updater
 
         ckpt = self.checkpointer("sft")
         try:
@@ -419,7 +419,7 @@ class Trainer:
                 if not cfg.grpo.enabled:
                     summary["val_after_sft"] = self.validate(model, sft_res.steps, "after SFT")
         if cfg.grpo.enabled:
-            from tooln1.grpo_phase import GRPOPhase
+            from tooln1.training.grpo_loop import GRPOPhase
 
             model, res = GRPOPhase(self, model).run()
             summary["grpo_steps"], summary["grpo_seconds"] = res.steps, res.seconds
@@ -454,7 +454,7 @@ class Trainer:
     def _plot_curves(self) -> None:
         """``<workdir>/curves.png`` from metrics.jsonl; one line instead when matplotlib is missing."""
         try:
-            from tooln1.metrics import plot_curves
+            from tooln1.training.metrics import plot_curves
 
             plot_curves(os.path.join(self.workdir, "metrics.jsonl"), os.path.join(self.workdir, "curves.png"))
         except ImportError:
@@ -488,8 +488,8 @@ def _fail(msg: str) -> None:
 def _precheck(argv: Sequence[str]) -> None:
     """One-line errors for what absl/ml-collections would report as deep tracebacks: a missing config
     file, a ``get_config`` that rejects its spec, a misspelled ``--config.KEY`` (closest keys named)."""
-    from tooln1.config_files import load_file
-    from tooln1.config_validation import check_override_keys
+    from tooln1.config import load_file
+    from tooln1.config import check_override_keys
 
     spec, overrides = None, []
     for i, arg in enumerate(argv):
@@ -517,8 +517,8 @@ def _precheck(argv: Sequence[str]) -> None:
 def _absl_main(argv: Sequence[str]) -> None:
     from absl import flags
 
-    from tooln1.checkpointing import CheckpointMismatch, NoUsableCheckpoint
-    from tooln1.hf_io import CheckpointError
+    from tooln1.checkpoints.train_state import CheckpointMismatch, NoUsableCheckpoint
+    from tooln1.checkpoints.hf_import import CheckpointError
 
     if len(argv) > 1:
         raise SystemExit(f"tooln1-train: unexpected arguments {argv[1:]}; use --config FILE --config.key=value")
@@ -535,7 +535,7 @@ def _absl_main(argv: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``tooln1-train --config configs/<file>.py[:spec] --config.key=value``."""
-    keep_freed_memory()  # before any thread allocates (XLA:CPU's update temporaries: tooln1.host_memory)
+    keep_freed_memory()  # before any thread allocates (XLA:CPU's update temporaries: tooln1.platform.host_memory)
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # no "PyTorch was not found" (JAX here)
     from absl import app, flags
     from ml_collections import config_flags

@@ -3,7 +3,7 @@
 One :class:`Checkpointer` per phase directory (``<workdir>/checkpoints/sft``, ``.../grpo``). A
 checkpoint holds two items:
 
-* ``state``: the :class:`tooln1.update.TrainState` (params + optimizer state) as a flat dict
+* ``state``: the :class:`tooln1.training.updater.TrainState` (params + optimizer state) as a flat dict
   ``{"params/...": array}`` of its leaves keyed by their pytree paths, saved sharded (each process
   writes its shards) and restored straight onto the current shardings;
 * ``meta``: JSON with ``step``, the data iterator state, the RNG key data, whether the phase is

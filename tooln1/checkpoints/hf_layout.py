@@ -1,6 +1,6 @@
 """The Hugging Face checkpoint layout: file names, and each HF tensor's place and transpose in ours.
 
-Reading (`tooln1.hf_io`) and writing (`tooln1.hf_export`) share this table, and
+Reading (`tooln1.checkpoints.hf_import`) and writing (`tooln1.checkpoints.hf_export`) share this table, and
 neither needs the model class for it, so the model can export itself without an import cycle.
 """
 from __future__ import annotations

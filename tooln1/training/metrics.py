@@ -103,7 +103,7 @@ def grpo_scalars(rollout: Any, group_size: int, truncated: float, update: Mappin
                  seconds: Mapping[str, float], *, real_tokens: float, update_flops: float, peak_flops: float,
                  epoch: int) -> dict[str, float]:
     """One GRPO step's logged scalars (docs/training.md): rewards, lengths, loss and optimizer
-    metrics (``update``: `tooln1.update.Updater.step`'s, fetched), times (``seconds``: sample,
+    metrics (``update``: `tooln1.training.updater.Updater.step`'s, fetched), times (``seconds``: sample,
     update, step, score, rollout_device, rollout_prefill, refresh_weights) and throughput (``real_tokens``: prompt +
     response tokens of the global batch)."""
     rewards, lengths = rollout.rewards, rollout.out.mask.sum(-1)

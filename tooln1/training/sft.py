@@ -2,7 +2,7 @@
 
 Used for the paper's No-Reason SFT / Reason-SFT / SFT→RL recipes (Table 3) and for warm-starts.
 The caller builds ``loss_mask`` from the chat template (1 on the assistant tokens to learn, 0 on
-system/user/tool tokens and padding); :class:`SFTLoss` plugs into :class:`tooln1.update.Updater`
+system/user/tool tokens and padding); :class:`SFTLoss` plugs into :class:`tooln1.training.updater.Updater`
 exactly like :class:`tooln1.grpo.GRPOLoss`.
 """
 from __future__ import annotations
@@ -62,7 +62,7 @@ def sft_loss(
 
 @dataclasses.dataclass(frozen=True)
 class SFTLoss:
-    """SFT objective over a batch dict with :data:`SFT_BATCH_KEYS`, for :class:`tooln1.update.Updater`."""
+    """SFT objective over a batch dict with :data:`SFT_BATCH_KEYS`, for :class:`tooln1.training.updater.Updater`."""
 
     loss_agg: str = "token-mean"
     logprob_chunk_size: int | None = LOGPROB_CHUNK_SIZE

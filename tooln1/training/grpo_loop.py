@@ -4,11 +4,11 @@
     → `Rollouts.run`: G responses per prompt, each group decoded and scored as it finishes
     → `compute_advantages` over each group's rewards
     → update: old and reference log-prob passes, then `Updater.step` (``num_mini_batches`` optimizer steps)
-    → scalars logged, periodic validation, checkpoint (`tooln1.phase.Phase`)
+    → scalars logged, periodic validation, checkpoint (`tooln1.training.phase.Phase`)
 
 :class:`GRPOPhase` builds the loss, the updater and the frozen reference from ``config.grpo`` and
 resumes from the phase's newest checkpoint; :meth:`GRPOPhase.run` is the loop. What the phases
-share (model, tokenizer, records, metrics writer, validation) stays with `tooln1.train.Trainer`.
+share (model, tokenizer, records, metrics writer, validation) stays with `tooln1.training.loop.Trainer`.
 """
 from __future__ import annotations
 
@@ -24,14 +24,14 @@ from tooln1.data import prompt_batch
 from tooln1.data.iterator import BatchIterator, global_array
 from tooln1.data.tokens import truncated_fraction
 from tooln1.grpo import GRPOLoss, compute_advantages
-from tooln1.metrics import grpo_scalars, peak_flops, update_flops
-from tooln1.phase import Phase, PhaseResult
-from tooln1.rollout import Rollout, Rollouts
-from tooln1.update import OptimizerConfig, ReferencePolicy, Updater
-from tooln1.update_batch import update_batch
+from tooln1.training.metrics import grpo_scalars, peak_flops, update_flops
+from tooln1.training.phase import Phase, PhaseResult
+from tooln1.rollout.scoring import Rollout, Rollouts
+from tooln1.training.updater import OptimizerConfig, ReferencePolicy, Updater
+from tooln1.training.batch import update_batch
 
 if TYPE_CHECKING:
-    from tooln1.train import Trainer
+    from tooln1.training.loop import Trainer
 
 
 class GRPOPhase:

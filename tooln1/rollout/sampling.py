@@ -1,4 +1,4 @@
-"""Group sampling: G samples per prompt from the rollout engine (`tooln1.engine`), as arrays.
+"""Group sampling: G samples per prompt from the rollout engine (`tooln1.rollout.engine`), as arrays.
 
 GRPO's rollouts, validation and `generate` come from here (DESIGN §3, §8). For ``B`` prompts and
 ``G = num_samples``:
@@ -17,7 +17,7 @@ GRPO's rollouts, validation and `generate` come from here (DESIGN §3, §8). For
    and including the first EOS, 0 after; tokens after EOS are ``pad_id`` with log-prob 0.
 
 On a mesh (``model.mesh``) the engine decodes from a tensor-parallel copy of the weights, and each
-batch shard (data x fsdp) decodes its own slots from its own KV pages (`tooln1.engine`).
+batch shard (data x fsdp) decodes its own slots from its own KV pages (`tooln1.rollout.engine`).
 
 Multi-host: when the mesh spans several processes, each process passes only *its* prompts (as the
 data iterator hands them out) and every process must call `sample` together. The prompts are
@@ -41,8 +41,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from tooln1.data.tokens import bucket_length, left_pad
-from tooln1.engine import Completion, Engine, EngineConfig
-from tooln1.engine_round import is_eos, run_prefill, run_round
+from tooln1.rollout.engine import Completion, Engine, EngineConfig
+from tooln1.rollout.programs import is_eos, run_prefill, run_round
 from tooln1.sharding import BATCH_AXES
 
 DEFAULT_PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)

@@ -1,0 +1,1 @@
+"""Sampling G responses per prompt on a paged KV cache, and scoring them on the host."""

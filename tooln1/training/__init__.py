@@ -1,0 +1,1 @@
+"""The training loop: SFT and GRPO phases over a run context, the optimizer step and its batches."""
