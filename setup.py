@@ -36,7 +36,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "tooln1-train=tooln1.training.loop:main",
+            "tooln1-train=tooln1.cli:main",
             "tooln1-eval=tooln1.eval.cli:main",
             "tooln1-convert=tooln1.checkpoints.hf_import:main",
             "tooln1-fit=tooln1.preflight.fit:main",

@@ -157,7 +157,7 @@ def test_several_errors_in_one_message(tmp_path):
 def test_cli_rejects_bad_config_before_compiling(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.run(
-        [sys.executable, "-m", "tooln1.training.loop", "--config", str(ROOT / "configs" / "quickstart.py"),
+        [sys.executable, "-m", "tooln1.cli", "--config", str(ROOT / "configs" / "quickstart.py"),
          f"--config.workdir={tmp_path}", "--config.grpo.group_size=1", "--config.grpo.reward=nope"],
         capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
     )
@@ -174,7 +174,7 @@ def test_cli_rejects_bad_config_before_compiling(tmp_path):
 ])
 def test_cli_names_the_closest_keys_of_a_misspelled_override(tmp_path, args, needle):
     proc = subprocess.run(
-        [sys.executable, "-m", "tooln1.training.loop", "--config", str(ROOT / "configs" / "quickstart.py"), *args],
+        [sys.executable, "-m", "tooln1.cli", "--config", str(ROOT / "configs" / "quickstart.py"), *args],
         capture_output=True, text=True, cwd=tmp_path, env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300,
     )
     assert proc.returncode == 2 and needle in proc.stderr, proc.stderr[-2000:]
@@ -183,7 +183,7 @@ def test_cli_names_the_closest_keys_of_a_misspelled_override(tmp_path, args, nee
 
 def test_cli_missing_config_file_and_uncreatable_workdir_are_one_line(tmp_path):
     run = lambda *a: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "tooln1.training.loop", *a], capture_output=True, text=True, cwd=tmp_path,
+        [sys.executable, "-m", "tooln1.cli", *a], capture_output=True, text=True, cwd=tmp_path,
         env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300)
     proc = run("--config", "configs/nope.py")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
@@ -213,7 +213,7 @@ def test_frozen_layers_beyond_the_checkpoints_depth_is_a_config_error(tmp_path):
         Trainer(cfg).setup()
 
 
-@pytest.mark.parametrize("entry", ["tooln1.training.loop:main(['tooln1-train', '--config', 'nope.py'])",
+@pytest.mark.parametrize("entry", ["tooln1.cli:main(['tooln1-train', '--config', 'nope.py'])",
                                    "tooln1.eval.cli:main(['--compare', 'nope.json'])"])
 def test_clis_silence_transformers_pytorch_warning(entry):
     """Without torch (the quickstart install) transformers warns that PyTorch was not found; our CLIs

@@ -337,7 +337,7 @@ def test_sft_drops_and_counts_examples_longer_than_max_seq_len(tiny_tokenizer):
 def test_cli_keeps_freed_host_memory_before_anything_else(monkeypatch, capsys):
     """tooln1-train sets the allocator (tooln1.platform.host_memory) first thing: before it even reads the config,
     so before JAX or a tokenizer has started a thread."""
-    import tooln1.training.loop as train_module
+    import tooln1.cli as train_module
 
     calls = []
     monkeypatch.setattr(train_module, "keep_freed_memory", lambda: calls.append("kept"))

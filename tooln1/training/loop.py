@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -33,7 +32,6 @@ import numpy as np
 from tooln1.config import ConfigError, parse_ratios, source_kind, split_specs, validate_config
 from tooln1.data import prompt_batch, tokenize_prompts
 from tooln1.data.tokens import decode_responses, left_pad
-from tooln1.platform.host_memory import keep_freed_memory
 
 if TYPE_CHECKING:
     from tooln1.training.phase import PhaseResult
@@ -466,93 +464,3 @@ class Trainer:
 def train(cfg: Any) -> dict[str, Any]:
     """Run a config (an ml-collections ConfigDict); returns the summary (also in <workdir>/summary.json)."""
     return Trainer(cfg).run()
-
-
-# =============================================================================================
-# command line
-
-
-DEBUG_ENV = "TOOLN1_DEBUG"  # set to 1 for the full traceback instead of the one-line error
-
-
-def _debug() -> bool:
-    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
-
-
-def _fail(msg: str) -> None:
-    hint = "" if _debug() else f" ({DEBUG_ENV}=1 for the traceback)"
-    print(f"tooln1-train: {msg}{hint}", file=sys.stderr)
-    raise SystemExit(2)
-
-
-def _precheck(argv: Sequence[str]) -> None:
-    """One-line errors for what absl/ml-collections would report as deep tracebacks: a missing config
-    file, a ``get_config`` that rejects its spec, a misspelled ``--config.KEY`` (closest keys named)."""
-    from tooln1.config import load_file
-    from tooln1.config import check_override_keys
-
-    spec, overrides = None, []
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv):
-            spec = argv[i + 1]
-        elif arg.startswith("--config="):
-            spec = arg[len("--config="):]
-        elif arg.startswith(("--config.", "--noconfig.")):
-            overrides.append(arg.split(".", 1)[1].split("=", 1)[0])
-    if spec is None:
-        return  # _absl_main says that --config is required
-    path, sep, config_arg = spec.partition(":")
-    if not os.path.isfile(path):
-        _fail(f"config file {path} does not exist")
-    try:
-        module = load_file(path)
-        cfg = module.get_config(config_arg) if sep else module.get_config()
-        check_override_keys(cfg, overrides)
-    except Exception as e:  # noqa: BLE001 - the config file's own error, named with the file
-        if _debug():
-            raise
-        _fail(f"{spec}: {e}")
-
-
-def _absl_main(argv: Sequence[str]) -> None:
-    from absl import flags
-
-    from tooln1.checkpoints.train_state import CheckpointMismatch, NoUsableCheckpoint
-    from tooln1.checkpoints.hf_import import CheckpointError
-
-    if len(argv) > 1:
-        raise SystemExit(f"tooln1-train: unexpected arguments {argv[1:]}; use --config FILE --config.key=value")
-    cfg = flags.FLAGS.config
-    if cfg is None:
-        raise SystemExit("tooln1-train: --config is required, e.g. --config configs/quickstart.py")
-    try:
-        train(cfg)
-    except (ConfigError, CheckpointError, CheckpointMismatch, NoUsableCheckpoint) as e:
-        if _debug():
-            raise
-        _fail(str(e))
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``tooln1-train --config configs/<file>.py[:spec] --config.key=value``."""
-    keep_freed_memory()  # before any thread allocates (XLA:CPU's update temporaries: tooln1.platform.host_memory)
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # no "PyTorch was not found" (JAX here)
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    _precheck(list(sys.argv[1:] if argv is None else argv[1:]))
-    if "config" not in flags.FLAGS:
-        config_flags.DEFINE_config_file("config", None, "ml-collections config file (configs/*.py[:spec])",
-                                        lock_config=True)
-    logging.basicConfig(level=logging.WARNING)
-    try:
-        from absl import logging as absl_logging
-
-        absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
-    except ImportError:
-        pass
-    app.run(_absl_main, argv=list(argv) if argv is not None else None)
-
-
-if __name__ == "__main__":
-    main()
