@@ -266,14 +266,14 @@ def _bench_reward():
     import importlib.util
     import pathlib
 
-    path = pathlib.Path(__file__).resolve().parents[1] / "tools" / "bench_reward.py"
+    path = pathlib.Path(__file__).resolve().parents[1] / "tools" / "bench" / "reward.py"
     spec = importlib.util.spec_from_file_location("bench_reward", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-ADVERSARIAL_1MB = _bench_reward().ADVERSARIAL_1MB  # timed by tools/bench_reward.py
+ADVERSARIAL_1MB = _bench_reward().ADVERSARIAL_1MB  # timed by tools/bench/reward.py
 
 
 @pytest.mark.parametrize("name", sorted(ADVERSARIAL_1MB))

@@ -29,10 +29,10 @@ Allocator: ours runs as ``tooln1-train`` does on a CPU, glibc keeping freed memo
 (``--trl-malloc keep``: at the 0.5B shape its heap grew past this machine's 24 GB and it was killed).
 Like ``--threads``, a comma list runs a side once per setting and its fastest counts.
 
-    python tools/bench_grpo.py                                    # tiny shape, both sides
-    python tools/bench_grpo.py --shape qwen2.5-0.5b --prompts 2 --group 4 --prompt-len 32 --new-tokens 32 --iters 2
-    python tools/bench_grpo.py --side ours --json /tmp/ours.json  # one side only
-    python tools/bench_grpo.py --prompt-len 512 --new-tokens 400 --mean-response 120  # long tail
+    python tools/bench/grpo.py                                    # tiny shape, both sides
+    python tools/bench/grpo.py --shape qwen2.5-0.5b --prompts 2 --group 4 --prompt-len 32 --new-tokens 32 --iters 2
+    python tools/bench/grpo.py --side ours --json /tmp/ours.json  # one side only
+    python tools/bench/grpo.py --prompt-len 512 --new-tokens 400 --mean-response 120  # long tail
 
 Our FLOP/s figure is for the update step (``Updater.step``: forward + backward + AdamW of one
 optimizer step over the whole batch) using the analytic model FLOPs (below) and XLA's own count,

@@ -21,7 +21,7 @@ tokens (to the first EOS) / wall time. With ``--repeats N`` every system runs N 
 machine's speed drifts by more than 10% between runs) and each row is its median run, with the ratio
 within each rotation beside it.
 
-    nice python tools/bench_rollout.py --workload longtail --out docs/benchmarks.md
+    nice python tools/bench/rollout.py --workload longtail --out docs/benchmarks.md
 """
 from __future__ import annotations
 
@@ -258,7 +258,7 @@ def run_workload(workload, ckpt, systems, dtype, repeats: int = 1, engine: str =
         flag += f" --engine {engine}"
     how = "one run" if repeats == 1 else f"{repeats} runs each in rotation, the median run shown"
     lines = [begin, f"### Rollouts, `{workload}` workload, {dtype}", "",
-             f"`nice python tools/bench_rollout.py --workload {workload}{flag} --out docs/benchmarks.md` — "
+             f"`nice python tools/bench/rollout.py --workload {workload}{flag} --out docs/benchmarks.md` — "
              f"{_describe(workload, prompts)}; every system in {dtype}, on {where}, {how}; load average {load[0]:.1f} "
              f"before / {load_after[0]:.1f} after.", "",
              "| system | response tokens | wall s | response tok/s | ÷ best HF | peak RSS MB |"

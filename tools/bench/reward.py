@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Time the reward on adversarial 1 MB responses (DESIGN §7: huge input must stay cheap).
 
-    python tools/bench_reward.py
+    python tools/bench/reward.py
 
 Prints the best-of-3 milliseconds per ``compute_reward`` call (averaged over the reward kinds) for
 each input. ``tests/test_reward.py`` checks the same inputs by counting the characters the reward

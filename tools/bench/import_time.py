@@ -1,6 +1,6 @@
 """Host memory and wall time of importing a sharded HF checkpoint (Qwen2.5-0.5B shape, random weights).
 
-    python tools/bench_import.py --workdir /tmp/bench_import [--dtype bfloat16] [--shard-size 200MB]
+    python tools/bench/import_time.py --workdir /tmp/bench_import [--dtype bfloat16] [--shard-size 200MB]
 
 The checkpoint is written by a separate process (torch is not in the measured process). The import
 is measured in a fresh process: peak RSS (ru_maxrss) above the RSS right before `load_model`,

@@ -2,8 +2,8 @@
 """Seconds per GRPO update step (``Updater.step``: forward + backward + AdamW over one batch) at a
 model shape, on random weights and a random batch: the figure a model-side change must not regress.
 
-    python tools/bench_update.py --shape quickstart --share-prompt   # the quickstart's GRPO step
-    python tools/bench_update.py --shape qwen2.5-0.5b --layers 4 --rows 4 --prompt-len 256 --response-len 64
+    python tools/bench/update.py --shape quickstart --share-prompt   # the quickstart's GRPO step
+    python tools/bench/update.py --shape qwen2.5-0.5b --layers 4 --rows 4 --prompt-len 256 --response-len 64
 
 Run it from two checkouts (``PYTHONPATH=<checkout>``) alternately to compare them on a busy machine:
 both see the same load. Prints one JSON line.
