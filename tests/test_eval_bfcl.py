@@ -75,26 +75,66 @@ GARBAGE = ["", "<think>hmm", "<tool_call>[{]</tool_call>", '<tool_call>[{"name":
            '<tool_call>[{"name": "calculate_triangle_area", "arguments": {"base": {"a": [1, {}]}, "height": null}}]</tool_call>',
            '<tool_call>[{"name": "calculate_triangle_area", "arguments": {"base": "\\u0000", "height": [[[]]]}}]</tool_call>',
            "\x00" * 1000]
+UNPARSEABLE = {"", "<think>hmm", "<tool_call>[{]</tool_call>", "\x00" * 1000}  # the others decode to calls
 
 
 @needs_bfcl
 @pytest.mark.parametrize("category", list(COUNTS))
 def test_garbage_fails_without_crashing(category):
+    """Garbage is wrong in every category, irrelevance included: an output that does not parse
+    is not a declined call."""
     for s in bfcl.load_samples([category], limit=3):
         for text in GARBAGE:
             verdict = bfcl.score(s, text)
-            if category in bfcl.IRRELEVANCE:
-                assert verdict.valid == (text != '<tool_call>[{"name": "x"}]</tool_call>' and "calculate" not in text)
-            else:
-                assert not verdict.valid
+            assert not verdict.valid, (s.id, text[:40])
+            assert verdict.unparseable == (text in UNPARSEABLE), (s.id, text[:40])
 
 
 @needs_bfcl
 def test_irrelevance_no_call_and_empty_list_are_correct():
     s = bfcl.load_samples(["irrelevance"], limit=1)[0]
     assert bfcl.score(s, "<think>none fits</think> I cannot help.").valid
-    assert bfcl.score(s, "<think>none</think><tool_call>[]</tool_call>").valid
+    assert bfcl.score(s, "No function here computes that.").valid
+    for empty in ("[]", "{}", "[{}]"):  # BFCL's is_empty_output forms
+        assert bfcl.score(s, f"<think>none</think><tool_call>{empty}</tool_call>").valid, empty
     assert not bfcl.score(s, '<tool_call>[{"name": "f", "arguments": {}}]</tool_call>').valid
+
+
+@needs_bfcl
+@pytest.mark.parametrize("text", ["<think>none fits</think>\n<tool_call>[{\"name\": \"f\", </tool_call>",
+                                  "<tool_call>not json</tool_call> I cannot help.", "", "  \n<|im_end|>",
+                                  "<think>the user wants", "<think>x</think>", "...", "\x00\x01"])
+def test_irrelevance_unparseable_is_a_flagged_failure(text):
+    verdict = bfcl.score(bfcl.load_samples(["irrelevance"], limit=1)[0], text)
+    assert not verdict.valid and verdict.unparseable
+    assert verdict.error_type == "irrelevance_error:unparseable"
+
+
+@needs_bfcl
+def test_irrelevance_garbage_scores_zero_and_is_counted_apart():
+    """48 garbage outputs on irrelevance: 0% correct, all 48 unparseable (they read as 100%
+    when a failed parse counted as "no call")."""
+    from tooln1.eval.runner import score_outputs
+
+    samples = bfcl.load_samples(["irrelevance"], limit=48)
+    garbage = ["", "<tool_call>[{]</tool_call>", "<think>hmm", "\x00" * 10] * 12
+    res = score_outputs(samples, garbage)
+    entry = res["categories"]["bfcl"]["irrelevance"]
+    assert entry == {"accuracy": 0.0, "correct_count": 0, "total_count": 48,
+                     "unparseable": 1.0, "unparseable_count": 48}
+    assert all(row["unparseable"] and not row["valid"] for row in res["samples"])
+    clean = score_outputs(samples, ["<think>no tool fits</think> Sorry, I cannot do that."] * 48)
+    assert clean["categories"]["bfcl"]["irrelevance"]["accuracy"] == 1.0
+    assert clean["categories"]["bfcl"]["irrelevance"]["unparseable_count"] == 0
+
+
+@needs_bfcl
+def test_ast_category_text_answer_is_wrong_but_not_unparseable():
+    s = bfcl.load_samples(["simple"], limit=1)[0]
+    prose = bfcl.score(s, "<think>ok</think> The area is 25.")
+    assert not prose.valid and not prose.unparseable and prose.error_type == "ast_decoder:decoder_failed"
+    broken = bfcl.score(s, "<tool_call>[{]</tool_call>")
+    assert not broken.valid and broken.unparseable
 
 
 @needs_bfcl

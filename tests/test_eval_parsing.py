@@ -1,7 +1,8 @@
 """The model response -> checker call list step (tooln1.eval.parsing)."""
 import pytest
 
-from tooln1.eval.parsing import ToolCallParseError, extract_tool_calls, parse_for_checker, render_tool_calls
+from tooln1.eval.parsing import (CALLS, NO_CALL, UNPARSEABLE, ToolCallParseError, classify_response, extract_tool_calls,
+                                 parse_for_checker, render_tool_calls)
 
 
 def test_first_block_list_payload():
@@ -40,3 +41,29 @@ def test_render_round_trip():
     calls = [{"name": "f.g", "arguments": {"a": [1, "x"], "b": {"c": None}}}]
     text = render_tool_calls(calls)
     assert text.startswith("<think>") and extract_tool_calls(text) == calls
+
+
+@pytest.mark.parametrize("text, kind", [
+    ('<think>x</think><tool_call>[{"name": "a", "arguments": {}}]</tool_call>', CALLS),
+    ("<think>x</think><tool_call>[]</tool_call>", CALLS),
+    ("<tool_call>{}</tool_call>", CALLS),
+    ("<tool_call> [ { } ] </tool_call>", CALLS),
+    ("<think>none fits</think> I cannot help with that.", NO_CALL),
+    ("Sorry, no tool computes this.<|im_end|>", NO_CALL),
+    ("<think>a</think> 42", NO_CALL),
+    ("<think>x</think><tool_call>[{]</tool_call>", UNPARSEABLE),
+    ("Here you go: <tool_call>not json</tool_call> done", UNPARSEABLE),
+    ('<tool_call>[{"arguments": {}}]</tool_call>', UNPARSEABLE),
+    ("", UNPARSEABLE),
+    (" \n\t<|im_end|>", UNPARSEABLE),
+    ("<think>the user asks for", UNPARSEABLE),
+    ("<think>x</think>", UNPARSEABLE),
+    ("\x00" * 100, UNPARSEABLE),
+    ("?!...", UNPARSEABLE),
+    (None, UNPARSEABLE),
+])
+def test_classify_response(text, kind):
+    parsed = classify_response(text)
+    assert parsed.kind == kind
+    assert (parsed.calls is not None) == (kind == CALLS)
+    assert bool(parsed.reason) == (kind != CALLS)

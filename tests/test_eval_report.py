@@ -31,6 +31,19 @@ def test_table_golden():
     assert report.format_table([RESULTS, other]) == GOLDEN
 
 
+def test_category_table_shows_unparseable_apart():
+    res = {"model": "tiny", "categories": {"bfcl": {
+        "irrelevance": {**_cat(0, 48), "unparseable": 1.0, "unparseable_count": 48},
+        "simple": {**_cat(1, 4), "unparseable": 0.25, "unparseable_count": 1}}}}
+    old = {"model": "old", "categories": {"apibank": {"level-1": _cat(2, 3)}}}  # written before the count
+    assert report.format_categories([res, old]) == """\
+| Model | Benchmark | Category    | Accuracy | Correct | Unparseable |
+|-------|-----------|-------------|---------:|--------:|------------:|
+| tiny  | bfcl      | irrelevance |     0.00 |    0/48 | 48 (100.0%) |
+| tiny  | bfcl      | simple      |    25.00 |     1/4 |   1 (25.0%) |
+| old   | apibank   | level-1     |    66.67 |     2/3 |         N/A |"""
+
+
 def test_table_full_columns_order():
     header = report.format_table([RESULTS], drop_empty=False).splitlines()[0]
     names = [c.strip() for c in header.strip("|").split("|")]
@@ -85,9 +98,12 @@ def test_evaluate_with_injected_generation(tmp_path):
     finally:
         runner.load_benchmarks = orig
     assert calls == [2, 2, 1]
-    assert res["categories"]["apibank"]["level-1"] == {"accuracy": 0.6, "correct_count": 3, "total_count": 5}
+    assert res["categories"]["apibank"]["level-1"] == {"accuracy": 0.6, "correct_count": 3, "total_count": 5,
+                                                       "unparseable": 0.0, "unparseable_count": 0}
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [r["valid"] for r in saved["samples"]] == [True, False, True, False, True]
+    assert [r["unparseable"] for r in saved["samples"]] == [False] * 5  # "garbage" is a text answer, no call
+    assert "| Unparseable |" in (tmp_path / "table.md").read_text()
     assert saved["samples"][0]["prompt"].startswith("<|im_start|>system")
     assert "fake" in (tmp_path / "table.md").read_text() and (tmp_path / "accuracy.png").is_file()
 

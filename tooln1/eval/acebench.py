@@ -35,7 +35,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
-from tooln1.eval.parsing import ToolCallParseError, parse_for_checker
+from tooln1.eval.parsing import CALLS, UNPARSEABLE, classify_response, to_checker_format
 from tooln1.eval.prompting import preamble_with
 from tooln1.eval.samples import EvalSample, Verdict
 
@@ -323,10 +323,10 @@ def _strip_ws(value: Any) -> Any:
 
 def score(sample: EvalSample, response: str, strip_whitespace: bool = True) -> Verdict:
     """ACEBench verdict for one response; any of several ground truths may match."""
-    try:
-        calls = parse_for_checker(response)
-    except ToolCallParseError as err:
-        return Verdict(False, "wrong_output_format", str(err))
+    parsed = classify_response(response)
+    if parsed.kind != CALLS:
+        return Verdict(False, "wrong_output_format", parsed.reason, unparseable=parsed.kind == UNPARSEABLE)
+    calls = to_checker_format(parsed.calls)
     if strip_whitespace:
         calls = _strip_ws(calls)
     truths = sample.target["ground_truth"]

@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
-from tooln1.eval.parsing import ToolCallParseError, extract_tool_calls, render_tool_calls
+from tooln1.eval.parsing import CALLS, UNPARSEABLE, classify_response, render_tool_calls
 from tooln1.eval.prompting import preamble_with
 from tooln1.eval.samples import EvalSample, Verdict
 
@@ -111,10 +111,10 @@ def _key(call: dict[str, Any]) -> tuple[str, str]:
 
 def score(sample: EvalSample, response: str) -> Verdict:
     """Exact match of the first ``<tool_call>`` call list with the reference calls."""
-    try:
-        calls = extract_tool_calls(response)
-    except ToolCallParseError as err:
-        return Verdict(False, "decode_failed", str(err))
+    parsed = classify_response(response)
+    if parsed.kind != CALLS:
+        return Verdict(False, "decode_failed", parsed.reason, unparseable=parsed.kind == UNPARSEABLE)
+    calls = parsed.calls
     try:
         same = Counter(map(_key, calls)) == Counter(map(_key, sample.target["answers"]))
     except (TypeError, ValueError) as err:  # unserialisable values cannot match

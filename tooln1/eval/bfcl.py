@@ -10,8 +10,11 @@ How the official runner scores, and what we mirror:
   ``ast_checker(functions, decoded, possible_answer, language, category, model_name)`` decides.
   ``language`` is "Java" for ``java``, "JavaScript" for ``javascript``, else "Python".
   A response that does not decode is wrong.
-- Irrelevance categories: correct iff the response holds **no** call — a decode failure or an
-  empty call list both count as "no call" (``relevance_file_runner`` / ``is_empty_output``).
+- Irrelevance categories: correct iff the response holds **no** call (``relevance_file_runner``
+  / ``is_empty_output``): a plain text answer or an empty call list. Where the official runner
+  also counts any decode failure as "no call", we count an *unparseable* response (malformed
+  ``<tool_call>`` markup, empty or garbage output; see ``parsing.classify_response``) as wrong
+  and flag it, so broken generations cannot read as declined calls.
 - Prompts get the official handler's language hints (Java/JavaScript parameter types are
   described as strings), reproduced in :func:`prepare_functions`.
 Summaries follow ``generate_leaderboard_csv``: see :func:`summarize`.
@@ -23,7 +26,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from tooln1.eval.parsing import ToolCallParseError, parse_for_checker
+from tooln1.eval.parsing import CALLS, UNPARSEABLE, classify_response, to_checker_format
 from tooln1.eval.prompting import preamble_with
 from tooln1.eval.samples import EvalSample, Verdict
 
@@ -184,15 +187,16 @@ def load_samples(categories: Iterable[str] | None = None, limit: int | None = No
 def score(sample: EvalSample, response: str) -> Verdict:
     """Official verdict for one response (never raises on bad model output)."""
     category = sample.category
-    try:
-        decoded = parse_for_checker(response)
-    except ToolCallParseError as err:
-        if category in IRRELEVANCE:
+    parsed = classify_response(response)
+    unparseable = parsed.kind == UNPARSEABLE
+    if parsed.kind != CALLS:
+        if category in IRRELEVANCE and not unparseable:
             return Verdict(True, decoded=None)
-        return Verdict(False, "ast_decoder:decoder_failed", str(err))
+        error_type = "irrelevance_error:unparseable" if category in IRRELEVANCE else "ast_decoder:decoder_failed"
+        return Verdict(False, error_type, parsed.reason, unparseable=unparseable)
+    decoded = to_checker_format(parsed.calls)
     if category in IRRELEVANCE:
-        has_call = bool(decoded) and not (len(decoded) == 1 and not decoded[0])
-        if has_call:
+        if decoded:
             return Verdict(False, "irrelevance_error:decoder_success",
                            "Valid syntax. Successfully decode AST when it should not.", decoded)
         return Verdict(True, decoded=decoded)

@@ -6,17 +6,27 @@ authors' BFCL handler does the same; the training reward reads the last one, see
 such object. The checkers (BFCL's ``ast_checker``, our ACEBench checker) want
 ``[{name: arguments}, ...]``; API-Bank's exact match uses the ``{"name", "arguments"}`` form.
 
-Anything that is not a well-formed call list raises :class:`ToolCallParseError`; the caller
-records it as a failed sample (or, for irrelevance categories, as "no call" = correct).
+Anything that is not a well-formed call list raises :class:`ToolCallParseError`.
+:func:`classify_response` tells the three outcomes apart for the scorers: a call list
+(``CALLS``, possibly empty), a clean text answer without tool-call markup (``NO_CALL``), and
+``UNPARSEABLE`` — a ``<tool_call>`` block that does not decode, or no answer at all (empty,
+an unfinished ``<think>``, no letter or digit). Unparseable outputs are failures everywhere,
+irrelevance categories included, and are counted apart in the report.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from typing import Any
 
 __all__ = [
     "ToolCallParseError",
+    "CALLS",
+    "NO_CALL",
+    "UNPARSEABLE",
+    "ParsedResponse",
+    "classify_response",
     "extract_tool_calls",
     "to_checker_format",
     "parse_for_checker",
@@ -28,6 +38,10 @@ __all__ = [
 _FIRST_BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
 _TRAILING_SPECIALS = re.compile(r"(?:<\|im_end\|>|<\|endoftext\|>|<\|eot_id\|>)+\s*\Z")
 _MAX_CHARS = 200_000  # bound the work on degenerate generations
+# BFCL's is_empty_output counts these payloads as "no call", like an empty list.
+_EMPTY_PAYLOADS = ("{}", "[{}]")
+
+CALLS, NO_CALL, UNPARSEABLE = "calls", "no_call", "unparseable"
 
 
 class ToolCallParseError(ValueError):
@@ -70,6 +84,51 @@ def extract_tool_calls(text: str) -> list[dict[str, Any]]:
             raise ToolCallParseError(f"call {i}: name must be a string and arguments an object")
         calls.append({"name": name, "arguments": args})
     return calls
+
+
+@dataclasses.dataclass(frozen=True)
+class ParsedResponse:
+    """How a response reads: ``kind`` is CALLS (``calls`` holds them, maybe ``[]``), NO_CALL or
+    UNPARSEABLE; ``reason`` says why it is not CALLS."""
+
+    kind: str
+    calls: list[dict[str, Any]] | None = None
+    reason: str = ""
+
+
+def _answer_text(text: str) -> str:
+    """The part of a response after its reasoning: what follows the last ``</think>``; nothing
+    when a ``<think>`` was opened and never closed (generation stopped mid-thought)."""
+    text = _TRAILING_SPECIALS.sub("", text)
+    close = text.rfind("</think>")
+    if close >= 0:
+        return text[close + len("</think>"):]
+    return "" if "<think>" in text else text
+
+
+def classify_response(text: Any) -> ParsedResponse:
+    """CALLS, NO_CALL or UNPARSEABLE for one response (never raises).
+
+    With a ``<tool_call>`` block: CALLS when it decodes (see :func:`extract_tool_calls`; the
+    payloads ``[]``, ``{}`` and ``[{}]`` are an empty call list), else UNPARSEABLE. Without
+    one: NO_CALL when the answer part (:func:`_answer_text`) has a letter or digit, else
+    UNPARSEABLE (empty output, an unfinished thought, control characters or punctuation only).
+    """
+    if not isinstance(text, str):
+        return ParsedResponse(UNPARSEABLE, reason=f"response is {type(text).__name__}, not str")
+    text = text[:_MAX_CHARS]
+    match = _FIRST_BLOCK.search(text)
+    if match is not None:
+        try:
+            return ParsedResponse(CALLS, extract_tool_calls(text))
+        except ToolCallParseError as err:
+            body = re.sub(r"\s+", "", _TRAILING_SPECIALS.sub("", match.group(1)))
+            if body in _EMPTY_PAYLOADS:
+                return ParsedResponse(CALLS, [])
+            return ParsedResponse(UNPARSEABLE, reason=str(err))
+    if any(ch.isalnum() for ch in _answer_text(text)):
+        return ParsedResponse(NO_CALL, reason="no <tool_call> block in the response")
+    return ParsedResponse(UNPARSEABLE, reason="no answer: empty, an unfinished <think>, or no letter or digit")
 
 
 def to_checker_format(calls: list[dict[str, Any]]) -> list[dict[str, dict[str, Any]]]:

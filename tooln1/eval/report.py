@@ -1,6 +1,8 @@
 """Result tables laid out like the paper's Table 2 (plus API-Bank and ACEBench) and bar charts.
 
 ``format_table(results_list)`` gives one Markdown row per model (readable in a terminal too);
+``format_categories(results_list)`` one row per model and category with its unparseable outputs
+(malformed tool-call markup, empty or garbage text; always counted wrong) apart;
 ``plot_categories(results_list, path)`` draws accuracy per category, one bar per model.
 Accuracies are shown in percent with two decimals; "N/A" where a column was not evaluated.
 """
@@ -9,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["COLUMNS", "table_row", "format_table", "plot_categories"]
+__all__ = ["COLUMNS", "table_row", "format_table", "format_categories", "plot_categories"]
 
 # (header, getter over a results dict). Table 2 of the paper: Overall, then Non-Live and Live
 # (Simple, Multiple, Parallel, Parallel Multiple, summary); we add the relevance columns and the
@@ -53,6 +55,15 @@ def table_row(results: Mapping[str, Any]) -> list[str]:
     return cells
 
 
+def _markdown(header: list[str], rows: list[list[str]], left: int = 1) -> str:
+    """Aligned Markdown table: the first ``left`` columns left-aligned, the others right."""
+    widths = [max(len(header[j]), *(len(row[j]) for row in rows)) for j in range(len(header))]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) if j < left else c.rjust(w)  # noqa: E731
+                                          for j, (c, w) in enumerate(zip(cells, widths))) + " |"
+    sep = "|" + "|".join(("-" * (w + 2)) if j < left else ("-" * (w + 1) + ":") for j, w in enumerate(widths)) + "|"
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
 def format_table(results_list: Sequence[Mapping[str, Any]], drop_empty: bool = True) -> str:
     """Markdown table, one row per results dict; with ``drop_empty`` columns that are N/A for
     every model are left out (a BFCL-only run shows no API-Bank columns)."""
@@ -60,13 +71,26 @@ def format_table(results_list: Sequence[Mapping[str, Any]], drop_empty: bool = T
     rows = [table_row(r) for r in results_list]
     keep = [0] + [j for j in range(1, len(header))
                   if not drop_empty or any(row[j] != "N/A" for row in rows)]
-    header = [header[j] for j in keep]
-    rows = [[row[j] for j in keep] for row in rows]
-    widths = [max(len(header[j]), *(len(row[j]) for row in rows)) for j in range(len(header))]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) if j == 0 else c.rjust(w)  # noqa: E731
-                                          for j, (c, w) in enumerate(zip(cells, widths))) + " |"
-    sep = "|" + "|".join(("-" * (w + 2)) if j == 0 else ("-" * (w + 1) + ":") for j, w in enumerate(widths)) + "|"
-    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+    return _markdown([header[j] for j in keep], [[row[j] for j in keep] for row in rows])
+
+
+def format_categories(results_list: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown table, one row per model and evaluated category: accuracy, correct/total and
+    the unparseable outputs as count and percent of the category ("N/A" in results written
+    before they were counted)."""
+    header = ["Model", "Benchmark", "Category", "Accuracy", "Correct", "Unparseable"]
+    rows = []
+    for results in results_list:
+        for bench, cats in results.get("categories", {}).items():
+            for cat, entry in cats.items():
+                n = entry.get("total_count", 0)
+                bad = entry.get("unparseable_count")
+                rows.append([str(results.get("model", "model")), bench, cat, f"{100 * entry['accuracy']:.2f}",
+                             f"{entry.get('correct_count', '?')}/{n}",
+                             "N/A" if bad is None else f"{bad} ({100 * bad / n if n else 0.0:.1f}%)"])
+    if not rows:
+        return "(no evaluated categories)"
+    return _markdown(header, rows, left=3)
 
 
 def plot_categories(results_list: Sequence[Mapping[str, Any]], path: str | Path,

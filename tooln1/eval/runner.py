@@ -106,20 +106,23 @@ def _score_one(sample: EvalSample, response: str, acebench_strip_whitespace: boo
 def score_outputs(samples: Sequence[EvalSample], outputs: Sequence[str], prompts: Sequence[str] | None = None,
                   acebench_strip_whitespace: bool = True) -> dict[str, Any]:
     """Score ``outputs[i]`` against ``samples[i]``: per-sample verdicts, per-category accuracy
-    and the benchmark summaries (BFCL non-live/live/overall, ACEBench atom/single-turn)."""
+    and unparseable share, and the benchmark summaries (BFCL non-live/live/overall, ACEBench
+    atom/single-turn)."""
     if len(samples) != len(outputs):
         raise ValueError(f"{len(samples)} samples but {len(outputs)} outputs")
-    counts: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    counts: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0, 0]))
     rows = []
     for i, (sample, response) in enumerate(zip(samples, outputs)):
         verdict = _score_one(sample, response, acebench_strip_whitespace)
         counts[sample.benchmark][sample.category][0] += int(verdict.valid)
         counts[sample.benchmark][sample.category][1] += 1
+        counts[sample.benchmark][sample.category][2] += int(verdict.unparseable)
         rows.append({"benchmark": sample.benchmark, "category": sample.category, "id": sample.id,
                      "prompt": prompts[i] if prompts is not None else None, "output": response,
                      **verdict.to_json()})
     categories = {
-        bench: {cat: {"accuracy": c / n, "correct_count": c, "total_count": n} for cat, (c, n) in cats.items()}
+        bench: {cat: {"accuracy": c / n, "correct_count": c, "total_count": n,
+                      "unparseable": u / n, "unparseable_count": u} for cat, (c, n, u) in cats.items()}
         for bench, cats in counts.items()
     }
     summary: dict[str, Any] = {}
@@ -133,8 +136,9 @@ def score_outputs(samples: Sequence[EvalSample], outputs: Sequence[str], prompts
 
 
 def write_results(results: Mapping[str, Any], output_dir: str | Path) -> dict[str, Path]:
-    """``results.json`` (everything, per-sample prompts/outputs/verdicts), ``table.md`` and
-    ``accuracy.png`` under ``output_dir``; returns their paths."""
+    """``results.json`` (everything, per-sample prompts/outputs/verdicts), ``table.md`` (the
+    paper-style table, then the per-category one with unparseable outputs) and ``accuracy.png``
+    under ``output_dir``; returns their paths."""
     from tooln1.eval import report
 
     out = Path(output_dir)
@@ -142,7 +146,8 @@ def write_results(results: Mapping[str, Any], output_dir: str | Path) -> dict[st
     paths = {"json": out / "results.json", "table": out / "table.md", "chart": out / "accuracy.png"}
     with open(paths["json"], "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1, ensure_ascii=False)
-    paths["table"].write_text(report.format_table([results]) + "\n", encoding="utf-8")
+    paths["table"].write_text(report.format_table([results]) + "\n\n" + report.format_categories([results]) + "\n",
+                              encoding="utf-8")
     report.plot_categories([results], paths["chart"])
     return paths
 

@@ -30,12 +30,17 @@ class EvalSample:
 
 @dataclasses.dataclass
 class Verdict:
-    """Result of checking one response: ``valid`` plus why not, and what was decoded."""
+    """Result of checking one response: ``valid`` plus why not, and what was decoded.
+
+    ``unparseable``: the response was neither a call list nor a clean text answer
+    (:func:`tooln1.eval.parsing.classify_response`); such a response is never valid.
+    """
 
     valid: bool
     error_type: str = ""
     error: Any = None
     decoded: Any = None
+    unparseable: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
