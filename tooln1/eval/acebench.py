@@ -40,7 +40,8 @@ from tooln1.eval.prompting import preamble_with
 from tooln1.eval.samples import EvalSample, Verdict
 
 __all__ = [
-    "ATOM", "SINGLE_TURN", "CATEGORIES", "DEFAULT_DATA_DIR", "resolve_data_dir", "load_samples",
+    "ATOM", "SINGLE_TURN", "CATEGORIES", "DEFAULT_DATA_DIR", "SOURCE", "resolve_data_dir", "missing_files",
+    "load_samples",
     "strip_index_suffix", "standardize_string", "normal_checker", "score", "summarize",
 ]
 
@@ -63,16 +64,29 @@ class _CheckerCrash(Exception):
 
 
 # ----------------------------------------------------------------------------- data
+# Where a user without ../shared/data gets the files (the shared data README's provenance).
+SOURCE = ("get data_normal_*.json and possible_answer/ from https://github.com/ACEBench/ACEBench "
+          "(data_all/data_en/) into DIR/acebench/, and pass --data-dir DIR")
+
+
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     """The ACEBench folder; a clear error names it when it is missing."""
     path = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
     if not path.is_dir() or not (path / "possible_answer").is_dir():
         raise FileNotFoundError(
             f"ACEBench data folder {path.resolve()} not found (it must hold data_normal_*.json "
-            f"and possible_answer/). Pass --acebench-dir (or data_dirs={{'acebench': ...}}); "
-            f"default ../shared/data/acebench, relative to the working directory."
+            f"and possible_answer/; default ../shared/data/acebench, relative to the working "
+            f"directory): {SOURCE} (or data_dirs={{'acebench': ...}} from Python)."
         )
     return path
+
+
+def missing_files(categories: Iterable[str] | None = None, data_dir: str | Path | None = None) -> list[Path]:
+    """The question and answer files of ``categories`` (default all) absent from ``data_dir``."""
+    root = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
+    wanted = [p for cat in (categories or CATEGORIES)
+              for p in (root / f"data_normal_{cat}.json", root / "possible_answer" / f"data_normal_{cat}.json")]
+    return [p.resolve() for p in wanted if not p.is_file()]
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:

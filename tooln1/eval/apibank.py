@@ -23,7 +23,8 @@ from tooln1.eval.parsing import CALLS, UNPARSEABLE, classify_response, render_to
 from tooln1.eval.prompting import preamble_with
 from tooln1.eval.samples import EvalSample, Verdict
 
-__all__ = ["CATEGORIES", "DEFAULT_DATA_DIR", "resolve_data_dir", "load_samples", "to_tool", "score"]
+__all__ = ["CATEGORIES", "DEFAULT_DATA_DIR", "SOURCE", "resolve_data_dir", "missing_files", "load_samples",
+           "to_tool", "score"]
 
 CATEGORIES = ("level-1", "level-2")
 DEFAULT_DATA_DIR = Path("..") / "shared" / "data" / "apibank"
@@ -32,16 +33,28 @@ _TRAILER = re.compile(r"\s*Generate API Request:\s*\Z")
 _FENCED_CALLS = re.compile(r"\A\s*```(?:json)?\s*(.*?)\s*```\s*\Z", re.DOTALL)
 
 
+# Where a user without ../shared/data gets the files (the shared data README's provenance).
+SOURCE = ("get apibank_l1.json and apibank_l2.json from https://github.com/MadeAgents/Hammer (data/test/original/), "
+          "save them as DIR/apibank/level-1.json and DIR/apibank/level-2.json, and pass --data-dir DIR")
+
+
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     """The API-Bank folder; a clear error names it when it is missing."""
     path = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
     if not path.is_dir():
         raise FileNotFoundError(
-            f"API-Bank data folder {path.resolve()} not found. Pass --apibank-dir (or "
-            f"data_dirs={{'apibank': ...}}) pointing at the folder holding level-1.json and "
-            f"level-2.json (default ../shared/data/apibank, relative to the working directory)."
+            f"API-Bank data folder {path.resolve()} not found (it must hold level-1.json and "
+            f"level-2.json; default ../shared/data/apibank, relative to the working directory): {SOURCE} "
+            f"(or data_dirs={{'apibank': ...}} from Python)."
         )
     return path
+
+
+def missing_files(categories: Iterable[str] | None = None, data_dir: str | Path | None = None) -> list[Path]:
+    """The files of ``categories`` (default both levels) absent from ``data_dir``, resolved."""
+    root = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
+    return [(root / f"{cat}.json").resolve() for cat in (categories or CATEGORIES)
+            if not (root / f"{cat}.json").is_file()]
 
 
 def to_tool(api: dict[str, Any]) -> dict[str, Any]:

@@ -1,12 +1,16 @@
 """``tooln1-eval``: evaluate a checkpoint on BFCL v3, API-Bank and ACEBench.
 
-    tooln1-eval --model PATH --benchmarks bfcl,apibank,acebench [--categories simple,level-1]
-                [--limit N] [--output DIR] [--batch-size 16] [--max-new-tokens 1024]
+    tooln1-eval --model PATH [--benchmarks bfcl,apibank,acebench] [--categories simple,level-1]
+                [--data-dir DIR] [--limit N] [--output DIR] [--batch-size 16] [--max-new-tokens 1024]
     tooln1-eval --model oracle ...          # score the reference answers (checks the pipeline)
     tooln1-eval --compare a/results.json b/results.json --output DIR   # one table, one chart
 
 Writes DIR/results.json (per-sample prompts, outputs, verdicts), DIR/table.md and
 DIR/accuracy.png, and prints the table.
+
+Without --benchmarks, each benchmark whose data is absent is skipped with one line saying where
+to get it (BFCL: the nvidia-bfcl package; API-Bank, ACEBench: files under --data-dir); a
+benchmark named in --benchmarks or owning a --categories name must have its data.
 """
 from __future__ import annotations
 
@@ -19,34 +23,51 @@ from typing import Sequence
 
 __all__ = ["main", "build_parser"]
 
+DEFAULT_BENCHMARKS = "bfcl,apibank,acebench"
+DEFAULT_DATA_DIR = os.path.join("..", "shared", "data")
+
 
 def _csv(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tooln1-eval", description=__doc__.split("\n\n")[0],
+    """The command line; ``--help`` lists every flag with its default."""
+    doc = __doc__.replace("``", "")
+    p = argparse.ArgumentParser(prog="tooln1-eval", description=doc.split("\n\n")[0],
+                                epilog="\n\n".join(doc.split("\n\n")[1:]),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="HF checkpoint directory (e.g. a training run's runs/quickstart/hf_export), "
-                                   "or 'oracle' to score the reference answers")
-    p.add_argument("--name", help="model name shown in the table (default: the folder name)")
-    p.add_argument("--benchmarks", default="bfcl,apibank,acebench", help="comma list of bfcl,apibank,acebench")
-    p.add_argument("--categories", help="comma list of categories (e.g. simple,live_simple,level-1,atom_bool)")
-    p.add_argument("--limit", type=int, help="first N samples of each category")
-    p.add_argument("--output", default="eval_results", help="output folder (default ./eval_results)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=1024)
+                                   "or 'oracle' to score the reference answers (required unless --compare)")
+    p.add_argument("--name", help="model name shown in the table (default: the model folder's name)")
+    p.add_argument("--benchmarks", metavar="LIST",
+                   help=f"comma list of bfcl,apibank,acebench (default: {DEFAULT_BENCHMARKS}, skipping those "
+                        f"whose data is absent; named here, missing data is an error)")
+    p.add_argument("--categories", metavar="LIST",
+                   help="comma list of categories, e.g. simple,live_simple,level-1,atom_bool "
+                        "(default: every category of each benchmark)")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help=f"folder holding apibank/ and acebench/ (default: {DEFAULT_DATA_DIR}, relative to the "
+                        f"working directory); BFCL's data comes from the nvidia-bfcl package")
+    p.add_argument("--limit", type=int, metavar="N", help="first N samples of each category (default: all)")
+    p.add_argument("--output", default="eval_results", metavar="DIR", help="output folder (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N",
+                   help="prompts generated together (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=1024, metavar="N",
+                   help="generation budget per response (default: %(default)s)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                    help="compute dtype (default: float32 on CPU, where XLA's bfloat16 is several times "
                         "slower, else bfloat16)")
     p.add_argument("--compile-cache", default=os.path.join(os.path.expanduser("~"), ".cache", "tooln1", "xla"),
-                   help="JAX persistent compilation cache, so a repeated evaluation skips compiling ('' = off)")
-    p.add_argument("--apibank-dir", help="API-Bank folder (default ../shared/data/apibank)")
-    p.add_argument("--acebench-dir", help="ACEBench folder (default ../shared/data/acebench)")
+                   metavar="DIR", help="JAX persistent compilation cache, so a repeated evaluation skips "
+                                       "compiling; '' turns it off (default: %(default)s)")
+    p.add_argument("--apibank-dir", metavar="DIR", help="API-Bank folder, overriding --data-dir (default: DATA_DIR/apibank)")
+    p.add_argument("--acebench-dir", metavar="DIR",
+                   help="ACEBench folder, overriding --data-dir (default: DATA_DIR/acebench)")
     p.add_argument("--acebench-keep-whitespace", action="store_true",
-                   help="do not reproduce ACEBench's whitespace stripping (see docs/evaluation.md)")
+                   help="do not reproduce ACEBench's whitespace stripping, see docs/evaluation.md (default: off)")
     p.add_argument("--compare", nargs="+", metavar="RESULTS_JSON",
-                   help="only tabulate/plot existing results.json files together")
+                   help="only tabulate/plot existing results.json files together (default: off)")
     return p
 
 
@@ -61,7 +82,7 @@ def _compare(paths: Sequence[str], output: str) -> int:
             results.append(json.load(f))
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    table = report.format_table(results)
+    table = report.format_table(results) + "\n\n" + report.format_categories(results)
     (out / "table.md").write_text(table + "\n", encoding="utf-8")
     report.plot_categories(results, out / "accuracy.png")
     print(table)
@@ -69,11 +90,45 @@ def _compare(paths: Sequence[str], output: str) -> int:
     return 0
 
 
-def _oracle(args: argparse.Namespace, data_dirs: dict) -> dict:
+def _data_dirs(args: argparse.Namespace) -> dict[str, str]:
+    """API-Bank / ACEBench folders from --data-dir and the per-benchmark overrides; a benchmark
+    left out falls back to its module default (../shared/data/<name>)."""
+    dirs = {}
+    for bench, override in (("apibank", args.apibank_dir), ("acebench", args.acebench_dir)):
+        if override:
+            dirs[bench] = override
+        elif args.data_dir:
+            dirs[bench] = os.path.join(args.data_dir, bench)
+    return dirs
+
+
+def _select_benchmarks(args: argparse.Namespace, data_dirs: dict[str, str]) -> list[str]:
+    """The requested benchmarks whose data is here; raises FileNotFoundError when a benchmark the
+    user named lacks its data or when none is left, and logs one line per benchmark skipped."""
+    from tooln1.eval.runner import BENCHMARKS, TITLES, available_benchmarks, route_categories
+
+    named = _csv(args.benchmarks)
+    categories = _csv(args.categories)
+    requested = list(route_categories(named or list(BENCHMARKS), categories))
+    explicit = set(requested) if (named or categories) else set()
+    available, missing = available_benchmarks(requested, categories, data_dirs)
+    for bench in requested:
+        if bench in missing and bench in explicit:
+            raise FileNotFoundError(f"{TITLES[bench]} data missing: {missing[bench]}")
+    if not available:
+        lines = "\n".join(f"  {TITLES[b]}: {missing[b]}" for b in requested)
+        raise FileNotFoundError(f"no benchmark data found, nothing to evaluate:\n{lines}")
+    for bench in requested:
+        if bench in missing:
+            print(f"tooln1-eval: skipping {TITLES[bench]}: {missing[bench]}", file=sys.stderr)
+    return available
+
+
+def _oracle(args: argparse.Namespace, benchmarks: list[str], data_dirs: dict) -> dict:
     from tooln1.eval.oracle import oracle_response
     from tooln1.eval.runner import load_benchmarks, score_outputs, write_results
 
-    samples = load_benchmarks(_csv(args.benchmarks), _csv(args.categories), args.limit, data_dirs)
+    samples = load_benchmarks(benchmarks, _csv(args.categories), args.limit, data_dirs)
     results = score_outputs(samples, [oracle_response(s) for s in samples],
                             acebench_strip_whitespace=not args.acebench_keep_whitespace)
     results = {"model": args.name or "oracle", "settings": {"oracle": True, "limit": args.limit}, **results}
@@ -82,21 +137,23 @@ def _oracle(args: argparse.Namespace, data_dirs: dict) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``tooln1-eval``; returns the exit status (2 on a usage or data error)."""
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # no "PyTorch was not found" (JAX here)
     args = build_parser().parse_args(argv)
     if args.compare:
         return _compare(args.compare, args.output)
     if not args.model:
         raise SystemExit("tooln1-eval: --model PATH (or --model oracle, or --compare FILES) is required")
-    data_dirs = {k: v for k, v in {"apibank": args.apibank_dir, "acebench": args.acebench_dir}.items() if v}
+    data_dirs = _data_dirs(args)
     try:
+        if args.model != "oracle" and not (Path(args.model) / "config.json").is_file():
+            raise SystemExit(f"tooln1-eval: --model {args.model} is not a Hugging Face checkpoint "
+                             f"directory (no config.json there)")
+        benchmarks = _select_benchmarks(args, data_dirs)  # before loading the model: data errors come fast
         if args.model == "oracle":
-            results = _oracle(args, data_dirs)
+            results = _oracle(args, benchmarks, data_dirs)
         else:
             model_dir = Path(args.model)
-            if not (model_dir / "config.json").is_file():
-                raise SystemExit(f"tooln1-eval: --model {args.model} is not a Hugging Face checkpoint "
-                                 f"directory (no config.json there)")
             import tooln1
             from transformers import AutoTokenizer
 
@@ -110,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
             dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
             model = tooln1.load_model(str(model_dir), dtype=dtype)
-            results = evaluate(model, tokenizer, benchmarks=_csv(args.benchmarks), categories=_csv(args.categories),
+            results = evaluate(model, tokenizer, benchmarks=benchmarks, categories=_csv(args.categories),
                                limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                                data_dirs=data_dirs, output_dir=args.output,
                                model_name=args.name or model_dir.resolve().name,
@@ -121,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tooln1.eval import report
 
     print(report.format_table([results]))
+    print()
+    print(report.format_categories([results]))
     print(f"[eval] results in {Path(args.output).resolve()}")
     return 0
 

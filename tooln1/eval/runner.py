@@ -19,9 +19,11 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from tooln1.eval import acebench, apibank, bfcl
 from tooln1.eval.samples import EvalSample
 
-__all__ = ["BENCHMARKS", "load_benchmarks", "generate_batched", "score_outputs", "evaluate", "write_results"]
+__all__ = ["BENCHMARKS", "TITLES", "route_categories", "missing_data", "available_benchmarks", "load_benchmarks",
+           "generate_batched", "score_outputs", "evaluate", "write_results"]
 
 BENCHMARKS = {"bfcl": bfcl.CATEGORIES, "apibank": apibank.CATEGORIES, "acebench": acebench.CATEGORIES}
+TITLES = {"bfcl": "BFCL", "apibank": "API-Bank", "acebench": "ACEBench"}
 
 
 def _split_categories(benchmarks: Sequence[str], categories: Iterable[str] | None) -> dict[str, list[str] | None]:
@@ -39,6 +41,53 @@ def _split_categories(benchmarks: Sequence[str], categories: Iterable[str] | Non
             raise ValueError(f"category {cat!r} belongs to none of the benchmarks {list(benchmarks)}; known: {known}")
         routed.setdefault(owner[0], []).append(cat)
     return routed
+
+
+def route_categories(benchmarks: Sequence[str], categories: Iterable[str] | None = None) -> dict[str, list[str] | None]:
+    """``{benchmark: its categories among ``categories`` (None = all)}``; with ``categories``
+    only the benchmarks owning one of them are kept. Unknown names raise ValueError."""
+    return _split_categories(list(benchmarks), categories)
+
+
+def missing_data(benchmark: str, categories: Iterable[str] | None = None,
+                 data_dirs: Mapping[str, str | Path] | None = None) -> str | None:
+    """None when ``benchmark``'s data for ``categories`` is here, else one line naming what is
+    missing and where to get it."""
+    data_dirs = dict(data_dirs or {})
+    if benchmark == "bfcl":
+        try:
+            bfcl.require_checker()
+            root = bfcl.data_dir()
+        except (bfcl.MissingBFCLError, FileNotFoundError):
+            return f"the nvidia-bfcl package (BFCL data and checker) is not installed; {bfcl.INSTALL_HINT}"
+        absent = [str(root / f"BFCL_v3_{c}.json") for c in (categories or bfcl.CATEGORIES)
+                  if not (root / f"BFCL_v3_{c}.json").is_file()]
+        return f"{', '.join(absent)} not found; reinstall: {bfcl.INSTALL_HINT}" if absent else None
+    module = {"apibank": apibank, "acebench": acebench}.get(benchmark)
+    if module is None:
+        raise ValueError(f"unknown benchmark {benchmark!r}; choose from {list(BENCHMARKS)}")
+    root = Path(data_dirs.get(benchmark) or module.DEFAULT_DATA_DIR)
+    if not root.is_dir():  # the usual case on a fresh clone: name the folder, not each file
+        return f"no folder {root.resolve()}; {module.SOURCE}"
+    absent = module.missing_files(categories, root)
+    if not absent:
+        return None
+    shown = ", ".join(map(str, absent[:2])) + (f" and {len(absent) - 2} more" if len(absent) > 2 else "")
+    return f"{shown} not found; {module.SOURCE}"
+
+
+def available_benchmarks(benchmarks: Sequence[str], categories: Iterable[str] | None = None,
+                         data_dirs: Mapping[str, str | Path] | None = None) -> tuple[list[str], dict[str, str]]:
+    """(the benchmarks among ``benchmarks`` whose data is here, ``{benchmark: why not}`` for
+    the others), after routing ``categories`` as :func:`load_benchmarks` does."""
+    available, missing = [], {}
+    for bench, cats in route_categories(benchmarks, categories).items():
+        problem = missing_data(bench, cats, data_dirs)
+        if problem is None:
+            available.append(bench)
+        else:
+            missing[bench] = problem
+    return available, missing
 
 
 def load_benchmarks(benchmarks: Sequence[str] = ("bfcl", "apibank", "acebench"),
