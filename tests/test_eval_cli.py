@@ -43,7 +43,7 @@ def no_bfcl(monkeypatch):
 
 def test_help_lists_every_flag_with_its_default():
     done = subprocess.run([sys.executable, "-m", "tooln1.eval.cli", "--help"], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     text = " ".join(done.stdout.split())  # argparse wraps help lines
     for default in ("--batch-size N prompts generated together (default: 16)",
@@ -122,9 +122,9 @@ def test_data_dir_runs_apibank_and_acebench(fresh_clone, capsys, no_bfcl):
     out = fresh_clone / "out"
     assert main(["--model", "oracle", "--data-dir", str(SHARED_DATA), "--limit", "1", "--output", str(out)]) == 0
     captured = capsys.readouterr()
-    assert captured.err.strip().splitlines() == [
-        f"tooln1-eval: skipping BFCL: the nvidia-bfcl package (BFCL data and checker) is not installed; "
-        f"{bfcl.INSTALL_HINT}"]
+    skipped = ("tooln1-eval: skipping BFCL: the nvidia-bfcl package (BFCL data and checker) is not installed; "
+               + bfcl.INSTALL_HINT)
+    assert captured.err.strip().splitlines() == [skipped]
     data = json.loads((out / "results.json").read_text())
     assert set(data["categories"]) == {"apibank", "acebench"}
     assert "| Unparseable |" in captured.out

@@ -1,8 +1,16 @@
 """The model response -> checker call list step (tooln1.eval.parsing)."""
 import pytest
 
-from tooln1.eval.parsing import (CALLS, NO_CALL, UNPARSEABLE, ToolCallParseError, classify_response, extract_tool_calls,
-                                 parse_for_checker, render_tool_calls)
+from tooln1.eval.parsing import (
+    CALLS,
+    NO_CALL,
+    UNPARSEABLE,
+    ToolCallParseError,
+    classify_response,
+    extract_tool_calls,
+    parse_for_checker,
+    render_tool_calls,
+)
 
 
 def test_first_block_list_payload():
