@@ -91,3 +91,9 @@ def test_restore_latest_skips_an_unreadable_step(tmp_path):
     with pytest.raises(NoUsableCheckpoint, match="no usable checkpoint \\(steps 2, 1 are unreadable\\)"):
         ck.restore_latest(state(0.0), warnings.append)
     ck.close()
+    # Run again: the steps were set aside, and the run keeps refusing rather than restarting from 0.
+    ck = Checkpointer(str(tmp_path / "ck"), keep=3)
+    assert ck.all_steps() == []
+    with pytest.raises(NoUsableCheckpoint, match="no usable checkpoint \\(steps 2, 1 are unreadable\\)"):
+        ck.restore_latest(state(0.0), warnings.append)
+    ck.close()

@@ -12,7 +12,7 @@ import optax
 import pytest
 from flax import nnx
 
-from tooln1.training.sft import SFTLoss, sft_loss
+from tooln1.training.sft_loss import SFTLoss, sft_loss
 from tooln1.training.updater import OptimizerConfig, Updater
 
 V, D, N, T = 16, 8, 4, 7

@@ -66,19 +66,43 @@ def params_of(model):
     return {k: np.asarray(v) for k, v in flat.items()}
 
 
+class Killed(Exception):
+    """Raised where a kill -9 would have stopped the process: right after a step's checkpoint is on disk."""
+
+
+def run_killed_after(cfg, steps):
+    """`run_training` stopped after ``steps`` steps (over all phases) of this process, as a kill would."""
+    from tooln1.training.loop import run_training
+    from tooln1.training.phase import Phase
+
+    done = []
+    end_step = Phase.end_step
+
+    def end_step_then_kill(self, *args):
+        end_step(self, *args)
+        done.append(self.name)
+        if len(done) == steps:
+            self.checkpoints.close()  # the save is on disk, as it would be at a kill after it
+            raise Killed(f"after {self.name} step {self.step}")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Phase, "end_step", end_step_then_kill)
+        with pytest.raises(Killed) as killed:
+            run_training(cfg)
+    return str(killed.value)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_checkpoint):
-    from tooln1.training.loop import Trainer
+    from tooln1.training.loop import run_training
 
     base = tmp_path_factory.mktemp("train")
     cache = base / "jax_cache"
-    ref = Trainer(make_config(base / "full", tiny_checkpoint, cache))
-    ref_summary = ref.run()
-    killed = []
-    for kill in (1, 2, 0):  # killed after SFT step 1; after SFT step 2 + GRPO step 1; then to the end
-        t = Trainer(make_config(base / "resumed", tiny_checkpoint, cache, **{"debug.kill_after_steps": kill}))
-        killed.append((t.run(), t))
-    return {"ref": (ref_summary, ref), "resumed": killed, "base": base}
+    ref = run_training(make_config(base / "full", tiny_checkpoint, cache))
+    resumed = make_config(base / "resumed", tiny_checkpoint, cache)
+    kills = [run_killed_after(resumed, 1),  # killed after SFT step 1
+             run_killed_after(resumed, 2)]  # then after SFT step 2 and GRPO step 1
+    return {"ref": ref, "kills": kills, "resumed": run_training(resumed), "base": base}
 
 
 def test_end_to_end_metrics_and_export(runs, tiny_tokenizer):
@@ -87,16 +111,17 @@ def test_end_to_end_metrics_and_export(runs, tiny_tokenizer):
 
     import tooln1
 
-    summary, trainer = runs["ref"]
-    assert summary["sft_steps"] == SFT_STEPS and summary["grpo_steps"] == GRPO_STEPS and not summary["killed"]
+    run = runs["ref"]
+    summary = run.summary
+    assert summary["sft_steps"] == SFT_STEPS and summary["grpo_steps"] == GRPO_STEPS
     # The validation rewards are the greedy binary reward of the validation prompts, recomputed here
     # independently with tooln1.generate on the final policy, and the values logged in metrics.jsonl.
     from tooln1.data import render_prompt
     from tooln1.reward import compute_reward
 
-    val = trainer.val_records
-    texts = tooln1.generate(trainer.final_model, tiny_tokenizer, [render_prompt(r, tiny_tokenizer) for r in val],
-                            max_new_tokens=16, eos_ids=trainer.eos_ids)
+    val = run.context.val_records
+    texts = tooln1.generate(run.model, tiny_tokenizer, [render_prompt(r, tiny_tokenizer) for r in val],
+                            max_new_tokens=16, eos_ids=run.context.eos_ids)
     assert summary["val_after_grpo"] == pytest.approx(np.mean([compute_reward(t[0], r["answer"]) for t, r in zip(texts, val)]))
     logged = {r["phase"]: r["val/accuracy"] for r in read_jsonl(pathlib.Path(summary["workdir"]) / "metrics.jsonl")
               if "val/accuracy" in r}
@@ -119,8 +144,8 @@ def test_end_to_end_metrics_and_export(runs, tiny_tokenizer):
         assert r["optim/skipped"] == 0 and r["perf/mfu"] > 0
         # FLOPs of the update: old + reference forwards and forward+backward (num_mini_batches=2, so not
         # on-policy), over 2 packed rows of [prompt 640, 4 responses × 16] (share_prompt, G=4).
-        c = trainer.final_model.config
-        n = sum(x.size for x in params_of(trainer.final_model).values())
+        c = run.model.config
+        n = sum(x.size for x in params_of(run.model).values())
         n -= 0 if c.tie_word_embeddings else c.vocab_size * c.hidden_size  # the embedding lookup is free
         seq = 640 + 4 * 16
         forward = (2 * n + 4 * c.num_layers * c.num_heads * c.head_dim * seq) * 2 * seq
@@ -134,7 +159,7 @@ def test_end_to_end_metrics_and_export(runs, tiny_tokenizer):
 
     # The export loads in tooln1 and in transformers, with the trained weights.
     out = summary["export_dir"]
-    final = params_of(trainer.final_model)
+    final = params_of(run.model)
     loaded = tooln1.load_model(out)
     again = params_of(loaded)
     assert again.keys() == final.keys()
@@ -150,13 +175,12 @@ def test_end_to_end_metrics_and_export(runs, tiny_tokenizer):
 
 
 def test_kill_and_resume_is_bit_exact(runs):
-    ref_summary, ref = runs["ref"]
-    (s1, _), (s2, _), (s3, t3) = runs["resumed"]
-    assert s1["killed"] and s2["killed"] and not s3["killed"]
-    assert s1["sft_steps"] == 1 and s2["grpo_steps"] == 1 and s3["grpo_steps"] == GRPO_STEPS
+    ref, resumed = runs["ref"], runs["resumed"]
+    ref_summary, s3 = ref.summary, resumed.summary
+    assert runs["kills"] == ["after sft step 1", "after grpo step 1"] and s3["grpo_steps"] == GRPO_STEPS
 
     # Same final parameters, bit for bit.
-    a, b = params_of(ref.final_model), params_of(t3.final_model)
+    a, b = params_of(ref.model), params_of(resumed.model)
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -174,13 +198,14 @@ def test_kill_and_resume_is_bit_exact(runs):
     assert s3["val_after_grpo"] == ref_summary["val_after_grpo"]
 
     # The records seen: the resumed run's log, killed steps included, is exactly the reference's —
-    # each step once, in order (a kill right after a checkpoint redoes nothing).
+    # each step once, in order (a kill right after a checkpoint redoes nothing), and so are the metrics.
     ids_a = [(r["phase"], r["step"], r["ids"]) for r in read_jsonl(pathlib.Path(ref_summary["workdir"]) / "data_ids.jsonl")]
     ids_b = [(r["phase"], r["step"], r["ids"]) for r in read_jsonl(pathlib.Path(s3["workdir"]) / "data_ids.jsonl")]
     assert ids_b == ids_a
     assert [s for p, s, _ in ids_a] == [1, 2, 1, 2, 3]
     grpo_ids = [i for p, _, ids in ids_a if p == "grpo" for i in ids]
     assert len(grpo_ids) == len(set(grpo_ids))  # within an epoch no record repeats
+    assert len(rows_b) == len(rows_a) and [(r["phase"], r["step"]) for r in rows_b] == [(r["phase"], r["step"]) for r in rows_a]
 
 
 def _tree(workdir):
@@ -189,12 +214,12 @@ def _tree(workdir):
 
 
 def test_rerunning_a_finished_run_changes_nothing(runs, tiny_checkpoint, capsys):
-    from tooln1.training.loop import Trainer
+    from tooln1.training.loop import train
 
-    summary, _ = runs["ref"]
+    summary = runs["ref"].summary
     workdir = pathlib.Path(summary["workdir"])
     before = _tree(workdir)
-    again = Trainer(make_config(workdir, tiny_checkpoint, runs["base"] / "jax_cache")).run()
+    again = train(make_config(workdir, tiny_checkpoint, runs["base"] / "jax_cache"))
     assert _tree(workdir) == before  # no metrics row, no event file, summary.json untouched
     assert again == json.loads((workdir / "summary.json").read_text())
     assert f"finished at step {GRPO_STEPS}; use a new workdir or --config.checkpoint.resume=false" in capsys.readouterr().out
@@ -205,29 +230,33 @@ def test_a_finished_run_without_its_summary_finishes_at_its_last_step(runs, tiny
     validates at the run's last step (it reported 0 GRPO steps and logged the final validation at 0)."""
     import shutil
 
-    from tooln1.training.loop import Trainer
+    from tooln1.training.loop import train
 
-    summary, _ = runs["ref"]
+    summary = runs["ref"].summary
     workdir = tmp_path / "copy"
     shutil.copytree(summary["workdir"], workdir)
     (workdir / "summary.json").unlink()
-    again = Trainer(make_config(workdir, tiny_checkpoint, runs["base"] / "jax_cache")).run()
+    again = train(make_config(workdir, tiny_checkpoint, runs["base"] / "jax_cache"))
     assert again["grpo_steps"] == GRPO_STEPS and again["val_after_grpo"] == summary["val_after_grpo"]
     rows = read_jsonl(workdir / "metrics.jsonl")
     assert rows[-1]["step"] == GRPO_STEPS and rows[-1]["phase"] == "after GRPO", rows[-1]
+    first = read_jsonl(pathlib.Path(summary["workdir"]) / "metrics.jsonl")
+    assert [(r["phase"], r["step"]) for r in rows] == [(r["phase"], r["step"]) for r in first]  # redone once
+    assert [r["phase"] for r in rows].count("after GRPO") == 1
 
 
 def test_resume_refuses_another_seed(runs, tiny_checkpoint, tmp_path):
     import shutil
 
-    from tooln1.training.loop import ConfigError, Trainer
+    from tooln1.config import ConfigError
+    from tooln1.training.loop import train
 
     workdir = tmp_path / "run"
     shutil.copytree(runs["base"] / "full", workdir)
     cfg = make_config(workdir, tiny_checkpoint, runs["base"] / "jax_cache",
                       **{"seed": 5, "grpo.steps": GRPO_STEPS + 1})
     with pytest.raises(ConfigError, match=r"config.seed=5, but the checkpoints in .*grpo were written with seed 0"):
-        Trainer(cfg).run()
+        train(cfg)
 
 
 def test_corrupt_latest_checkpoint_resumes_from_the_previous_one(runs, tiny_checkpoint, tmp_path, capsys):
@@ -235,9 +264,9 @@ def test_corrupt_latest_checkpoint_resumes_from_the_previous_one(runs, tiny_chec
     then the run resumes from the previous kept step and ends with the reference's parameters."""
     import shutil
 
-    from tooln1.training.loop import Trainer
+    from tooln1.training.loop import run_training
 
-    ref_summary, ref = runs["ref"]
+    ref = runs["ref"]
     workdir = tmp_path / "run"
     shutil.copytree(runs["base"] / "full", workdir)
     (workdir / "summary.json").unlink()  # as if killed after the last checkpoint
@@ -246,16 +275,19 @@ def test_corrupt_latest_checkpoint_resumes_from_the_previous_one(runs, tiny_chec
     big = max(blobs, key=lambda p: p.stat().st_size)
     big.write_bytes(big.read_bytes()[: big.stat().st_size // 2])
     capsys.readouterr()
-    t = Trainer(make_config(workdir, tiny_checkpoint, runs["base"] / "jax_cache"))
-    summary = t.run()
+    run = run_training(make_config(workdir, tiny_checkpoint, runs["base"] / "jax_cache"))
+    summary = run.summary
     out = capsys.readouterr().out
     warning = [line for line in out.splitlines() if "unreadable" in line]
     assert len(warning) == 1 and f"checkpoint step {GRPO_STEPS} is unreadable" in warning[0]
     assert f"{latest}/state" in warning[0] and f"resuming from step {GRPO_STEPS - 1}" in warning[0]
-    assert summary["grpo_steps"] == GRPO_STEPS and summary["val_after_grpo"] == ref_summary["val_after_grpo"]
-    a, b = params_of(ref.final_model), params_of(t.final_model)
+    assert summary["grpo_steps"] == GRPO_STEPS and summary["val_after_grpo"] == ref.summary["val_after_grpo"]
+    a, b = params_of(ref.model), params_of(run.model)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # The redone step's metrics replaced its first rows: each GRPO step is logged once.
+    grpo_steps = [r["step"] for r in read_jsonl(workdir / "metrics.jsonl") if r["phase"] == "grpo"]
+    assert grpo_steps == list(range(1, GRPO_STEPS + 1))
 
 
 def test_truncated_fraction_counts_rows_cut_by_the_limit():
@@ -292,13 +324,11 @@ def test_sft_examples_mask_exactly_the_reply(tiny_tokenizer):
 
     from tooln1.data import load_records
     from tooln1.reward import compute_reward
-    from tooln1.training.loop import Trainer, sft_response
+    from tooln1.training.sft_phase import SFTExamples, sft_response
 
     recs = load_records("synthetic-simple:3:1")
-    t = Trainer.__new__(Trainer)
-    t.tokenizer, t.pad_id, t.eos_text = tiny_tokenizer, 0, "<|im_end|>"
-    t.cfg = ConfigDict({"sft": {"target": "reason", "think_text": "call {names}", "max_seq_len": 700}})
-    ids, attn, lmask = t._sft_examples(recs)
+    sft = ConfigDict({"target": "reason", "think_text": "call {names}", "max_seq_len": 700})
+    ids, attn, lmask = SFTExamples(sft, tiny_tokenizer, 0, "<|im_end|>").arrays(recs)
     for i, r in enumerate(recs):
         reply = sft_response(r, "reason", "call {names}")
         assert tiny_tokenizer.decode(ids[i][lmask[i] > 0]) == reply
@@ -307,31 +337,31 @@ def test_sft_examples_mask_exactly_the_reply(tiny_tokenizer):
     assert sft_response(recs[0], "no_reason", "x").startswith("<tool_call>[")
 
 
-def test_sft_drops_and_counts_examples_longer_than_max_seq_len(tiny_tokenizer):
+def test_sft_drops_and_counts_examples_longer_than_max_seq_len(tiny_tokenizer, capsys):
     """Too-long SFT examples are dropped (counted, said once), not cut from the left: a kept example
     still starts with its system prompt, and a too-long one is refused rather than truncated."""
     from ml_collections import ConfigDict
 
     from tooln1.data import load_records
-    from tooln1.training.loop import Trainer
+    from tooln1.training.sft_phase import SFTExamples
 
     recs = load_records("synthetic-simple:8:2")
-    said = []
-    t = Trainer.__new__(Trainer)
-    t.tokenizer, t.pad_id, t.eos_text, t.data_stats, t.say = tiny_tokenizer, 0, "<|im_end|>", {}, said.append
-    t.cfg = ConfigDict({"sft": {"target": "reason", "think_text": "call {names}", "max_seq_len": 0, "batch_size": 1}})
-    lengths = [len(p) + len(r) for p, r in t._sft_pairs(recs)]
+    sft = ConfigDict({"target": "reason", "think_text": "call {names}", "max_seq_len": 0, "batch_size": 1})
+    examples = SFTExamples(sft, tiny_tokenizer, 0, "<|im_end|>")
+    lengths = [len(p) + len(r) for p, r in examples.pairs(recs)]
     limit = max(lengths) - 1
-    t.cfg.sft.max_seq_len = limit
-    keep = t._sft_fitting(recs)
+    sft.max_seq_len = limit
+    capsys.readouterr()
+    keep = examples.fitting(recs)
     too_long = [i for i, n in enumerate(lengths) if n > limit]
     assert keep.tolist() == [i for i, n in enumerate(lengths) if n <= limit] and 0 < len(too_long) < len(recs)
-    assert t.data_stats["sft_too_long"] == len(too_long)
-    assert said == [f"SFT: dropped {len(too_long)} of {len(recs)} examples longer than config.sft.max_seq_len={limit}"]
-    ids, attn, _ = t._sft_examples([recs[i] for i in keep])
+    said = capsys.readouterr().out.splitlines()
+    assert said == [f"[tooln1-train] SFT: dropped {len(too_long)} of {len(recs)} examples longer than "
+                    f"config.sft.max_seq_len={limit}"]
+    ids, attn, _ = examples.arrays([recs[i] for i in keep])
     assert all(tiny_tokenizer.decode(row[a > 0]).startswith("<|im_start|>system") for row, a in zip(ids, attn))
     with pytest.raises(ValueError, match=f"more than the padded length {limit}"):
-        t._sft_examples([recs[too_long[0]]])
+        examples.arrays([recs[too_long[0]]])
 
 
 def test_cli_keeps_freed_host_memory_before_anything_else(monkeypatch, capsys):
@@ -345,3 +375,19 @@ def test_cli_keeps_freed_host_memory_before_anything_else(monkeypatch, capsys):
         train_module.main(["tooln1-train", "--config", "/nonexistent/config.py"])
     assert calls == ["kept"]
     assert "config file /nonexistent/config.py does not exist" in capsys.readouterr().err
+
+
+def test_a_relative_compile_cache_follows_the_final_workdir(tmp_path, tiny_checkpoint):
+    """``compile_cache_dir="jax_cache"`` lands in the workdir the run ends up with (--config.workdir
+    applied), not in the directory the command was started from."""
+    import jax
+
+    from tooln1.training.loop import prepare_workdir
+
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        workdir = prepare_workdir(make_config(tmp_path / "moved", tiny_checkpoint, "jax_cache"))
+        assert workdir == str(tmp_path / "moved")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "moved" / "jax_cache")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)

@@ -153,9 +153,12 @@ class Checkpointer:
                 self.manager.reload()
                 then = f"resuming from step {steps[i + 1]}" if i + 1 < len(steps) else "no earlier checkpoint kept"
                 warn(f"warning: checkpoint step {step} is unreadable ({_root_cause(e)}); moved it to {aside}; {then}")
-        if steps:
-            raise NoUsableCheckpoint(f"{self.directory}: no usable checkpoint (steps {', '.join(map(str, steps))} are "
-                                     "unreadable); use a new workdir or --config.checkpoint.resume=false")
+        # steps set aside by an earlier run count too: starting over must be the user's choice
+        unreadable = steps or sorted({int(n.split("-")[1].split(".")[0]) for n in os.listdir(self.directory)
+                                      if n.startswith("unreadable-")}, reverse=True)
+        if unreadable:
+            raise NoUsableCheckpoint(f"{self.directory}: no usable checkpoint (steps {', '.join(map(str, unreadable))} "
+                                     "are unreadable); use a new workdir or --config.checkpoint.resume=false")
         return None
 
     def close(self) -> None:

@@ -50,18 +50,20 @@ def power_of_two_buckets(lo: int, hi: int) -> tuple[int, ...]:
     return tuple(out)
 
 
+def decode_rows(tokenizer: Any, rows: Sequence[Sequence[int]], eos_ids: Sequence[int],
+                skip_special_tokens: bool = False) -> list[str]:
+    """Token rows as text, a trailing EOS dropped (as ``generate`` does), special tokens kept by
+    default (the reward reads ``<tool_call>`` blocks and the EOS marks)."""
+    eos = set(int(e) for e in eos_ids)
+    cut = [r[:-1] if r and r[-1] in eos else r for r in (np.asarray(r).tolist() for r in rows)]
+    return tokenizer.batch_decode(cut, skip_special_tokens=skip_special_tokens)
+
+
 def decode_responses(tokenizer: Any, tokens: np.ndarray, mask: np.ndarray, eos_ids: Sequence[int],
                      skip_special_tokens: bool = False) -> list[str]:
-    """Sampled rows as text: the tokens under ``mask``, a trailing EOS dropped (as ``generate`` does),
-    special tokens kept by default (the reward reads ``<tool_call>`` blocks and the EOS marks)."""
-    eos = set(int(e) for e in eos_ids)
-    rows = []
-    for t, m in zip(np.asarray(tokens), np.asarray(mask)):
-        row = t[m.astype(bool)].tolist()
-        if row and row[-1] in eos:
-            row = row[:-1]
-        rows.append(row)
-    return tokenizer.batch_decode(rows, skip_special_tokens=skip_special_tokens)
+    """`decode_rows` of the tokens under ``mask`` of each sampled row."""
+    rows = [t[m.astype(bool)] for t, m in zip(np.asarray(tokens), np.asarray(mask))]
+    return decode_rows(tokenizer, rows, eos_ids, skip_special_tokens)
 
 
 def truncated_fraction(tokens: np.ndarray, mask: np.ndarray, eos_ids: Sequence[int]) -> float:
@@ -71,4 +73,4 @@ def truncated_fraction(tokens: np.ndarray, mask: np.ndarray, eos_ids: Sequence[i
     return float((last_real & ~np.isin(np.asarray(tokens)[:, -1], list(eos_ids))).mean())
 
 
-__all__ = ["left_pad", "bucket_length", "power_of_two_buckets", "decode_responses", "truncated_fraction"]
+__all__ = ["left_pad", "bucket_length", "power_of_two_buckets", "decode_responses", "decode_rows", "truncated_fraction"]

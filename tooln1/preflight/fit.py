@@ -167,7 +167,7 @@ def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
     from tooln1.rollout.engine import EngineConfig
     from tooln1.rollout.sampling import DEFAULT_PROMPT_BUCKETS, SamplingConfig, bucket_length
     from tooln1.rollout.sampling import lower as lower_sampler
-    from tooln1.training.sft import SFTLoss
+    from tooln1.training.sft_loss import SFTLoss
     from tooln1.training.updater import OptimizerConfig, Updater
 
     config = model.config

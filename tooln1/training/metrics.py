@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -164,6 +164,15 @@ class MetricsWriter:
         self._jsonl.flush()
         return clean
 
+    def forget(self, drop: Callable[[Mapping[str, Any]], bool]) -> None:
+        """Remove the metrics.jsonl rows ``drop`` selects (the steps a resumed phase redoes)."""
+        if self._jsonl is None:
+            return
+        self._jsonl.close()
+        path = os.path.join(self.logdir, "metrics.jsonl")
+        rewrite_jsonl(path, drop)
+        self._jsonl = open(path, "a", encoding="utf-8")
+
     def text(self, tag: str, text: str, step: int) -> None:
         if self.enabled and self._tb is not None:
             self._tb.add_text(tag, text, step)
@@ -210,6 +219,20 @@ CURVES = (  # (title, metrics.jsonl key, phases whose rows carry it)
     ("KL to the reference (k3)", "loss/kl", ("grpo",)),
     ("response length (mean tokens)", "response/length_mean", ("grpo",)),
 )
+
+
+def rewrite_jsonl(path: str, drop: Callable[[Mapping[str, Any]], bool]) -> None:
+    """Rewrite the JSON-lines file at ``path`` without the rows ``drop`` selects (atomically)."""
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = [line for line in f if line.strip()]
+    kept = [line for line in lines if not drop(json.loads(line))]
+    if len(kept) == len(lines):
+        return
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)
 
 
 def read_metrics(path: str) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """Jitted update machinery shared by GRPO and SFT: AdamW, mini-batch optimizer steps, micro-batch
 gradient accumulation, sharded state, non-finite skipping, batched log-probs and the reference copy.
 
-A *loss object* (:class:`tooln1.grpo.GRPOLoss`, :class:`tooln1.training.sft.SFTLoss`) is a hashable callable
+A *loss object* (:class:`tooln1.grpo.GRPOLoss`, :class:`tooln1.training.sft_loss.SFTLoss`) is a hashable callable
 ``loss(model, batch, totals) -> (loss, metrics)`` with ``totals(batch) -> dict`` (additive
 aggregation denominators, e.g. token and sequence counts) and ``required_keys``. The updater:
 

@@ -1,20 +1,16 @@
-"""The GRPO phase of a run (DESIGN §8). Each step:
+"""The GRPO phase of a run (docs/design.md §8). Each step:
 
     next batch of prompts (the iterator, this process's share)
-    → `Rollouts.run`: G responses per prompt, each group decoded and scored as it finishes
+    → `RolloutWorker.run`: G responses per prompt, each group decoded and scored as it finishes
     → `compute_advantages` over each group's rewards
     → update: old and reference log-prob passes, then `Updater.step` (``num_mini_batches`` optimizer steps)
     → scalars logged, periodic validation, checkpoint (`tooln1.training.phase.Phase`)
-
-:class:`GRPOPhase` builds the loss, the updater and the frozen reference from ``config.grpo`` and
-resumes from the phase's newest checkpoint; :meth:`GRPOPhase.run` is the loop. What the phases
-share (model, tokenizer, records, metrics writer, validation) stays with `tooln1.training.loop.Trainer`.
 """
 from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import numpy as np
@@ -24,25 +20,24 @@ from tooln1.data import prompt_batch
 from tooln1.data.iterator import BatchIterator, global_array
 from tooln1.data.tokens import truncated_fraction
 from tooln1.grpo import GRPOLoss, compute_advantages
+from tooln1.rollout.scoring import RolloutBatch, RolloutWorker
+from tooln1.training.batch import update_batch
+from tooln1.training.context import RunContext, say
 from tooln1.training.metrics import grpo_scalars, peak_flops, update_flops
 from tooln1.training.phase import Phase, PhaseResult
-from tooln1.rollout.scoring import Rollout, Rollouts
 from tooln1.training.updater import OptimizerConfig, ReferencePolicy, Updater
-from tooln1.training.batch import update_batch
-
-if TYPE_CHECKING:
-    from tooln1.training.loop import Trainer
+from tooln1.training.validation import validate
 
 
 class GRPOPhase:
     """GRPO from ``model`` (the initial or SFT'd policy, which is also the frozen reference)."""
 
-    def __init__(self, trainer: Trainer, model: Any):
-        self.trainer = trainer
-        cfg = self.cfg = trainer.cfg.grpo
+    def __init__(self, ctx: RunContext, model: Any):
+        self.ctx = ctx
+        cfg = self.cfg = ctx.cfg.grpo
         self.group_size = cfg.group_size
-        iterator = BatchIterator(len(trainer.train_records), cfg.batch_size, seed=trainer.cfg.data.seed)
-        self.phase = Phase(trainer, "grpo", iterator, cfg.steps or cfg.epochs * iterator.steps_per_epoch, cfg.loss_agg)
+        iterator = BatchIterator(len(ctx.train_records), cfg.batch_size, seed=ctx.cfg.data.seed)
+        self.phase = Phase(ctx, "grpo", iterator, cfg.steps or cfg.epochs * iterator.steps_per_epoch, cfg.loss_agg)
         # One optimizer step per rollout batch: the old policy is the current one (no recompute).
         self.loss = GRPOLoss(clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef, loss_agg=cfg.loss_agg,
                              temperature=cfg.temperature, logprob_chunk_size=cfg.logprob_chunk_size or None,
@@ -53,62 +48,60 @@ class GRPOPhase:
                                     or cfg.batch_size * self.group_size // cfg.num_mini_batches)
         # The reference is the frozen policy at the start of GRPO: copy it before the first step.
         self.reference = (ReferencePolicy(nnx.state(model, nnx.Param), offload_to_host=cfg.ref_offload,
-                                          dtype=trainer.cfg.model.compute_dtype) if cfg.kl_coef > 0 else None)
+                                          dtype=ctx.cfg.model.compute_dtype) if cfg.kl_coef > 0 else None)
         self.state, meta = self.phase.resume(self.updater.init(model))
+        result = self.phase.result
         if "val_before" in meta:
-            self.phase.meta["val_before"] = self.phase.result.val_before = meta["val_before"]
-        if self.phase.step == 0 and trainer.cfg.eval.at_start:
-            self.phase.meta["val_before"] = self.phase.result.val_before = trainer.validate(model, 0, "before GRPO")
+            self.phase.meta["val_before"] = result.val_before = meta["val_before"]
+        elif self.phase.step == 0 and ctx.cfg.eval.at_start:
+            self.phase.meta["val_before"] = result.val_before = validate(ctx, model, 0, "before GRPO")
         self.policy = self.updater.model(self.state)
 
     def run(self) -> tuple[Any, PhaseResult]:
-        """The steps left up to ``grpo.steps`` (or the kill switch); the policy and the phase's result."""
+        """The steps left up to ``grpo.steps``; the policy and the phase's result."""
         phase = self.phase
-        if phase.step >= phase.total:  # resumed from its last checkpoint: nothing left to do
-            return self.policy, phase.finish()
-        self._start()
+        if phase.running:
+            self._start()
         while phase.running:
             t0 = time.perf_counter()
-            records = phase.next_records(self.trainer.train_records)
-            rollout = self._rollout(records)  # G responses per prompt and their rewards
+            records = phase.next_records(self.ctx.train_records)
+            rollout = self._rollout(records)
             t1 = time.perf_counter()
             advantages = np.asarray(compute_advantages(rollout.rewards, self.group_size))
             t2 = time.perf_counter()
             metrics, flops, refresh_s = self._update(rollout, advantages)
             t3 = time.perf_counter()
-            phase.advance()
             seconds = {"sample": t1 - t0, "update": t3 - t2, "step": t3 - t0,
                        # scoring overlaps decoding: score = what was left after the device finished
                        "score": rollout.timings["score_tail"] + t2 - t1, "rollout_device": rollout.timings["device"],
                        "rollout_prefill": rollout.timings["prefill"], "refresh_weights": refresh_s}
-            self._log_validate_checkpoint(rollout, metrics, flops, seconds)
+            self._end_step(rollout, metrics, flops, seconds)
         return self.policy, phase.finish()
 
     def _start(self) -> None:
-        """Say what the phase will do; the rollout engine, the peak FLOP/s for MFU, the clock. Only when
-        steps are left: the engine takes its own copy of the weights for decoding."""
-        cfg, trainer = self.cfg, self.trainer
-        trainer.say(f"GRPO: {self.phase.total} steps of {cfg.batch_size} prompts × G={self.group_size} "
-                    f"(T={cfg.temperature}, {cfg.max_response_tokens} new tokens max), {cfg.num_mini_batches} "
-                    f"mini-batches, lr {cfg.optimizer.learning_rate}, kl {cfg.kl_coef}, reward {cfg.reward!r}, "
-                    f"loss aggregation {cfg.loss_agg!r}")
-        sampling = trainer.sampling_config(cfg.rollout_slots, num_samples=self.group_size,
-                                           max_new_tokens=cfg.max_response_tokens, temperature=cfg.temperature,
-                                           top_p=cfg.top_p, top_k=cfg.top_k)
-        self.peak_flops = peak_flops(trainer.cfg.log.peak_tflops)
+        """Say what the phase will do; the rollout worker (its engine takes its own copy of the weights),
+        the peak FLOP/s for MFU, the clock."""
+        cfg, ctx = self.cfg, self.ctx
+        say(f"GRPO: {self.phase.total} steps of {cfg.batch_size} prompts × G={self.group_size} "
+            f"(T={cfg.temperature}, {cfg.max_response_tokens} new tokens max), {cfg.num_mini_batches} "
+            f"mini-batches, lr {cfg.optimizer.learning_rate}, kl {cfg.kl_coef}, reward {cfg.reward!r}, "
+            f"loss aggregation {cfg.loss_agg!r}")
+        sampling = ctx.sampling_config(cfg.rollout_slots, num_samples=self.group_size,
+                                       max_new_tokens=cfg.max_response_tokens, temperature=cfg.temperature,
+                                       top_p=cfg.top_p, top_k=cfg.top_k)
+        self.peak_flops = peak_flops(ctx.cfg.log.peak_tflops)
         self.phase.start()
-        self.rollouts = Rollouts(self.policy, trainer.tokenizer, sampling, cfg.reward, cfg.reward_workers)
+        self.rollouts = RolloutWorker(self.policy, ctx.tokenizer, sampling, cfg.reward, cfg.reward_workers)
 
-    def _rollout(self, records: list[dict]) -> Rollout:
+    def _rollout(self, records: list[dict]) -> RolloutBatch:
         """G responses per prompt from the current policy, and their rewards."""
-        trainer = self.trainer
-        ids, mask = prompt_batch(records, trainer.tokenizer, trainer.pad_id)
-        key = jax.random.fold_in(trainer.base_key, self.phase.step)
+        ids, mask = prompt_batch(records, self.ctx.tokenizer, self.ctx.pad_id)
+        key = jax.random.fold_in(self.ctx.base_key, self.phase.step)
         rollout = self.rollouts.run(self.policy, ids, mask, [r["answer"] for r in records], key)
         self.rollouts.release()  # the decoding copy is not needed again until after the update
         return rollout
 
-    def _update(self, rollout: Rollout, advantages: np.ndarray) -> tuple[dict[str, Any], float, float]:
+    def _update(self, rollout: RolloutBatch, advantages: np.ndarray) -> tuple[dict[str, Any], float, float]:
         """The update over the tokens sampled (trimmed; each group's responses packed back to back):
         old and reference log-probs, ``num_mini_batches`` optimizer steps, then the engine takes the
         new parameters. Returns `Updater.step`'s metrics (fetched), the update's FLOPs and the
@@ -117,7 +110,7 @@ class GRPOPhase:
         host, packed = update_batch(rollout.out, advantages, self.group_size, trim=cfg.trim_responses,
                                     pack=cfg.share_prompt and cfg.trim_responses)
         loss = dataclasses.replace(self.loss, packed_length=packed)
-        batch = {k: global_array(v, self.trainer.mesh) for k, v in host.items()}
+        batch = {k: global_array(v, self.ctx.mesh) for k, v in host.items()}
         micro = self.logprob_micro_batch
         if not loss.on_policy:
             batch["old_logprobs"] = self.updater.compute_logprobs(self.state.params, batch, micro, loss)
@@ -134,27 +127,25 @@ class GRPOPhase:
                              group_size=self.group_size if cfg.share_prompt else 1, packed_length=packed)
         return metrics, flops, refresh_s
 
-    def _log_validate_checkpoint(self, rollout: Rollout, metrics: dict[str, Any], flops: float,
-                                 seconds: dict[str, float]) -> None:
-        """After a step: a skipped update said, the scalars logged and the bar moved, validation every
-        ``eval.every`` steps (the last step's is the run's own), the checkpoint."""
-        phase, trainer, step = self.phase, self.trainer, self.phase.step
+    def _end_step(self, rollout: RolloutBatch, metrics: dict[str, Any], flops: float,
+                  seconds: dict[str, float]) -> None:
+        """A skipped update said, the scalars logged, the checkpoint, and validation every
+        ``eval.every`` steps (the last step's is the run's own)."""
+        phase, ctx, step = self.phase, self.ctx, self.phase.step + 1
         if metrics["skipped"] > 0:
-            trainer.say(f"GRPO step {step}: non-finite loss or gradient in {int(metrics['skipped'])} of "
-                        f"{self.cfg.num_mini_batches} mini-batch(es) (loss={float(metrics['loss'])}); "
-                        "that update was skipped")
+            say(f"GRPO step {step}: non-finite loss or gradient in {int(metrics['skipped'])} of "
+                f"{self.cfg.num_mini_batches} mini-batch(es) (loss={float(metrics['loss'])}); that update was skipped")
         out = rollout.out
         lengths = out.mask.sum(-1)
         real_tokens = float(out.prompt_mask.sum() + lengths.sum()) * phase.iterator.process_count
-        scalars = grpo_scalars(rollout, self.group_size, truncated_fraction(out.tokens, out.mask, trainer.eos_ids),
+        scalars = grpo_scalars(rollout, self.group_size, truncated_fraction(out.tokens, out.mask, ctx.eos_ids),
                                metrics, seconds, real_tokens=real_tokens, update_flops=flops,
                                peak_flops=self.peak_flops, epoch=phase.iterator.state.epoch)
-        phase.log(scalars, {"reward": float(rollout.rewards.mean()), "kl": float(metrics["kl"]),
-                            "len": float(lengths.mean()), "tok/s": scalars["perf/tokens_per_s"]})
-        every = trainer.cfg.eval.every
+        phase.end_step(self.state, scalars, {"reward": float(rollout.rewards.mean()), "kl": float(metrics["kl"]),
+                                             "len": float(lengths.mean()), "tok/s": scalars["perf/tokens_per_s"]})
+        every = ctx.cfg.eval.every
         if every and step % every == 0 and step < phase.total:
-            trainer.validate(self.policy, step, "GRPO")
-        phase.checkpoint(self.state)
+            validate(ctx, self.policy, step, "GRPO")
 
 
 __all__ = ["GRPOPhase"]
