@@ -3,7 +3,7 @@
 Rows: the binary reward (format and full call match, Tool-N1); partial credit for a correct
 format; partial credit for format and function names; the binary reward without the ``<think>``
 format requirement. ``configs/paper.py`` spec key ``reward`` (``tooln1.reward.KINDS``; the exact
-rules are DESIGN §7 / ``tooln1/reward.py``).
+rules are docs/design.md §7 / ``tooln1/reward.py``).
 
     python -m experiments.table4_reward --dry-run
     python -m experiments.table4_reward --smoke           # smoke: binary and format_name_partial rows

@@ -1,4 +1,4 @@
-"""GRPO maths against an independent numpy transcription of DESIGN §8."""
+"""GRPO maths against an independent numpy transcription of docs/design.md §8."""
 from __future__ import annotations
 
 import math

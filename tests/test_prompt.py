@@ -1,4 +1,4 @@
-"""Golden tests of the DESIGN §5 prompt, built here from the literal template text."""
+"""Golden tests of the docs/design.md §5 prompt, built here from the literal template text."""
 import json
 import os
 
@@ -16,7 +16,7 @@ from tooln1.data.prompt import (
 TOKENIZER_DIR = os.path.join(os.path.dirname(__file__), "..", "tooln1", "assets", "tiny_tokenizer")
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
 
-# DESIGN §5, copied line by line (note the trailing spaces).
+# docs/design.md §5, copied line by line (note the trailing spaces).
 LITERAL_PREAMBLE = """\
 You are an expert in composing functions. You are given a question and a set of possible functions. 
 Based on the question, you will need to make one or more function/tool calls to achieve the purpose. 

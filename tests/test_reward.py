@@ -1,4 +1,4 @@
-"""Reward rules of DESIGN §7, one test per rule and kind, plus fuzzing for robustness and speed."""
+"""Reward rules of docs/design.md §7, one test per rule and kind, plus fuzzing for robustness and speed."""
 import json
 import re
 
@@ -24,7 +24,7 @@ def all_kinds(response, answer=ANSWER):
     return {k: compute_reward(response, answer, k) for k in KINDS}
 
 
-# ---------------------------------------------------------------- binary: each rule of DESIGN §7
+# ---------------------------------------------------------------- binary: each rule of docs/design.md §7
 
 def test_exact_match_with_think_is_one_for_every_kind():
     assert all_kinds(THINK + call_block(ANSWER)) == {

@@ -1,6 +1,6 @@
 """tooln1: Tool-N1 (GRPO for tool-calling LLMs) in JAX/Flax.
 
-Public API (DESIGN §3): `load_model`, `generate`, `CausalLM.save_pretrained`,
+Public API (docs/design.md §3): `load_model`, `generate`, `CausalLM.save_pretrained`,
 `tooln1.reward.compute_reward`, `tooln1.grpo.compute_advantages` / `policy_loss`.
 Imports are lazy so host-only modules (reward, data) load without JAX.
 """

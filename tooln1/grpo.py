@@ -1,4 +1,4 @@
-"""GRPO maths (DESIGN §8): group advantages, the clipped surrogate with a k3 KL penalty, and
+"""GRPO maths (docs/design.md §8): group advantages, the clipped surrogate with a k3 KL penalty, and
 per-token log-probs / entropies of sampled tokens.
 
 Everything here is a pure function over arrays, usable inside ``jax.jit``. The optimiser machinery
@@ -94,7 +94,7 @@ def aggregate_loss(
 ) -> Array:
     """Reduce a per-token loss ``[N, T]`` to a scalar.
 
-    - ``token-mean``: sum over all valid tokens / number of valid tokens (DESIGN default; long and
+    - ``token-mean``: sum over all valid tokens / number of valid tokens (the docs/design.md default; long and
       short responses weigh per token).
     - ``seq-mean-token-mean``: mean over each sequence's tokens, then mean over sequences (gives
       short responses more weight per token: the length bias of per-sequence normalisation).
@@ -147,7 +147,7 @@ def masked_min(x: Array, mask: Array) -> Array:
 def k3_kl(logprobs: Array, ref_logprobs: Array) -> Array:
     """Per-token "low_var_kl" (k3) estimator of KL(π‖π_ref): ``exp(δ) − δ − 1`` with
     ``δ = lp_ref − lp``, clamped to [−10, 10] as verl does. Its gradient is that of a *forward*
-    KL (a known property, DESIGN §8)."""
+    KL (a known property, docs/design.md §8)."""
     delta = jnp.clip(ref_logprobs - logprobs, -_K3_DELTA_LIMIT, _K3_DELTA_LIMIT)
     return jnp.clip(jnp.exp(delta) - delta - 1.0, -10.0, 10.0)
 
@@ -164,7 +164,7 @@ def policy_loss(
     *,
     totals: Mapping[str, Array] | None = None,
 ) -> tuple[Array, dict[str, Array]]:
-    """GRPO objective (DESIGN §8): aggregate of ``ℓ + kl_coef·k3`` over the response tokens.
+    """GRPO objective (docs/design.md §8): aggregate of ``ℓ + kl_coef·k3`` over the response tokens.
 
     ``ℓ = max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε))`` with ``ρ = exp(lp − lp_old)``. ``logprobs``,
     ``old_logprobs``, ``ref_logprobs`` and ``mask`` are ``[N, T]``; ``advantages`` is ``[N]``
@@ -424,7 +424,7 @@ GRPO_BATCH_KEYS = (
 class GRPOLoss:
     """GRPO objective over a batch dict with :data:`GRPO_BATCH_KEYS`, for :class:`tooln1.training.updater.Updater`.
 
-    Hashable (static under jit). ``temperature`` is the sampling temperature (DESIGN §8: all
+    Hashable (static under jit). ``temperature`` is the sampling temperature (docs/design.md §8: all
     log-probs use ``logits / T``). ``logprob_chunk_size`` bounds the logits held at once.
     ``compute_entropy`` adds the policy's mean token entropy to the metrics (no gradient).
 

@@ -1,4 +1,4 @@
-"""Rule-based tool-call rewards (DESIGN §7) and a batch scorer for the trainer.
+"""Rule-based tool-call rewards (docs/design.md §7) and a batch scorer for the trainer.
 
 ``binary`` reproduces the authors' ``compute_score_v0`` decision by decision, but it never raises
 and its running time is linear in the response length: the last ``<tool_call>…</tool_call>`` block
@@ -65,7 +65,7 @@ def _loads(text: str) -> tuple[bool, Any]:
 
 
 MAX_BLOCK_CHARS = 1 << 16
-"""A <tool_call> block longer than this plus 8x the answer's JSON is "huge input" (DESIGN §7).
+"""A <tool_call> block longer than this plus 8x the answer's JSON is "huge input" (docs/design.md §7).
 
 Decoding 1 MB of JSON objects takes ~0.1 s; no block that could match the answer is that long
 (a matching block is the answer's JSON up to whitespace, escapes and number spelling).
@@ -192,7 +192,7 @@ def reward_from_verdict(v: Verdict, kind: str = "binary") -> float:
 
 
 def compute_reward(response_text: str, answer_calls: list[dict] | str, kind: str = "binary") -> float:
-    """Reward of one response against the ground-truth calls (DESIGN §7). Never raises on inputs.
+    """Reward of one response against the ground-truth calls (docs/design.md §7). Never raises on inputs.
 
     An unknown ``kind`` is a programming error and raises ``ValueError``.
     """

@@ -30,7 +30,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "mer
 # Named shapes. ``vocab_size`` None means "the tiny tokenizer's size".
 SHAPES: dict[str, dict[str, Any]] = {
     "tiny": dict(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab_size=None),
-    # Qwen2.5-0.5B's exact hyper-parameters (DESIGN §4) with the real vocabulary size, so compute and
+    # Qwen2.5-0.5B's exact hyper-parameters (docs/design.md §4) with the real vocabulary size, so compute and
     # memory match the real model; the tokenizer is still the tiny one (ids < its size are used).
     "qwen2.5-0.5b": dict(arch="qwen2", layers=24, hidden=896, heads=14, kv_heads=2, intermediate=4864,
                          vocab_size=151936, tied=True, rope_theta=1e6),

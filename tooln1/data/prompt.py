@@ -1,4 +1,4 @@
-"""The Tool-N1 prompt (DESIGN §5): preamble + ``# Tool`` block as system message, then the turns.
+"""The Tool-N1 prompt (docs/design.md §5): preamble + ``# Tool`` block as system message, then the turns.
 
 The model sees the tools only through the system text (the chat template's own ``tools=`` branch
 is not used), exactly as the authors' preprocessing builds it.
@@ -18,7 +18,7 @@ DEFAULT_PREAMBLE = (
     "If none of the function can be used, point it out. If the given question lacks the parameters required by the function,\n"
     "also point it out. You should only return the function call in tools call sections. Here is a list of functions in JSON format that you can invoke:\n"
 )
-"""The xLAM system preamble (DESIGN §5), byte for byte: trailing spaces and final newline included."""
+"""The xLAM system preamble (docs/design.md §5), byte for byte: trailing spaces and final newline included."""
 
 TOOL_BLOCK_HEAD = "# Tool\n\nHere is a list of functions in JSON format that you can invoke:\n\n<tools>\n"
 TOOL_BLOCK_TAIL = (

@@ -1,7 +1,7 @@
 """The unified example record and its on-disk form.
 
 A record is ``{id, source, system, tools, conversation: [{role, content}], answer: [{name,
-arguments}]}`` (DESIGN §6). On disk (parquet or JSONL written by ``tools/prepare_data.py``) the
+arguments}]}`` (docs/design.md §6). On disk (parquet or JSONL written by ``tools/prepare_data.py``) the
 nested fields ``tools``, ``conversation`` and ``answer`` are JSON strings: tool schemas and
 argument values differ from row to row, which Arrow cannot hold in one typed column.
 """

@@ -23,7 +23,7 @@ from tooln1.data.records import make_record, read_records
 from tooln1.data.toolace_calls import CallParseError, looks_like_call_list, parse_calls
 
 TOOLACE_MARKER = "JSON format that you can invoke:\n"
-"""ToolACE system text is cut just after this; the JSON tool list follows it (DESIGN §5)."""
+"""ToolACE system text is cut just after this; the JSON tool list follows it (docs/design.md §5)."""
 
 DROP_REASONS = {
     "unreadable_row": "row is not a JSON object / could not be read",

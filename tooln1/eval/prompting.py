@@ -1,4 +1,4 @@
-"""Evaluation prompts: the paper's prompt (DESIGN §5) for every benchmark sample.
+"""Evaluation prompts: the paper's prompt (docs/design.md §5) for every benchmark sample.
 
 Samples are unified records, rendered by ``tooln1.data.prompt.render_prompt`` (preamble +
 ``# Tool`` block + reasoning instructions as the system message, then the turns). The record's

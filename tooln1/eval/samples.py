@@ -1,6 +1,6 @@
 """The unit every benchmark hands to the runner: a prompt record plus what its checker needs.
 
-Keeping prompts (``record``, the project's unified record, DESIGN §6) and checking data
+Keeping prompts (``record``, the project's unified record, docs/design.md §6) and checking data
 (``target``) side by side lets generation and scoring run separately: the runner renders and
 generates from ``record``; the benchmark module scores a response against ``target``.
 """

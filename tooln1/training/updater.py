@@ -50,7 +50,7 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """AdamW with global-norm clipping and a constant learning rate (DESIGN §8 defaults).
+    """AdamW with global-norm clipping and a constant learning rate (docs/design.md §8 defaults).
 
     verl's warm-up quirk gives lr 0 on the very first rollout step; that is deliberately not copied.
     Weight decay is decoupled (torch AdamW semantics: ``p -= lr·wd·p``) and, as in verl, applies to
@@ -442,7 +442,7 @@ def _memory_kind_supported(sharding: Any, kind: str) -> bool:
 
 
 class ReferencePolicy:
-    """A frozen copy of the initial params for the KL reference (DESIGN §8).
+    """A frozen copy of the initial params for the KL reference (docs/design.md §8).
 
     Create it before the first :meth:`Updater.step` (which donates the live params). With
     ``offload_to_host`` the copy lives in pinned host memory (same shardings, ``pinned_host``
