@@ -25,10 +25,11 @@ def _to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(jax.device_get(x))
 
 
-def _parse_size(size: int | str) -> int:
+def parse_size(size: int | str) -> int:
+    """``"5GB"``, ``"2MiB"``, ``"300KB"`` or an int as bytes (the spellings of ``max_shard_size``)."""
     if isinstance(size, int):
         return size
-    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+    units = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
     s = size.strip().upper()
     for unit, mult in sorted(units.items(), key=lambda kv: -len(kv[0])):
         if s.endswith(unit):
@@ -57,7 +58,7 @@ def save_pretrained(model: Any, out_dir: str, max_shard_size: int | str = "5GB")
         if stale.endswith(".safetensors") or stale == SAFETENSORS_INDEX:
             os.remove(os.path.join(out_dir, stale))
 
-    limit = _parse_size(max_shard_size)
+    limit = parse_size(max_shard_size)
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0
     for name, tensor in tensors.items():

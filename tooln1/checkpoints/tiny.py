@@ -24,6 +24,11 @@ import os
 import shutil
 from typing import Any
 
+from flax import nnx
+
+from tooln1.checkpoints.hf_export import parse_size
+from tooln1.models import CausalLM, ModelConfig
+
 TINY_TOKENIZER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "tiny_tokenizer")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 
@@ -57,16 +62,6 @@ def special_token_ids() -> dict[str, int]:
     with open(os.path.join(TINY_TOKENIZER_DIR, "tokenizer.json"), encoding="utf-8") as f:
         spec = json.load(f)
     return {t["content"]: t["id"] for t in spec["added_tokens"]}
-
-
-def _parse_size(size) -> int | str | None:
-    if size is None or isinstance(size, int):
-        return size
-    s = str(size).strip().upper()
-    for unit, mult in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("B", 1)):
-        if s.endswith(unit):
-            return int(float(s[: -len(unit)]) * mult)
-    return int(s)
 
 
 def make_tiny_checkpoint(
@@ -182,7 +177,7 @@ def make_tiny_checkpoint(
     os.makedirs(out_dir, exist_ok=True)
     kw = {}
     if shard_size is not None:
-        kw["max_shard_size"] = _parse_size(shard_size)
+        kw["max_shard_size"] = parse_size(shard_size)
     model.save_pretrained(out_dir, safe_serialization=True, **kw)
     for fname in TOKENIZER_FILES:
         shutil.copyfile(os.path.join(TINY_TOKENIZER_DIR, fname), os.path.join(out_dir, fname))
@@ -218,10 +213,6 @@ def make_random_checkpoint(
     `make_tiny_checkpoint`; this one initialises a `CausalLM` in JAX and exports it with
     `save_pretrained`, giving the same HF layout with the tiny tokenizer.
     """
-    from flax import nnx
-
-    from tooln1.models import CausalLM, ModelConfig
-
     ids = special_token_ids()
     pad_id, im_end_id = ids["<|endoftext|>"], ids["<|im_end|>"]
     config = ModelConfig(vocab_size=max(ids.values()) + 1, hidden_size=hidden, intermediate_size=intermediate,
