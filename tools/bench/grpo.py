@@ -44,14 +44,11 @@ import argparse
 import dataclasses
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import common
 
 ANSWER = [{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}]
 WORDS = ("weather city paris tool call function arguments please find the current temperature in "
@@ -77,29 +74,6 @@ def make_prompts(tokenizer, num_prompts: int, length: int, seed: int = 0) -> tup
             texts.append(text)
             ids.append(tok)
     return texts, ids
-
-
-def ensure_checkpoint(shape: str, ckpt_dir: str | None, mean_response: int = 0) -> str:
-    """The benchmark checkpoint; for the long-tail mode near-uniform, with ``vocab / mean_response``
-    extra EOS ids in its generation config (read by both sides)."""
-    from tooln1.checkpoints.tiny import make_tiny_checkpoint
-
-    tail = f"_tail{mean_response}" if mean_response else ""
-    path = ckpt_dir or os.path.join(tempfile.gettempdir(), f"tooln1_bench_{shape}{tail}")
-    if not os.path.exists(os.path.join(path, "config.json")):
-        make_tiny_checkpoint(path, shape=None if shape == "tiny" else shape,
-                             **({"init_std": 0.002} if mean_response else {}))
-        if mean_response:
-            gen_path = os.path.join(path, "generation_config.json")
-            with open(os.path.join(path, "config.json")) as f:
-                vocab = json.load(f)["vocab_size"]
-            with open(gen_path) as f:
-                gen = json.load(f)
-            spread = list(range(7, vocab, mean_response))  # P(EOS) ~ 1 / mean_response a step
-            gen["eos_token_id"] = sorted(set(gen["eos_token_id"]) | set(spread))
-            with open(gen_path, "w") as f:
-                json.dump(gen, f, indent=2)
-    return path
 
 
 def eos_ids(ckpt: str, tokenizer) -> list[int]:
@@ -393,9 +367,9 @@ def summarise(args, ourses: list[dict], trls: list[dict]) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = common.parser(__doc__, child=True)
     ap.add_argument("--shape", default="tiny", help="tiny | qwen2.5-0.5b | ... (tooln1.checkpoints.tiny.SHAPES)")
-    ap.add_argument("--ckpt", default=None, help="checkpoint dir (default: a cached one in the temp dir)")
+    ap.add_argument("--ckpt", default=None, help="an HF checkpoint dir (default: a random one of --shape, cached)")
     ap.add_argument("--prompts", type=int, default=4)
     ap.add_argument("--group", type=int, default=5)
     ap.add_argument("--prompt-len", type=int, default=64)
@@ -425,10 +399,9 @@ def main(argv=None):
                              "keep (glibc keeps freed memory, tooln1.platform.host_memory) or default (glibc's own)")
     ap.add_argument("--_malloc", default="default", help=argparse.SUPPRESS)
     ap.add_argument("--json", default=None, help="write the summary here")
-    ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
-    if args._child:  # one side in this process; raw rows to the JSON path
+    if args.result:  # one side in this process; raw rows to the result file
         if args._malloc == "keep":
             from tooln1.platform.host_memory import keep_freed_memory
 
@@ -438,13 +411,12 @@ def main(argv=None):
             res["matmul_flops"] = measure_matmul_flops(args.matmul_n)
         else:
             res = run_trl(args)
-        res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        with open(args._child, "w") as f:
-            json.dump(res, f)
+        common.write_result(args.result, res)
         return res
 
     args.loadavg_start = os.getloadavg()
-    args.ckpt = ensure_checkpoint(args.shape, args.ckpt, args.mean_response)
+    args.ckpt = args.ckpt or common.checkpoint(mean_response=args.mean_response, shape=args.shape, seed=0,
+                                               **({"init_std": 0.002} if args.mean_response else {}))
     runs = []
     mallocs = {side: [m.strip() for m in getattr(args, f"{side}_malloc").split(",") if m.strip()] for side in ("ours", "trl")}
     for side, settings in mallocs.items():
@@ -454,9 +426,7 @@ def main(argv=None):
         runs += [(side, t, m) for side in ("ours", "trl") if args.side in ("both", side) for m in mallocs[side]]
     ourses, trls = [], []
     for side, threads, malloc in runs:
-        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-            path = f.name
-        cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--_child", path, "--ckpt", args.ckpt,
+        cmd = [__file__, "--side", side, "--ckpt", args.ckpt,
                "--shape", args.shape, "--prompts", str(args.prompts), "--group", str(args.group),
                "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--iters", str(args.iters), "--mean-response", str(args.mean_response),
                "--beta", str(args.beta), "--epsilon", str(args.epsilon), "--temperature", str(args.temperature),
@@ -465,11 +435,10 @@ def main(argv=None):
         if side == "ours" and threads == "1":
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
         t0 = time.perf_counter()
-        subprocess.run(cmd, check=True, env=env)
-        with open(path) as f:
-            raw = json.load(f)
-        os.unlink(path)
-        raw["threads"], raw["malloc"] = int(threads), malloc
+        raw = common.run_child(cmd, env)
+        if "error" in raw:
+            raise SystemExit(f"{side} (threads={threads}, malloc={malloc}) failed: {raw['error']}")
+        raw["threads"], raw["malloc"], raw["peak_rss_gb"] = int(threads), malloc, raw.pop("peak_rss_mb") / 1024
         (ourses if side == "ours" else trls).append(raw)
         print(f"[{side} threads={threads} malloc={malloc}] process wall time {time.perf_counter() - t0:.1f} s, "
               f"peak RSS {raw['peak_rss_gb']:.1f} GB, load average {os.getloadavg()}", file=sys.stderr, flush=True)

@@ -10,11 +10,12 @@ both see the same load. Prints one JSON line.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import statistics
 import time
+
+import common
 
 SHAPES = {  # name -> ModelConfig fields (quickstart: configs/quickstart.py's tiny model)
     "quickstart": dict(vocab_size=2995, hidden_size=64, intermediate_size=192, num_layers=2, num_heads=4,
@@ -23,7 +24,7 @@ SHAPES = {  # name -> ModelConfig fields (quickstart: configs/quickstart.py's ti
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = common.parser(__doc__)
     ap.add_argument("--shape", default="quickstart", help="quickstart or a tooln1.models.PRESETS name")
     ap.add_argument("--layers", type=int, default=0, help="override the number of layers (0 = the shape's)")
     ap.add_argument("--rows", type=int, default=64, help="responses per batch (quickstart: a mini-batch)")
