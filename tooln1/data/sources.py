@@ -20,6 +20,7 @@ from typing import Any, Iterable, Sequence
 
 from tooln1.data.prompt import DEFAULT_PREAMBLE
 from tooln1.data.records import make_record, read_records
+from tooln1.data.synthetic import generate_xlam_rows
 from tooln1.data.toolace_calls import CallParseError, looks_like_call_list, parse_calls
 
 TOOLACE_MARKER = "JSON format that you can invoke:\n"
@@ -294,8 +295,6 @@ def toolace_records(
 def load_source(kind: str, location: str, split: str = "train", **kwargs: Any) -> tuple[list[dict], SourceStats]:
     """Load one source: ``kind`` in xlam / toolace / synthetic / prepared."""
     if kind == "synthetic":
-        from tooln1.data.synthetic import generate_xlam_rows
-
         n, _, seed = location.partition(":")
         try:
             rows = generate_xlam_rows(int(n), int(seed or 0), **kwargs)

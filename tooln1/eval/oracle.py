@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tooln1.eval.acebench import strip_index_suffix
 from tooln1.eval.parsing import render_tool_calls
 from tooln1.eval.samples import EvalSample
 
@@ -131,8 +132,6 @@ def bfcl_oracle_calls(sample: EvalSample) -> list[dict[str, Any]]:
 def _acebench_calls(sample: EvalSample) -> list[dict[str, Any]]:
     truth = sample.target["ground_truth"]
     first = truth[0] if isinstance(truth, list) else truth
-    from tooln1.eval.acebench import strip_index_suffix
-
     return [{"name": strip_index_suffix(name), "arguments": args} for name, args in first.items()]
 
 

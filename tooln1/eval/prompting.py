@@ -10,18 +10,16 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from tooln1.data.prompt import DEFAULT_PREAMBLE, render_prompt
+
 __all__ = ["preamble_with", "render_prompts"]
 
 
 def preamble_with(own_text: str) -> str:
     """The default xLAM preamble, preceded by a benchmark's own system text when there is one."""
-    from tooln1.data.prompt import DEFAULT_PREAMBLE
-
     return f"{own_text.rstrip()}\n\n{DEFAULT_PREAMBLE}" if own_text and own_text.strip() else DEFAULT_PREAMBLE
 
 
 def render_prompts(records: Sequence[dict[str, Any]], tokenizer: Any) -> list[str]:
     """Templated prompt strings (generation prompt appended) for ``records``."""
-    from tooln1.data.prompt import render_prompt
-
     return [render_prompt(r, tokenizer) for r in records]

@@ -16,7 +16,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from tooln1.eval import acebench, apibank, bfcl
+from tooln1.eval import acebench, apibank, bfcl, report
+from tooln1.eval.prompting import render_prompts
 from tooln1.eval.samples import EvalSample
 
 __all__ = ["BENCHMARKS", "TITLES", "route_categories", "missing_data", "available_benchmarks", "load_benchmarks",
@@ -188,8 +189,6 @@ def write_results(results: Mapping[str, Any], output_dir: str | Path) -> dict[st
     """``results.json`` (everything, per-sample prompts/outputs/verdicts), ``table.md`` (the
     paper-style table, then the per-category one with unparseable outputs) and ``accuracy.png``
     under ``output_dir``; returns their paths."""
-    from tooln1.eval import report
-
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "table": out / "table.md", "chart": out / "accuracy.png"}
@@ -217,8 +216,6 @@ def evaluate(model: Any, tokenizer: Any, benchmarks: Sequence[str] = ("bfcl", "a
     samples = load_benchmarks(benchmarks, categories, limit, data_dirs)
     if not samples:
         raise ValueError("no evaluation samples selected")
-    from tooln1.eval.prompting import render_prompts
-
     prompts = render_prompts([s.record for s in samples], tokenizer)
     if log is not None:
         log(f"[eval] {len(samples)} samples from {list(benchmarks)}; generating (greedy, ≤{max_new_tokens} new tokens)")
