@@ -40,9 +40,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from tooln1.data.tokens import bucket_length, left_pad
+from tooln1.data.tokens import bucket_length, decode_responses, left_pad
 from tooln1.rollout.engine import Completion, Engine, EngineConfig
-from tooln1.rollout.programs import is_eos, run_prefill, run_round
+from tooln1.rollout.programs import run_prefill, run_round
 from tooln1.sharding import BATCH_AXES
 
 DEFAULT_PROMPT_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
@@ -104,14 +104,8 @@ class SampleOutput(NamedTuple):
         return SampleOutput(*(_process_rows(x)[:self.num_local] for x in arrays), num_local=self.num_local)
 
 
-def response_mask(tokens: jax.Array, eos_ids: Sequence[int]) -> jax.Array:
-    """1 up to and including the first EOS of each row, 0 after (all 1 when there is none)."""
-    hit = is_eos(jnp.asarray(tokens, jnp.int32), tuple(int(i) for i in eos_ids)).astype(jnp.int32)
-    return ((jnp.cumsum(hit, axis=-1) - hit) == 0).astype(jnp.int32)
-
-
 def response_mask_np(tokens, eos_ids: Sequence[int]) -> np.ndarray:
-    """Numpy twin of `response_mask` (host-side, no compilation)."""
+    """1 up to and including the first EOS of each row, 0 after (all 1 when there is none)."""
     tokens = np.asarray(tokens)
     hit = np.isin(tokens, np.asarray(list(eos_ids), dtype=tokens.dtype)).astype(np.int32)
     return ((np.cumsum(hit, axis=-1) - hit) == 0).astype(np.int32)
@@ -320,25 +314,12 @@ def generate(model, tokenizer, prompts: Sequence[str], n: int = 1, max_new_token
     for start in range(0, len(prompts), step):
         chunk = prompts[start:start + step]
         enc = [tokenizer.encode(p, add_special_tokens=False) for p in chunk]
-        width = max(len(e) for e in enc)
-        ids = np.full((len(enc), width), pad, np.int32)
-        mask = np.zeros((len(enc), width), np.int32)
-        for i, e in enumerate(enc):
-            ids[i, width - len(e):] = e
-            mask[i, width - len(e):] = 1
+        ids, mask = left_pad(enc, max(map(len, enc)), pad)
         res = sample(model, ids, mask, cfg, jax.random.fold_in(key, start)).local()
-        toks, m = res.tokens, res.mask
-        eos_set = set(eos)
-        for i in range(len(chunk)):
-            group = []
-            for j in range(n):
-                row = toks[i * n + j][m[i * n + j].astype(bool)].tolist()
-                if row and row[-1] in eos_set:
-                    row = row[:-1]
-                group.append(tokenizer.decode(row, skip_special_tokens=skip_special_tokens))
-            out.append(group)
+        texts = decode_responses(tokenizer, res.tokens, res.mask, eos, skip_special_tokens)
+        out += [texts[i * n:(i + 1) * n] for i in range(len(chunk))]
     return out
 
 
-__all__ = ["SamplingConfig", "SampleOutput", "sample", "sample_groups", "generate", "response_mask", "response_mask_np",
+__all__ = ["SamplingConfig", "SampleOutput", "sample", "sample_groups", "generate", "response_mask_np",
            "bucket_length", "eos_ids_for", "compiled_programs", "precompile", "lower", "DEFAULT_PROMPT_BUCKETS"]
