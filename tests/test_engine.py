@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+import tooln1.rollout.engine
 from tooln1.rollout.engine import Engine, EngineConfig
 from tooln1.checkpoints.hf_import import load_model
 from tooln1.rollout.sampling import SamplingConfig, compiled_programs
@@ -43,6 +44,42 @@ def sampling():
     pad = special_token_ids()["<|endoftext|>"]
     return SamplingConfig(num_samples=G, max_new_tokens=R, temperature=0.9, top_k=50,
                           eos_ids=tuple(range(0, 2990, 7)), pad_id=pad)
+
+
+def poisoned_pages(monkeypatch) -> list[int]:
+    """From now on every page the engine frees, or evicts from its prefix cache for a new owner, is overwritten with
+    1e4 before the next program runs (in every shard's pool); returns the list of those pages."""
+    pages: list[int] = []
+    dirty: list[int] = []
+    release, take = tooln1.rollout.engine._PagePool.release, tooln1.rollout.engine._PagePool.take
+
+    def releasing(pool, held):
+        before = len(pool.free)
+        release(pool, held)
+        dirty.extend(pool.free[before:])
+
+    def taking(pool, n):
+        idle = set(pool.idle)
+        out = take(pool, n)
+        dirty.extend(page for page in out if page in idle)
+        return out
+
+    def poisoning(program):
+        def run(**kwargs):
+            if dirty:
+                at = np.asarray(dirty, np.int32)
+                kwargs["pools"] = tuple(pool.at[:, :, :, at].set(1e4) for pool in kwargs["pools"])
+                pages.extend(dirty)
+                dirty.clear()
+            return program(**kwargs)
+
+        return run
+
+    monkeypatch.setattr(tooln1.rollout.engine._PagePool, "release", releasing)
+    monkeypatch.setattr(tooln1.rollout.engine._PagePool, "take", taking)
+    for name in ("run_prefill", "run_round"):
+        monkeypatch.setattr(tooln1.rollout.engine, name, poisoning(getattr(tooln1.rollout.engine, name)))
+    return pages
 
 
 @pytest.fixture(scope="module")
@@ -140,16 +177,11 @@ def test_bf16_cpu_copy_samples_what_the_stacked_bf16_copy_samples(checkpoint, pr
             np.testing.assert_allclose(ours[i][g].logprobs, ref[i][g].logprobs, atol=0.1, rtol=0)  # bf16 rounding
 
 
-def test_freed_pages_are_never_read_by_their_next_owner(model, prompts, sampling, one_slot):
-    released: list[int] = []
-
-    def poison(pools, shard, pages):
-        released.extend(pages)
-        return tuple(pool.at[shard, :, :, np.asarray(pages, np.int32)].set(1e4) for pool in pools)
-
+def test_freed_pages_are_never_read_by_their_next_owner(model, prompts, sampling, one_slot, monkeypatch):
+    poisoned = poisoned_pages(monkeypatch)
     engine = Engine(model, ONE_SLOT)
-    results, _ = engine.generate(prompts, sampling, jax.random.key(5), max_prompt_len=max(LENGTHS), poison=poison)
-    assert len(released) > 2 * len(set(released)), "pages must be reused for the test to mean anything"
+    results, _ = engine.generate(prompts, sampling, jax.random.key(5), max_prompt_len=max(LENGTHS))
+    assert len(poisoned) > 2 * len(set(poisoned)), "pages must be reused for the test to mean anything"
     for i in range(len(prompts)):
         for g in range(G):
             np.testing.assert_array_equal(results[i][g].tokens, one_slot[i][g].tokens, err_msg=f"prompt {i} sample {g}")
@@ -189,7 +221,7 @@ def test_prompts_with_a_common_prefix_share_its_pages(model, sampling, shared_pr
             np.testing.assert_allclose(results[i][g].logprobs, reference[i][g].logprobs, atol=1e-4, rtol=0)
 
 
-def test_cached_pages_outlive_their_holders_until_evicted_and_poisoned(model, sampling, shared_prompts):
+def test_cached_pages_outlive_their_holders_until_evicted_and_poisoned(model, sampling, shared_prompts, monkeypatch):
     """One slot and a pool of 2 samples' pages: a prompt's pages are held by nobody by the time a later
     prompt looks them up, and long distinct prompts make the pool evict cached pages; a freed or
     evicted page is poisoned before its next owner writes it."""
@@ -198,14 +230,9 @@ def test_cached_pages_outlive_their_holders_until_evicted_and_poisoned(model, sa
     lengths = max(map(len, prompts))
     reference, _ = Engine(model, dataclasses.replace(ONE_SLOT, prefix_cache=False)).generate(
         prompts, sampling, jax.random.key(4), max_prompt_len=lengths)
-    poisoned: list[int] = []
-
-    def poison(pools, shard, pages):
-        poisoned.extend(pages)
-        return tuple(pool.at[shard, :, :, np.asarray(pages, np.int32)].set(1e4) for pool in pools)
-
+    poisoned = poisoned_pages(monkeypatch)
     engine = Engine(model, ONE_SLOT)
-    results, _ = engine.generate(prompts, sampling, jax.random.key(4), max_prompt_len=lengths, poison=poison)
+    results, _ = engine.generate(prompts, sampling, jax.random.key(4), max_prompt_len=lengths)
     assert engine.stats["cached_tokens"] > 0 and engine.stats["evicted_pages"] > 0
     assert len(poisoned) > len(set(poisoned)), "pages must be reused for the test to mean anything"
     for i in range(len(prompts)):

@@ -348,16 +348,14 @@ class Engine:
 
     # -- the host loop -------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], sampling, seed, max_prompt_len: int | None = None,
-                 on_group: Callable[[int, list[Completion]], Any] | None = None, indices: Sequence[int] | None = None,
-                 poison: Callable[[Any, int, list[int]], Any] | None = None) -> tuple[list[list[Completion]], list[Any]]:
+                 on_group: Callable[[int, list[Completion]], Any] | None = None, indices: Sequence[int] | None = None
+                 ) -> tuple[list[list[Completion]], list[Any]]:
         """``sampling.num_samples`` completions of each prompt (token lists, >= 1 token each), and the
         results of ``on_group(i, completions)`` (run on a worker thread as groups finish; [] without it).
 
         ``seed`` is a ``jax.random`` key; ``indices[i]`` (default ``i``) is prompt ``i``'s index in
         the sample keys, so a prompt's samples do not depend on where it sits in the list.
-        ``max_prompt_len`` fixes the page-table width (default: the longest prompt). ``poison(pools,
-        shard, pages)`` (tests) may overwrite a shard's pages as they are freed or evicted from its
-        prefix cache, and returns the new pools."""
+        ``max_prompt_len`` fixes the page-table width (default: the longest prompt)."""
         if self.weights is None:
             raise RuntimeError("rollout engine: its weights were released; call Engine.refresh(model) first")
         g, r = sampling.num_samples, sampling.max_new_tokens
@@ -384,10 +382,6 @@ class Engine:
             chunks = [shard.fill(_ChunkBuilder(shape), queue) for shard in shards]
             admits = [shard.admit(_Admissions(shape)) for shard in shards]
             prefilled = sum(c.tokens_added for c in chunks)
-            if poison is not None:
-                for x, shard in enumerate(shards):
-                    if shard.pages.evicted:
-                        pools, shard.pages.evicted = poison(pools, x, shard.pages.evicted), []
             occupied = [shard.occupied for shard in shards]
             if not prefilled and not any(a.any for a in admits) and not any(occupied):
                 raise RuntimeError(f"rollout engine: {shape.num_pages} KV pages cannot hold one more sample "
@@ -427,8 +421,6 @@ class Engine:
                     results[p.index] = group
                     unfinished -= 1
                     scorer.submit(p.index, group)
-                if poison is not None and shard.freed:
-                    pools = poison(pools, x, shard.freed)
         stats["wall_s"] = time.perf_counter() - t_start
         stats["cached_tokens"] = sum(shard.cached_tokens for shard in shards)
         stats["evicted_pages"] = sum(shard.pages.evictions for shard in shards)
@@ -457,7 +449,6 @@ class _Shard:
         self.prompts: list[_Prompt] = []  # taken from the queue, in order
         self.prefill_ptr = self.admit_ptr = 0  # the first prompt not fully prefilled / not fully started
         self.cached_tokens = 0
-        self.freed: list[int] = []  # pages freed by the last collect (tests poison them)
 
     @property
     def occupied(self) -> int:
@@ -538,7 +529,7 @@ class _Shard:
     def collect(self, tok: np.ndarray, lp: np.ndarray, live: np.ndarray, active: np.ndarray):
         """Take a round's tokens [steps, width]; hand ended samples' slots and pages back. Returns the
         prompts whose G samples are all done, with their completions."""
-        done, self.freed = [], []
+        done = []
         for s, run in enumerate(self.owners):
             if run is None:
                 continue
@@ -555,7 +546,7 @@ class _Shard:
                 released = released + p.pages
                 p.pages = []
                 done.append((p, p.completions))
-            self.freed += self.pages.release(released)
+            self.pages.release(released)
         return done
 
 
@@ -571,7 +562,6 @@ class _PagePool:
         self.page_of: dict[bytes, int] = {}
         self.key_of: dict[int, bytes] = {}
         self.idle: OrderedDict[int, None] = OrderedDict()
-        self.evicted: list[int] = []  # idle pages handed to a new owner since the caller last looked
         self.evictions = 0
 
     def available(self, excluding: Sequence[int] = ()) -> int:
@@ -600,7 +590,6 @@ class _PagePool:
             else:
                 page, _ = self.idle.popitem(last=False)
                 del self.page_of[self.key_of.pop(page)]
-                self.evicted.append(page)
                 self.evictions += 1
             out.append(page)
         return self.hold(out)
@@ -612,9 +601,8 @@ class _PagePool:
             if key not in self.page_of and page not in self.key_of:
                 self.page_of[key], self.key_of[page] = page, key
 
-    def release(self, pages: Sequence[int]) -> list[int]:
-        """Drop one hold on each page; returns the pages that became free (idle cached ones are not)."""
-        freed = []
+    def release(self, pages: Sequence[int]) -> None:
+        """Drop one hold on each page; a page nobody holds becomes free, or idle if it is cached."""
         for page in pages:
             self.holders[page] -= 1
             if self.holders[page]:
@@ -624,8 +612,6 @@ class _PagePool:
                 self.idle[page] = None
             else:
                 self.free.append(page)
-                freed.append(page)
-        return freed
 
 
 class _ChunkBuilder:
