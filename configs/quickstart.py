@@ -7,22 +7,17 @@ A short SFT warm-up teaches the tiny model the paper's reply format
 the greedy validation reward, then the model is exported in HF format to <workdir>/hf_export.
 The validation reward before and after GRPO is printed at the end (and is in metrics.jsonl).
 """
-from tooln1.config import load_sibling
-import os
+from tooln1.config import apply_mesh, apply_model, base_config
 
 
 def get_config(arg=None):
-    common = load_sibling(__file__)
-    c = common.base_config()
+    c = base_config()
     c.name = "quickstart"
     c.workdir = "runs/quickstart"
-    c.seed = 0
-    common.apply_model(c, "tiny")
-    common.apply_mesh(c, "cpu")
-    c.model.dtype = "float32"
-    c.model.compute_dtype = "float32"
+    apply_model(c, "tiny")
+    apply_mesh(c, "cpu")
     c.model.remat = False
-    c.model.tiny.update(dict(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=192, seed=0))
+    c.model.tiny.intermediate = 192
 
     # synthetic-tiny: three one-argument tools, one offered per query, values from closed sets of four
     # (see tooln1/data/synthetic.py); the paper's prompt template and binary reward are unchanged.
@@ -32,15 +27,13 @@ def get_config(arg=None):
     c.grpo.prompt_bucket = 448  # every prompt padded to 448: one compiled shape
 
     c.sft.enabled = True
-    c.sft.target = "reason"
     c.sft.think_text = "call {names}"
-    c.sft.steps = 100  # a partial warm-up: format learned, values copied only partly (see docs/training.md)
+    c.sft.steps = 100  # a partial warm-up: format learned, values copied only partly (docs/training.md)
     c.sft.batch_size = 8
     c.sft.max_seq_len = 512
     c.sft.optimizer.learning_rate = 5e-3
     c.sft.optimizer.weight_decay = 0.0
 
-    c.grpo.enabled = True
     c.grpo.batch_size = 8
     c.grpo.group_size = 16
     c.grpo.steps = 50
@@ -50,17 +43,13 @@ def get_config(arg=None):
     c.grpo.max_response_tokens = 48
     c.grpo.rollout_slots = 0  # the engine's default: all 128 samples' pages are tiny here
     c.grpo.trim_responses = False  # one compiled update shape
-    c.grpo.share_prompt = True  # 448-token prompts, 16 × 48-token responses: 8x fewer tokens per forward
-    c.grpo.kl_coef = 1e-3
     c.grpo.optimizer.learning_rate = 5e-4
     c.grpo.optimizer.weight_decay = 0.0
 
     c.eval.every = 10
-    c.eval.batch_size = 64
     c.eval.rollout_slots = 0  # all 64 at once: tiny pages
     c.eval.max_new_tokens = 48
     c.checkpoint.every = 10
     c.checkpoint.keep = 2
-    c.log.peak_tflops = 0.0
-    c.compile_cache_dir = os.path.join(c.workdir, "jax_cache")
+    c.compile_cache_dir = "jax_cache"
     return c

@@ -13,38 +13,31 @@ rows whose tools appear in none of BFCL / API-Bank / ACEBench); ``experiments/sm
 Sizes are the paper's recipe scaled to a CPU: 4 prompts x G 4 per step (paper 1024 x 5), responses
 <= 96 tokens (paper 8192), prompts padded to 640 tokens (they are 494-615), one mini-batch, and only
 the top 8 of 30 blocks trained (``model.frozen_layers``). Reason-SFT is 12 steps of 8 at lr 1e-4;
-GRPO 20 steps at lr 5e-5, temperature 0.7 (temperature 1.0 at lr 2e-5 was tried
-first: see experiments/README.md, "SmolLM2"). One seed takes about 25 minutes on 2 cores.
+GRPO 20 steps at lr 5e-5, temperature 0.7 (experiments/README.md, "SmolLM2", says why).
 """
-from tooln1.config import load_sibling
+from tooln1.config import apply_mesh, apply_recipe, base_config, parse_spec
 
 RECIPES = ("rl", "reason-sft-rl")
 ROOT = "runs/smollm2"
 
 
 def get_config(arg=None):
-    common = load_sibling(__file__)
-    spec = common.parse_spec(arg)
-    unknown = sorted(set(spec) - {"recipe", "seed"})
-    if unknown:
-        raise ValueError(f"configs/smollm2.py: unknown spec key(s) {unknown}; known: ['recipe', 'seed']")
+    spec = parse_spec(arg, known=("recipe", "seed"))
     recipe = spec.get("recipe", "rl")
     if recipe not in RECIPES:
         raise ValueError(f"configs/smollm2.py: recipe={recipe!r}; known: {list(RECIPES)}")
     seed = int(spec.get("seed", 0))
 
-    c = common.base_config()
-    common.apply_mesh(c, "cpu")
-    common.apply_recipe(c, recipe)
+    c = base_config()
+    apply_mesh(c, "cpu")
+    apply_recipe(c, recipe)
     c.name = f"smollm2-{recipe}-seed{seed}"
     c.workdir = f"{ROOT}/{recipe}-seed{seed}"
     c.seed = seed
     c.model.preset = ""  # the shape comes from the checkpoint's config.json
     c.model.path = f"{ROOT}/base"
-    c.model.dtype = "float32"
-    c.model.compute_dtype = "float32"
-    c.model.remat = False  # micro-batched updates fit without it; remat=True (tested with frozen layers) adds a forward a step
-    c.model.frozen_layers = 22  # train the top 8 of 30 blocks: half the step time of a full backward on 2 cores
+    c.model.remat = False  # micro-batched updates fit without it
+    c.model.frozen_layers = 22  # train the top 8 of 30 blocks: half the step time of a full backward
 
     c.data.sources = f"xlam:{ROOT}/data/train.json"
     c.data.val_spec = f"xlam:{ROOT}/data/val.json"
@@ -52,7 +45,6 @@ def get_config(arg=None):
     c.data.max_prompt_tokens = 640
     c.data.seed = seed
 
-    c.sft.target = "reason"
     c.sft.steps = 12
     c.sft.batch_size = 8
     c.sft.max_seq_len = 704
@@ -62,14 +54,12 @@ def get_config(arg=None):
     c.grpo.group_size = 4
     c.grpo.steps = 20
     c.grpo.num_mini_batches = 1
-    c.grpo.micro_batch_size = 4  # one group (shared prompt + G responses) per micro-batch: whole-batch updates were OOM-killed at 22.5 GB
+    c.grpo.micro_batch_size = 4  # one group (shared prompt + G responses) per micro-batch: whole batches ran out of memory
     c.grpo.logprob_micro_batch_size = 4
-    c.grpo.temperature = 0.7  # at 1.0 the rollout reward was 0.06-0.19 against 0.53 greedy: most groups all-zero
+    c.grpo.temperature = 0.7  # at 1.0 most groups were all-zero (experiments/README.md)
     c.grpo.max_response_tokens = 96
     c.grpo.prompt_bucket = 640
     c.grpo.trim_responses = False  # one compiled update shape
-    c.grpo.share_prompt = True
-    c.grpo.kl_coef = 1e-3
     c.grpo.optimizer.learning_rate = 5e-5
 
     c.eval.every = 0
@@ -77,6 +67,5 @@ def get_config(arg=None):
     c.eval.max_new_tokens = 96
     c.checkpoint.every = 8
     c.checkpoint.keep = 1
-    c.log.peak_tflops = 0.0
     c.compile_cache_dir = f"{ROOT}/jax_cache"
     return c

@@ -17,7 +17,7 @@ each row is an :class:`Eval` of either a base checkpoint or the export of a :cla
 Two variants of every plan:
 
 - **full** (GPU/TPU, the paper's settings): the real model checkpoints under ``--checkpoints``
-  (default ``checkpoints/``, the HF folder names of ``configs/common.py:MODELS``), the mesh preset
+  (default ``checkpoints/``, the HF folder names of ``tooln1.config.presets.MODELS``), the mesh preset
   ``--mesh``, the data sources ``--xlam/--toolace`` (or ``--set data.sources=prepared:PATH``),
   all benchmarks. Steps run
   as subprocesses of the two CLIs; ``--dry-run`` only prints them.
@@ -40,6 +40,8 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+from tooln1.config import MESHES, MODELS, load_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -51,15 +53,8 @@ def _rel(*parts: str) -> str:
 PAPER_CONFIG = _rel("configs", "paper.py")
 FIXTURES = _rel("tests", "fixtures")
 
-# HF folder names of the backbones (configs/common.py MODELS paths end in these)
-HF_NAMES = {
-    "qwen2.5-0.5b": "Qwen2.5-0.5B-Instruct",
-    "qwen2.5-1.5b": "Qwen2.5-1.5B-Instruct",
-    "qwen2.5-3b": "Qwen2.5-3B-Instruct",
-    "qwen2.5-7b": "Qwen2.5-7B-Instruct",
-    "qwen2.5-14b": "Qwen2.5-14B-Instruct",
-    "llama-3-8b": "Meta-Llama-3-8B-Instruct",
-}
+# HF folder names of the backbones: where their presets' default paths point
+HF_NAMES = {name: os.path.basename(m.path) for name, m in MODELS.items() if m.path}
 
 # Smoke settings: tiny shapes, a couple of steps, a few samples (CPU, seconds per run).
 SMOKE_TRAIN_OVERRIDES: dict[str, Any] = {
@@ -244,10 +239,7 @@ def _set_key(cfg: Any, dotted: str, value: Any) -> None:
 
 def load_paper_config(spec: str, overrides: dict[str, Any]) -> Any:
     """What ``tooln1-train --config configs/paper.py:<spec> --config.K=V ...`` builds."""
-    from tooln1.config import load_file
-
-    path = os.path.join(ROOT, PAPER_CONFIG)
-    cfg = load_file(path).get_config(spec)
+    cfg = load_config(f"{os.path.join(ROOT, PAPER_CONFIG)}:{spec}")
     for key, value in overrides.items():
         _set_key(cfg, key, value)
     return cfg
@@ -258,7 +250,8 @@ def _parse_overrides(items: Sequence[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE (a configs/common.py key, e.g. grpo.batch_size=512)")
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE (a config key, e.g. grpo.batch_size=512; "
+                             "tooln1-train --help lists them)")
         out[key.removeprefix("config.").strip()] = value.strip()
     return out
 
@@ -415,7 +408,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                          "run in this process")
     ap.add_argument("--smoke-all", action="store_true", help="with --smoke: every row of the table, not the smoke subset")
     ap.add_argument("--out", default=None, help="output root (default runs/experiments, smoke: runs/experiments-smoke)")
-    ap.add_argument("--mesh", default="gpu8", help="configs/common.py MESHES preset for training (full runs)")
+    ap.add_argument("--mesh", default="gpu8", choices=sorted(MESHES), help="mesh preset for training (full runs)")
     ap.add_argument("--checkpoints", default="checkpoints",
                     help="folder holding the HF checkpoints (Qwen2.5-7B-Instruct/, ...) (full runs)")
     ap.add_argument("--xlam", default="", help="xLAM source (path or hub id; default the hub id)")

@@ -26,14 +26,17 @@ def paper():
 
 
 @pytest.fixture(scope="module")
-def common():
-    return load_config_module("common")
+def presets():
+    from tooln1.config import presets
+
+    return presets
 
 
 def test_paper_base_is_table_6(paper):
     c = paper.get_config()
     g = c.grpo
-    assert (g.batch_size, g.group_size, g.temperature, g.kl_coef, g.entropy_coef) == (1024, 5, 0.7, 1e-3, 0.0)
+    assert (g.batch_size, g.group_size, g.temperature, g.kl_coef) == (1024, 5, 0.7, 1e-3)
+    assert "entropy_coef" not in g  # the paper's 0 is the only value the loss supports: no key
     assert (g.epochs, g.num_mini_batches, g.max_response_tokens, g.clip_eps) == (7, 4, 8192, 0.2)
     assert c.data.max_prompt_tokens == 4096
     assert dict(g.optimizer) == dict(learning_rate=1e-6, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01,
@@ -42,18 +45,18 @@ def test_paper_base_is_table_6(paper):
     assert c.model.preset == "qwen2.5-7b" and c.mesh.fsdp == 8 and c.grpo.enabled and not c.sft.enabled
 
 
-def test_every_variant_builds(paper, common):
+def test_every_variant_builds(paper, presets):
     from tooln1.models import PRESETS
     from tooln1.reward import KINDS
 
-    assert set(common.REWARDS) == set(KINDS)
-    for model, mesh in itertools.product(common.MODELS, common.MESHES):
+    assert set(presets.REWARDS) == set(KINDS)
+    for model, mesh in itertools.product(presets.MODELS, presets.MESHES):
         c = paper.get_config(f"model={model},mesh={mesh}")
         assert c.model.preset in PRESETS or model == "tiny"
         assert c.mesh.preset == mesh
-    for recipe, reward, data in itertools.product(common.RECIPES, common.REWARDS, common.DATA):
+    for recipe, reward, data in itertools.product(presets.RECIPES, presets.REWARDS, presets.DATA):
         c = paper.get_config(f"recipe={recipe},reward={reward},data={data},xlam=x.json")
-        sft, target, rl = common.RECIPES[recipe]
+        sft, target, rl = presets.RECIPES[recipe]
         assert (c.sft.enabled, c.sft.target, c.grpo.enabled, c.grpo.reward) == (sft, target, rl, reward)
         assert c.data.sources
     c = paper.get_config("data=xlam+toolace,xlam=/d/x.json,toolace=/d/t.json")
@@ -133,7 +136,6 @@ def _cfg(tmp_path, **over):
     ({"data.sources": "csv:foo"}, "unknown data source kind 'csv'"),
     ({"data.mix_ratios": "toolace=2"}, "config.data.mix_ratios"),
     ({"grpo.loss_agg": "sum"}, "config.grpo.loss_agg='sum'"),
-    ({"grpo.entropy_coef": 0.01}, "config.grpo.entropy_coef"),
     ({"grpo.temperature": 0.0}, "config.grpo.temperature"),
     ({"sft.target": "cot"}, "config.sft.target='cot'"),
     ({"sft.enabled": False, "grpo.enabled": False}, "nothing to train"),
@@ -227,3 +229,70 @@ def test_clis_silence_transformers_pytorch_warning(entry):
     plain = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None; import transformers"],
                            capture_output=True, text=True, timeout=300)
     assert "PyTorch was not found" in plain.stderr  # the warning this test is about
+
+
+def test_schema_is_the_base_config_and_every_key_has_help():
+    from tooln1.config import base_config, typed
+    from tooln1.config.schema import Config, keys
+
+    c = base_config()
+    assert typed(c) == Config()
+    listed = [k.name for k in keys()]
+    assert len(listed) == len(set(listed)) and set(listed) == set(_leaf_keys(c.to_dict()))
+    assert all(k.help and "\n" not in k.help for k in keys())
+    assert c.sft.optimizer.learning_rate == 1e-5 and c.grpo.optimizer.learning_rate == 1e-6
+
+
+def _leaf_keys(d, prefix=""):
+    for k, v in d.items():
+        yield from (_leaf_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + k])
+
+
+def test_typed_names_unknown_missing_and_mistyped_keys():
+    from tooln1.config import ConfigError, base_config, typed
+
+    d = base_config().to_dict()
+    d["grpo"]["entropy_coef"] = 0.0
+    del d["eval"]["every"]
+    d["sft"]["batch_size"] = "8"
+    d["grpo"]["kl_coef"] = 0  # an int is a float
+    with pytest.raises(ConfigError) as e:
+        typed(d)
+    msg = str(e.value)
+    assert "config.grpo.entropy_coef: no such config key" in msg and "config.eval.every is missing" in msg
+    assert "config.sft.batch_size='8': expected int" in msg and "kl_coef" not in msg
+
+
+def test_removed_entropy_coef_override_names_no_key():
+    from tooln1.config import ConfigError, check_override_keys
+
+    with pytest.raises(ConfigError, match=r"--config.grpo.entropy_coef: no such config key"):
+        check_override_keys(load_config_module("quickstart").get_config(), ["grpo.entropy_coef"])
+
+
+def test_paper_spec_is_applied_over_the_schema(presets):
+    from tooln1.config import apply_spec, base_config
+
+    c = apply_spec(base_config(), "model=qwen2.5-3b,recipe=sft-rl,data=xlam,xlam=/d/x.json")
+    assert (c.name, c.workdir) == ("qwen2.5-3b-sft-rl-binary-xlam", "runs/qwen2.5-3b-sft-rl-binary-xlam")
+    assert (c.model.path, c.data.sources, c.sft.target) == ("checkpoints/Qwen2.5-3B-Instruct", "xlam:/d/x.json",
+                                                           "no_reason")
+    with pytest.raises(ValueError, match=re.escape("unknown spec key(s) ['size']")):
+        presets.parse_spec("size=3", known=("seed",))
+
+
+@pytest.mark.parametrize("entry, flags", [
+    ("tooln1.cli", ["--config FILE[:SPEC]", "--config.KEY=VALUE", "--config.grpo.batch_size=1024",
+                    "--config.grpo.optimizer.learning_rate=1e-06", "--config.compile_cache_dir=\"\""]),
+])
+def test_console_scripts_help_exits_0_and_lists_their_flags(entry, flags):
+    proc = subprocess.run([sys.executable, "-m", entry, "--help"], capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for flag in flags:
+        assert flag in proc.stdout, flag
+    if entry == "tooln1.cli":  # every key, with its help
+        from tooln1.config.schema import keys
+
+        assert all(f"--config.{k.name}=" in proc.stdout for k in keys())
+        assert "USAGE" not in proc.stdout and "absl" not in proc.stdout

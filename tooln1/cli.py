@@ -8,13 +8,18 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
-from tooln1.config import ConfigError, check_override_keys, load_file
+from tooln1.config import ConfigError, check_override_keys, load_config
+from tooln1.config.files import define_config_flag
+from tooln1.config.reference import usage, wants_help
 from tooln1.platform.host_memory import keep_freed_memory
 from tooln1.training.loop import train
 
 DEBUG_ENV = "TOOLN1_DEBUG"  # set to 1 for the full traceback instead of the one-line error
+SUMMARY = ("Train a tool-calling policy as the config says: SFT and/or GRPO, greedy validation, HF export "
+           f"(docs/training.md). A bad config stops it before anything is built, in one line ({DEBUG_ENV}=1 for "
+           "the traceback).")
 
 
 def _debug() -> bool:
@@ -40,14 +45,12 @@ def _precheck(argv: Sequence[str]) -> None:
             overrides.append(arg.split(".", 1)[1].split("=", 1)[0])
     if spec is None:
         return  # _absl_main says that --config is required
-    path, sep, config_arg = spec.partition(":")
+    path = spec.partition(":")[0]
     if not os.path.isfile(path):
         _fail(f"config file {path} does not exist")
     try:
-        module = load_file(path)
-        cfg = module.get_config(config_arg) if sep else module.get_config()
-        check_override_keys(cfg, overrides)
-    except Exception as e:  # noqa: BLE001 - the config file's own error, named with the file
+        check_override_keys(load_config(spec), overrides)
+    except Exception as e:  # the config file's own error, named with the file
         if _debug():
             raise
         _fail(f"{spec}: {e}")
@@ -56,8 +59,8 @@ def _precheck(argv: Sequence[str]) -> None:
 def _absl_main(argv: Sequence[str]) -> None:
     from absl import flags
 
-    from tooln1.checkpoints.train_state import CheckpointMismatch, NoUsableCheckpoint
     from tooln1.checkpoints.hf_import import CheckpointError
+    from tooln1.checkpoints.train_state import CheckpointMismatch, NoUsableCheckpoint
 
     if len(argv) > 1:
         raise SystemExit(f"tooln1-train: unexpected arguments {argv[1:]}; use --config FILE --config.key=value")
@@ -74,15 +77,16 @@ def _absl_main(argv: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``tooln1-train --config configs/<file>.py[:spec] --config.key=value``."""
+    args = list(sys.argv[1:] if argv is None else argv[1:])
+    if wants_help(args):
+        print(usage("tooln1-train", SUMMARY, (), with_keys=True))
+        raise SystemExit(0)
     keep_freed_memory()  # before any thread allocates (XLA:CPU's update temporaries: tooln1.platform.host_memory)
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # no "PyTorch was not found" (JAX here)
-    from absl import app, flags
-    from ml_collections import config_flags
+    from absl import app
 
-    _precheck(list(sys.argv[1:] if argv is None else argv[1:]))
-    if "config" not in flags.FLAGS:
-        config_flags.DEFINE_config_file("config", None, "ml-collections config file (configs/*.py[:spec])",
-                                        lock_config=True)
+    _precheck(args)
+    define_config_flag()
     logging.basicConfig(level=logging.WARNING)
     try:
         from absl import logging as absl_logging
