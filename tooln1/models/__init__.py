@@ -1,5 +1,5 @@
 """Qwen2-family decoder models."""
 from tooln1.models.config import PRESETS, ModelConfig, preset
-from tooln1.models.decoder import CausalLM, KVCache, count_params, default_positions
+from tooln1.models.decoder import CausalLM, count_params, default_positions
 
-__all__ = ["CausalLM", "KVCache", "ModelConfig", "PRESETS", "count_params", "default_positions", "preset"]
+__all__ = ["CausalLM", "ModelConfig", "PRESETS", "count_params", "default_positions", "preset"]

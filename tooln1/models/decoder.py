@@ -1,15 +1,14 @@
 """Qwen2-family causal decoder (Qwen2 and Llama-3 blocks) as a Flax NNX module.
 
-One code path serves the full forward (training, log-probs) and cached decoding: every block runs
-the same projections and MLP, and only its ``attend`` callback differs — over the sequence itself for
-the full forward, over a preallocated cache for decoding, over pages for the rollout engine.
+One code path serves the full forward (training, log-probs) and the rollout engine's decoding: every
+block runs the same projections and MLP, and only its ``attend`` callback differs — over the sequence
+itself for the full forward, over KV pages for the engine (`tooln1.rollout.programs`).
 """
 from __future__ import annotations
 
 import functools
 from typing import Any, Callable
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,21 +19,6 @@ from tooln1.checkpoints.hf_export import save_pretrained
 from tooln1.models.attention import attention, merge_partial
 from tooln1.models.config import ModelConfig
 from tooln1.sharding import constrain, platform
-
-CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")
-
-
-class KVCache(flax.struct.PyTreeNode):
-    """Preallocated keys/values of every layer plus which slots hold real tokens."""
-
-    k: jax.Array  # [L, B, S, kv_heads, head_dim], compute dtype
-    v: jax.Array
-    mask: jax.Array  # [B, S] bool
-    index: jax.Array  # int32 scalar: next slot to write
-
-    @property
-    def max_length(self) -> int:
-        return self.k.shape[2]
 
 
 def default_positions(attention_mask: jax.Array) -> jax.Array:
@@ -198,8 +182,8 @@ class Block(nnx.Module):
 
     def __call__(self, x, cos, sin, attend: "Attend", state: Any, layer, mesh: Mesh | None):
         """One pre-norm block. ``attend(q, k, v, state, layer) -> (attended, state)`` is the only thing
-        that differs between the full forward, cached decoding and a paged cache; ``state`` (a KV
-        cache, pages, or None) is threaded through every layer and updated in place at ``layer``."""
+        that differs between the full forward and decoding over KV pages; ``state`` (the pages, or
+        None) is threaded through every layer and updated in place at ``layer``."""
         q, k, v = self.attention.qkv(self.input_norm(x), cos, sin, mesh)
         attended, state = attend(q, k, v, state, layer)
         x = constrain(x + self.attention.output(attended, mesh), ("batch", "length", None), mesh)
@@ -284,47 +268,6 @@ class CausalLM(nnx.Module):
         x, _ = self.run_layers(self.embed_tokens(input_ids), *self.rope(positions), attend, None,
                                remat=self.config.remat)
         return self.final_norm(x)
-
-    def init_cache(self, batch_size: int, max_length: int, dtype: Any = None) -> KVCache:
-        c = self.config
-        shape = (c.num_layers, batch_size, max_length, c.num_kv_heads, c.head_dim)
-        dtype = jnp.dtype(dtype or c.dtype)
-        k = constrain(jnp.zeros(shape, dtype), CACHE_AXES, self.mesh)
-        v = constrain(jnp.zeros(shape, dtype), CACHE_AXES, self.mesh)
-        return KVCache(k=k, v=v, mask=jnp.zeros((batch_size, max_length), bool), index=jnp.zeros((), jnp.int32))
-
-    def decode_step(
-        self, input_ids, positions, cache: KVCache, attention_mask=None, last_only: bool = False
-    ) -> tuple[jax.Array, KVCache]:
-        """Append ``T`` tokens at ``cache.index``; returns their logits [B, T, V] and the new cache.
-
-        ``last_only`` projects only the last position to the vocabulary ([B, 1, V]): a prefill needs
-        nothing else, and [B, P, V] logits at a 152k vocabulary would dwarf the KV cache.
-        """
-        input_ids = jnp.asarray(input_ids, jnp.int32)
-        b, t = input_ids.shape
-        new_mask = jnp.ones((b, t), bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
-        kv_mask = jax.lax.dynamic_update_slice(cache.mask, new_mask, (0, cache.index))
-        slots = jnp.broadcast_to(cache.index + jnp.arange(t, dtype=jnp.int32), (b, t))
-        dtype = jnp.dtype(self.config.dtype)
-        attend_kw = self.attention_options()
-
-        def attend(q, k, v, state, layer):
-            k_all, v_all = state
-            at = (layer, 0, cache.index, 0, 0)
-            k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), at)
-            v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), at)
-            # causal by cache slot; empty slots (and left padding) are segment 0
-            attended = attention(q, k_all[layer].astype(dtype), v_all[layer].astype(dtype), new_mask.astype(jnp.int32),
-                                 kv_mask.astype(jnp.int32), slots, None, **attend_kw)
-            return attended, (k_all, v_all)
-
-        # Decoding has no backward pass, so remat would only add an NNX transform inside the caller's loop.
-        x, (k, v) = self.run_layers(self.embed_tokens(input_ids), *self.rope(jnp.asarray(positions, jnp.int32)),
-                                    attend, (cache.k, cache.v), remat=False)
-        k, v = constrain(k, CACHE_AXES, self.mesh), constrain(v, CACHE_AXES, self.mesh)
-        hidden = self.final_norm(x[:, -1:] if last_only else x)
-        return self.logits_from_hidden(hidden), KVCache(k=k, v=v, mask=kv_mask, index=cache.index + t)
 
     def logits_from_hidden(self, hidden: jax.Array) -> jax.Array:
         dtype = jnp.dtype(self.config.dtype)
