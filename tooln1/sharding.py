@@ -29,6 +29,10 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("layers", None),
     ("norm", None),
 )
+# The rollout engine's decoding copy: tensor-parallel where the tensor axis divides, whole on every
+# batch shard (each decodes its own slots from a full copy)
+INFERENCE_RULES: tuple[tuple[str, Any], ...] = tuple(
+    (name, None if name == "embed" else axes) for name, axes in LOGICAL_RULES)
 
 
 def make_mesh(shape: Mapping[str, int] | Sequence[int] | None = None, devices: Sequence[Any] | None = None) -> Mesh:
@@ -143,14 +147,15 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None], mesh: Mesh | Non
     return jax.lax.with_sharding_constraint(x, named_sharding(logical_axes, x.shape, mesh))
 
 
-def state_shardings(state: Any, mesh: Mesh) -> Any:
-    """The state with each variable's value replaced by its NamedSharding (from ``logical_axes`` metadata)."""
+def state_shardings(state: Any, mesh: Mesh, rules=LOGICAL_RULES) -> Any:
+    """The state with each variable's value replaced by its NamedSharding under ``rules`` (from its
+    ``logical_axes`` metadata; replicated without)."""
     from flax import nnx
 
     def one(variable):
         axes = variable.get_metadata().get("logical_axes")
         shape = variable.get_value().shape
-        sharding = named_sharding(axes, shape, mesh) if axes else NamedSharding(mesh, PartitionSpec())
-        return variable.replace(value=sharding)
+        spec = logical_to_spec(axes, shape, mesh, rules) if axes else PartitionSpec()
+        return variable.replace(value=NamedSharding(mesh, spec))
 
     return jax.tree.map(one, state, is_leaf=lambda v: isinstance(v, nnx.Variable))

@@ -59,10 +59,8 @@ from tooln1.rollout.programs import (Admit, Chunk, Shape, empty_slots, pool_shar
                                  shard_sharding)
 from tooln1.models.decoder import float32_lookup, heads_major, split_layers
 from tooln1.models.paged_attention import page_shape, pool_dtype
-from tooln1.sharding import LOGICAL_RULES, batch_shards, logical_to_spec, platform
+from tooln1.sharding import INFERENCE_RULES, batch_shards, platform, state_shardings
 
-# Decoding layout: tensor-parallel where the tensor axis divides, replicated over the batch axes.
-INFERENCE_RULES = tuple((name, None if name == "embed" else axes) for name, axes in LOGICAL_RULES)
 LAYER_LAYOUTS = ("auto", "stacked", "per_layer")
 # Splitting pays on a CPU once a layer's MLP kernel is more than a few MB: Qwen2.5-0.5B (17 MB kernels)
 # decodes 1-8 slots 1.2-1.9x faster split; SmolLM2-135M (3.5 MB) decodes API-Bank's rounds 7.0 s against
@@ -168,7 +166,7 @@ def inference_weights(model, per_layer: bool = False) -> tuple[Any, Any]:
     key = (copy.args[0], model.mesh, jnp.dtype(model.config.dtype), per_layer)
     if key not in _COPIES:  # one program: eager per-leaf slices took 1.6 s at 0.5B
         out_graphdef, abstract = _abstract_copy(copy, state)
-        shardings = None if model.mesh is None else _inference_shardings(abstract, model.mesh)
+        shardings = None if model.mesh is None else state_shardings(abstract, model.mesh, INFERENCE_RULES)
         _COPIES[key] = out_graphdef, jax.jit(lambda s: copy(s)[1], out_shardings=shardings)
     out_graphdef, fn = _COPIES[key]
     return out_graphdef, fn(state)
@@ -210,16 +208,6 @@ def _cast(x: jax.Array, dtype) -> jax.Array:
     return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
 
 
-def _inference_shardings(state, mesh):
-    def one(variable):
-        axes = variable.get_metadata().get("logical_axes")
-        shape = variable.get_value().shape
-        spec = logical_to_spec(axes, shape, mesh, INFERENCE_RULES) if axes else PartitionSpec()
-        return variable.replace(value=NamedSharding(mesh, spec))
-
-    return jax.tree.map(one, state, is_leaf=lambda v: isinstance(v, nnx.Variable))
-
-
 class Engine:
     """Generates G samples per prompt token list; see the module docstring."""
 
@@ -234,7 +222,7 @@ class Engine:
             # an abstract model (tooln1-fit: compile-only devices): the decoding copy's shapes only
             self.graphdef, abstract = _abstract_copy(*_copier(model, config.per_layer(model.config, self.mesh)))
             shardings = (jax.tree.map(lambda _: None, abstract) if self.mesh is None
-                         else _inference_shardings(abstract, self.mesh))
+                         else state_shardings(abstract, self.mesh, INFERENCE_RULES))
             self.weights = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                         abstract, shardings)
             self.refresh_seconds = 0.0
@@ -705,4 +693,4 @@ class _Scorer:
         return [out[i] for i in sorted(out)]
 
 
-__all__ = ["Engine", "EngineConfig", "Completion", "inference_weights", "INFERENCE_RULES"]
+__all__ = ["Engine", "EngineConfig", "Completion", "inference_weights"]
