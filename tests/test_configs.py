@@ -198,21 +198,22 @@ def test_cli_missing_config_file_and_uncreatable_workdir_are_one_line(tmp_path):
 
 def test_invalid_config_leaves_no_workdir(tmp_path):
     from tooln1.config import ConfigError
-    from tooln1.training.loop import Trainer
+    from tooln1.training.loop import prepare_workdir
 
     cfg = _cfg(tmp_path / "run", **{"grpo.group_size": 1})
     with pytest.raises(ConfigError):
-        Trainer(cfg)
+        prepare_workdir(cfg)
     assert not (tmp_path / "run").exists()
 
 
 def test_frozen_layers_beyond_the_checkpoints_depth_is_a_config_error(tmp_path):
     from tooln1.config import ConfigError
-    from tooln1.training.loop import Trainer
+    from tooln1.training.context import build_context
+    from tooln1.training.loop import prepare_workdir
 
     cfg = _cfg(tmp_path / "run", **{"model.frozen_layers": 5})  # the tiny model has 2 layers
     with pytest.raises(ConfigError, match=r"config.model does not fit .*frozen_layers=5: expected 0..num_layers=2"):
-        Trainer(cfg).setup()
+        build_context(cfg, prepare_workdir(cfg))
 
 
 @pytest.mark.parametrize("entry", ["tooln1.cli:main(['tooln1-train', '--config', 'nope.py'])",
@@ -279,6 +280,42 @@ def test_paper_spec_is_applied_over_the_schema(presets):
                                                            "no_reason")
     with pytest.raises(ValueError, match=re.escape("unknown spec key(s) ['size']")):
         presets.parse_spec("size=3", known=("seed",))
+
+
+def test_docs_key_table_is_the_schema():
+    """docs/training.md's key table is `key_table()`'s rendering (python -m tooln1.config.reference)."""
+    from tooln1.config.reference import key_table
+
+    doc = (ROOT / "docs" / "training.md").read_text()
+    assert doc.count(key_table()) == 1
+    assert doc.count("| key | default | meaning |") == 1  # no second, hand-written table
+
+
+def test_runtime_objects_of_a_config():
+    from tooln1.config.runtime import (
+        grpo_loss,
+        logprob_micro_batch,
+        optimizer_config,
+        prompt_buckets,
+        rollout_sampling,
+        sft_loss,
+        validation_sampling,
+    )
+    from tooln1.training.updater import OptimizerConfig
+
+    c = load_config_module("quickstart").get_config()
+    assert optimizer_config(c.grpo.optimizer) == OptimizerConfig.from_mapping(c.grpo.optimizer)
+    assert optimizer_config(c.sft.optimizer).learning_rate == 5e-3
+    loss = grpo_loss(c.grpo)
+    assert (loss.temperature, loss.group_size, loss.on_policy, loss.logprob_chunk_size) == (1.0, 16, False, 512)
+    assert sft_loss(c.sft).loss_agg == "token-mean"
+    assert logprob_micro_batch(c.grpo) == 64 and prompt_buckets(c) == (448,)
+    rollout, val = rollout_sampling(c, [7, 8], 0), validation_sampling(c, [7], 0)
+    assert (rollout.num_samples, rollout.max_new_tokens, rollout.temperature) == (16, 48, 1.0)
+    assert (rollout.eos_ids, rollout.engine.num_slots, val.eos_ids) == ((7, 8), 0, (7,))
+    assert (val.num_samples, val.temperature, val.prompt_buckets) == (1, 0.0, (448,))
+    paper = load_config_module("paper").get_config()
+    assert prompt_buckets(paper)[-1] == 8192 and rollout_sampling(paper, [0], 0).engine.num_slots == 16
 
 
 @pytest.mark.parametrize("entry, flags", [

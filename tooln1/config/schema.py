@@ -173,12 +173,6 @@ class ExportSection:
 
 
 @dataclasses.dataclass(frozen=True)
-class DebugSection:
-    kill_after_steps: int = _key(0, "stop abruptly after this many steps of this process, as a kill would (no "
-                                    "final checkpoint, no export; resume tests); 0 = off")
-
-
-@dataclasses.dataclass(frozen=True)
 class Config:
     name: str = _key("tooln1", "run name")
     workdir: str = _key("runs/tooln1", "output directory: checkpoints, tensorboard, metrics.jsonl, hf_export/")
@@ -194,7 +188,6 @@ class Config:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection, metadata={"help": "orbax checkpoints"})
     log: LogSection = field(default_factory=LogSection, metadata={"help": "metrics"})
     export: ExportSection = field(default_factory=ExportSection, metadata={"help": "the HF export at the end"})
-    debug: DebugSection = field(default_factory=DebugSection, metadata={"help": "test switches"})
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -117,7 +117,9 @@ def mesh_problems(m: MeshSection, devices: int, processes: int, backend: str) ->
         out.append(f"config.mesh: sizes data={sizes[0]} fsdp={sizes[1]} tensor={sizes[2]} must be >= 1 (one may be -1)")
     else:
         known = math.prod(s for s in sizes if s != -1)
-        if (-1 in sizes and devices % known) or (-1 not in sizes and (known > devices or (processes > 1 and known != devices))):
+        # a -1 takes what divides; else at most the devices there are, and all of them across processes
+        fixed_misfit = known > devices or (processes > 1 and known != devices)
+        if (devices % known) if -1 in sizes else fixed_misfit:
             out.append(f"config.mesh: data={sizes[0]} × fsdp={sizes[1]} × tensor={sizes[2]} does not fit the "
                        f"{devices} available {backend} devices")
     if m.num_devices and m.num_devices != devices:
