@@ -139,8 +139,8 @@ def run_ours(args) -> dict:
     from tooln1.grpo import GRPOLoss, compute_advantages
     from tooln1.reward import score_batch
     from tooln1.rollout.sampling import SamplingConfig, sample
-    from tooln1.training.updater import OptimizerConfig, ReferencePolicy, Updater
     from tooln1.training.batch import update_batch
+    from tooln1.training.updater import OptimizerConfig, ReferencePolicy, Updater
 
     tok = AutoTokenizer.from_pretrained(args.ckpt)
     _, prompt_ids = make_prompts(tok, args.prompts, args.prompt_len)
@@ -333,7 +333,8 @@ def summarise(args, ourses: list[dict], trls: list[dict]) -> dict:
             r = dict(threads=o["threads"], s_per_iter=_median([x["total"] for x in steady]),
                      split_s={k: _median([x[k] for x in steady]) for k in ("sample", "score", "logprobs", "step")},
                      iter_s=[x["total"] for x in o["rows"]], matmul_flops=o["matmul_flops"],
-                     response_tokens=[x["tokens"] for x in o["rows"]], trained_len=[x["trained_len"] for x in o["rows"]])
+                     response_tokens=[x["tokens"] for x in o["rows"]],
+                     trained_len=[x["trained_len"] for x in o["rows"]])
             r["compile_s"] = sum(x["compile"] for x in o["rows"])
             r["malloc"], r["peak_rss_gb"] = o["malloc"], o["peak_rss_gb"]
             r["step_flops_per_s"] = o["model_flops_step"] / r["split_s"]["step"]
@@ -418,7 +419,8 @@ def main(argv=None):
     args.ckpt = args.ckpt or common.checkpoint(mean_response=args.mean_response, shape=args.shape, seed=0,
                                                **({"init_std": 0.002} if args.mean_response else {}))
     runs = []
-    mallocs = {side: [m.strip() for m in getattr(args, f"{side}_malloc").split(",") if m.strip()] for side in ("ours", "trl")}
+    mallocs = {side: [m.strip() for m in getattr(args, f"{side}_malloc").split(",") if m.strip()]
+               for side in ("ours", "trl")}
     for side, settings in mallocs.items():
         if not settings or not set(settings) <= {"keep", "default"}:
             ap.error(f"--{side}-malloc: expected keep and/or default, got {getattr(args, f'{side}_malloc')!r}")
@@ -426,11 +428,11 @@ def main(argv=None):
         runs += [(side, t, m) for side in ("ours", "trl") if args.side in ("both", side) for m in mallocs[side]]
     ourses, trls = [], []
     for side, threads, malloc in runs:
-        cmd = [__file__, "--side", side, "--ckpt", args.ckpt,
-               "--shape", args.shape, "--prompts", str(args.prompts), "--group", str(args.group),
-               "--prompt-len", str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--iters", str(args.iters), "--mean-response", str(args.mean_response),
-               "--beta", str(args.beta), "--epsilon", str(args.epsilon), "--temperature", str(args.temperature),
-               "--matmul-n", str(args.matmul_n), "--threads", threads, "--_malloc", malloc, "--dtype", args.dtype] + (["--no-share-prompt"] * args.no_share_prompt)
+        cmd = [__file__, "--side", side, "--ckpt", args.ckpt, "--threads", threads, "--_malloc", malloc,
+               "--dtype", args.dtype, *["--no-share-prompt"] * args.no_share_prompt]
+        for flag in ("shape", "prompts", "group", "prompt_len", "new_tokens", "iters", "mean_response", "beta",
+                     "epsilon", "temperature", "matmul_n"):
+            cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
         env = dict(os.environ)
         if side == "ours" and threads == "1":
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()

@@ -71,8 +71,10 @@ def main() -> None:
     print(f"checkpoint: {ckpt} ({len(files)} safetensors shards, {disk / gib:.3f} GiB on disk, {args.dtype})")
     print(f"load_model wall time:          {r['seconds']:.2f} s")
     print(f"peak RSS above pre-load RSS:   {(peak - r['rss_before']) / gib:.3f} GiB")
-    print(f"  of which loaded parameters:  {r['param_bytes'] / gib:.3f} GiB (CPU backend: device memory is host memory)")
-    print(f"  transient overhead:          {overhead / gib:.3f} GiB (largest tensor {r['largest_tensor'] / gib:.3f} GiB)")
+    print(f"  of which loaded parameters:  {r['param_bytes'] / gib:.3f} GiB "
+          "(CPU backend: device memory is host memory)")
+    print(f"  transient overhead:          {overhead / gib:.3f} GiB "
+          f"(largest tensor {r['largest_tensor'] / gib:.3f} GiB)")
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def main() -> None:
     from flax import nnx
 
     from tooln1.grpo import GRPOLoss
-    from tooln1.models import CausalLM, ModelConfig, PRESETS
+    from tooln1.models import PRESETS, CausalLM, ModelConfig
     from tooln1.training.updater import OptimizerConfig, Updater
 
     config = ModelConfig(**SHAPES[args.shape]) if args.shape in SHAPES else PRESETS[args.shape]
