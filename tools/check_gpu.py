@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """What only a GPU can check: the kernels tooln1 picks there against its portable paths, and the engine's
-greedy tokens against transformers' ``generate`` on the same GPU.
+greedy tokens against transformers' ``generate`` on the same GPU. Run it on a GPU machine before training
+there, and again after upgrading JAX, CUDA or the GPU: the test suite runs these paths only on a CPU.
 
 1. JAX's Pallas (Triton) paged attention vs the pure-JAX path, bf16, at Qwen2.5-0.5B's and 7B's head shapes,
    with every page no sequence reaches poisoned; and the time of one call of each.
@@ -25,8 +26,6 @@ import time
 import traceback
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.4")  # PyTorch shares the GPU in checks 3 and 4
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -110,8 +109,8 @@ def _prompts(vocab: int, count: int = 8) -> list[list[int]]:
 
 def ours(ckpt: str, dtype: str, prompts, new: int, eos: int, portable: bool = False):
     """Greedy (tokens, log-probs) per prompt from the engine; ``portable``: the pure-JAX attention paths."""
-    from tooln1.rollout.engine import Engine, EngineConfig
     from tooln1.checkpoints.hf_import import load_model
+    from tooln1.rollout.engine import Engine, EngineConfig
     from tooln1.rollout.sampling import SamplingConfig
 
     model = load_model(ckpt, dtype=dtype, **({"attention": "blockwise"} if portable else {}))
@@ -145,9 +144,9 @@ def hf(ckpt: str, dtype: str, prompts, new: int, eos: int):
 
 def _agreement(a: list[list[int]], b: list[list[int]]) -> tuple[int, list[int]]:
     """(sequences identical, first differing position of each)."""
-    firsts = [next((i for i, (x, y) in enumerate(zip(s, t)) if x != y), min(len(s), len(t))) if s != t else len(s)
-              for s, t in zip(a, b)]
-    return sum(s == t for s, t in zip(a, b)), firsts
+    firsts = [next((i for i, (x, y) in enumerate(zip(s, t, strict=False)) if x != y), min(len(s), len(t)))
+              if s != t else len(s) for s, t in zip(a, b, strict=True)]
+    return sum(s == t for s, t in zip(a, b, strict=True)), firsts
 
 
 def check_engine_float32(tmp: str, new: int = 48) -> None:
@@ -179,7 +178,7 @@ def check_engine_bfloat16(tmp: str, new: int = 48) -> None:
     kernels, portable = ours(ckpt, "bfloat16", prompts, new, eos), ours(ckpt, "bfloat16", prompts, new, eos, True)
     same, firsts = _agreement([t for t, _ in kernels], [t for t, _ in portable])
     lp = max(float(np.max(np.abs(a[1][:f] - b[1][:f]))) if f else 0.0
-             for a, b, f in zip(kernels, portable, firsts))
+             for a, b, f in zip(kernels, portable, firsts, strict=True))
     report("engine bf16: GPU kernels vs pure-JAX paths", same >= len(prompts) // 2 and lp < 0.1,
            f"{same}/{len(prompts)} greedy sequences identical (first differences at {firsts}); chosen tokens' "
            f"log-probs differ by at most {lp:.3f} before the first difference")

@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Write a tiny random Qwen2 / Llama checkpoint in the real Hugging Face layout.
 
-Thin command-line front end over ``tooln1.checkpoints.tiny.make_tiny_checkpoint`` (see there for details).
+Run it when you need a checkpoint without the hub: to try ``tooln1-train`` / ``tooln1-eval`` /
+``tooln1-convert`` end to end, or a model of a real model's shape (``--shape``) to size a run. A thin
+command-line front end over ``tooln1.checkpoints.tiny.make_tiny_checkpoint`` (see there for details).
 
     python tools/make_tiny_checkpoint.py /tmp/tiny                       # 2-layer Qwen2, tied, fp32
     python tools/make_tiny_checkpoint.py /tmp/tiny-llama --arch llama --shard-size 100KB
@@ -10,11 +12,8 @@ Thin command-line front end over ``tooln1.checkpoints.tiny.make_tiny_checkpoint`
 """
 import argparse
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tooln1.checkpoints.tiny import SHAPES, make_tiny_checkpoint  # noqa: E402
+from tooln1.checkpoints.tiny import SHAPES, make_tiny_checkpoint
 
 
 def main(argv=None):
@@ -34,7 +33,8 @@ def main(argv=None):
     tie.add_argument("--untied", dest="tied", action="store_false")
     ap.add_argument("--rope-theta", type=float)
     ap.add_argument("--init-std", type=float, default=0.02)
-    ap.add_argument("--nonzero-biases", action="store_true", help="random non-zero q/k/v biases (Qwen2 inits them to 0)")
+    ap.add_argument("--nonzero-biases", action="store_true",
+                    help="random non-zero q/k/v biases (Qwen2 inits them to 0)")
     ap.add_argument("--random-norms", action="store_true", help="RMSNorm weights 1 + N(0, 0.1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--shard-size", help="e.g. 200KB, 500MB: sharded safetensors + index")

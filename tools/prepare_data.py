@@ -1,6 +1,10 @@
 #!/usr/bin/env python
 """Build the Tool-N1 training set: sources → records → (filter, augment, mix) → train/validation files.
 
+Run it once before training on xLAM / ToolACE (or to fix a mix, a split or a length filter): ``tooln1-train``
+then reads the output with ``--config.data.sources=prepared:OUT/train.parquet``. The printed table is the
+paper's Table 1 for the sources given.
+
 Example (the paper's mix; hub ids need network, local JSON/JSONL/parquet files work offline)::
 
     python tools/prepare_data.py --source xlam:Salesforce/xlam-function-calling-60k \\
@@ -19,12 +23,10 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from tooln1.data.mixing import add_irrelevance, mix, train_val_split  # noqa: E402
-from tooln1.data.prompt import filter_by_prompt_length, render_prompt  # noqa: E402
-from tooln1.data.records import write_records  # noqa: E402
-from tooln1.data.sources import DROP_REASONS, SourceStats, load_records_with_stats, parse_data_spec  # noqa: E402
+from tooln1.data.mixing import add_irrelevance, mix, train_val_split
+from tooln1.data.prompt import filter_by_prompt_length, render_prompt
+from tooln1.data.records import write_records
+from tooln1.data.sources import DROP_REASONS, SourceStats, load_records_with_stats, parse_data_spec
 
 
 def _key_values(items: list[str], flag: str) -> dict[str, float]:
@@ -93,7 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
         st.source = name
         per_source[name] = records
         stats.append(st)
-        print(f"[prepare_data]   {name}: {st.raw_rows} rows -> {st.kept} examples ({time.time() - t0:.1f}s)", flush=True)
+        print(f"[prepare_data]   {name}: {st.raw_rows} rows -> {st.kept} examples ({time.time() - t0:.1f}s)",
+              flush=True)
 
     tokenizer, length_counts = None, {}
     if args.tokenizer:

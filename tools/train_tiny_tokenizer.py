@@ -7,10 +7,14 @@ byte-level pre-tokenizer, byte-level decoder, BPE model, ``<|endoftext|>``/``<|i
 exact Qwen2.5-Instruct chat template with tools support and the default system prompt) with a
 ~3k vocabulary, so tests and the quickstart exercise the real Hugging Face code paths without the
 hub. The corpus is built deterministically from text embedded below (the DESIGN §5 prompt template,
-English prose, JSON and tool-call-like text), so re-running this script reproduces the asset.
+English prose, JSON and tool-call-like text), so re-running this script reproduces the asset byte for byte.
+
+The asset is committed, so nothing needs this script to run: run it only to change the tiny tokenizer (its
+corpus, vocabulary size or chat template), then commit the files it writes.
 
     python tools/train_tiny_tokenizer.py [--out tooln1/assets/tiny_tokenizer] [--vocab-size 3000]
 """
+# ruff: noqa: E501 -- Qwen's chat template below is kept byte for byte, its long lines included
 import argparse
 import hashlib
 import json
@@ -201,8 +205,17 @@ def build_corpus(n_examples=2000, seed=0):
 
 
 def build_tokenizer(vocab_size=3000, seed=0):
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
-    from tokenizers import pre_tokenizers, processors, trainers
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
     tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     tok.normalizer = normalizers.NFC()
