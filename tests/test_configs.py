@@ -321,6 +321,9 @@ def test_runtime_objects_of_a_config():
 @pytest.mark.parametrize("entry, flags", [
     ("tooln1.cli", ["--config FILE[:SPEC]", "--config.KEY=VALUE", "--config.grpo.batch_size=1024",
                     "--config.grpo.optimizer.learning_rate=1e-06", "--config.compile_cache_dir=\"\""]),
+    ("tooln1.preflight.fit", ["--config FILE[:SPEC]", "--config.KEY=VALUE", "--json=\"\"", "--target=\"\"",
+                              "--programs=\"\"", "--layers=0", "--hbm_gib=0.0"]),
+    ("tooln1.checkpoints.hf_import", ["--dtype", "(default: float32)", "--max-shard-size", "(default: 5GB)"]),
 ])
 def test_console_scripts_help_exits_0_and_lists_their_flags(entry, flags):
     proc = subprocess.run([sys.executable, "-m", entry, "--help"], capture_output=True, text=True, cwd=ROOT,

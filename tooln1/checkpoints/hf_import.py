@@ -194,11 +194,12 @@ def load_model(
 
 def main(argv: list[str] | None = None) -> None:
     """`tooln1-convert SRC DST`: load an HF checkpoint (or a .gguf file) into JAX and write it as an HF checkpoint."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="tooln1-convert", description=main.__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("src", help="HF checkpoint directory (config.json + safetensors) or a llama.cpp .gguf file")
     parser.add_argument("dst", help="output directory")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--max-shard-size", default="5GB")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="parameter dtype written")
+    parser.add_argument("--max-shard-size", default="5GB", help="largest safetensors file written")
     args = parser.parse_args(argv)
     try:
         model = load_model(args.src, dtype=args.dtype)
@@ -216,3 +217,7 @@ def main(argv: list[str] | None = None) -> None:
 def config_summary(config: ModelConfig) -> str:
     return (f"{config.architecture} L={config.num_layers} d={config.hidden_size} heads={config.num_heads}/"
             f"{config.num_kv_heads} vocab={config.vocab_size} tied={config.tie_word_embeddings}")
+
+
+if __name__ == "__main__":
+    main()

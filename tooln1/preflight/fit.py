@@ -438,6 +438,19 @@ def _say(msg: str) -> None:
     print(f"[tooln1-fit] {msg}", file=sys.stderr, flush=True)
 
 
+# name, default (its type picks the absl flag), help
+FLAGS = (
+    ("json", "", "write the report to this JSON file"),
+    ("target", "", "compile target (default: config.mesh.target); see tooln1.preflight.targets"),
+    ("programs", "", "only programs whose name contains one of these comma-separated words"),
+    ("layers", 0, "override the model's layer count (scaling studies)"),
+    ("hbm_gib", 0.0, "override the target's memory per device, GiB"),
+)
+SUMMARY = ("Compile every program a run of the config would compile, for its target, on this (CPU) machine, and "
+           "say whether each fits the device memory. Exit status 0 iff every program fits, 1 if one does not, "
+           "2 on a bad config or target.")
+
+
 def _absl_main(argv: Sequence[str]) -> None:
     from absl import flags
 
@@ -460,22 +473,20 @@ def _absl_main(argv: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``tooln1-fit --config FILE[:spec] [--config.key=value ...] [--json FILE] [--target NAME]``."""
+    from tooln1.config.files import define_config_flag
+    from tooln1.config.reference import shown, usage, wants_help
+
+    if wants_help(sys.argv[1:] if argv is None else argv[1:]):
+        print(usage("tooln1-fit", SUMMARY, [(f"--{name}={shown(default)}", text) for name, default, text in FLAGS]))
+        raise SystemExit(0)
     prepare_environment()  # before jax is imported
     from absl import app, flags
-    from ml_collections import config_flags
 
-    if "config" not in flags.FLAGS:  # tooln1-train may have defined it in this process
-        config_flags.DEFINE_config_file("config", None, "ml-collections config file (configs/*.py[:spec])",
-                                        lock_config=True)
-    for define, name, default, text in (
-        (flags.DEFINE_string, "json", "", "write the report to this JSON file"),
-        (flags.DEFINE_string, "target", "", "compile target (default: config.mesh.target); see tooln1.preflight.targets"),
-        (flags.DEFINE_string, "programs", "", "only programs whose name contains one of these comma-separated words"),
-        (flags.DEFINE_integer, "layers", 0, "override the model's layer count (scaling studies)"),
-        (flags.DEFINE_float, "hbm_gib", 0.0, "override the target's memory per device, GiB"),
-    ):
-        if name not in flags.FLAGS:
-            define(name, default, text)
+    define_config_flag()
+    define = {str: flags.DEFINE_string, int: flags.DEFINE_integer, float: flags.DEFINE_float}
+    for name, default, text in FLAGS:
+        if name not in flags.FLAGS:  # main may run twice in one process (tests)
+            define[type(default)](name, default, text)
     app.run(_absl_main, argv=list(argv) if argv is not None else None)
 
 
