@@ -6,7 +6,7 @@ byte-level pre-tokenizer, byte-level decoder, BPE model, ``<|endoftext|>``/``<|i
 ``<|im_end|>`` special tokens and ``<tool_call>``/``</tool_call>`` ordinary added tokens, and the
 exact Qwen2.5-Instruct chat template with tools support and the default system prompt) with a
 ~3k vocabulary, so tests and the quickstart exercise the real Hugging Face code paths without the
-hub. The corpus is built deterministically from text embedded below (the DESIGN §5 prompt template,
+hub. The corpus is built deterministically from text embedded below (the docs/design.md §5 prompt template,
 English prose, JSON and tool-call-like text), so re-running this script reproduces the asset byte for byte.
 
 The asset is committed, so nothing needs this script to run: run it only to change the tiny tokenizer (its

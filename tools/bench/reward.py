@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Time the reward on adversarial 1 MB responses (DESIGN §7: huge input must stay cheap).
+"""Time the reward on adversarial 1 MB responses (docs/design.md §7: huge input must stay cheap).
 
     python tools/bench/reward.py
 
