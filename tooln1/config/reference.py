@@ -40,13 +40,13 @@ def flags_text(rows: Sequence[tuple[str, str]]) -> str:
 
 def keys_text() -> str:
     """Every config key as ``--config.KEY=DEFAULT`` and its help, section by section."""
-    helps = {f.name: f.metadata["help"] for f in dataclasses.fields(Config)}
+    sections = {f.name: type(getattr(Config(), f.name)).__doc__ for f in dataclasses.fields(Config)}
     out, section = [], ""
     for key in keys():
         head = key.name.partition(".")[0] if "." in key.name else ""
         if head != section:
             section = head
-            out.append(f"\n{section}: {helps[section]}")
+            out.append(f"\n{section}: {sections[section]}")
         out.append(f"  --config.{key.name}={shown(key.default)}")
         out += textwrap.wrap(key.help, WIDTH, initial_indent=" " * 6, subsequent_indent=" " * 6)
     return "\n".join(out)

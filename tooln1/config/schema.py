@@ -26,6 +26,8 @@ def _key(default: Any, help: str) -> Any:  # a leaf key: its default and its one
 
 @dataclasses.dataclass(frozen=True)
 class TinySection:
+    """A random tiny checkpoint made on the fly (tests, quickstart)."""
+
     enabled: bool = _key(False, "make a random tiny checkpoint (in <workdir>/tiny_model unless model.path is set) "
                                 "when model.path holds none")
     layers: int = _key(2, "its decoder blocks")
@@ -38,6 +40,8 @@ class TinySection:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSection:
+    """The policy."""
+
     preset: str = _key("qwen2.5-7b", "tooln1.models.PRESETS key the checkpoint's config.json is checked against "
                                      "(\"\" = no check)")
     path: str = _key("checkpoints/Qwen2.5-7B-Instruct", "HF checkpoint directory (config.json, safetensors, tokenizer)")
@@ -52,12 +56,13 @@ class ModelSection:
                                    "with depth)")
     frozen_layers: int = _key(0, "train only the blocks above the lowest N, the embedding (and a tied head) "
                                  "frozen too; 0 = full fine-tuning")
-    tiny: TinySection = field(default_factory=TinySection,
-                              metadata={"help": "a random tiny checkpoint (tests, quickstart)"})
+    tiny: TinySection = field(default_factory=TinySection)
 
 
 @dataclasses.dataclass(frozen=True)
 class MeshSection:
+    """The device mesh."""
+
     preset: str = _key("gpu8", "the mesh preset these values came from (tooln1.config.presets.MESHES)")
     data: int = _key(1, "data-parallel axis size (one of data, fsdp, tensor may be -1: the remaining devices)")
     fsdp: int = _key(8, "fully-sharded data-parallel axis size")
@@ -68,6 +73,8 @@ class MeshSection:
 
 @dataclasses.dataclass(frozen=True)
 class DataSection:
+    """Training and validation records."""
+
     sources: str = _key("xlam:Salesforce/xlam-function-calling-60k,toolace:Team-ACE/ToolACE",
                         "comma-separated specs: xlam:, toolace: (path or hub id), synthetic:N[:SEED], "
                         "synthetic-simple:N[:SEED], synthetic-tiny:N[:SEED], prepared:PATH")
@@ -81,6 +88,8 @@ class DataSection:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerSection:
+    """AdamW with global-norm clipping."""
+
     learning_rate: float = _key(1e-6, "AdamW learning rate, constant from the first step")
     b1: float = _key(0.9, "AdamW beta1")
     b2: float = _key(0.999, "AdamW beta2")
@@ -91,6 +100,8 @@ class OptimizerSection:
 
 @dataclasses.dataclass(frozen=True)
 class SFTSection:
+    """The SFT phase."""
+
     enabled: bool = _key(False, "run SFT first")
     target: str = _key("reason", "reply trained on: reason (<think>..</think><tool_call>..</tool_call>) or "
                                  "no_reason (<tool_call> only)")
@@ -102,12 +113,13 @@ class SFTSection:
     micro_batch_size: int = _key(0, "examples per gradient-accumulation micro-batch (0 = the whole batch)")
     max_seq_len: int = _key(4096 + 512, "padded length; longer examples are dropped and counted")
     loss_agg: str = _key("token-mean", "loss aggregation (tooln1.grpo.LOSS_AGG_MODES)")
-    optimizer: OptimizerSection = field(default_factory=lambda: OptimizerSection(learning_rate=1e-5),
-                                        metadata={"help": "SFT's AdamW"})
+    optimizer: OptimizerSection = field(default_factory=lambda: OptimizerSection(learning_rate=1e-5))
 
 
 @dataclasses.dataclass(frozen=True)
 class GRPOSection:
+    """The GRPO phase."""
+
     enabled: bool = _key(True, "run GRPO")
     batch_size: int = _key(1024, "prompts per rollout step")
     group_size: int = _key(5, "G: responses sampled per prompt (>= 2)")
@@ -136,11 +148,13 @@ class GRPOSection:
     share_prompt: bool = _key(True, "score each group's prompt once, packed with its G responses: same values, "
                                     "P + G·R tokens instead of G·(P + R); micro-batch sizes must be multiples of "
                                     "group_size")
-    optimizer: OptimizerSection = field(default_factory=OptimizerSection, metadata={"help": "GRPO's AdamW"})
+    optimizer: OptimizerSection = field(default_factory=OptimizerSection)
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalSection:
+    """Greedy validation."""
+
     every: int = _key(50, "SFT/GRPO steps between validations (0 = only before and after)")
     batch_size: int = _key(64, "validation prompts per greedy sampling call")
     rollout_slots: int = _key(32, "the engine's decode slots per batch shard for validation, at most (0 = its "
@@ -151,6 +165,8 @@ class EvalSection:
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointSection:
+    """Orbax checkpoints."""
+
     every: int = _key(25, "steps between checkpoints (0 = only at phase ends)")
     keep: int = _key(3, "checkpoints kept per phase")
     async_save: bool = _key(True, "write checkpoints in the background")
@@ -159,6 +175,8 @@ class CheckpointSection:
 
 @dataclasses.dataclass(frozen=True)
 class LogSection:
+    """Metrics."""
+
     every: int = _key(1, "steps between tensorboard and metrics.jsonl writes")
     tensorboard: bool = _key(True, "write tensorboard event files")
     progress: bool = _key(True, "show a tqdm progress bar")
@@ -168,26 +186,30 @@ class LogSection:
 
 @dataclasses.dataclass(frozen=True)
 class ExportSection:
+    """The HF export at the end."""
+
     enabled: bool = _key(True, "export the final policy as an HF checkpoint")
     dir: str = _key("", "where (\"\" = <workdir>/hf_export)")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+    """A tooln1-train run: its top-level keys and sections."""
+
     name: str = _key("tooln1", "run name")
     workdir: str = _key("runs/tooln1", "output directory: checkpoints, tensorboard, metrics.jsonl, hf_export/")
     seed: int = _key(0, "sampling seed; a checkpoint written under another seed is not resumed")
     compile_cache_dir: str = _key("", "JAX persistent compilation cache, a relative path under the workdir "
                                       "(\"\" = off)")
-    model: ModelSection = field(default_factory=ModelSection, metadata={"help": "the policy"})
-    mesh: MeshSection = field(default_factory=MeshSection, metadata={"help": "the device mesh"})
-    data: DataSection = field(default_factory=DataSection, metadata={"help": "training and validation records"})
-    sft: SFTSection = field(default_factory=SFTSection, metadata={"help": "the SFT phase"})
-    grpo: GRPOSection = field(default_factory=GRPOSection, metadata={"help": "the GRPO phase"})
-    eval: EvalSection = field(default_factory=EvalSection, metadata={"help": "greedy validation"})
-    checkpoint: CheckpointSection = field(default_factory=CheckpointSection, metadata={"help": "orbax checkpoints"})
-    log: LogSection = field(default_factory=LogSection, metadata={"help": "metrics"})
-    export: ExportSection = field(default_factory=ExportSection, metadata={"help": "the HF export at the end"})
+    model: ModelSection = field(default_factory=ModelSection)
+    mesh: MeshSection = field(default_factory=MeshSection)
+    data: DataSection = field(default_factory=DataSection)
+    sft: SFTSection = field(default_factory=SFTSection)
+    grpo: GRPOSection = field(default_factory=GRPOSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    log: LogSection = field(default_factory=LogSection)
+    export: ExportSection = field(default_factory=ExportSection)
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -75,7 +75,7 @@ def _spec_problem(key: str, spec: str) -> str | None:
         return (f"config.{key}: unknown data source kind {kind!r} in {spec!r}; "
                 "expected xlam, toolace, synthetic, synthetic-simple, synthetic-tiny or prepared")
     if os.path.exists(location) or (kind != "prepared" and looks_like_hub_id(location)):
-        return None  # a hub id: `datasets` resolves it (or says it cannot, offline)
+        return None  # a local file, or a hub id `datasets` resolves (or says it cannot, offline)
     return f"config.{key}: data path {location!r} (in {spec!r}) does not exist"
 
 
@@ -84,6 +84,7 @@ def _spec_problem(key: str, spec: str) -> str | None:
 
 
 def model_problems(m: ModelSection, check_paths: bool) -> list[str]:
+    """``config.model``; ``check_paths``: also that the checkpoint and tokenizer directories exist."""
     from tooln1.models import PRESETS
     from tooln1.models.config import ATTENTION_IMPLEMENTATIONS, REMAT_POLICIES
 
@@ -129,6 +130,7 @@ def mesh_problems(m: MeshSection, devices: int, processes: int, backend: str) ->
 
 
 def data_problems(d: DataSection, check_paths: bool) -> list[str]:
+    """``config.data``; ``check_paths``: also that the local sources exist."""
     specs = split_specs(d.sources)
     out = [] if specs else ["config.data.sources is empty"]
     if check_paths:
@@ -152,6 +154,7 @@ def data_problems(d: DataSection, check_paths: bool) -> list[str]:
 
 
 def sft_problems(s: SFTSection) -> list[str]:
+    """``config.sft``, when SFT runs."""
     from tooln1.grpo import LOSS_AGG_MODES
 
     if not s.enabled:
@@ -184,10 +187,12 @@ def grpo_micro_batches(g: GRPOSection) -> tuple[int, int, int] | None:
 
 
 def grpo_problems(g: GRPOSection) -> list[str]:
+    """``config.grpo``: its engine slots and prompt padding always (validation samples with them too),
+    the rest when GRPO runs."""
     from tooln1.grpo import LOSS_AGG_MODES
     from tooln1.reward import KINDS
 
-    out = []  # the rollout engine and prompt padding serve validation too
+    out = []
     if g.rollout_slots < 0:
         out.append(f"config.grpo.rollout_slots={g.rollout_slots} must be >= 0 (0 = the engine's default)")
     if g.prompt_bucket < 0:
@@ -231,6 +236,7 @@ def grpo_problems(g: GRPOSection) -> list[str]:
 
 
 def eval_problems(e: EvalSection) -> list[str]:
+    """``config.eval``."""
     out = []
     if e.batch_size < 1 or e.max_new_tokens < 1:
         out.append("config.eval.batch_size and max_new_tokens must be >= 1")
@@ -240,6 +246,7 @@ def eval_problems(e: EvalSection) -> list[str]:
 
 
 def checkpoint_problems(c: CheckpointSection) -> list[str]:
+    """``config.checkpoint``."""
     out = []
     if c.keep < 1:
         out.append(f"config.checkpoint.keep={c.keep} must be >= 1")
