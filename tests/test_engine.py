@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 import tooln1.rollout.engine
-from tooln1.rollout.engine import Engine, EngineConfig
 from tooln1.checkpoints.hf_import import load_model
-from tooln1.rollout.sampling import SamplingConfig, compiled_programs
 from tooln1.checkpoints.tiny import make_tiny_checkpoint, special_token_ids
+from tooln1.platform.decode_layout import DecodeLayout
+from tooln1.rollout.engine import Engine, EngineConfig
+from tooln1.rollout.sampling import SamplingConfig, compiled_programs
 
 LENGTHS = [1, 9, 23, 4, 15]
 G, R = 3, 12
@@ -116,9 +117,9 @@ def test_samples_do_not_depend_on_slots_pages_or_prompt_order(model, prompts, sa
 def test_weights_split_per_layer_sample_the_same(model, prompts, sampling, one_slot):
     """The decoding copy with one array per layer and [out, in] MLP kernels, run unrolled (the CPU
     layout of large models), samples what the stacked weights sample."""
-    assert not ONE_SLOT.per_layer(model.config, None)  # "auto": the tiny model's kernels are too small to pay
+    assert not DecodeLayout.of(model.config, None).per_layer  # "auto": the tiny model's kernels are too small to pay
     big = dataclasses.replace(model.config, hidden_size=896, intermediate_size=4864)
-    assert ONE_SLOT.per_layer(big, None) and not dataclasses.replace(ONE_SLOT, layer_layout="stacked").per_layer(big, None)
+    assert DecodeLayout.of(big, None).per_layer and not DecodeLayout.of(big, None, "stacked").per_layer
     with pytest.raises(ValueError, match="layer_layout"):
         EngineConfig(layer_layout="unrolled")
     engine = Engine(model, dataclasses.replace(ONE_SLOT, layer_layout="per_layer"))
@@ -141,9 +142,9 @@ def test_weights_split_per_layer_sample_the_same(model, prompts, sampling, one_s
 def test_tpu_copy_stores_qkv_heads_major_and_samples_the_same(model, prompts, sampling, one_slot, monkeypatch):
     """On a TPU the decoding copy stores the q/k/v kernels [layers, heads, embed, D], the layout XLA:TPU's
     decode matmuls read (it copied the stacks into it every round); it samples what the plain copy samples."""
-    import tooln1.rollout.engine
+    import tooln1.platform.decode_layout
 
-    monkeypatch.setattr(tooln1.rollout.engine, "platform", lambda mesh: "tpu")  # the attention backend stays pure JAX
+    monkeypatch.setattr(tooln1.platform.decode_layout, "platform", lambda mesh: "tpu")  # attention stays pure JAX
     engine = Engine(model, ONE_SLOT)
     c, attention = model.config, engine.weights["layers"]["attention"]
     assert attention["q_kernel"][...].shape == (c.num_layers, c.num_heads, c.hidden_size, c.head_dim)
@@ -162,9 +163,9 @@ def test_bf16_cpu_copy_samples_what_the_stacked_bf16_copy_samples(checkpoint, pr
     untied [D, V] head, bf16 KV pages stored as uint16 bits and no one-row decode width; it samples what the plain stacked
     bf16 copy (tied head, bf16 gather) samples."""
     model = load_model(checkpoint, dtype="bfloat16")
-    assert FIVE_SLOTS.per_layer(model.config, None)  # "auto" splits any 16-bit model on a CPU
+    assert DecodeLayout.of(model.config, None).per_layer  # "auto" splits any 16-bit model on a CPU
     engine = Engine(model, FIVE_SLOTS)
-    assert engine.kv_dtype == np.uint16 and engine.narrowest == 2  # bf16 KV pages held as their bits
+    assert engine.layout.kv_dtype == np.uint16 and engine.layout.narrowest == 2  # bf16 KV pages held as their bits
     assert engine.weights["embed"][...].dtype == np.float32 and engine.weights["lm_head"][...].dtype == jax.numpy.bfloat16
     np.testing.assert_array_equal(np.asarray(engine.weights["lm_head"][...]).T, np.asarray(model.embed[...]))
     stacked = Engine(model, dataclasses.replace(FIVE_SLOTS, layer_layout="stacked"))

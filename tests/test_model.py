@@ -1,4 +1,4 @@
-"""The decoder against transformers' PyTorch implementation, and its decoding layout against itself."""
+"""The decoder against transformers' PyTorch implementation, and its decoding layouts against itself."""
 import re
 
 import jax
@@ -10,8 +10,9 @@ import transformers
 from flax import nnx
 
 import tooln1
-from tooln1.models.decoder import Block, split_layers, swiglu
 from tooln1.checkpoints.tiny import make_tiny_checkpoint
+from tooln1.models.decoder import Block, swiglu
+from tooln1.platform.decode_layout import OutMajorMLP, split_layers
 
 
 def _batch(vocab: int, seed: int = 0):
@@ -82,7 +83,7 @@ def test_layers_split_for_decoding_give_the_same_logits(tiny_checkpoint):
     model = tooln1.load_model(tiny_checkpoint)
     ids, mask, pos = _batch(model.config.vocab_size, seed=2)
     split = split_layers(nnx.merge(*nnx.split(model)))
-    assert len(split.layers) == model.config.num_layers and split.layers[0].mlp.out_major
+    assert len(split.layers) == model.config.num_layers and isinstance(split.layers[0].mlp, OutMajorMLP)
     assert split.layers[0].mlp.up_kernel[...].shape == model.layers.mlp.up_kernel[...].shape[:0:-1]
     np.testing.assert_allclose(np.asarray(split(ids, mask, pos)), np.asarray(model(ids, mask, pos)), atol=1e-5, rtol=0)
     assert isinstance(model.layers, Block)  # the original is left stacked
@@ -121,14 +122,14 @@ def _product_dtypes(model, ids, mask) -> set[str]:
 def test_16_bit_matmul_products_are_float32_on_cpu_only(tiny_checkpoint, monkeypatch):
     """XLA:CPU runs bf16 x bf16 -> f32 on its bf16 units and bf16 -> bf16 on a slow path, so CPU
     programs ask for float32 products; TPU and GPU programs keep bf16 ones (7B update memory)."""
-    from tooln1.models import decoder
+    from tooln1.platform import matmul
 
     bf16 = tooln1.load_model(tiny_checkpoint, dtype="float32", compute_dtype="bfloat16")
     ids, mask, _ = _batch(bf16.config.vocab_size)
     assert _product_dtypes(bf16, ids, mask) == {"f32"}
-    monkeypatch.setattr(decoder, "platform", lambda mesh: "tpu")
-    jax.clear_caches()  # the layer scan's body trace is cached across lowerings
-    assert _product_dtypes(bf16, ids, mask) == {"bf16"}
+    monkeypatch.setattr(matmul, "platform", lambda mesh: "tpu")  # a model built for a TPU
+    tpu = tooln1.load_model(tiny_checkpoint, dtype="float32", compute_dtype="bfloat16")
+    assert _product_dtypes(tpu, ids, mask) == {"bf16"}
 
 
 def test_remat_gives_same_logits_and_gradients(tiny_checkpoint):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tooln1.models.attention import attention
-from tooln1.models.paged_attention import (BFLOAT16_BITS, gather_pages, page_shape, pool_dtype, ragged_paged_attention,
-                                          write_pages)
+from tooln1.models.paged_attention import gather_pages, page_shape, ragged_paged_attention, write_pages
+from tooln1.platform.kv_storage import BFLOAT16_BITS, pool_dtype
 
 KV, GROUPS, D, PS, M, N = 2, 3, 8, 4, 5, 40
 
@@ -122,8 +122,8 @@ def test_all_layer_pools_with_a_layer_index_read_that_layer():
 def test_bfloat16_pages_held_as_bits_read_as_bfloat16():
     """A CPU holds bf16 KV pages as uint16 bits: writes round to bf16, and attention and gathers read
     exactly the bf16 pool's values."""
-    assert pool_dtype(jnp.bfloat16, cpu=True) == BFLOAT16_BITS and pool_dtype(jnp.bfloat16, cpu=False) == jnp.bfloat16
-    assert pool_dtype(jnp.float16, cpu=True) == jnp.float32 and pool_dtype(jnp.float32, cpu=True) == jnp.float32
+    assert pool_dtype(jnp.bfloat16, "cpu") == BFLOAT16_BITS and pool_dtype(jnp.bfloat16, "tpu") == jnp.bfloat16
+    assert pool_dtype(jnp.float16, "cpu") == jnp.float32 and pool_dtype(jnp.float32, "cpu") == jnp.float32
     q, k_pool, v_pool, lengths, table = _setup(3)
     bits = lambda pool: jax.lax.bitcast_convert_type(jnp.asarray(pool, jnp.bfloat16), BFLOAT16_BITS)  # noqa: E731
     want = ragged_paged_attention(q, jnp.asarray(k_pool, jnp.bfloat16), jnp.asarray(v_pool, jnp.bfloat16), lengths,

@@ -2,7 +2,8 @@
 
 One code path serves the full forward (training, log-probs) and the rollout engine's decoding: every
 block runs the same projections and MLP, and only its ``attend`` callback differs — over the sequence
-itself for the full forward, over KV pages for the engine (`tooln1.rollout.programs`).
+itself for the full forward, over KV pages for the engine (`tooln1.rollout.programs`). How a platform
+lays out the engine's copy of the weights is `tooln1.platform.decode_layout`'s business, not this module's.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from jax.sharding import Mesh
 from tooln1.checkpoints.hf_export import save_pretrained
 from tooln1.models.attention import attention, merge_partial
 from tooln1.models.config import ModelConfig
-from tooln1.sharding import constrain, platform
+from tooln1.platform.matmul import Einsum, einsum_for
+from tooln1.sharding import constrain
 
 
 def default_positions(attention_mask: jax.Array) -> jax.Array:
@@ -50,16 +52,6 @@ def _rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
 
 
-def _contract(spec: str, x: jax.Array, w: jax.Array, dtype, mesh: Mesh | None) -> jax.Array:
-    """``einsum`` in the compute dtype. On a CPU a 16-bit one asks for a float32 product and casts it:
-    XLA:CPU runs bf16 x bf16 -> f32 on the CPU's bf16 units (AMX / AVX512-BF16: 2-5x a float32 matmul
-    at 2-512 rows) but bf16 -> bf16 on a slow path (10x slower). TPUs and GPUs keep bf16 products:
-    float32 ones pushed the 7B TPU update past 32 GiB."""
-    if jnp.dtype(dtype).itemsize == 4 or platform(mesh) != "cpu":
-        return jnp.einsum(spec, x, w)
-    return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32).astype(dtype)
-
-
 def _param(rngs: nnx.Rngs | None, shape, dtype, axes, init: str = "normal", layers: int | None = None) -> nnx.Param:
     """A parameter annotated with logical axes; ``layers`` stacks one per layer on a leading axis."""
     if layers is not None:
@@ -87,7 +79,7 @@ class RMSNorm(nnx.Module):
 class Attention(nnx.Module):
     """GQA self-attention with optional q/k/v bias and no output bias."""
 
-    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, layers: int | None = None):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, einsum: Einsum, layers: int | None = None):
         c, pd = config, jnp.dtype(config.param_dtype)
         param = functools.partial(_param, dtype=pd, layers=layers)
         self.q_kernel = param(rngs, (c.hidden_size, c.num_heads, c.head_dim), axes=("embed", "heads", "head_dim"))
@@ -100,23 +92,22 @@ class Attention(nnx.Module):
             self.v_bias = param(None, (c.num_kv_heads, c.head_dim), axes=("kv_heads", "head_dim"))
         self.qkv_bias = c.qkv_bias
         self.dtype = jnp.dtype(c.dtype)
-        self.heads_major = False  # q/k/v kernels stored [heads, embed, D] (the TPU decoding copy, `heads_major`)
+        self.einsum = einsum
 
-    def _project(self, x, kernel, bias, mesh):
-        spec = "btd,hdk->bthk" if self.heads_major else "btd,dhk->bthk"
-        y = _contract(spec, x, kernel[...].astype(self.dtype), self.dtype, mesh)
+    def _project(self, x: jax.Array, kernel: nnx.Param, bias: nnx.Param | None) -> jax.Array:
+        y = self.einsum("btd,dhk->bthk", x, kernel[...].astype(self.dtype))
         return y + bias[...].astype(self.dtype) if self.qkv_bias else y
 
     def qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mesh: Mesh | None):
         """Rotated queries [B, T, heads, D] and keys, plus values [B, T, kv_heads, D]."""
-        q = _rotate(self._project(x, self.q_kernel, getattr(self, "q_bias", None), mesh), cos, sin)
-        k = _rotate(self._project(x, self.k_kernel, getattr(self, "k_bias", None), mesh), cos, sin)
-        v = self._project(x, self.v_kernel, getattr(self, "v_bias", None), mesh)
+        q = _rotate(self._project(x, self.q_kernel, getattr(self, "q_bias", None)), cos, sin)
+        k = _rotate(self._project(x, self.k_kernel, getattr(self, "k_bias", None)), cos, sin)
+        v = self._project(x, self.v_kernel, getattr(self, "v_bias", None))
         return constrain(q, ("batch", "length", "heads", "head_dim"), mesh), k, v
 
-    def output(self, attended: jax.Array, mesh: Mesh | None) -> jax.Array:
+    def output(self, attended: jax.Array) -> jax.Array:
         """Output projection of the attended values [B, T, heads, D]."""
-        return _contract("bthk,hkd->btd", attended, self.o_kernel[...].astype(self.dtype), self.dtype, mesh)
+        return self.einsum("bthk,hkd->btd", attended, self.o_kernel[...].astype(self.dtype))
 
 
 @jax.custom_vjp
@@ -144,41 +135,39 @@ swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
 class MLP(nnx.Module):
     """SwiGLU: down(silu(gate(x)) * up(x)), no biases."""
 
-    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, layers: int | None = None):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, einsum: Einsum, layers: int | None = None):
         c, pd = config, jnp.dtype(config.param_dtype)
         self.gate_kernel = _param(rngs, (c.hidden_size, c.intermediate_size), pd, ("embed", "mlp"), layers=layers)
         self.up_kernel = _param(rngs, (c.hidden_size, c.intermediate_size), pd, ("embed", "mlp"), layers=layers)
         self.down_kernel = _param(rngs, (c.intermediate_size, c.hidden_size), pd, ("mlp", "embed"), layers=layers)
         self.dtype = jnp.dtype(c.dtype)
-        self.out_major = False  # kernels stored [out, in] (the decoding copy, `split_layers`)
+        self.einsum = einsum
 
-    def _matmul(self, rows: jax.Array, kernel: nnx.Param, mesh: Mesh | None) -> jax.Array:
-        w = kernel[...].astype(self.dtype)
-        # out-major as (w @ rows.T).T: XLA:CPU's rows @ w.T takes a slow path for one row (7x slower)
-        return (_contract("oi,ri->or", w, rows, self.dtype, mesh).T if self.out_major
-                else _contract("ri,io->ro", rows, w, self.dtype, mesh))
+    def _matmul(self, rows: jax.Array, kernel: nnx.Param) -> jax.Array:
+        """``rows`` [N, in] times ``kernel`` [in, out]."""
+        return self.einsum("ri,io->ro", rows, kernel[...].astype(self.dtype))
 
     def __call__(self, x: jax.Array, mesh: Mesh | None) -> jax.Array:
         # The matmuls see [B*T, D] rows: with [B, T, D] operands XLA:CPU transposes the weight
         # gradients through copies (a block's backward 1.5x slower); "length" is never sharded.
         b, t, d = x.shape
         rows = x.reshape(b * t, d)
-        gate = self._matmul(rows, self.gate_kernel, mesh).reshape(b, t, -1)
-        up = self._matmul(rows, self.up_kernel, mesh).reshape(b, t, -1)
+        gate = self._matmul(rows, self.gate_kernel).reshape(b, t, -1)
+        up = self._matmul(rows, self.up_kernel).reshape(b, t, -1)
         hidden = constrain(swiglu(gate, up), ("batch", "length", "mlp"), mesh)
-        return self._matmul(hidden.reshape(b * t, -1), self.down_kernel, mesh).reshape(b, t, d)
+        return self._matmul(hidden.reshape(b * t, -1), self.down_kernel).reshape(b, t, d)
 
 
 class Block(nnx.Module):
     """A pre-norm decoder block; built with ``layers=L`` it holds all L blocks' parameters stacked on
     a leading axis, and a slice of them along that axis is one block again."""
 
-    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, layers: int | None = None):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, einsum: Einsum, layers: int | None = None):
         pd = jnp.dtype(config.param_dtype)
         self.input_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd, layers)
-        self.attention = Attention(config, rngs, layers)
+        self.attention = Attention(config, rngs, einsum, layers)
         self.post_attention_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd, layers)
-        self.mlp = MLP(config, rngs, layers)
+        self.mlp = MLP(config, rngs, einsum, layers)
 
     def __call__(self, x, cos, sin, attend: "Attend", state: Any, layer, mesh: Mesh | None):
         """One pre-norm block. ``attend(q, k, v, state, layer) -> (attended, state)`` is the only thing
@@ -186,7 +175,7 @@ class Block(nnx.Module):
         None) is threaded through every layer and updated in place at ``layer``."""
         q, k, v = self.attention.qkv(self.input_norm(x), cos, sin, mesh)
         attended, state = attend(q, k, v, state, layer)
-        x = constrain(x + self.attention.output(attended, mesh), ("batch", "length", None), mesh)
+        x = constrain(x + self.attention.output(attended), ("batch", "length", None), mesh)
         x = constrain(x + self.mlp(self.post_attention_norm(x), mesh), ("batch", "length", None), mesh)
         return x, state
 
@@ -208,14 +197,16 @@ def _jitted_logits(graphdef, state, input_ids, attention_mask, positions):
 
 
 class CausalLM(nnx.Module):
-    """Decoder-only LM. ``mesh`` (static) enables activation sharding constraints."""
+    """Decoder-only LM. ``mesh`` (static) enables activation sharding constraints; the weight matmuls
+    run the einsum of the mesh's platform (`tooln1.platform.matmul`)."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, mesh: Mesh | None = None):
         c, pd = config, jnp.dtype(config.param_dtype)
         self.config = config
         self.mesh = mesh
         self.embed = _param(rngs, (c.vocab_size, c.hidden_size), pd, ("vocab", "embed"))
-        self.layers = Block(c, rngs, layers=c.num_layers)  # stacked: [num_layers, ...] per parameter
+        # stacked: [num_layers, ...] per parameter
+        self.layers = Block(c, rngs, einsum_for(c.dtype, mesh), layers=c.num_layers)
         self.final_norm = RMSNorm(c.hidden_size, c.rms_norm_eps, pd)
         if not c.tie_word_embeddings:
             self.lm_head = _param(rngs, (c.hidden_size, c.vocab_size), pd, ("embed", "vocab"))
@@ -312,10 +303,6 @@ class CausalLM(nnx.Module):
         scan of their own under ``stop_gradient``.
         """
         mesh = self.mesh
-        if isinstance(self.layers, nnx.List):  # the decoding copy (`split_layers`): unrolled, no backward
-            for layer, block in enumerate(self.layers):
-                x, state = block(x, cos, sin, attend, state, layer, mesh)
-            return x, state
         graphdef, params = nnx.split(self.layers)
 
         def body(carry, per_layer):
@@ -342,59 +329,6 @@ class CausalLM(nnx.Module):
             x = jax.lax.stop_gradient(x)
             params = jax.tree.map(lambda a: a[frozen:], params)
         return run((x, state), params, frozen)
-
-
-def split_layers(model: CausalLM) -> CausalLM:
-    """Replace ``model``'s stacked blocks by one block per layer, MLP kernels stored [out, in]; returns it.
-
-    What small-batch decoding on a CPU reads fastest: under the layer scan XLA:CPU copies each layer's
-    weights out of the stack before its matmuls, and an [8, 896] x [896, 4864] matmul streams its
-    weights at 11 GB/s stored [in, out] but 17 GB/s stored [out, in] (Qwen2.5-0.5B's MLP at 8 rows:
-    130 ms a step scanned, 87 ms split). Training keeps the stacked layout; this is for a copy.
-    """
-    graphdef, stacked = nnx.split(model.layers)
-
-    def block(i: int) -> Block:
-        def take(v):
-            axes = v.get_metadata().get("logical_axes")
-            return v.replace(value=v.get_value()[i], logical_axes=axes[1:] if axes else axes)
-
-        one = nnx.merge(graphdef, jax.tree.map(take, stacked, is_leaf=lambda v: isinstance(v, nnx.Variable)))
-        for name in ("gate_kernel", "up_kernel", "down_kernel"):
-            v = getattr(one.mlp, name)
-            setattr(one.mlp, name, v.replace(value=v.get_value().T, logical_axes=v.get_metadata()["logical_axes"][::-1]))
-        one.mlp.out_major = True
-        return one
-
-    model.layers = nnx.List([block(i) for i in range(model.config.num_layers)])
-    return model
-
-
-def heads_major(model: CausalLM) -> CausalLM:
-    """Store the stacked q/k/v kernels [layers, heads, embed, D]; returns ``model``. XLA:TPU's decode
-    matmuls read them heads-major and copied the [layers, embed, heads, D] stacks into that layout at
-    every round (Qwen2.5-14B: 3.3 GiB of temporaries a chip). A decoding copy only."""
-    attention = model.layers.attention
-    for name in ("q_kernel", "k_kernel", "v_kernel"):
-        v = getattr(attention, name)
-        axes = v.get_metadata()["logical_axes"]
-        setattr(attention, name, v.replace(value=jnp.swapaxes(v.get_value(), 1, 2),
-                                           logical_axes=(axes[0], axes[2], axes[1], axes[3])))
-    attention.heads_major = True
-    return model
-
-
-def float32_lookup(model: CausalLM, table: jax.Array) -> CausalLM:
-    """Gather embedding rows from the float32 ``table`` and project logits with a separate [D, V] head in
-    the compute dtype; returns ``model``. For 16-bit decoding on a CPU: XLA:CPU widens a bf16 gather's
-    whole table to float32 on every call inside a loop (SmolLM2: ~35 ms a round), and its bf16 matmul
-    wants the head [in, out], so a tied [V, D] table was transposed every round. A decoding copy only."""
-    dtype = jnp.dtype(model.config.dtype)
-    if model.config.tie_word_embeddings:
-        model.lm_head = nnx.Param(table.T.astype(dtype), logical_axes=("embed", "vocab"))
-        model.config = model.config.replace(tie_word_embeddings=False)
-    model.embed = nnx.Param(table.astype(jnp.float32), logical_axes=("vocab", "embed"))
-    return model
 
 
 def count_params(config: ModelConfig) -> int:

@@ -9,8 +9,8 @@ pool copied it for the kernel at every step). A sequence's page table ``[M]`` li
 and its length says how many leading slots are real. Page 0 is the engine's scratch page: rows and
 tokens with nothing to write write there, and a table padded with 0 is masked by the length.
 
-* `write_pages` scatters new keys/values to (page, offset) slots of one layer; `pool_dtype` says what
-  the pools hold (bfloat16 as uint16 bits on a CPU, where a bf16 scatter widens its whole pool).
+* `write_pages` scatters new keys/values to (page, offset) slots of one layer, in the pool's dtype
+  (`tooln1.platform.kv_storage`: bfloat16 as its bits on a CPU).
 * `ragged_paged_attention` is decode attention (one query per sequence): JAX's Pallas kernels on TPU and,
   for 16-bit KV, on GPU (Triton); elsewhere a pure-JAX split-K loop over (sequence, block of pages) items
   up to each sequence's own length, so the cost follows the real lengths, not the table width or the
@@ -29,13 +29,10 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec
 
+from tooln1.platform.kv_storage import BFLOAT16_BITS, load, store
 from tooln1.sharding import batch_axes, logical_to_spec, platform
 
 MASKED = -1e30  # finite, so a block with no real slot adds exp(MASKED - m) = 0 rather than NaN
-
-
-# A pool of this dtype holds bfloat16 values as their bits (`pool_dtype`).
-BFLOAT16_BITS = jnp.dtype(jnp.uint16)
 LANES = 128
 
 
@@ -54,26 +51,6 @@ def _tokens_per_page(pool: jax.Array, head_dim: int) -> int:
     return pool.shape[-2] * pool.shape[-1] // head_dim
 
 
-def pool_dtype(dtype, cpu: bool) -> jnp.dtype:
-    """The pools' dtype for KV of ``dtype``. On a CPU bfloat16 is stored as its bits: XLA:CPU widens a
-    bf16 scatter's whole operand to float32 and back (each KV write a pass over every layer's pages),
-    but scatters uint16 in place; float16 is kept as float32 there."""
-    dtype = jnp.dtype(dtype)
-    if cpu and dtype == jnp.bfloat16:
-        return BFLOAT16_BITS
-    return jnp.dtype(jnp.float32) if cpu and dtype.itemsize < 4 else dtype
-
-
-def _load(x: jax.Array) -> jax.Array:
-    return jax.lax.bitcast_convert_type(x, jnp.bfloat16) if x.dtype == BFLOAT16_BITS else x
-
-
-def _store(x: jax.Array, dtype) -> jax.Array:
-    if dtype == BFLOAT16_BITS:
-        return jax.lax.bitcast_convert_type(x.astype(jnp.bfloat16), BFLOAT16_BITS)
-    return x.astype(dtype)
-
-
 def write_pages(pool: jax.Array, layer, new: jax.Array, pages: jax.Array, offsets: jax.Array) -> jax.Array:
     """``pool[:, layer, pages[t], offsets[t]] = new[t]`` for new ``[T, kv_heads, D]``; ``layer`` may be traced.
 
@@ -81,7 +58,7 @@ def write_pages(pool: jax.Array, layer, new: jax.Array, pages: jax.Array, offset
     the pool out with the heads next to D, then copy the whole pool to and from that layout around
     the decode loop and copy each layer's pages back for the attention kernel at every step. In a
     pool of 128-lane rows (`page_shape`) each token is a window of D lanes within its row."""
-    new = _store(new, pool.dtype)
+    new = store(new, pool.dtype)
     d, width = new.shape[-1], pool.shape[-1]
     flat = offsets * d  # the token's first lane within its page
     dims = jax.lax.ScatterDimensionNumbers(update_window_dims=(1,), inserted_window_dims=(0, 1, 2, 3),
@@ -99,7 +76,7 @@ def gather_pages(pool: jax.Array, page_table: jax.Array, layer=None, head_dim: i
     ``head_dim`` D: the pool's width by default."""
     kv, d = pool.shape[0], head_dim or pool.shape[-1]
     pages = pool[:, page_table] if layer is None else pool[:, layer, page_table]  # [KV, M, rows, width]
-    return _load(pages.reshape(kv, -1, d).transpose(1, 0, 2))
+    return load(pages.reshape(kv, -1, d).transpose(1, 0, 2))
 
 
 def _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block: int, layer) -> jax.Array:
@@ -138,8 +115,8 @@ def _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block:
         seq = jnp.minimum(jnp.searchsorted(ends, item, side="right"), s - 1)
         first = (item - ends[seq] + counts[seq]) * bp  # the item's first page-table column
         pages = jnp.where(real[:, None], jnp.take_along_axis(table[seq], first[:, None] + jnp.arange(bp), axis=1), 0)
-        k = _load(read(k_pages, pages)).reshape(kv, width, block, d)
-        v = _load(read(v_pages, pages)).reshape(kv, width, block, d)
+        k = load(read(k_pages, pages)).reshape(kv, width, block, d)
+        v = load(read(v_pages, pages)).reshape(kv, width, block, d)
         # Scores [KV, W, block, G], the gathered keys' own layout: as [.., G, block] XLA:CPU transposed
         # every key block first (one layer's attention, 8 SmolLM2 slots: 3.1 -> 2.1 ms).
         scores = jnp.einsum("kwnd,wkgd->kwng", k, qg[seq], preferred_element_type=jnp.float32) * score_scale
@@ -311,5 +288,5 @@ def sharded_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array
         q, k_pages, v_pages, lengths, page_table)
 
 
-__all__ = ["BFLOAT16_BITS", "page_shape", "pool_dtype", "write_pages", "gather_pages", "ragged_paged_attention",
-           "sharded_paged_attention", "kernel_fits", "gpu_kernel_fits", "megacore_mode"]
+__all__ = ["page_shape", "write_pages", "gather_pages", "ragged_paged_attention", "sharded_paged_attention",
+           "kernel_fits", "gpu_kernel_fits", "megacore_mode"]

@@ -29,9 +29,9 @@ decides what each round does:
   for any slot count, page size, chunk size or prompt order (up to float rounding of different
   batch shapes).
 * **Weights.** Decoding reads `inference_weights`: the parameters cast to the compute dtype and laid
-  out tensor-parallel (replicated over the batch axes, where each shard decodes its own slots), on a
-  CPU also split per layer with the MLP kernels [out, in] (``layer_layout``), refreshed by
-  `Engine.refresh` after an update.
+  out tensor-parallel (replicated over the batch axes, where each shard decodes its own slots) in the
+  platform's decoding layout (`tooln1.platform.decode_layout`), refreshed by `Engine.refresh` after an
+  update.
 * **Host overlap.** ``on_group(prompt_index, completions)`` runs on a worker thread as each prompt's
   G samples finish (a bounded queue), while the device keeps decoding.
 
@@ -55,20 +55,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from tooln1.models.paged_attention import page_shape
+from tooln1.platform.decode_layout import LAYER_LAYOUTS, DecodeLayout, decoding_copy
 from tooln1.rollout.programs import (Admit, Chunk, Shape, empty_slots, pool_sharding, run_prefill, run_round,
-                                 shard_sharding)
-from tooln1.models.decoder import float32_lookup, heads_major, split_layers
-from tooln1.models.paged_attention import page_shape, pool_dtype
-from tooln1.sharding import INFERENCE_RULES, batch_shards, platform, state_shardings
-
-LAYER_LAYOUTS = ("auto", "stacked", "per_layer")
-# Splitting pays on a CPU once a layer's MLP kernel is more than a few MB: Qwen2.5-0.5B (17 MB kernels)
-# decodes 1-8 slots 1.2-1.9x faster split; SmolLM2-135M (3.5 MB) decodes API-Bank's rounds 7.0 s against
-# 7.5 s stacked (six alternating runs on a 2-core CPU without AMX; 8-row MLP reads 38-41 against 52-58 ms
-# a step), but its unrolled programs compile ~3x longer (API-Bank's first pass 74-78 s against 24 s): it
-# pays over a training run or a long evaluation. Elsewhere XLA reads a layer's weights straight out of the
-# stack, and unrolling would only cost compile time.
-PER_LAYER_MIN_KERNEL_BYTES = 2 << 20
+                                     shard_sharding)
+from tooln1.sharding import INFERENCE_RULES, batch_shards, state_shardings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,9 +82,7 @@ class EngineConfig:
     decode_widths: int = 4  # compiled decode widths: all slots, then halves (the long tail decodes narrower)
     score_queue: int = 64  # finished groups waiting for on_group before decoding waits
     prefix_cache: bool = True  # a prompt reuses the full pages of an earlier prompt with the same prefix
-    # Decoding copy of the weights: "stacked" (one scan over the layers, as trained), "per_layer"
-    # (unrolled, an array per layer, MLP kernels [out, in]: `tooln1.models.decoder.split_layers`), or
-    # "auto": per_layer on a CPU for MLP kernels of PER_LAYER_MIN_KERNEL_BYTES or more, else stacked.
+    # The decoding copy's layers: "stacked", "per_layer" or "auto" (`tooln1.platform.decode_layout`)
     layer_layout: str = "auto"
 
     def __post_init__(self):
@@ -103,15 +92,6 @@ class EngineConfig:
                 raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.layer_layout not in LAYER_LAYOUTS:
             raise ValueError(f"EngineConfig.layer_layout {self.layer_layout!r}; expected one of {LAYER_LAYOUTS}")
-
-    def per_layer(self, model_config, mesh) -> bool:
-        """Whether the decoding copy is split per layer, for a model on ``mesh`` (None: the default device)."""
-        if self.layer_layout != "auto":
-            return self.layer_layout == "per_layer"
-        itemsize = jnp.dtype(model_config.dtype).itemsize
-        kernel = model_config.hidden_size * model_config.intermediate_size * itemsize
-        # 16-bit: under the layer scan XLA:CPU also widens every layer's bf16 stack to float32 each round
-        return platform(mesh) == "cpu" and (kernel >= PER_LAYER_MIN_KERNEL_BYTES or itemsize == 2)
 
 
 class Completion(NamedTuple):
@@ -157,14 +137,14 @@ class _Running:
     logprobs: list[np.ndarray] = dataclasses.field(default_factory=list)
 
 
-def inference_weights(model, per_layer: bool = False) -> tuple[Any, Any]:
-    """(graphdef, state) of ``model``'s decoding copy: float parameters in the compute dtype, laid out for
-    decoding (tensor-parallel on a mesh; with ``per_layer``, `tooln1.models.decoder.split_layers`)."""
-    copy, state = _copier(model, per_layer)
-    if model.mesh is None and not per_layer:
+def inference_weights(model, layout: DecodeLayout) -> tuple[Any, Any]:
+    """(graphdef, state) of ``model``'s decoding copy: float parameters in the compute dtype, in the
+    platform's ``layout`` (`tooln1.platform.decode_layout`), tensor-parallel on a mesh."""
+    copy, state = _copier(model, layout)
+    if model.mesh is None and not layout.per_layer:
         return copy(state)  # shares the arrays where the dtype is already the compute dtype
-    key = (copy.args[0], model.mesh, jnp.dtype(model.config.dtype), per_layer)
-    if key not in _COPIES:  # one program: eager per-leaf slices took 1.6 s at 0.5B
+    key = (copy.args[0], model.mesh, layout)
+    if key not in _COPIES:  # one program: eager per-leaf slices are slow for a model of many leaves
         out_graphdef, abstract = _abstract_copy(copy, state)
         shardings = None if model.mesh is None else state_shardings(abstract, model.mesh, INFERENCE_RULES)
         _COPIES[key] = out_graphdef, jax.jit(lambda s: copy(s)[1], out_shardings=shardings)
@@ -172,24 +152,13 @@ def inference_weights(model, per_layer: bool = False) -> tuple[Any, Any]:
     return out_graphdef, fn(state)
 
 
-_COPIES: dict[Any, tuple[Any, Callable]] = {}  # one compiled copy per model structure, mesh, dtype and layout
+_COPIES: dict[Any, tuple[Any, Callable]] = {}  # one compiled copy per model structure, mesh and layout
 
 
-def _copier(model, per_layer: bool) -> tuple[functools.partial, Any]:
+def _copier(model, layout: DecodeLayout) -> tuple[functools.partial, Any]:
     """``copy(state) -> (graphdef, state)`` of ``model``'s decoding copy, and ``model``'s state."""
     graphdef, state = nnx.split(model)
-    return functools.partial(_decoding_copy, graphdef, dtype=jnp.dtype(model.config.dtype), per_layer=per_layer), state
-
-
-def _decoding_copy(graphdef, state, dtype, per_layer: bool) -> tuple[Any, Any]:
-    model = nnx.merge(graphdef, jax.tree.map(lambda x: _cast(x, dtype), state))
-    if per_layer:  # the CPU layout
-        model = split_layers(model)
-        if dtype.itemsize == 2:
-            model = float32_lookup(model, nnx.merge(graphdef, state)._embedding())
-    elif platform(model.mesh) == "tpu":
-        model = heads_major(model)
-    return nnx.split(model)
+    return functools.partial(decoding_copy, graphdef, layout=layout), state
 
 
 def _abstract_copy(copy: Callable, state) -> tuple[Any, Any]:
@@ -204,23 +173,16 @@ def _abstract_copy(copy: Callable, state) -> tuple[Any, Any]:
     return out["graphdef"], abstract
 
 
-def _cast(x: jax.Array, dtype) -> jax.Array:
-    return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
-
-
 class Engine:
     """Generates G samples per prompt token list; see the module docstring."""
 
     def __init__(self, model, config: EngineConfig = EngineConfig()):
         self.config, self.mesh, self.model_config = config, model.mesh, model.config
-        cpu = platform(self.mesh) == "cpu"
-        self.kv_dtype = pool_dtype(model.config.dtype, cpu)  # the compute dtype; bf16 as its bits on a CPU
-        # XLA:CPU runs a one-row bf16 matmul on a slow path (the 0.5B head: 126 ms against 16 ms at two rows)
-        self.narrowest = 2 if cpu and jnp.dtype(model.config.dtype).itemsize == 2 else 1
+        self.layout = DecodeLayout.of(model.config, self.mesh, config.layer_layout)
         self.stats: dict[str, float] = {}
         if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(nnx.state(model))):
             # an abstract model (tooln1-fit: compile-only devices): the decoding copy's shapes only
-            self.graphdef, abstract = _abstract_copy(*_copier(model, config.per_layer(model.config, self.mesh)))
+            self.graphdef, abstract = _abstract_copy(*_copier(model, self.layout))
             shardings = (jax.tree.map(lambda _: None, abstract) if self.mesh is None
                          else state_shardings(abstract, self.mesh, INFERENCE_RULES))
             self.weights = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -233,7 +195,7 @@ class Engine:
         """Take the decoding copy of ``model``'s current parameters; returns the seconds it took."""
         t0 = time.perf_counter()
         self.release()  # a split or cast copy is a second set of weights: drop the old one first
-        self.graphdef, self.weights = inference_weights(model, self.config.per_layer(model.config, self.mesh))
+        self.graphdef, self.weights = inference_weights(model, self.layout)
         jax.block_until_ready(self.weights)
         return time.perf_counter() - t0
 
@@ -247,7 +209,7 @@ class Engine:
         """Bytes of one KV page (keys and values, every layer) on one device."""
         c, tensor = self.model_config, 1 if self.mesh is None else self.mesh.shape.get("tensor", 1)
         kv_heads = c.num_kv_heads // tensor if c.num_kv_heads % tensor == 0 else c.num_kv_heads
-        return 2 * c.num_layers * kv_heads * c.head_dim * self.config.page_size * self.kv_dtype.itemsize
+        return 2 * c.num_layers * kv_heads * c.head_dim * self.config.page_size * self.layout.kv_dtype.itemsize
 
     def shape(self, sampling, samples: int, max_prompt_len: int) -> Shape:
         """The programs' shape for ``samples`` samples of prompts up to ``max_prompt_len`` tokens. Slots per
@@ -261,7 +223,7 @@ class Engine:
         if not cfg.num_slots and cfg.kv_memory_bytes:
             limit = max(1, cfg.kv_memory_bytes // (self._page_bytes() * (m + 2)))
         share = -(-samples // shards)
-        wanted = max(1 << max(share - 1, 0).bit_length() if share <= 8 else -(-share // 8) * 8, self.narrowest)
+        wanted = max(1 << max(share - 1, 0).bit_length() if share <= 8 else -(-share // 8) * 8, self.layout.narrowest)
         slots = min(wanted, limit)
         eos = () if sampling.ignore_eos else tuple(sampling.eos_ids)
         return Shape(shards=shards, slots=int(slots), pages_per_seq=m, num_pages=1 + slots * (m + 1) + m,
@@ -288,7 +250,7 @@ class Engine:
 
     def _init_state(self, shape: Shape, key_shape):
         pool = self._pool_shape(shape)
-        make_pool = lambda: jnp.zeros(pool, self.kv_dtype)  # noqa: E731
+        make_pool = lambda: jnp.zeros(pool, self.layout.kv_dtype)  # noqa: E731
         make_slots = lambda: empty_slots(shape, key_shape)  # noqa: E731
         if self.mesh is None:
             # committed to the weights' device like the programs' outputs, or every program compiles twice:
@@ -301,8 +263,7 @@ class Engine:
     def widths(self, shape: Shape) -> list[int]:
         """The decode widths rounds compile for, widest first: all slots, then halving powers of two."""
         below = [1 << k for k in range(max(shape.slots - 1, 0).bit_length() - 1, -1, -1)]
-        if self.narrowest > 1:
-            below = [w for w in below if w >= self.narrowest]
+        below = [w for w in below if w >= self.layout.narrowest]
         return [shape.slots] + below[:self.config.decode_widths - 1]
 
     def lower(self, sampling, samples: int, max_prompt_len: int, seed=None, program: str = "round"):
@@ -317,7 +278,7 @@ class Engine:
         shards = shard_sharding(self.mesh)
         struct = lambda x, sharding: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=sharding)  # noqa: E731
         pool = self._pool_shape(shape)
-        pools = (jax.ShapeDtypeStruct(pool, self.kv_dtype, sharding=pool_sharding(self.mesh, pool)),) * 2
+        pools = (jax.ShapeDtypeStruct(pool, self.layout.kv_dtype, sharding=pool_sharding(self.mesh, pool)),) * 2
         if program == "prefill":
             chunk = _stack([_ChunkBuilder(shape)] * shape.shards, _ChunkBuilder.arrays)
             return run_prefill.lower(graphdef=self.graphdef, weights=self.weights, pools=pools,

@@ -1,0 +1,168 @@
+"""How the rollout engine's decoding copy of the weights is laid out on each platform.
+
+Training keeps one layout everywhere (`tooln1.models.decoder`: the blocks stacked and run under one scan,
+kernels stored [in, out], the head tied as the checkpoint has it). Decoding reads every weight once a step
+for a few rows, and each compiler has a faster layout for that:
+
+* **CPU, per layer**: one block per layer, run unrolled, its MLP kernels stored [out, in] (`split_layers`).
+  Under the layer scan XLA:CPU copies each layer's weights out of the stack before its matmuls (and widens
+  a 16-bit stack to float32 every round), and its few-row matmuls stream an [out, in] kernel faster than
+  an [in, out] one. It pays for MLP kernels of `PER_LAYER_MIN_KERNEL_BYTES` or more and for any 16-bit
+  model, over a training run or a long evaluation: the unrolled programs compile several times longer.
+* **CPU, 16-bit**: embedding rows gathered from a float32 table, logits from a separate [D, V] head in the
+  compute dtype (`float32_lookup`): XLA:CPU widens a 16-bit gather's whole table to float32 at every call
+  inside a loop, and its 16-bit matmul wants the head [in, out]. No one-row decode width (a one-row
+  16-bit matmul takes a slow path), and KV pages hold bfloat16 as its bits (`tooln1.platform.kv_storage`).
+* **TPU**: q/k/v kernels stored [layers, heads, embed, D] (`heads_major`), the layout XLA:TPU's decode
+  matmuls read; it copied the [layers, embed, heads, D] stacks into it every round.
+
+The engine asks `DecodeLayout.of` which layout a model gets on a mesh and `decoding_copy` for the copy.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh
+
+from tooln1.models.config import ModelConfig
+from tooln1.models.decoder import MLP, Attention, CausalLM
+from tooln1.platform.kv_storage import pool_dtype
+from tooln1.sharding import platform
+
+LAYER_LAYOUTS = ("auto", "stacked", "per_layer")
+PER_LAYER_MIN_KERNEL_BYTES = 2 << 20  # a layer's MLP kernel from which "auto" splits the layers on a CPU
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeLayout:
+    """The decoding copy's layout and KV pages for one model on one platform. Hashable."""
+
+    per_layer: bool = False  # `split_layers`
+    float32_lookup: bool = False  # `float32_lookup`
+    heads_major: bool = False  # `heads_major`
+    kv_dtype: Any = jnp.dtype(jnp.float32)  # what the KV pages hold (`tooln1.platform.kv_storage`)
+    narrowest: int = 1  # the narrowest decode width worth compiling
+
+    @classmethod
+    def of(cls, config: ModelConfig, mesh: Mesh | None, layer_layout: str = "auto") -> DecodeLayout:
+        """The layout of ``config``'s model on ``mesh`` (None: the default device). ``layer_layout``:
+        "stacked" (one scan over the layers, as trained), "per_layer" (`split_layers`), or "auto":
+        per_layer on a CPU for MLP kernels of `PER_LAYER_MIN_KERNEL_BYTES` or more or a 16-bit model."""
+        if layer_layout not in LAYER_LAYOUTS:
+            raise ValueError(f"layer_layout {layer_layout!r}; expected one of {LAYER_LAYOUTS}")
+        target, dtype = platform(mesh), jnp.dtype(config.dtype)
+        cpu, half = target == "cpu", dtype.itemsize == 2
+        if layer_layout == "auto":
+            kernel = config.hidden_size * config.intermediate_size * dtype.itemsize
+            per_layer = cpu and (kernel >= PER_LAYER_MIN_KERNEL_BYTES or half)
+        else:
+            per_layer = layer_layout == "per_layer"
+        return cls(per_layer=per_layer, float32_lookup=per_layer and half,
+                   heads_major=not per_layer and target == "tpu", kv_dtype=pool_dtype(dtype, target),
+                   narrowest=2 if cpu and half else 1)
+
+
+def decoding_copy(graphdef: nnx.GraphDef, state: nnx.State, layout: DecodeLayout) -> tuple[nnx.GraphDef, nnx.State]:
+    """(graphdef, state) of the decoding copy of the model ``nnx.split`` into ``graphdef`` and ``state``:
+    its float parameters in the compute dtype, laid out as ``layout`` says. Arrays already in the
+    compute dtype are shared where the layout keeps them."""
+    model = nnx.merge(graphdef, state)
+    dtype = jnp.dtype(model.config.dtype)
+    cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x  # noqa: E731
+    copy = nnx.merge(graphdef, jax.tree.map(cast, state))
+    if layout.per_layer:
+        copy = split_layers(copy)
+    if layout.float32_lookup:
+        copy = float32_lookup(copy, model.embed[...])
+    if layout.heads_major:
+        copy = heads_major(copy)
+    return nnx.split(copy)
+
+
+# -- the layouts -------------------------------------------------------------------------------------
+M = TypeVar("M", bound=nnx.Module)
+
+
+def _as(cls: type[M], module: nnx.Module) -> M:
+    """``module`` made an instance of ``cls``, a subclass that holds the same parameters and only
+    computes with them differently; its graphdef then names ``cls``, so merged copies are ``cls`` too."""
+    object.__setattr__(module, "__class__", cls)
+    return module
+
+
+class OutMajorMLP(MLP):
+    """`MLP` with its kernels stored [out, in]."""
+
+    def _matmul(self, rows: jax.Array, kernel: nnx.Param) -> jax.Array:
+        # (w @ rows.T).T: XLA:CPU's rows @ w.T takes a slow path for one row
+        return self.einsum("oi,ri->or", kernel[...].astype(self.dtype), rows).T
+
+
+class PerLayerLM(CausalLM):
+    """`CausalLM` whose ``layers`` are an ``nnx.List`` of blocks, run unrolled (decoding: no backward)."""
+
+    def run_layers(self, x: jax.Array, cos: jax.Array, sin: jax.Array, attend, state: Any,
+                   remat: bool = False) -> tuple[jax.Array, Any]:
+        for layer, block in enumerate(self.layers):
+            x, state = block(x, cos, sin, attend, state, layer, self.mesh)
+        return x, state
+
+
+class HeadsMajorAttention(Attention):
+    """`Attention` with its q/k/v kernels stored [heads, embed, D]."""
+
+    def _project(self, x: jax.Array, kernel: nnx.Param, bias: nnx.Param | None) -> jax.Array:
+        y = self.einsum("btd,hdk->bthk", x, kernel[...].astype(self.dtype))
+        return y + bias[...].astype(self.dtype) if self.qkv_bias else y
+
+
+def split_layers(model: CausalLM) -> PerLayerLM:
+    """``model`` (changed in place) with one block per layer and MLP kernels stored [out, in]."""
+    graphdef, stacked = nnx.split(model.layers)
+
+    def block(i: int) -> nnx.Module:
+        def take(v):
+            axes = v.get_metadata().get("logical_axes")
+            return v.replace(value=v.get_value()[i], logical_axes=axes[1:] if axes else axes)
+
+        one = nnx.merge(graphdef, jax.tree.map(take, stacked, is_leaf=lambda v: isinstance(v, nnx.Variable)))
+        for name in ("gate_kernel", "up_kernel", "down_kernel"):
+            v = getattr(one.mlp, name)
+            axes = v.get_metadata()["logical_axes"]
+            setattr(one.mlp, name, v.replace(value=v.get_value().T, logical_axes=axes[::-1]))
+        _as(OutMajorMLP, one.mlp)
+        return one
+
+    model.layers = nnx.List([block(i) for i in range(model.config.num_layers)])
+    return _as(PerLayerLM, model)
+
+
+def heads_major(model: CausalLM) -> CausalLM:
+    """``model`` (changed in place) with its stacked q/k/v kernels stored [layers, heads, embed, D]."""
+    attention = model.layers.attention
+    for name in ("q_kernel", "k_kernel", "v_kernel"):
+        v = getattr(attention, name)
+        axes = v.get_metadata()["logical_axes"]
+        setattr(attention, name, v.replace(value=jnp.swapaxes(v.get_value(), 1, 2),
+                                           logical_axes=(axes[0], axes[2], axes[1], axes[3])))
+    _as(HeadsMajorAttention, attention)
+    return model
+
+
+def float32_lookup(model: CausalLM, table: jax.Array) -> CausalLM:
+    """``model`` (changed in place) gathering embedding rows from the float32 of ``table`` and projecting
+    logits with a separate [D, V] head in the compute dtype."""
+    dtype = jnp.dtype(model.config.dtype)
+    if model.config.tie_word_embeddings:
+        model.lm_head = nnx.Param(table.T.astype(dtype), logical_axes=("embed", "vocab"))
+        model.config = model.config.replace(tie_word_embeddings=False)
+    model.embed = nnx.Param(table.astype(jnp.float32), logical_axes=("vocab", "embed"))
+    return model
+
+
+__all__ = ["DecodeLayout", "LAYER_LAYOUTS", "PER_LAYER_MIN_KERNEL_BYTES", "decoding_copy", "split_layers",
+           "heads_major", "float32_lookup", "OutMajorMLP", "PerLayerLM", "HeadsMajorAttention"]
