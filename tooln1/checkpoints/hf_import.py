@@ -18,6 +18,7 @@ from flax import nnx
 from jax.sharding import Mesh
 from safetensors import SafetensorError, safe_open
 
+from tooln1.checkpoints import gguf_file
 from tooln1.checkpoints.hf_layout import IGNORED_SUFFIXES, SAFETENSORS_INDEX, SAFETENSORS_SINGLE, CheckpointError, tensor_map
 from tooln1.models.config import ModelConfig
 from tooln1.models.decoder import CausalLM
@@ -87,9 +88,7 @@ def read_source(path: str) -> Source:
     """``(hf_config, tensor names, iterate)`` for an HF directory or a ``.gguf`` file; ``iterate(names)``
     yields ``(HF name, array in HF layout)`` one tensor at a time."""
     if path.endswith(".gguf"):
-        from tooln1.checkpoints import gguf_file as gguf_io
-
-        return gguf_io.read_source(path)
+        return gguf_file.read_source(path)
     hf_config = _read_config(path)
     files = _weight_files(path)
     return hf_config, list(files), lambda names: _iter_tensors(files, names)
@@ -207,9 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"tooln1-convert: {e}")
     model.save_pretrained(args.dst, max_shard_size=args.max_shard_size)
     if args.src.endswith(".gguf") and jax.process_index() == 0:
-        from tooln1.checkpoints import gguf_file as gguf_io
-
-        gguf_io.load_tokenizer(args.src).save_pretrained(args.dst)
+        gguf_file.load_tokenizer(args.src).save_pretrained(args.dst)
     n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     print(f"converted {args.src} -> {args.dst}: {config_summary(model.config)}, {n:,} parameters")
 
