@@ -304,7 +304,7 @@ def test_runtime_objects_of_a_config():
     from tooln1.training.updater import OptimizerConfig
 
     c = load_config_module("quickstart").get_config()
-    assert optimizer_config(c.grpo.optimizer) == OptimizerConfig.from_mapping(c.grpo.optimizer)
+    assert optimizer_config(c.grpo.optimizer) == OptimizerConfig(**c.grpo.optimizer)
     assert optimizer_config(c.sft.optimizer).learning_rate == 5e-3
     loss = grpo_loss(c.grpo)
     assert (loss.temperature, loss.group_size, loss.on_policy, loss.logprob_chunk_size) == (1.0, 16, False, 512)

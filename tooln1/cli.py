@@ -14,7 +14,6 @@ from tooln1.config import ConfigError, check_override_keys, load_config
 from tooln1.config.files import define_config_flag
 from tooln1.config.reference import usage, wants_help
 from tooln1.platform.host_memory import keep_freed_memory
-from tooln1.training.loop import train
 
 DEBUG_ENV = "TOOLN1_DEBUG"  # set to 1 for the full traceback instead of the one-line error
 SUMMARY = ("Train a tool-calling policy as the config says: SFT and/or GRPO, greedy validation, HF export "
@@ -68,6 +67,9 @@ def _absl_main(argv: Sequence[str]) -> None:
     if cfg is None:
         raise SystemExit("tooln1-train: --config is required, e.g. --config configs/quickstart.py")
     try:
+        # imported here: transformers must load after main() silences its advisory, and --help stays fast
+        from tooln1.training.loop import train
+
         train(cfg)
     except (ConfigError, CheckpointError, CheckpointMismatch, NoUsableCheckpoint) as e:
         if _debug():

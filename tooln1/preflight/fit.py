@@ -163,29 +163,23 @@ def decode_flops(config: Any, batch: int, group: int, prompt: int, response: int
 
 def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
     """Every program a run of ``cfg`` compiles (filtered by comma-separated name substrings)."""
-    from tooln1.grpo import GRPOLoss
-    from tooln1.rollout.engine import EngineConfig
-    from tooln1.rollout.sampling import DEFAULT_PROMPT_BUCKETS, SamplingConfig, bucket_length
+    # after prepare_environment: these import JAX, which must see the target's flags
+    from tooln1.config import runtime
+    from tooln1.rollout.sampling import bucket_length
     from tooln1.rollout.sampling import lower as lower_sampler
-    from tooln1.training.sft_loss import SFTLoss
-    from tooln1.training.updater import OptimizerConfig, Updater
+    from tooln1.training.updater import Updater
 
     config = model.config
     out: list[Program] = []
     grpo, sft = cfg.grpo, cfg.sft
-    b = cfg.grpo.prompt_bucket
-    # the trainer's prompt buckets (Trainer._prompt_buckets); the largest one in use is the worst case
-    buckets = (tuple(range(b, -(-cfg.data.max_prompt_tokens // b) * b + 1, b)) if b else DEFAULT_PROMPT_BUCKETS)
-    p = bucket_length(cfg.data.max_prompt_tokens, buckets)
-    sampler_cfg = dict(eos_ids=(0,), pad_id=0, prompt_buckets=buckets)  # which ids does not change the program
+    # the largest prompt bucket in use is the worst case; which eos/pad ids does not change the program
+    p = bucket_length(cfg.data.max_prompt_tokens, runtime.prompt_buckets(cfg))
 
     if grpo.enabled:
         g, r = grpo.group_size, grpo.max_response_tokens
         n = grpo.batch_size * g
-        loss = GRPOLoss(clip_eps=grpo.clip_eps, kl_coef=grpo.kl_coef, loss_agg=grpo.loss_agg,
-                        temperature=grpo.temperature, logprob_chunk_size=grpo.logprob_chunk_size or None,
-                        on_policy=grpo.num_mini_batches == 1, group_size=g if grpo.share_prompt else 1)
-        updater = Updater(model, loss, OptimizerConfig.from_mapping(grpo.optimizer),
+        loss = runtime.grpo_loss(grpo)
+        updater = Updater(model, loss, runtime.optimizer_config(grpo.optimizer),
                           num_mini_batches=grpo.num_mini_batches, micro_batch_size=grpo.micro_batch_size or None)
         state = updater.abstract_state()
         params_b, opt_b = device_bytes(state.params), device_bytes(state.opt_state)
@@ -196,8 +190,7 @@ def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
         for key in ("old_logprobs", "ref_logprobs"):
             if key in loss.required_keys:
                 batch[key] = batch_struct(mesh, n, r, dtype="float32")
-        sampling = SamplingConfig(num_samples=g, max_new_tokens=r, temperature=grpo.temperature, top_p=grpo.top_p,
-                                  top_k=grpo.top_k, engine=EngineConfig(num_slots=grpo.rollout_slots), **sampler_cfg)
+        sampling = runtime.rollout_sampling(cfg, (0,), 0)
         during_rollout = opt_b + (params_b if ref_on_device else 0)
         shape = {"prompts": grpo.batch_size, "group_size": g, "prompt_len": p, "response_len": r}
         out.append(Program(
@@ -208,7 +201,7 @@ def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
             f"rollout engine prefill (B={grpo.batch_size}, G={g}, P={p}, R={r})", shape,
             lambda: lower_sampler(model, sampling, grpo.batch_size, p, program="prefill"),
             prefill_flops(config, grpo.batch_size, p), during_rollout))
-        lp_micro = grpo.logprob_micro_batch_size or grpo.micro_batch_size or n // grpo.num_mini_batches
+        lp_micro = runtime.logprob_micro_batch(grpo)
         rows, seq = (n // g, p + g * r) if grpo.share_prompt else (n, p + r)
         passes = [x for x, on in (("old", not loss.on_policy), ("ref", grpo.kl_coef > 0)) if on]
         if passes:  # old and reference log-probs are one program (same shapes), run once per pass
@@ -228,7 +221,7 @@ def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
         val_resident = 0
     if sft.enabled:
         t = sft.max_seq_len
-        sft_updater = Updater(model, SFTLoss(loss_agg=sft.loss_agg), OptimizerConfig.from_mapping(sft.optimizer),
+        sft_updater = Updater(model, runtime.sft_loss(sft), runtime.optimizer_config(sft.optimizer),
                               num_mini_batches=1, micro_batch_size=sft.micro_batch_size or None)
         sft_batch = {k: batch_struct(mesh, sft.batch_size, t) for k in ("input_ids", "attention_mask", "loss_mask")}
         out.append(Program(
@@ -237,8 +230,7 @@ def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
             lambda: sft_updater.lower(sft_batch), 3 * forward_flops(config, sft.batch_size * t, t)))
         if not grpo.enabled:
             val_resident = device_bytes(sft_updater.abstract_state().opt_state)
-    val = SamplingConfig(num_samples=1, max_new_tokens=cfg.eval.max_new_tokens, temperature=0.0,
-                         engine=EngineConfig(num_slots=cfg.eval.rollout_slots), **sampler_cfg)
+    val = runtime.validation_sampling(cfg, (0,), 0)
     shape = {"prompts": cfg.eval.batch_size, "prompt_len": p, "response_len": cfg.eval.max_new_tokens}
     out.append(Program(
         f"validation rollout (B={cfg.eval.batch_size}, P={p}, R={cfg.eval.max_new_tokens}, greedy)", shape,

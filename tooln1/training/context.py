@@ -23,8 +23,7 @@ from tooln1.config import ConfigError, parse_ratios, source_kind, split_specs
 from tooln1.data import add_irrelevance, filter_by_prompt_length, load_records_with_stats, mix, train_val_split
 from tooln1.data.tokens import decode_responses
 from tooln1.models import PRESETS, count_params
-from tooln1.rollout.engine import EngineConfig
-from tooln1.rollout.sampling import SamplingConfig, eos_ids_for
+from tooln1.rollout.sampling import eos_ids_for
 from tooln1.sharding import make_mesh
 from tooln1.training.metrics import MetricsWriter
 
@@ -65,14 +64,6 @@ class RunContext:
     def decode(self, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
         """Responses as text with special tokens kept and the trailing EOS dropped (what the reward reads)."""
         return decode_responses(self.tokenizer, tokens, mask, self.eos_ids)
-
-    def sampling_config(self, rollout_slots: int, **knobs: Any) -> SamplingConfig:
-        """A `SamplingConfig` for this tokenizer on an engine of ``rollout_slots`` slots per batch shard
-        (0: the engine's default); prompts padded to multiples of ``grpo.prompt_bucket`` when it is set."""
-        b, top = self.cfg.grpo.prompt_bucket, self.cfg.data.max_prompt_tokens
-        buckets = {"prompt_buckets": tuple(range(b, -(-top // b) * b + 1, b))} if b else {}
-        return SamplingConfig(eos_ids=self.eos_ids, pad_id=self.pad_id, engine=EngineConfig(num_slots=rollout_slots),
-                              **knobs, **buckets)
 
 
 def phase_checkpointer(cfg: Any, workdir: str, phase: str) -> Checkpointer:

@@ -16,16 +16,17 @@ import jax
 import numpy as np
 from flax import nnx
 
+from tooln1.config.runtime import grpo_loss, logprob_micro_batch, optimizer_config, rollout_sampling
 from tooln1.data import prompt_batch
 from tooln1.data.iterator import BatchIterator, global_array
 from tooln1.data.tokens import truncated_fraction
-from tooln1.grpo import GRPOLoss, compute_advantages
+from tooln1.grpo import compute_advantages
 from tooln1.rollout.scoring import RolloutBatch, RolloutWorker
 from tooln1.training.batch import update_batch
 from tooln1.training.context import RunContext, say
 from tooln1.training.metrics import grpo_scalars, peak_flops, update_flops
 from tooln1.training.phase import Phase, PhaseResult
-from tooln1.training.updater import OptimizerConfig, ReferencePolicy, Updater
+from tooln1.training.updater import ReferencePolicy, Updater
 from tooln1.training.validation import validate
 
 
@@ -38,14 +39,10 @@ class GRPOPhase:
         self.group_size = cfg.group_size
         iterator = BatchIterator(len(ctx.train_records), cfg.batch_size, seed=ctx.cfg.data.seed)
         self.phase = Phase(ctx, "grpo", iterator, cfg.steps or cfg.epochs * iterator.steps_per_epoch, cfg.loss_agg)
-        # One optimizer step per rollout batch: the old policy is the current one (no recompute).
-        self.loss = GRPOLoss(clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef, loss_agg=cfg.loss_agg,
-                             temperature=cfg.temperature, logprob_chunk_size=cfg.logprob_chunk_size or None,
-                             on_policy=cfg.num_mini_batches == 1, group_size=self.group_size if cfg.share_prompt else 1)
-        self.updater = Updater(model, self.loss, OptimizerConfig.from_mapping(cfg.optimizer),
-                               num_mini_batches=cfg.num_mini_batches, micro_batch_size=cfg.micro_batch_size or None)
-        self.logprob_micro_batch = (cfg.logprob_micro_batch_size or cfg.micro_batch_size
-                                    or cfg.batch_size * self.group_size // cfg.num_mini_batches)
+        self.loss = grpo_loss(cfg)
+        self.updater = Updater(model, self.loss, optimizer_config(cfg.optimizer), num_mini_batches=cfg.num_mini_batches,
+                               micro_batch_size=cfg.micro_batch_size or None)
+        self.logprob_micro_batch = logprob_micro_batch(cfg)
         # The reference is the frozen policy at the start of GRPO: copy it before the first step.
         self.reference = (ReferencePolicy(nnx.state(model, nnx.Param), offload_to_host=cfg.ref_offload,
                                           dtype=ctx.cfg.model.compute_dtype) if cfg.kl_coef > 0 else None)
@@ -86,9 +83,7 @@ class GRPOPhase:
             f"(T={cfg.temperature}, {cfg.max_response_tokens} new tokens max), {cfg.num_mini_batches} "
             f"mini-batches, lr {cfg.optimizer.learning_rate}, kl {cfg.kl_coef}, reward {cfg.reward!r}, "
             f"loss aggregation {cfg.loss_agg!r}")
-        sampling = ctx.sampling_config(cfg.rollout_slots, num_samples=self.group_size,
-                                       max_new_tokens=cfg.max_response_tokens, temperature=cfg.temperature,
-                                       top_p=cfg.top_p, top_k=cfg.top_k)
+        sampling = rollout_sampling(ctx.cfg, ctx.eos_ids, ctx.pad_id)
         self.peak_flops = peak_flops(ctx.cfg.log.peak_tflops)
         self.phase.start()
         self.rollouts = RolloutWorker(self.policy, ctx.tokenizer, sampling, cfg.reward, cfg.reward_workers)

@@ -14,14 +14,14 @@ import jax
 import numpy as np
 
 from tooln1.config import ConfigError
+from tooln1.config.runtime import optimizer_config, sft_loss
 from tooln1.data import tokenize_prompts
 from tooln1.data.iterator import BatchIterator, global_array
 from tooln1.data.tokens import left_pad
 from tooln1.training.context import RunContext, say
 from tooln1.training.metrics import peak_flops, sft_flops
 from tooln1.training.phase import Phase, PhaseResult
-from tooln1.training.sft_loss import SFTLoss
-from tooln1.training.updater import OptimizerConfig, Updater
+from tooln1.training.updater import Updater
 
 
 def sft_response(record: dict, target: str, think_text: str, eos: str = "<|im_end|>") -> str:
@@ -71,8 +71,8 @@ class SFTExamples:
 
 
 def sft_updater(model: Any, cfg: Any, donate: bool = True) -> Updater:
-    return Updater(model, SFTLoss(loss_agg=cfg.sft.loss_agg), OptimizerConfig.from_mapping(cfg.sft.optimizer),
-                   num_mini_batches=1, micro_batch_size=cfg.sft.micro_batch_size or None, donate=donate)
+    return Updater(model, sft_loss(cfg.sft), optimizer_config(cfg.sft.optimizer), num_mini_batches=1,
+                   micro_batch_size=cfg.sft.micro_batch_size or None, donate=donate)
 
 
 def run_sft(ctx: RunContext, model: Any) -> tuple[Any, PhaseResult]:

@@ -74,15 +74,6 @@ class OptimizerConfig:
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ValueError(f"OptimizerConfig.max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
 
-    @classmethod
-    def from_mapping(cls, cfg: Mapping[str, Any]) -> "OptimizerConfig":
-        """From a dict / ml-collections ConfigDict; unknown keys are an error naming them."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - names)
-        if unknown:
-            raise ValueError(f"optimizer config: unknown keys {unknown}; known: {sorted(names)}")
-        return cls(**dict(cfg))
-
 
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformation:
     """``clip_by_global_norm`` then AdamW at a constant learning rate."""

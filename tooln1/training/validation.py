@@ -8,6 +8,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from tooln1.config.runtime import validation_sampling
 from tooln1.data import prompt_batch
 from tooln1.reward import score_batch
 from tooln1.rollout.sampling import sample
@@ -21,8 +22,7 @@ def validate(ctx: RunContext, model: Any, step: int, tag: str) -> float:
     process makes the same sampler calls; the means are over the real records of all processes."""
     cfg = ctx.cfg
     t0 = time.perf_counter()
-    sampling = ctx.sampling_config(cfg.eval.rollout_slots, num_samples=1, max_new_tokens=cfg.eval.max_new_tokens,
-                                   temperature=0.0)
+    sampling = validation_sampling(cfg, ctx.eos_ids, ctx.pad_id)
     share = -(-len(ctx.val_records) // jax.process_count())
     first = jax.process_index() * share
     records = ctx.val_records[first:first + share]
