@@ -224,11 +224,12 @@ def test_clis_silence_transformers_pytorch_warning(entry):
     module, call = entry.split(":")
     code = (f"import sys; sys.modules['torch'] = None; import {module} as m\n"
             f"try:\n    m.{call}\nexcept SystemExit:\n    pass\nimport transformers")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_NO_ADVISORY_WARNINGS"}  # a CLI run in-process set it
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "PyTorch was not found" not in proc.stderr
     plain = subprocess.run([sys.executable, "-c", "import sys; sys.modules['torch'] = None; import transformers"],
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=300, env=env)
     assert "PyTorch was not found" in plain.stderr  # the warning this test is about
 
 
@@ -307,7 +308,7 @@ def test_runtime_objects_of_a_config():
     assert optimizer_config(c.grpo.optimizer) == OptimizerConfig(**c.grpo.optimizer)
     assert optimizer_config(c.sft.optimizer).learning_rate == 5e-3
     loss = grpo_loss(c.grpo)
-    assert (loss.temperature, loss.group_size, loss.on_policy, loss.logprob_chunk_size) == (1.0, 16, False, 512)
+    assert (loss.temperature, loss.rows_per_prompt, loss.on_policy, loss.logprob_chunk_size) == (1.0, 16, False, 512)
     assert sft_loss(c.sft).loss_agg == "token-mean"
     assert logprob_micro_batch(c.grpo) == 64 and prompt_buckets(c) == (448,)
     rollout, val = rollout_sampling(c, [7, 8], 0), validation_sampling(c, [7], 0)

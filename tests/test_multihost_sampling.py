@@ -47,7 +47,7 @@ from tooln1.training.batch import update_batch
 lengths = np.asarray(args["update_lengths"][process_id])
 fake = local._replace(mask=(np.arange(64)[None] < lengths[:, None]).astype(np.int32),
                       tokens=np.zeros((len(lengths), 64), np.int32))
-host, packed = update_batch(fake, np.zeros(len(lengths)), 2, pack=True)
+host, packed = update_batch(fake, np.zeros(len(lengths)), 2)
 result["update_lengths"] = [host["response_ids"].shape[1], packed]
 print("RESULT" + json.dumps(result))
 """

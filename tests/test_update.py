@@ -242,7 +242,7 @@ def test_on_policy_single_step_equals_recomputed_old_logprobs(run):
 
 
 def test_shared_prompt_packing_matches_per_row_scoring(run):
-    """``group_size=G`` runs each group's prompt once (packed row, segment mask): log-probs,
+    """``rows_per_prompt=G`` runs each group's prompt once (packed row, segment mask): log-probs,
     entropies and the loss gradient equal the per-row forward, with ragged left-padded prompts and
     responses that end early."""
     g = 4
@@ -264,14 +264,14 @@ def test_shared_prompt_packing_matches_per_row_scoring(run):
     assert packed_length(b["response_mask"][:, :3], g) == 12
     for attention, length in (("dense", 0), ("blockwise", 0), ("dense", tight), ("blockwise", tight)):
         model.config = CFG.replace(attention=attention, attention_block_size=4)  # blockwise: several key blocks
-        packed = response_logprobs(model, *args, 0.7, return_entropy=True, group_size=g, packed_length=length)
+        packed = response_logprobs(model, *args, 0.7, return_entropy=True, rows_per_prompt=g, packed_length=length)
         for want, got in zip(per_row, packed):
             np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(want)[valid], atol=2e-5)
     b["old_logprobs"] = np.asarray(per_row[0]) + 0.3 * np.sign(b["advantages"])[:, None]  # ratios away from 1
     b["ref_logprobs"] = np.asarray(per_row[0]) - 0.2
 
     def loss(params, group_size, length=0):
-        return dataclasses.replace(LOSS, group_size=group_size, packed_length=length)(nnx.merge(graphdef, params), b)[0]
+        return dataclasses.replace(LOSS, rows_per_prompt=group_size, packed_length=length)(nnx.merge(graphdef, params), b)[0]
 
     grad = jax.jit(jax.value_and_grad(loss), static_argnums=(1, 2))
     want_loss, want_grad = grad(run["params0"], 1)
@@ -280,7 +280,7 @@ def test_shared_prompt_packing_matches_per_row_scoring(run):
         assert float(got_loss) == pytest.approx(float(want_loss), abs=1e-6)
         jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6, rtol=1e-4), got_grad, want_grad)
     # the per-batch variant reaches the compiled step and log-prob programs (the trainer's path)
-    updater = Updater(model, dataclasses.replace(LOSS, group_size=g), OPT, donate=False)
+    updater = Updater(model, dataclasses.replace(LOSS, rows_per_prompt=g), OPT, donate=False)
     variant = dataclasses.replace(updater.loss_fn, packed_length=tight, kl_coef=0.5)
     want = variant(nnx.merge(graphdef, run["params0"]), b)[0]
     state = updater.init(nnx.merge(graphdef, jax.tree.map(jnp.asarray, run["params0"])))
@@ -288,8 +288,8 @@ def test_shared_prompt_packing_matches_per_row_scoring(run):
     assert float(updater.step(state, b)[1]["loss"]) == pytest.approx(float(want_loss), abs=1e-6) != float(want)
     np.testing.assert_allclose(np.asarray(updater.compute_logprobs(state.params, b, loss_fn=variant))[valid],
                                np.asarray(per_row[0])[valid], atol=2e-5)
-    updater = Updater(model, dataclasses.replace(LOSS, group_size=3), OPT, micro_batch_size=8)
-    with pytest.raises(ValueError, match="8 rows is not a whole number of groups of GRPOLoss.group_size=3"):
+    updater = Updater(model, dataclasses.replace(LOSS, rows_per_prompt=3), OPT, micro_batch_size=8)
+    with pytest.raises(ValueError, match="8 rows is not a whole number of groups of GRPOLoss.rows_per_prompt=3"):
         updater.check_batch(b)
 
 
@@ -422,11 +422,11 @@ def test_update_batch_trims_to_the_longest_response_and_packs_groups():
     tokens = np.arange(4 * r, dtype=np.int32).reshape(4, r)
     out = SampleOutput(tokens=tokens, logprobs=np.zeros((4, r), np.float32), mask=mask,
                        prompt_ids=np.ones((4, 5), np.int32), prompt_mask=np.ones((4, 5), np.int32))
-    host, packed = update_batch(out, np.array([1, -1, 0.5, -0.5]), g, pack=True)
+    host, packed = update_batch(out, np.array([1, -1, 0.5, -0.5]), g)
     assert host["response_ids"].shape == (4, 32) and packed == 24  # buckets 16, 32 / 16, 24
     np.testing.assert_array_equal(host["response_ids"], tokens[:, :32])
     np.testing.assert_array_equal(host["response_mask"].sum(-1), lengths)
     assert host["advantages"].dtype == np.float32
-    assert update_batch(out, np.zeros(4), g, pack=False)[1] == 0
-    untrimmed, packed = update_batch(out, np.zeros(4), g, trim=False, pack=True)
+    assert update_batch(out, np.zeros(4), 1)[1] == 0
+    untrimmed, packed = update_batch(out, np.zeros(4), g, trim=False)
     assert untrimmed["response_ids"].shape == (4, r) and packed == 24

@@ -312,7 +312,7 @@ def response_logprobs(
     *,
     chunk_size: int | None = None,
     return_entropy: bool = False,
-    group_size: int = 1,
+    rows_per_prompt: int = 1,
     packed_length: int = 0,
 ) -> Array | tuple[Array, Array]:
     """Per-token ``log_softmax(logits / T)`` of the sampled response tokens, ``[n, R]``.
@@ -321,7 +321,7 @@ def response_logprobs(
     the logits at position ``P − 1 + j`` score response token ``j``. Values after the first EOS are
     computed but meaningless; the loss masks them.
 
-    ``group_size`` G > 1: rows ``b*G .. b*G+G-1`` share one prompt (the sampler's layout), so each
+    ``rows_per_prompt`` G > 1 (the prompt is shared, ``grpo.share_prompt``): rows ``b*G .. b*G+G-1`` share one prompt (the sampler's layout), so each
     group becomes one packed row ``[prompt, response_1, …, response_G]`` in which a response sees
     the prompt and itself only (`CausalLM.hidden_states`'s ``shared_prefix``): the prompt runs
     through the model once, not G times — the same values, with ``P + G·R`` instead of
@@ -334,11 +334,11 @@ def response_logprobs(
     if prompt_ids.shape[1] < 1:
         raise ValueError("response_logprobs: prompts must have at least one position")
     n, p, r = prompt_ids.shape[0], prompt_ids.shape[1], response_ids.shape[1]
-    if group_size > 1:
-        if n % group_size:
-            raise ValueError(f"response_logprobs: {n} rows are not whole groups of group_size={group_size}")
+    if rows_per_prompt > 1:
+        if n % rows_per_prompt:
+            raise ValueError(f"response_logprobs: {n} rows are not whole groups of rows_per_prompt={rows_per_prompt}")
         return _packed_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, temperature,
-                                chunk_size, return_entropy, group_size, packed_length or group_size * r)
+                                chunk_size, return_entropy, rows_per_prompt, packed_length or rows_per_prompt * r)
     ids = jnp.concatenate([prompt_ids, response_ids], axis=1).astype(jnp.int32)
     mask = jnp.concatenate([prompt_mask, response_mask], axis=1).astype(jnp.int32)
     hidden = model.hidden_states(ids, mask)[:, p - 1 : p + r - 1]
@@ -353,18 +353,18 @@ def _extents(response_mask: Array) -> Array:
     return jnp.max(jnp.where(mask, jnp.arange(1, mask.shape[1] + 1, dtype=jnp.int32), 0), axis=1)
 
 
-def packed_length(response_mask: Any, group_size: int, lo: int = 16) -> int:
+def packed_length(response_mask: Any, rows_per_prompt: int, lo: int = 16) -> int:
     """Host side: the ``packed_length`` a batch needs, the longest group's total response length
     rounded up to ``lo·2^k`` or ``1.5·lo·2^k`` (at most ``G·R``): at most 50% padding, few compiles."""
     mask = np.asarray(response_mask) > 0
     n, r = mask.shape
     extents = np.where(mask.any(1), r - np.argmax(mask[:, ::-1], axis=1), 0)
-    need = int(extents.reshape(n // group_size, group_size).sum(1).max())
+    need = int(extents.reshape(n // rows_per_prompt, rows_per_prompt).sum(1).max())
     step = lo
     while step + step // 2 < need:
         step *= 2
     size = step if step >= need else step + step // 2
-    return min(size, group_size * r)
+    return min(size, rows_per_prompt * r)
 
 
 def _packed_logprobs(model, prompt_ids, prompt_mask, response_ids, response_mask, temperature, chunk_size,
@@ -433,7 +433,7 @@ class GRPOLoss:
     this forward pass's own (stop-gradient) instead of a separate recompute: same loss and gradient
     (ρ = 1), one forward pass per rollout step fewer. The batch then needs no ``old_logprobs``.
 
-    ``group_size`` G > 1: the batch's rows come in groups of G sharing one prompt (as the sampler
+    ``rows_per_prompt`` G > 1: the batch's rows come in groups of G sharing one prompt (as the sampler
     returns them) and every forward pass scores each prompt once (see :func:`response_logprobs`);
     (micro-)batches must then hold whole groups. Pays when prompts are long next to G × responses.
     ``packed_length``: the static length of a group's packed responses (0: G × R); set it per batch
@@ -447,15 +447,15 @@ class GRPOLoss:
     logprob_chunk_size: int | None = LOGPROB_CHUNK_SIZE
     compute_entropy: bool = True
     on_policy: bool = False
-    group_size: int = 1
+    rows_per_prompt: int = 1
     packed_length: int = 0
 
     def __post_init__(self):
         _check_agg(self.loss_agg)
         if self.clip_eps < 0 or self.kl_coef < 0:
             raise ValueError(f"GRPOLoss: clip_eps and kl_coef must be >= 0, got {self.clip_eps}, {self.kl_coef}")
-        if not isinstance(self.group_size, (int, np.integer)) or self.group_size < 1:
-            raise ValueError(f"GRPOLoss: group_size must be a positive int, got {self.group_size!r}")
+        if not isinstance(self.rows_per_prompt, (int, np.integer)) or self.rows_per_prompt < 1:
+            raise ValueError(f"GRPOLoss: rows_per_prompt must be a positive int, got {self.rows_per_prompt!r}")
         if not isinstance(self.packed_length, (int, np.integer)) or self.packed_length < 0:
             raise ValueError(f"GRPOLoss: packed_length must be an int >= 0, got {self.packed_length!r}")
         if self.logprob_chunk_size is not None and self.logprob_chunk_size < 1:
@@ -481,7 +481,7 @@ class GRPOLoss:
         """Response log-probs under ``model`` (old / reference log-probs)."""
         return response_logprobs(
             model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["response_mask"],
-            self.temperature, chunk_size=self.logprob_chunk_size, group_size=self.group_size,
+            self.temperature, chunk_size=self.logprob_chunk_size, rows_per_prompt=self.rows_per_prompt,
             packed_length=self.packed_length,
         )
 
@@ -491,7 +491,7 @@ class GRPOLoss:
         out = response_logprobs(
             model, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"], batch["response_mask"],
             self.temperature, chunk_size=self.logprob_chunk_size, return_entropy=self.compute_entropy,
-            group_size=self.group_size, packed_length=self.packed_length,
+            rows_per_prompt=self.rows_per_prompt, packed_length=self.packed_length,
         )
         lp, entropy = out if self.compute_entropy else (out, None)
         ref = batch.get("ref_logprobs")

@@ -25,7 +25,7 @@ def grpo_loss(grpo: Any) -> GRPOLoss:
     log-probs are the update's own); ``share_prompt`` packs each group into one row."""
     return GRPOLoss(clip_eps=grpo.clip_eps, kl_coef=grpo.kl_coef, loss_agg=grpo.loss_agg,
                     temperature=grpo.temperature, logprob_chunk_size=grpo.logprob_chunk_size or None,
-                    on_policy=grpo.num_mini_batches == 1, group_size=grpo.group_size if grpo.share_prompt else 1)
+                    on_policy=grpo.num_mini_batches == 1, rows_per_prompt=grpo.group_size if grpo.share_prompt else 1)
 
 
 def sft_loss(sft: Any) -> SFTLoss:

@@ -136,28 +136,6 @@ def device_bytes(tree: Any) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# analytic FLOPs (global)
-
-
-def forward_flops(config: Any, tokens: int, context: float) -> float:
-    """2·(matmul params) per token plus QK and PV attention against ``context`` keys."""
-    from tooln1.training.metrics import non_embedding_params
-
-    return tokens * (2 * non_embedding_params(config) + 4 * config.num_layers * config.num_heads * config.head_dim * context)
-
-
-def prefill_flops(config: Any, batch: int, prompt: int) -> float:
-    """A rollout's prompts, each prefilled once (the LM head runs for the decode steps only)."""
-    head = config.hidden_size * config.vocab_size
-    return forward_flops(config, batch * prompt, prompt) - 2 * head * batch * prompt
-
-
-def decode_flops(config: Any, batch: int, group: int, prompt: int, response: int) -> float:
-    """A rollout's decode steps: ``group`` samples of ``response`` tokens per prompt."""
-    return forward_flops(config, batch * group * response, prompt + response / 2)
-
-
-# --------------------------------------------------------------------------------------------
 # the programs of a run
 
 
@@ -165,6 +143,7 @@ def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
     """Every program a run of ``cfg`` compiles (filtered by comma-separated name substrings)."""
     # after prepare_environment: these import JAX, which must see the target's flags
     from tooln1.config import runtime
+    from tooln1.models.flops import decode_flops, forward_flops, prefill_flops
     from tooln1.rollout.sampling import bucket_length
     from tooln1.rollout.sampling import lower as lower_sampler
     from tooln1.training.updater import Updater

@@ -2,7 +2,7 @@
 
 The engine returns every response at the length cap, most of it padding when lengths have a long
 tail. The update then runs over: the longest response's power-of-two bucket (``trim``), and with
-groups packed under their shared prompt (``pack``) each group's responses back to back in the
+groups packed under their shared prompt (``rows_per_prompt``) each group's responses back to back in the
 longest group's bucket (`tooln1.grpo.packed_length`), so a GRPO step costs the tokens it sampled,
 not G times the longest. Both lengths are agreed over processes: the global batch has one shape.
 """
@@ -27,23 +27,23 @@ def _global_max(*values: int) -> list[int]:
     return [int(v) for v in multihost_utils.process_allgather(np.asarray(values, np.int32)).max(0)]
 
 
-def update_batch(out: Any, advantages: np.ndarray, group_size: int, *, trim: bool = True,
-                 pack: bool = False) -> tuple[dict[str, np.ndarray], int]:
+def update_batch(out: Any, advantages: np.ndarray, rows_per_prompt: int = 1, *,
+                 trim: bool = True) -> tuple[dict[str, np.ndarray], int]:
     """This process's update arrays (GRPO batch keys less the log-probs) and the packed length
     (0 = not packed) for `tooln1.grpo.GRPOLoss.packed_length`.
 
-    ``out``: the rollout's `tooln1.rollout.sampling.SampleOutput` (numpy); ``pack`` needs groups of
-    ``group_size`` rows sharing a prompt (``grpo.share_prompt``)."""
+    ``out``: the rollout's `tooln1.rollout.sampling.SampleOutput` (numpy); ``rows_per_prompt`` > 1
+    packs each group of rows sharing a prompt (``grpo.share_prompt``)."""
     tokens, mask = np.asarray(out.tokens), np.asarray(out.mask)
     cap = tokens.shape[1]
-    pack = pack and group_size > 1
+    pack = rows_per_prompt > 1
     # a group's packed total never needs more than the untrimmed mask: both lengths in one exchange
-    longest, packed = _global_max(int(mask.sum(-1).max()), packed_length(mask, group_size) if pack else 0)
+    longest, packed = _global_max(int(mask.sum(-1).max()), packed_length(mask, rows_per_prompt) if pack else 0)
     r_len = min(bucket_length(longest, power_of_two_buckets(16, cap)), cap) if trim else cap
     host = {"prompt_ids": np.asarray(out.prompt_ids), "prompt_mask": np.asarray(out.prompt_mask),
             "response_ids": tokens[:, :r_len], "response_mask": mask[:, :r_len],
             "advantages": np.asarray(advantages, np.float32)}
-    return host, min(packed, group_size * r_len)
+    return host, min(packed, rows_per_prompt * r_len)
 
 
 __all__ = ["update_batch"]

@@ -24,7 +24,8 @@ from tooln1.grpo import compute_advantages
 from tooln1.rollout.scoring import RolloutBatch, RolloutWorker
 from tooln1.training.batch import update_batch
 from tooln1.training.context import RunContext, say
-from tooln1.training.metrics import grpo_scalars, peak_flops, update_flops
+from tooln1.models.flops import update_flops
+from tooln1.training.metrics import grpo_scalars, peak_flops
 from tooln1.training.phase import Phase, PhaseResult
 from tooln1.training.updater import ReferencePolicy, Updater
 from tooln1.training.validation import validate
@@ -102,8 +103,9 @@ class GRPOPhase:
         new parameters. Returns `Updater.step`'s metrics (fetched), the update's FLOPs and the
         seconds the engine's weight refresh took."""
         cfg = self.cfg
-        host, packed = update_batch(rollout.out, advantages, self.group_size, trim=cfg.trim_responses,
-                                    pack=cfg.share_prompt and cfg.trim_responses)
+        # untrimmed, the packed length stays the static G·R: one compiled update shape
+        packing = self.loss.rows_per_prompt if cfg.trim_responses else 1
+        host, packed = update_batch(rollout.out, advantages, packing, trim=cfg.trim_responses)
         loss = dataclasses.replace(self.loss, packed_length=packed)
         batch = {k: global_array(v, self.ctx.mesh) for k, v in host.items()}
         micro = self.logprob_micro_batch
@@ -119,7 +121,7 @@ class GRPOPhase:
         flops = update_flops(self.policy.config, rows * self.phase.iterator.process_count, prompt_len,
                              host["response_ids"].shape[1], old_logprobs=not loss.on_policy,
                              reference=self.reference is not None,
-                             group_size=self.group_size if cfg.share_prompt else 1, packed_length=packed)
+                             rows_per_prompt=loss.rows_per_prompt, packed_length=packed)
         return metrics, flops, refresh_s
 
     def _end_step(self, rollout: RolloutBatch, metrics: dict[str, Any], flops: float,

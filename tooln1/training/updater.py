@@ -254,12 +254,12 @@ class Updater:
         return n, mini, micro
 
     def _check_groups(self, rows: int, what: str) -> None:
-        """A loss that packs groups of rows (``group_size``, e.g. G responses sharing a prompt)
-        needs every slice it sees to hold whole groups."""
-        group = getattr(self.loss_fn, "group_size", 1)
+        """A loss that packs the rows sharing a prompt (``rows_per_prompt``, the G responses of
+        ``grpo.share_prompt``) needs every slice it sees to hold whole groups."""
+        group = getattr(self.loss_fn, "rows_per_prompt", 1)
         if rows % group:
             raise ValueError(f"update batch: {what} of {rows} rows is not a whole number of groups of "
-                             f"{type(self.loss_fn).__name__}.group_size={group}")
+                             f"{type(self.loss_fn).__name__}.rows_per_prompt={group}")
 
     def step(self, state: TrainState, batch: Mapping[str, Any], loss_fn: Any = None
              ) -> tuple[TrainState, dict[str, Array]]:

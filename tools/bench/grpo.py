@@ -84,46 +84,6 @@ def eos_ids(ckpt: str, tokenizer) -> list[int]:
     return eos if tokenizer.eos_token_id in eos else [tokenizer.eos_token_id, *eos]
 
 
-def count_params(config) -> dict:
-    """Parameter counts from a ModelConfig (matmul weights only for the FLOP model)."""
-    h, layers, v = config.hidden_size, config.num_layers, config.vocab_size
-    q = config.num_heads * config.head_dim
-    kv = config.num_kv_heads * config.head_dim
-    per_layer = h * q + 2 * h * kv + q * h + 3 * h * config.intermediate_size
-    return {"block_matmul": layers * per_layer, "lm_head": h * v}
-
-
-def update_model_flops(config, n: int, p: int, r: int, group: int = 1, packed: int = 0) -> float:
-    """Analytic FLOPs of one forward + backward over n responses of r tokens after p-token prompts
-    (3 × forward), each group of ``group`` rows packed as one row of p + (``packed`` or group·r) tokens.
-
-    Forward: 2·(block matmul params)·tokens + attention (QKᵀ and AV, full T×T as computed with a
-    mask: 4·T²·heads·head_dim per layer and row) + the LM head on the r response positions.
-    """
-    pc = count_params(config)
-    rows, t = n // group, p + ((packed or group * r) if group > 1 else r)
-    fwd = 2 * pc["block_matmul"] * rows * t
-    fwd += 4 * config.num_layers * rows * t * t * config.num_heads * config.head_dim
-    fwd += 2 * pc["lm_head"] * rows * (t - p)
-    return 3.0 * fwd
-
-
-def measure_matmul_flops(n: int = 2048, reps: int = 10) -> float:
-    import jax
-    import jax.numpy as jnp
-
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
-    f = jax.jit(lambda x, y: x @ y)
-    f(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        f(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return 2.0 * n**3 / best
-
-
 # --------------------------------------------------------------------------------------------
 # our side
 
@@ -141,6 +101,7 @@ def run_ours(args) -> dict:
     from tooln1.rollout.sampling import SamplingConfig, sample
     from tooln1.training.batch import update_batch
     from tooln1.training.updater import OptimizerConfig, ReferencePolicy, Updater
+    from tooln1.models.flops import update_flops
 
     tok = AutoTokenizer.from_pretrained(args.ckpt)
     _, prompt_ids = make_prompts(tok, args.prompts, args.prompt_len)
@@ -156,7 +117,7 @@ def run_ours(args) -> dict:
     # One optimizer step per generation: old log-probs = current ones (as TRL), no recompute.
     # Each group's prompt is scored once (packed with its G responses) unless --no-share-prompt.
     loss = GRPOLoss(clip_eps=args.epsilon, kl_coef=args.beta, loss_agg="token-mean", temperature=args.temperature,
-                    on_policy=True, group_size=1 if args.no_share_prompt else args.group)
+                    on_policy=True, rows_per_prompt=1 if args.no_share_prompt else args.group)
     updater = Updater(model, loss, OptimizerConfig(), num_mini_batches=1)
     reference = ReferencePolicy(nnx.state(model, nnx.Param), offload_to_host=False)
     state = updater.init(model)
@@ -181,7 +142,7 @@ def run_ours(args) -> dict:
         adv = compute_advantages(rewards, args.group)
         t2, c2 = time.perf_counter(), compiling[0]
         # as the trainer: train on the longest response's bucket, each group's responses packed back to back
-        batch, packed = update_batch(out, adv, args.group, pack=loss.group_size > 1)
+        batch, packed = update_batch(out, adv, loss.rows_per_prompt)
         r_len = batch["response_ids"].shape[1]
         step_loss = dataclasses.replace(loss, packed_length=packed)
         batch["ref_logprobs"] = updater.compute_logprobs(reference.params(), batch, loss_fn=step_loss)
@@ -208,8 +169,9 @@ def run_ours(args) -> dict:
         print(f"[ours] iter {it}: " + " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
                                                for k, v in rows[-1].items()), file=sys.stderr, flush=True)
     # FLOPs at the last iteration's lengths (every iteration's in the fixed-length mode)
-    model_flops = update_model_flops(model.config, args.prompts * args.group, args.prompt_len, rows[-1]["trained_len"],
-                                     loss.group_size, rows[-1]["packed_len"])
+    model_flops = update_flops(model.config, args.prompts * args.group, args.prompt_len, rows[-1]["trained_len"],
+                               old_logprobs=False, reference=False, rows_per_prompt=loss.rows_per_prompt,
+                               packed_length=rows[-1]["packed_len"])
     return dict(side="ours", rows=rows, flops_xla_step=flops_xla, model_flops_step=model_flops)
 
 
@@ -387,7 +349,7 @@ def main(argv=None):
                     help="compute dtype of both sides (parameters and Adam stay float32): bfloat16 is "
                          "TRL's bf16=True autocast and our compute_dtype")
     ap.add_argument("--no-share-prompt", action="store_true",
-                    help="ours: score every row's prompt separately (GRPOLoss.group_size=1) instead of once per group")
+                    help="ours: score every row's prompt separately (GRPOLoss.rows_per_prompt=1) instead of once per group")
     ap.add_argument("--matmul-n", type=int, default=2048)
     ap.add_argument("--threads", default="1,2",
                     help="comma list of thread settings; each side runs once per setting and its fastest counts. "
@@ -408,8 +370,10 @@ def main(argv=None):
 
             keep_freed_memory()  # before torch or JAX start threads
         if args.side == "ours":
+            from tooln1.training.metrics import measure_matmul_tflops
+
             res = run_ours(args)
-            res["matmul_flops"] = measure_matmul_flops(args.matmul_n)
+            res["matmul_flops"] = measure_matmul_tflops(args.matmul_n, repeats=10) * 1e12
         else:
             res = run_trl(args)
         common.write_result(args.result, res)

@@ -50,7 +50,7 @@ def main() -> None:
         config = config.replace(num_layers=args.layers)
     model = CausalLM(config, rngs=nnx.Rngs(0))
     g = args.group if args.share_prompt else 1
-    updater = Updater(model, GRPOLoss(group_size=g, on_policy=True), OptimizerConfig(learning_rate=1e-6),
+    updater = Updater(model, GRPOLoss(rows_per_prompt=g, on_policy=True), OptimizerConfig(learning_rate=1e-6),
                       num_mini_batches=1)
     state = updater.init(model)
     rng = np.random.RandomState(0)
