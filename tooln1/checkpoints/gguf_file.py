@@ -164,7 +164,7 @@ def _dequantize(tensor) -> np.ndarray:
 
 
 def read_source(path: str) -> tuple[dict[str, Any], list[str], Callable[[list[str]], Iterator[tuple[str, np.ndarray]]]]:
-    """``(hf_config, HF tensor names, iterate)`` for a GGUF file, the source `hf_io.load_model` places.
+    """``(hf_config, HF tensor names, iterate)`` for a GGUF file, the source `hf_import.load_model` places.
 
     ``iterate(names)`` yields ``(HF name, float32 array in HF layout)`` one tensor at a time.
     """
