@@ -160,13 +160,14 @@ def test_tpu_copy_stores_qkv_heads_major_and_samples_the_same(model, prompts, sa
 
 def test_bf16_cpu_copy_samples_what_the_stacked_bf16_copy_samples(checkpoint, prompts, sampling):
     """16-bit decoding on a CPU: per-layer weights, embedding rows gathered from a float32 table, an
-    untied [D, V] head, bf16 KV pages stored as uint16 bits and no one-row decode width; it samples what the plain stacked
-    bf16 copy (tied head, bf16 gather) samples."""
+    untied [D, V] head, bf16 KV pages stored as uint16 bits and no one-row decode width; it samples what
+    the plain stacked bf16 copy (tied head, bf16 gather) samples."""
     model = load_model(checkpoint, dtype="bfloat16")
     assert DecodeLayout.of(model.config, None).per_layer  # "auto" splits any 16-bit model on a CPU
     engine = Engine(model, FIVE_SLOTS)
     assert engine.layout.kv_dtype == np.uint16 and engine.layout.narrowest == 2  # bf16 KV pages held as their bits
-    assert engine.weights["embed"][...].dtype == np.float32 and engine.weights["lm_head"][...].dtype == jax.numpy.bfloat16
+    assert engine.weights["embed"][...].dtype == np.float32
+    assert engine.weights["lm_head"][...].dtype == jax.numpy.bfloat16
     np.testing.assert_array_equal(np.asarray(engine.weights["lm_head"][...]).T, np.asarray(model.embed[...]))
     stacked = Engine(model, dataclasses.replace(FIVE_SLOTS, layer_layout="stacked"))
     assert "lm_head" not in stacked.weights and 1 not in stacked.widths(stacked.shape(sampling, 15, 23))
@@ -218,7 +219,8 @@ def test_prompts_with_a_common_prefix_share_its_pages(model, sampling, shared_pr
     assert engine.stats["prefill_chunks"] == -(-engine.stats["prefill_tokens"] // 8)
     for i in range(len(shared_prompts)):
         for g in range(G):
-            np.testing.assert_array_equal(results[i][g].tokens, reference[i][g].tokens, err_msg=f"prompt {i} sample {g}")
+            np.testing.assert_array_equal(results[i][g].tokens, reference[i][g].tokens,
+                                          err_msg=f"prompt {i} sample {g}")
             np.testing.assert_allclose(results[i][g].logprobs, reference[i][g].logprobs, atol=1e-4, rtol=0)
 
 
@@ -238,7 +240,8 @@ def test_cached_pages_outlive_their_holders_until_evicted_and_poisoned(model, sa
     assert len(poisoned) > len(set(poisoned)), "pages must be reused for the test to mean anything"
     for i in range(len(prompts)):
         for g in range(G):
-            np.testing.assert_array_equal(results[i][g].tokens, reference[i][g].tokens, err_msg=f"prompt {i} sample {g}")
+            np.testing.assert_array_equal(results[i][g].tokens, reference[i][g].tokens,
+                                          err_msg=f"prompt {i} sample {g}")
 
 
 def test_program_does_not_depend_on_the_number_of_prompts(model, prompts, sampling):

@@ -25,7 +25,7 @@ def test_scanned_layers_equal_unrolled_logits_and_gradients():
     for scan in (True, False):
         model = CausalLM(TINY.replace(scan_layers=scan), rngs=nnx.Rngs(0))
         graphdef, params = nnx.split(model)
-        grads = jax.grad(lambda p: jnp.sum(nnx.merge(graphdef, p)(ids, mask) * cot))(params)
+        grads = jax.grad(lambda p, g=graphdef: jnp.sum(nnx.merge(g, p)(ids, mask) * cot))(params)
         results.append((np.asarray(model(ids, mask)), grads))
     (logits_s, grads_s), (logits_u, grads_u) = results
     np.testing.assert_allclose(logits_s, logits_u, atol=1e-6)

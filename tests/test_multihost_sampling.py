@@ -11,9 +11,9 @@ import jax
 import numpy as np
 
 from tooln1.checkpoints.hf_import import load_model
+from tooln1.checkpoints.tiny import make_tiny_checkpoint, special_token_ids
 from tooln1.rollout.sampling import SamplingConfig, sample
 from tooln1.sharding import make_mesh
-from tooln1.checkpoints.tiny import make_tiny_checkpoint, special_token_ids
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MESH = {"data": 2, "fsdp": 2, "tensor": 2}

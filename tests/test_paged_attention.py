@@ -1,5 +1,7 @@
 """Paged attention against the dense reference (`attention(implementation="dense")` over each sequence's tokens laid
 out contiguously), with pages scattered over the pool in random order and ragged lengths."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -131,7 +133,8 @@ def test_bfloat16_pages_held_as_bits_read_as_bfloat16():
     got = ragged_paged_attention(q, bits(k_pool), bits(v_pool), lengths, table, pages_per_block=2, backend="jax")
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     new = jnp.asarray(np.random.RandomState(4).randn(2, KV, D), jnp.float32)
-    pool = jax.jit(write_pages)(jnp.zeros((KV, 1, N, PS, D), BFLOAT16_BITS), 0, new, jnp.array([5, 5]), jnp.array([0, 1]))
+    pool = jax.jit(write_pages)(jnp.zeros((KV, 1, N, PS, D), BFLOAT16_BITS), 0, new, jnp.array([5, 5]),
+                                jnp.array([0, 1]))
     seq = gather_pages(pool, jnp.array([5]), 0)
     assert seq.dtype == jnp.bfloat16
     np.testing.assert_array_equal(np.asarray(seq[:2], np.float32), np.asarray(new.astype(jnp.bfloat16), np.float32))
@@ -163,7 +166,7 @@ def test_kernel_path_runs_per_device_shard(monkeypatch, mesh_shape):
         q * q.shape[-1] ** 0.5, kp, vp, n, t, pages_per_compute_block, None)
     monkeypatch.setattr(pa, "_tpu_kernel", lambda: kernel)
     for backend in ("jax", "pallas", "pallas_gpu"):
-        got = jax.jit(lambda *a: pa.sharded_paged_attention(*a, layer=1, mesh=mesh, backend=backend))(
+        got = jax.jit(functools.partial(pa.sharded_paged_attention, layer=1, mesh=mesh, backend=backend))(
             q, k, v, lengths, table)
         for i in range(x):
             np.testing.assert_allclose(np.asarray(got[i]), np.asarray(want[i]), atol=1e-5, rtol=1e-5,

@@ -8,9 +8,8 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from tooln1.checkpoints.hf_import import load_model  # noqa: E402
-from tooln1.rollout.sampling import (SamplingConfig, bucket_length, compiled_programs, generate,  # noqa: E402
-                             response_mask_np, sample)
 from tooln1.checkpoints.tiny import make_tiny_checkpoint, special_token_ids  # noqa: E402
+from tooln1.rollout.sampling import SamplingConfig, bucket_length, compiled_programs, generate, response_mask_np, sample  # noqa: E402
 
 IDS = special_token_ids()
 PAD, IM_END = IDS["<|endoftext|>"], IDS["<|im_end|>"]

@@ -5,11 +5,11 @@ import jax
 import numpy as np
 import pytest
 
-from tooln1.rollout.engine import Engine, EngineConfig
 from tooln1.checkpoints.hf_import import load_model
+from tooln1.checkpoints.tiny import make_tiny_checkpoint, special_token_ids
+from tooln1.rollout.engine import Engine, EngineConfig
 from tooln1.rollout.sampling import SamplingConfig, sample
 from tooln1.sharding import make_mesh
-from tooln1.checkpoints.tiny import make_tiny_checkpoint, special_token_ids
 
 MESHES = {"fsdp2_tensor4": {"fsdp": 2, "tensor": 4}, "data2_fsdp2_tensor2": {"data": 2, "fsdp": 2, "tensor": 2}}
 
@@ -70,7 +70,8 @@ def test_each_batch_shard_decodes_its_own_slots_from_its_own_pages(tmp_path):
 
     def collective_shapes(engine, program):
         text = engine.lower(cfg, 10 * 3, 40, program=program).compile().as_text()
-        collectives = re.findall(r"= \w+\[([\d,]*)\][^ ]* (?:all-gather|all-reduce|all-to-all|collective-permute)", text)
+        kinds = "all-gather|all-reduce|all-to-all|collective-permute"
+        collectives = re.findall(rf"= \w+\[([\d,]*)\][^ ]* (?:{kinds})", text)
         return [tuple(int(d) for d in dims.split(",") if d) for dims in collectives]
 
     for program in ("round", "prefill"):

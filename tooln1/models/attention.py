@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 
 from tooln1.models.config import ATTENTION_IMPLEMENTATIONS as IMPLEMENTATIONS
 from tooln1.sharding import batch_shards, per_batch_shard, platform
+
 _NEG = -1e30  # finite "minus infinity": exp() underflows to 0 without inf - inf = nan
 # The widest block on a CPU (and the longest sequence "auto" runs dense there): a GRPO update with
 # groups packed under their prompt ran 2.1x (fixed-length) to 2.4x (long-tail) faster than with 512
@@ -209,7 +210,7 @@ def _flash_forward(qb, kb, vb, masks, causal):
             vis = _visible(seg_i, seg_j, pos_i, pos_j, causal)[:, None, None]
 
             def update(carry):
-                m, l, acc = carry
+                m, denom, acc = carry
                 s_masked = jnp.where(vis, _scores(qi, kj), _NEG)
                 m_new = jnp.maximum(m, jnp.max(s_masked, axis=-1))
                 # No second mask: exp(_NEG - m) is 0 once a row has seen a key, and a row that has not
@@ -218,14 +219,14 @@ def _flash_forward(qb, kb, vb, masks, causal):
                 p = jnp.exp(s_masked - jnp.where(m_new > _NEG, m_new, 0.0)[..., None])
                 correction = jnp.exp(m - m_new)
                 pv = jnp.einsum("bkgqs,bksd->bkgqd", p.astype(vj.dtype), vj, preferred_element_type=jnp.float32)
-                return m_new, l * correction + jnp.sum(p, axis=-1), acc * correction[..., None] + pv
+                return m_new, denom * correction + jnp.sum(p, axis=-1), acc * correction[..., None] + pv
 
             return jax.lax.cond(jnp.any(vis), update, lambda c: c, carry), None
 
-        (m, l, acc), _ = jax.lax.scan(per_key_block, init, (kb, vb, kv_seg, kv_pos))
-        seen = l > 0
-        out = acc / jnp.where(seen, l, 1.0)[..., None]
-        lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), _NEG)
+        (m, denom, acc), _ = jax.lax.scan(per_key_block, init, (kb, vb, kv_seg, kv_pos))
+        seen = denom > 0
+        out = acc / jnp.where(seen, denom, 1.0)[..., None]
+        lse = jnp.where(seen, m + jnp.log(jnp.where(seen, denom, 1.0)), _NEG)
         return out.astype(qi.dtype), lse
 
     return jax.lax.map(per_query_block, (qb, q_seg, q_pos))

@@ -53,24 +53,25 @@ class ModelConfig:
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"ModelConfig.attention={self.attention!r}; expected one of {ATTENTION_IMPLEMENTATIONS}")
         if not 0 <= self.frozen_layers <= self.num_layers:
-            raise ValueError(f"ModelConfig.frozen_layers={self.frozen_layers}: expected 0..num_layers={self.num_layers}")
+            raise ValueError(
+                f"ModelConfig.frozen_layers={self.frozen_layers}: expected 0..num_layers={self.num_layers}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
             )
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_hf(cls, hf: Mapping[str, Any], **overrides: Any) -> "ModelConfig":
+    def from_hf(cls, hf: Mapping[str, Any], **overrides: Any) -> ModelConfig:
         """Build from the dict of an HF config.json (transformers 4.x or 5.x layout)."""
         archs = hf.get("architectures") or [_ARCH_BY_MODEL_TYPE.get(hf.get("model_type"), "?")]
         arch = archs[0]
         if arch not in SUPPORTED_ARCHITECTURES:
             raise ValueError(
-                f"config.json: unsupported architectures entry {arch!r}; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
-            )
+                f"config.json: unsupported architectures entry {arch!r}; "
+                f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}")
         if hf.get("use_sliding_window"):
             raise ValueError("config.json: use_sliding_window=true is not supported (Qwen2.5 checkpoints set it false)")
         rope = dict(hf.get("rope_parameters") or {})

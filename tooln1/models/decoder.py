@@ -169,7 +169,7 @@ class Block(nnx.Module):
         self.post_attention_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd, layers)
         self.mlp = MLP(config, rngs, einsum, layers)
 
-    def __call__(self, x, cos, sin, attend: "Attend", state: Any, layer, mesh: Mesh | None):
+    def __call__(self, x, cos, sin, attend: Attend, state: Any, layer, mesh: Mesh | None):
         """One pre-norm block. ``attend(q, k, v, state, layer) -> (attended, state)`` is the only thing
         that differs between the full forward and decoding over KV pages; ``state`` (the pages, or
         None) is threaded through every layer and updated in place at ``layer``."""
@@ -320,7 +320,7 @@ class CausalLM(nnx.Module):
                 carry, _ = jax.lax.scan(body, carry, (params, jnp.arange(first, first + count, dtype=jnp.int32)))
                 return carry
             for i in range(count):
-                carry, _ = body(carry, (jax.tree.map(lambda a: a[i], params), first + i))
+                carry, _ = body(carry, (jax.tree.map(lambda a, i=i: a[i], params), first + i))
             return carry
 
         frozen = self.config.frozen_layers

@@ -109,7 +109,7 @@ def _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block:
     total = ends[-1]
 
     def body(i, carry):
-        m, l, acc = carry
+        m, denom, acc = carry
         item = i * width + jnp.arange(width)
         real = item < total
         seq = jnp.minimum(jnp.searchsorted(ends, item, side="right"), s - 1)
@@ -129,15 +129,15 @@ def _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block:
         m_new = jnp.maximum(m, jnp.where(owner[:, :, None, None] > 0, m_item[:, None], MASKED).max(0))
         weight = jnp.exp(m_item - m_new[seq]) * real[:, None, None]  # rescales each item to its sequence's max
         scale = jnp.exp(m - m_new)
-        l = l * scale + jnp.einsum("ws,wkg->skg", owner, p.sum(-2).transpose(1, 0, 2) * weight)
+        denom = denom * scale + jnp.einsum("ws,wkg->skg", owner, p.sum(-2).transpose(1, 0, 2) * weight)
         pv = jnp.einsum("kwng,kwnd->wkgd", p, v, preferred_element_type=jnp.float32)
         acc = acc * scale[..., None] + jnp.einsum("ws,wkgd->skgd", owner, pv * weight[..., None])
-        return m_new, l, acc
+        return m_new, denom, acc
 
     init = (jnp.full((s, kv, g), MASKED, jnp.float32), jnp.zeros((s, kv, g), jnp.float32),
             jnp.zeros((s, kv, g, d), jnp.float32))
-    _, l, acc = jax.lax.fori_loop(0, (total + width - 1) // width, body, init)
-    return (acc / l[..., None]).reshape(s, h, d).astype(q.dtype)
+    _, denom, acc = jax.lax.fori_loop(0, (total + width - 1) // width, body, init)
+    return (acc / denom[..., None]).reshape(s, h, d).astype(q.dtype)
 
 
 def kernel_fits(head_dim: int) -> bool:

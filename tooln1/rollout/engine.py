@@ -57,8 +57,16 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from tooln1.models.paged_attention import page_shape
 from tooln1.platform.decode_layout import LAYER_LAYOUTS, DecodeLayout, decoding_copy
-from tooln1.rollout.programs import (Admit, Chunk, Shape, empty_slots, pool_sharding, run_prefill, run_round,
-                                     shard_sharding)
+from tooln1.rollout.programs import (
+    Admit,
+    Chunk,
+    Shape,
+    empty_slots,
+    pool_sharding,
+    run_prefill,
+    run_round,
+    shard_sharding,
+)
 from tooln1.sharding import INFERENCE_RULES, batch_shards, state_shardings
 
 
@@ -290,7 +298,8 @@ class Engine:
         return run_round.lower(
             graphdef=self.graphdef, weights=self.weights, pools=pools, slots=slots,
             admit=Admit(*(struct(x, shards) for x in admit)),
-            perm=struct(np.zeros((shape.shards, shape.slots), np.int32), shards), seed_data=struct(seed_data, replicated),
+            perm=struct(np.zeros((shape.shards, shape.slots), np.int32), shards),
+            seed_data=struct(seed_data, replicated),
             temperature=struct(np.float32(1), replicated), top_p=struct(np.float32(1), replicated),
             admit_after=struct(per_shard, replicated), narrow_after=struct(per_shard, replicated),
             max_steps=struct(np.int32(1), replicated), shape=shape, width=shape.slots)
@@ -375,7 +384,8 @@ class Engine:
         stats["evicted_pages"] = sum(shard.pages.evictions for shard in shards)
         outputs = scorer.close()
         stats["score_wait_s"] = time.perf_counter() - t_start - stats["wall_s"]
-        stats.update(shards=shape.shards, slots=shape.slots, num_pages=shape.num_pages, pages_per_seq=shape.pages_per_seq)
+        stats.update(shards=shape.shards, slots=shape.slots, num_pages=shape.num_pages,
+                     pages_per_seq=shape.pages_per_seq)
         self.stats = stats
         return results, outputs
 
@@ -432,7 +442,7 @@ class _Shard:
         self.cached_tokens += p.prefilled
         return True
 
-    def fill(self, chunk: "_ChunkBuilder", queue: deque) -> "_ChunkBuilder":
+    def fill(self, chunk: _ChunkBuilder, queue: deque) -> _ChunkBuilder:
         """This round's prefill chunk: the prompts it is prefilling, then new ones from ``queue`` only as
         far as its free slots want samples."""
         waiting = sum(self.g - p.started for p in self.prompts[self.admit_ptr:self.prefill_ptr])
@@ -452,7 +462,7 @@ class _Shard:
             demand -= self.g
         return chunk
 
-    def admit(self, a: "_Admissions") -> "_Admissions":
+    def admit(self, a: _Admissions) -> _Admissions:
         """Free slots take the next samples of prefilled prompts, as far as the pool has their pages."""
         for s, owner in enumerate(self.owners):
             if owner is not None:

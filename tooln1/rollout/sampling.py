@@ -94,7 +94,7 @@ class SampleOutput(NamedTuple):
     def lengths(self) -> jax.Array:
         return self.mask.sum(-1)
 
-    def local(self) -> "SampleOutput":
+    def local(self) -> SampleOutput:
         """This process's rows as numpy, in the order of the prompts it passed, padding rows dropped.
 
         Single-process the arrays already hold just the caller's rows, so this is ``np.asarray`` of
