@@ -30,9 +30,8 @@ from tooln1.models.config import ATTENTION_IMPLEMENTATIONS as IMPLEMENTATIONS
 from tooln1.sharding import batch_shards, per_batch_shard, platform
 
 _NEG = -1e30  # finite "minus infinity": exp() underflows to 0 without inf - inf = nan
-# The widest block on a CPU (and the longest sequence "auto" runs dense there): a GRPO update with
-# groups packed under their prompt ran 2.1x (fixed-length) to 2.4x (long-tail) faster than with 512
-# (tools/bench_grpo.py, tiny shape): more fully masked blocks skipped, no dense 512x512 backward.
+# The widest block on a CPU (and the longest sequence "auto" runs dense there): narrower blocks skip
+# more of a packed group's fully masked blocks and avoid a dense 512 x 512 backward.
 CPU_BLOCK = 256
 
 
@@ -171,8 +170,7 @@ def _blockwise(q, k, v, q_seg, kv_seg, q_pos, kv_pos, causal, bq, bk):
     b, t, heads, dim = q.shape
     kvh = k.shape[2]
     # Head-major blocks, [.., KV, G, tokens, D]: each block's scores are then one plain batched
-    # matmul per kv head (28 -> 18.5 ms a layer for a CPU prefill chunk; the token-major layout made XLA
-    # transpose every block).
+    # matmul per kv head (the token-major layout made XLA transpose every block).
     qb = _blocks(jnp.moveaxis(_grouped(q, kvh), 1, 3), bq, axis=3)  # [nq, B, KV, G, bq, D]
     kb, vb = (_blocks(jnp.moveaxis(x, 1, 2), bk, axis=2) for x in (k, v))  # [nk, B, KV, bk, D]
     masks = (_blocks(q_seg, bq), _blocks(kv_seg, bk), _blocks(q_pos, bq), _blocks(kv_pos, bk))
@@ -214,8 +212,7 @@ def _flash_forward(qb, kb, vb, masks, causal):
                 s_masked = jnp.where(vis, _scores(qi, kj), _NEG)
                 m_new = jnp.maximum(m, jnp.max(s_masked, axis=-1))
                 # No second mask: exp(_NEG - m) is 0 once a row has seen a key, and a row that has not
-                # keeps m_new = _NEG, so it subtracts 0 (one pass fewer over the block: 16.8 -> 14.5 ms
-                # for a CPU prefill chunk's layer)
+                # keeps m_new = _NEG, so it subtracts 0 (one pass fewer over the block)
                 p = jnp.exp(s_masked - jnp.where(m_new > _NEG, m_new, 0.0)[..., None])
                 correction = jnp.exp(m - m_new)
                 pv = jnp.einsum("bkgqs,bksd->bkgqd", p.astype(vj.dtype), vj, preferred_element_type=jnp.float32)
@@ -257,7 +254,7 @@ def _flash_bwd(causal, residuals, cotangents):
                 dk, dv, dq = carry
                 p = jnp.where(vis, jnp.exp(_scores(qi, kj) - lse_i[..., None]), 0.0)
                 # dK and dV contract over G and the queries: as one [G*bq] axis each is a plain
-                # transposed-operand matmul (the 5-d einsums made XLA:CPU copy; backward 2.1x faster)
+                # transposed-operand matmul (the 5-d einsums made XLA:CPU copy)
                 rows = lambda x: x.reshape(*x.shape[:2], -1, x.shape[-1])  # noqa: E731  [B, KV, G*bq, .]
                 dv = dv + jnp.einsum("bkns,bknd->bksd", rows(p), rows(doi), preferred_element_type=jnp.float32)
                 dp = jnp.einsum("bkgqd,bksd->bkgqs", doi, vj, preferred_element_type=jnp.float32)

@@ -40,8 +40,8 @@ def page_shape(page_size: int, head_dim: int) -> tuple[int, int]:
     """A page's ``(rows, width)`` in a pool: ``(page_size, head_dim)``, or for a head that divides 128 lanes,
     rows of 128 (16 tokens x 64 -> 8 x 128). TPU tiles pad a minor dim to 128 lanes, so XLA:TPU kept
     64-wide pools with the pages dim minor-most and copied both pools to and from a head-minor layout
-    around every decode loop and prefill (Qwen2.5-0.5B on tpu-v5e-64: round temp 7.19 GiB, prefill
-    9.58). Both shapes hold the same bytes in the same order: a free reshape on a CPU or GPU."""
+    around every decode loop and prefill. Both shapes hold the same bytes in the same order: a free
+    reshape on a CPU or GPU."""
     if head_dim < LANES and LANES % head_dim == 0 and page_size * head_dim % LANES == 0:
         return page_size * head_dim // LANES, LANES
     return page_size, head_dim
@@ -82,9 +82,8 @@ def gather_pages(pool: jax.Array, page_table: jax.Array, layer=None, head_dim: i
 def _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block: int, layer) -> jax.Array:
     """Pure JAX split-K: every (sequence, block of ``pages_per_block`` pages) pair up to that sequence's
     own length is one work item; each loop step reads a fixed number of items and merges their partial
-    softmaxes into their sequences'. A short sequence beside a long one costs its own blocks only (a loop
-    over blocks up to the longest length read 1.5x as many pages on API-Bank prompts; 110 -> 75 ms a
-    SmolLM2 decode step's attention, 8 slots).
+    softmaxes into their sequences'. A short sequence beside a long one costs its own blocks only, where
+    a loop over blocks up to the longest length would read every sequence's padding.
 
     With ``layer``, the pools are every layer's and each block gathers straight from them: slicing
     out the layer first would copy its whole pool at every decode step."""
@@ -97,12 +96,12 @@ def _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block:
     bp = max(1, min(pages_per_block, m_pages))
     block = bp * ps
     table = jnp.pad(page_table, ((0, 0), (0, -(-m_pages // bp) * bp - m_pages)))  # padding -> page 0, masked
-    # bf16 pages meet bf16 queries (a bf16 x bf16 -> f32 product: 2.0 -> 1.6 ms on a CPU), scaled after
+    # bf16 pages meet bf16 queries (a bf16 x bf16 -> f32 product, the CPU's fast path), scaled after
     half = k_pages.dtype in (BFLOAT16_BITS, jnp.bfloat16)
     qg = q.reshape(s, kv, g, d).astype(jnp.bfloat16) if half else q.reshape(s, kv, g, d).astype(jnp.float32) * d ** -0.5
     score_scale = d ** -0.5 if half else 1.0
-    # Items per loop step: each step has a fixed cost, so take several blocks per sequence at once
-    # (8 slots: 88 ms at 8 items, 72 at 32); the last step's unused items cost a masked block each.
+    # Items per loop step: each step has a fixed cost, so take several blocks per sequence at once;
+    # the last step's unused items cost a masked block each.
     width = max(16, 2 * s)
     counts = (lengths + block - 1) // block  # blocks of each sequence
     ends = jnp.cumsum(counts)
@@ -118,7 +117,7 @@ def _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block:
         k = load(read(k_pages, pages)).reshape(kv, width, block, d)
         v = load(read(v_pages, pages)).reshape(kv, width, block, d)
         # Scores [KV, W, block, G], the gathered keys' own layout: as [.., G, block] XLA:CPU transposed
-        # every key block first (one layer's attention, 8 SmolLM2 slots: 3.1 -> 2.1 ms).
+        # every key block first.
         scores = jnp.einsum("kwnd,wkgd->kwng", k, qg[seq], preferred_element_type=jnp.float32) * score_scale
         valid = (first[:, None] * ps + jnp.arange(block) < lengths[seq][:, None]) & real[:, None]
         valid = valid[None, :, :, None]

@@ -3,13 +3,10 @@
 XLA:CPU allocates a program's temporary buffers at every call. glibc serves a large allocation with a
 fresh ``mmap`` (anything over 32 MB, and anything over 64 MB made from a thread's secondary arena,
 which is where XLA's worker threads allocate) and unmaps it on free, so each GRPO update faults its
-gigabytes of temporaries back in one zeroed 4 KiB page at a time. A Qwen2.5-0.5B update of 5 rows
-(512-token prompt shared by 320 response tokens) took 18.6 s with 1.3 M page faults a step on a
-2-core machine, and 12.1 s with none once freed memory stays in the heap (docs/benchmarks.md).
+gigabytes of temporaries back in one zeroed 4 KiB page at a time (docs/benchmarks.md has the cost).
 
 The price: the process keeps its peak resident memory instead of returning it to the system, and
-programs without large temporaries gain nothing and may lose: the API-Bank rollout (SmolLM2-135M,
-engine only) took 17.7-21.1 s with it against 13.8-16.4 s without in three alternating pairs. So
+programs without large temporaries gain nothing and may lose (rollouts alone ran slower). So
 ``tooln1-train`` sets it (updates dominate a GRPO step's temporaries) and ``tooln1-eval`` does not.
 It is applied only when JAX will run on the CPU, and ``TOOLN1_KEEP_FREED_MEMORY=0`` turns it off.
 """

@@ -81,10 +81,8 @@ class EngineConfig:
     max_slots: int = 64
     page_size: int = 16
     prefill_chunk: int = 512  # prompt tokens per shard and round
-    # Query and key block of a chunk's attention. Small blocks skip more of the mostly-masked context (a CPU:
-    # 3x faster than 512 for a 512-token chunk over ~1.5k slots), but each pair of blocks is a loop step,
-    # and a GPU may spend more per step than it skips: a chunk of 8,192 over 3.2k context slots is 1,440 steps
-    # a layer at 256 (untimed; docs/benchmarks.md, H200)
+    # Query and key block of a chunk's attention: small blocks skip more of the mostly-masked context,
+    # but each pair of blocks is a loop step, which a GPU may pay for more than it skips
     prefill_block: int = 256
     steps_per_round: int = 16  # decode steps between host scheduling decisions
     decode_widths: int = 4  # compiled decode widths: all slots, then halves (the long tail decodes narrower)

@@ -16,7 +16,7 @@ width, never on how many prompts a rollout has: a few compiled programs serve an
   pages, shared by its segments). Their keys/values go to the prompt's pages. A prompt's last token is
   not prefilled: each sample feeds it as its first decode step, so prompt pages stay read-only and
   shared. A program of its own: inside the round, a ``lax.cond`` around it made XLA:GPU copy both
-  pools in each branch (a compile-only H100, Qwen2.5-0.5B: 0.43 GiB of temp, a pool copy, -> 0.02).
+  pools in each branch.
 * **Admission**: a slot takes a sample: its page table (the prompt's full pages shared, a private
   copy of the prompt's partial last page, private pages for the response), the prompt's last token
   and the sample key ``fold_in(fold_in(seed, prompt_index), sample_index)``.
@@ -257,8 +257,7 @@ def _decode(model, pools, slots: Slots, temperature, top_p, admit_after, narrow_
         x, pools = model.run_layers(model.embed_tokens(flat(slots.token)[:, None]), *model.rope(flat(pos)[:, None]),
                                     attend, pools)
         # vocab-sharded where the head is (tensor axis): left unconstrained, XLA gathered the whole head at
-        # every step to compute replicated logits (Qwen2.5-7B on tpu-v4-32-tp4: 1 GiB a step) instead of
-        # gathering the logits
+        # every step to compute replicated logits instead of gathering the logits
         logits = constrain(model.logits_from_hidden(model.final_norm(x))[:, 0], ("batch", "vocab"), model.mesh)
         # each shard's own rows: XLA gathered every shard's rows to run top_k on them
         token, logp = per_batch_shard(functools.partial(select, shape=shape), model.mesh, logits, flat(slots.key),
