@@ -321,8 +321,9 @@ def response_logprobs(
     the logits at position ``P − 1 + j`` score response token ``j``. Values after the first EOS are
     computed but meaningless; the loss masks them.
 
-    ``rows_per_prompt`` G > 1 (the prompt is shared, ``grpo.share_prompt``): rows ``b*G .. b*G+G-1`` share one prompt (the sampler's layout), so each
-    group becomes one packed row ``[prompt, response_1, …, response_G]`` in which a response sees
+    ``rows_per_prompt`` G > 1 (the prompt is shared, ``grpo.share_prompt``): rows ``b*G .. b*G+G-1``
+    share one prompt (the sampler's layout), so each group becomes one packed row
+    ``[prompt, response_1, …, response_G]`` in which a response sees
     the prompt and itself only (`CausalLM.hidden_states`'s ``shared_prefix``): the prompt runs
     through the model once, not G times — the same values, with ``P + G·R`` instead of
     ``G·(P + R)`` tokens of work and no more attention than the unpacked rows. Each response takes

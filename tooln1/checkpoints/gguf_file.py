@@ -117,7 +117,8 @@ def hf_config(reader, path: str) -> dict[str, Any]:
         return value
 
     scaling = meta.get(f"{arch}.rope.scaling.type", "none")
-    if scaling not in ("none", "linear") or (scaling == "linear" and meta.get(f"{arch}.rope.scaling.factor", 1.0) != 1.0):
+    factor = meta.get(f"{arch}.rope.scaling.factor", 1.0)
+    if scaling not in ("none", "linear") or (scaling == "linear" and factor != 1.0):
         raise CheckpointError(f"{path}: GGUF rope scaling {scaling!r} is not supported")
     names = {t.name for t in reader.tensors}
     if "rope_freqs.weight" in names:
@@ -127,7 +128,8 @@ def hf_config(reader, path: str) -> dict[str, Any]:
     head_dim = int(meta.get(f"{arch}.attention.key_length", hidden // heads))
     rotary = int(meta.get(f"{arch}.rope.dimension_count", head_dim))
     if rotary != head_dim:
-        raise CheckpointError(f"{path}: partial RoPE ({arch}.rope.dimension_count={rotary}, head_dim {head_dim}) is not supported")
+        raise CheckpointError(f"{path}: partial RoPE ({arch}.rope.dimension_count={rotary}, head_dim {head_dim}) "
+                              "is not supported")
     vocab = meta.get(f"{arch}.vocab_size")
     if vocab is None and "tokenizer.ggml.tokens" in reader.fields:
         vocab = len(reader.fields["tokenizer.ggml.tokens"].data)  # llama.cpp omits it when it is the vocabulary's size
@@ -180,7 +182,8 @@ def read_source(path: str) -> tuple[dict[str, Any], list[str], Callable[[list[st
             try:
                 value = _dequantize(tensor)
             except (ValueError, NotImplementedError) as e:
-                raise CheckpointError(f"{path}: tensor {tensor.name} ({tensor.tensor_type.name}) cannot be dequantised ({e})") from None
+                raise CheckpointError(f"{path}: tensor {tensor.name} ({tensor.tensor_type.name}) "
+                                      f"cannot be dequantised ({e})") from None
             proj = name.split(".")[-2]
             if permuted and proj in heads:
                 value = unpermute_rope(value, heads[proj])

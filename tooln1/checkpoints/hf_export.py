@@ -98,6 +98,7 @@ def save_pretrained(model: Any, out_dir: str, max_shard_size: int | str = "5GB")
                 shutil.copy2(os.path.join(source, filename), os.path.join(out_dir, filename))
                 copied |= filename == "generation_config.json"
     if not copied and not os.path.isfile(os.path.join(out_dir, "generation_config.json")):
-        generation = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if hf_config.get(k) is not None}
+        generation = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+                      if hf_config.get(k) is not None}
         with open(os.path.join(out_dir, "generation_config.json"), "w", encoding="utf-8") as f:
             json.dump(generation, f, indent=2)

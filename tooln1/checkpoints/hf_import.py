@@ -19,7 +19,13 @@ from jax.sharding import Mesh
 from safetensors import SafetensorError, safe_open
 
 from tooln1.checkpoints import gguf_file
-from tooln1.checkpoints.hf_layout import IGNORED_SUFFIXES, SAFETENSORS_INDEX, SAFETENSORS_SINGLE, CheckpointError, tensor_map
+from tooln1.checkpoints.hf_layout import (
+    IGNORED_SUFFIXES,
+    SAFETENSORS_INDEX,
+    SAFETENSORS_SINGLE,
+    CheckpointError,
+    tensor_map,
+)
 from tooln1.models.config import ModelConfig
 from tooln1.models.decoder import CausalLM
 from tooln1.sharding import named_sharding
@@ -151,7 +157,8 @@ def load_model(
     unexpected = sorted(set(names) - set(table) - ignored)
     missing = sorted(set(table) - set(names))
     if missing:
-        raise CheckpointError(f"{path}: missing tensors {', '.join(missing[:8])}" + (" ..." if len(missing) > 8 else ""))
+        raise CheckpointError(f"{path}: missing tensors {', '.join(missing[:8])}"
+                              + (" ..." if len(missing) > 8 else ""))
     if unexpected:
         raise CheckpointError(
             f"{path}: unexpected tensors {', '.join(unexpected[:8])}" + (" ..." if len(unexpected) > 8 else "")
@@ -203,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         model = load_model(args.src, dtype=args.dtype)
     except CheckpointError as e:
-        raise SystemExit(f"tooln1-convert: {e}")
+        raise SystemExit(f"tooln1-convert: {e}") from None
     model.save_pretrained(args.dst, max_shard_size=args.max_shard_size)
     if args.src.endswith(".gguf") and jax.process_index() == 0:
         gguf_file.load_tokenizer(args.src).save_pretrained(args.dst)

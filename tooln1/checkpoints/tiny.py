@@ -29,7 +29,8 @@ from flax import nnx
 from tooln1.checkpoints.hf_export import parse_size
 from tooln1.models import CausalLM, ModelConfig
 
-TINY_TOKENIZER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "tiny_tokenizer")
+TINY_TOKENIZER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
+                                  "tiny_tokenizer")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
 
 # Named shapes. ``vocab_size`` None means "the tiny tokenizer's size".
@@ -154,8 +155,8 @@ def make_tiny_checkpoint(
         config = transformers.Qwen2Config(use_sliding_window=False, **common)
         model_cls = transformers.Qwen2ForCausalLM
     else:
-        config = transformers.LlamaConfig(attention_bias=False, mlp_bias=False, head_dim=base["hidden"] // base["heads"],
-                                          **common)
+        config = transformers.LlamaConfig(attention_bias=False, mlp_bias=False,
+                                          head_dim=base["hidden"] // base["heads"], **common)
         model_cls = transformers.LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -231,5 +232,5 @@ def make_random_checkpoint(
         json.dump({**tokens, "eos_token_id": [im_end_id, pad_id]}, f, indent=2)
     return out_dir
 
-__all__ = ["make_random_checkpoint", "make_tiny_checkpoint", "tiny_tokenizer_path", "load_tiny_tokenizer", "special_token_ids",
-           "SHAPES", "TINY_TOKENIZER_DIR"]
+__all__ = ["make_random_checkpoint", "make_tiny_checkpoint", "tiny_tokenizer_path", "load_tiny_tokenizer",
+           "special_token_ids", "SHAPES", "TINY_TOKENIZER_DIR"]

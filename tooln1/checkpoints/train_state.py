@@ -124,7 +124,8 @@ class Checkpointer:
         where = f"checkpoint {self.directory}/{step}"
         missing = sorted(set(abstract) - set(stored))
         if missing:
-            raise CheckpointMismatch(f"{where}: missing arrays {missing[:5]} (was it written by a different model config?)")
+            raise CheckpointMismatch(f"{where}: missing arrays {missing[:5]} "
+                                     "(was it written by a different model config?)")
         for k, v in abstract.items():
             if hasattr(v, "shape") and tuple(stored[k].shape) != tuple(v.shape):
                 raise CheckpointMismatch(f"{where}: {k} has shape {tuple(stored[k].shape)}, the model needs "
@@ -183,4 +184,5 @@ def rng_from_json(data: list[int], impl_like: jax.Array) -> jax.Array:
                                     impl=jax.random.key_impl(impl_like))
 
 
-__all__ = ["Checkpointer", "CheckpointMismatch", "NoUsableCheckpoint", "flatten", "unflatten", "rng_to_json", "rng_from_json"]
+__all__ = ["Checkpointer", "CheckpointMismatch", "NoUsableCheckpoint", "flatten", "unflatten", "rng_to_json",
+           "rng_from_json"]

@@ -30,7 +30,7 @@ class IteratorState:
         return {"epoch": int(self.epoch), "batch": int(self.batch)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "IteratorState":
+    def from_dict(cls, d: dict[str, Any]) -> IteratorState:
         return cls(int(d["epoch"]), int(d["batch"]))
 
 

@@ -15,8 +15,8 @@ from tooln1.data.tokens import left_pad
 DEFAULT_PREAMBLE = (
     "You are an expert in composing functions. You are given a question and a set of possible functions. \n"
     "Based on the question, you will need to make one or more function/tool calls to achieve the purpose. \n"
-    "If none of the function can be used, point it out. If the given question lacks the parameters required by the function,\n"
-    "also point it out. You should only return the function call in tools call sections. Here is a list of functions in JSON format that you can invoke:\n"
+    "If none of the function can be used, point it out. If the given question lacks the parameters required by the function,\n"  # noqa: E501 (the template verbatim, one source line per text line)
+    "also point it out. You should only return the function call in tools call sections. Here is a list of functions in JSON format that you can invoke:\n"  # noqa: E501 (the template verbatim, one source line per text line)
 )
 """The xLAM system preamble (docs/design.md §5), byte for byte: trailing spaces and final newline included."""
 
@@ -26,9 +26,9 @@ TOOL_BLOCK_TAIL = (
     "\n"
     "In each action step, you MUST: \n"
     "1. Think about the reasoning process in the mind and enclosed your reasoning within <think> </think> XML tags.\n"
-    '2. Then, provide a json object with function names and arguments within <tool_call></tool_call> XML tags. i.e., <tool_call>[{"name": <function-name>, "arguments": <args-json-object>}, {"name": <function-name2>, "arguments": <args-json-object2>}, ...]</tool_call>\n'
+    '2. Then, provide a json object with function names and arguments within <tool_call></tool_call> XML tags. i.e., <tool_call>[{"name": <function-name>, "arguments": <args-json-object>}, {"name": <function-name2>, "arguments": <args-json-object2>}, ...]</tool_call>\n'  # noqa: E501 (the template verbatim, one source line per text line)
     "3. Make sure both the reasoning and the tool call steps are included together in one single reply.\n"
-    'A complete reply example is: <think>To address the query, I need to send the email to Bob and then buy the banana through walmart. </think> <tool_call> [{"name": "email", "arguments": {"receiver": "Bob", "content": "I will bug banana through walmart"}}, {"name": "walmart", "arguments": {"input": "banana"}}]</tool_call>. Please make sure the type of the arguments is correct. \n'
+    'A complete reply example is: <think>To address the query, I need to send the email to Bob and then buy the banana through walmart. </think> <tool_call> [{"name": "email", "arguments": {"receiver": "Bob", "content": "I will bug banana through walmart"}}, {"name": "walmart", "arguments": {"input": "banana"}}]</tool_call>. Please make sure the type of the arguments is correct. \n'  # noqa: E501 (the template verbatim, one source line per text line)
 )
 
 ROLES = ("user", "assistant", "tool")

@@ -56,7 +56,7 @@ class SourceStats:
     def kept(self) -> int:
         return self.kept_single + self.kept_multi
 
-    def merge(self, other: "SourceStats") -> "SourceStats":
+    def merge(self, other: SourceStats) -> SourceStats:
         out = SourceStats(self.source)
         for name in ("raw_rows", "raw_single", "raw_multi", "kept_single", "kept_multi"):
             setattr(out, name, getattr(self, name) + getattr(other, name))

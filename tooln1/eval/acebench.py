@@ -273,18 +273,18 @@ def _function_check(spec: dict[str, Any] | None, call: dict[str, Any], reference
             return False, "type_error"
         if checked["is_variable"]:
             continue
-        if expected == dict:
+        if expected is dict:
             if not _dict_check(value, answer[param]):
                 return False, "value_error"
-        elif expected == list and nested == dict:
+        elif expected is list and nested is dict:
             if type_name == "objectArray":
                 raise _CheckerCrash("objectArray branch of the original raises")
             if not _list_dict_check(value, answer[param]):
                 return False, "value_error:list_dict"
-        elif expected == str:
+        elif expected is str:
             if not _string_check(value, answer[param]):
                 return False, "value_error:string"
-        elif expected == list:
+        elif expected is list:
             if not _list_check(value, answer[param]):
                 return False, "value_error:list/tuple"
     return True, ""

@@ -135,5 +135,8 @@ def score(sample: EvalSample, response: str) -> Verdict:
     if same:
         return Verdict(True, decoded=calls)
     names_ok = Counter(c["name"] for c in calls) == Counter(c["name"] for c in sample.target["answers"])
-    kind = "wrong_arguments" if names_ok else ("wrong_count" if len(calls) != len(sample.target["answers"]) else "wrong_name")
+    if names_ok:
+        kind = "wrong_arguments"
+    else:
+        kind = "wrong_count" if len(calls) != len(sample.target["answers"]) else "wrong_name"
     return Verdict(False, kind, f"expected {sample.target['answers']}", calls)

@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-cache", default=os.path.join(os.path.expanduser("~"), ".cache", "tooln1", "xla"),
                    metavar="DIR", help="JAX persistent compilation cache, so a repeated evaluation skips "
                                        "compiling; '' turns it off (default: %(default)s)")
-    p.add_argument("--apibank-dir", metavar="DIR", help="API-Bank folder, overriding --data-dir (default: DATA_DIR/apibank)")
+    p.add_argument("--apibank-dir", metavar="DIR",
+                   help="API-Bank folder, overriding --data-dir (default: DATA_DIR/apibank)")
     p.add_argument("--acebench-dir", metavar="DIR",
                    help="ACEBench folder, overriding --data-dir (default: DATA_DIR/acebench)")
     p.add_argument("--acebench-keep-whitespace", action="store_true",
@@ -154,9 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             results = _oracle(args, benchmarks, data_dirs)
         else:
             model_dir = Path(args.model)
-            import tooln1
             from transformers import AutoTokenizer
 
+            import tooln1
             from tooln1.eval.runner import evaluate
 
             tokenizer = AutoTokenizer.from_pretrained(str(model_dir))

@@ -21,7 +21,8 @@ from tooln1.eval.samples import EvalSample
 
 __all__ = ["oracle_response", "bfcl_oracle_calls"]
 
-_NO_CALL = "<think>None of the given functions fits this request.</think> I cannot help with that using the given functions."
+_NO_CALL = ("<think>None of the given functions fits this request.</think> "
+            "I cannot help with that using the given functions.")
 
 
 def _pick(options: list) -> tuple[bool, Any]:

@@ -19,7 +19,8 @@ A program fits when ``peak + resident`` ≤ the chip's HBM (``peak``: the larger
 loop keeps on the devices while the program runs without passing it in (the optimizer state during
 rollouts and log-prob passes, the on-device reference copy during the update). XLA:TPU refuses a
 program over its HBM (the entry then has ``compile_error``); XLA:GPU compiles it anyway, so there the
-verdict is this comparison alone, against the memory JAX's allocator gets (:func:`tooln1.preflight.targets.usable_gpu_bytes`).
+verdict is this comparison alone, against the memory JAX's allocator gets
+(:func:`tooln1.preflight.targets.usable_gpu_bytes`).
 FLOPs are analytic (``tooln1.training.metrics`` model: 2·params per token plus attention; XLA's cost analysis
 counts a loop body once, and is absent for compile-only GPUs) and global, over all devices. A rollout is two
 programs, its prefill chunk and its decode round (at its widest), compiled at the largest prompt bucket
@@ -74,8 +75,8 @@ def model_config(cfg: Any, layers: int | None = None) -> Any:
         from tooln1.checkpoints.tiny import special_token_ids
 
         t = m.tiny
-        config = ModelConfig(max(special_token_ids().values()) + 1, t.hidden, t.intermediate, t.layers, t.heads, t.kv_heads,
-                             t.hidden // t.heads, **dtypes)
+        config = ModelConfig(max(special_token_ids().values()) + 1, t.hidden, t.intermediate, t.layers, t.heads,
+                             t.kv_heads, t.hidden // t.heads, **dtypes)
     elif m.preset in PRESETS:
         config = PRESETS[m.preset].replace(**dtypes)
     else:
@@ -190,7 +191,8 @@ def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
                 lambda: updater.lower_logprobs(batch, lp_micro),
                 forward_flops(config, rows * seq, seq), opt_b + (params_b if grpo.kl_coef > 0 else 0)))
         out.append(Program(
-            f"update (N={n}, P={p}, R={r}, {grpo.num_mini_batches} mini-batches, micro {grpo.micro_batch_size or 'all'})",
+            f"update (N={n}, P={p}, R={r}, {grpo.num_mini_batches} mini-batches, "
+            f"micro {grpo.micro_batch_size or 'all'})",
             {"rows": n, "prompt_len": p, "response_len": r, "num_mini_batches": grpo.num_mini_batches,
              "micro_batch_size": grpo.micro_batch_size},
             lambda: updater.lower(batch), 3 * forward_flops(config, rows * seq, seq),
@@ -435,7 +437,7 @@ def _absl_main(argv: Sequence[str]) -> None:
                      hbm_bytes=int(f.hbm_gib * GiB) if f.hbm_gib else None, say=_say)
     except (FitError, TargetError, ValueError, KeyError) as e:
         print(f"tooln1-fit: {e}", file=sys.stderr)
-        raise SystemExit(2)
+        raise SystemExit(2) from None
     if f.json:
         with open(f.json, "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=1)

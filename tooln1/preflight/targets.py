@@ -190,8 +190,8 @@ def target_devices(target: Target) -> list[Any]:
 
     if target.platform == "cuda":
         if not cuda_plugin_installed():
-            raise TargetError(f"target {target.name} needs the CUDA plugin: pip install 'jax[cuda12]=={jax.__version__}' "
-                              "(compiles without a GPU)")
+            raise TargetError(f"target {target.name} needs the CUDA plugin: "
+                              f"pip install 'jax[cuda12]=={jax.__version__}' (compiles without a GPU)")
         try:  # topology: slices x hosts per slice x devices per host (one host: an NVLink node)
             topo = topologies.get_topology_desc(
                 platform="cuda", topology_name="", topology=f"1x1x{target.num_devices}",

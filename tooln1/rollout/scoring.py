@@ -45,7 +45,8 @@ class RolloutWorker:
 
     def run(self, model: Any, prompt_ids: np.ndarray, prompt_mask: np.ndarray, answers: Sequence[Any],
             key) -> RolloutBatch:
-        """``answers[b]`` is prompt b's reference; every process passes its own prompts (`tooln1.rollout.sampling.sample`)."""
+        """``answers[b]`` is prompt b's reference; every process passes its own prompts
+        (`tooln1.rollout.sampling.sample`)."""
         g = self.sampling.num_samples
 
         def score(b: int, group: list[Completion]):
@@ -54,7 +55,8 @@ class RolloutWorker:
             return texts, rewards, diagnostics
 
         t0 = time.perf_counter()
-        out, groups = sample_groups(model, prompt_ids, prompt_mask, self.sampling, key, engine=self.engine, on_group=score)
+        out, groups = sample_groups(model, prompt_ids, prompt_mask, self.sampling, key, engine=self.engine,
+                                    on_group=score)
         stats = self.engine.stats
         timings = {"rollout": time.perf_counter() - t0, "device": stats["device_s"],
                    "prefill": stats["prefill_rounds_s"], "score_tail": stats["score_wait_s"]}

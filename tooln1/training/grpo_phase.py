@@ -21,10 +21,10 @@ from tooln1.data import prompt_batch
 from tooln1.data.iterator import BatchIterator, global_array
 from tooln1.data.tokens import truncated_fraction
 from tooln1.grpo import compute_advantages
+from tooln1.models.flops import update_flops
 from tooln1.rollout.scoring import RolloutBatch, RolloutWorker
 from tooln1.training.batch import update_batch
 from tooln1.training.context import RunContext, say
-from tooln1.models.flops import update_flops
 from tooln1.training.metrics import grpo_scalars, peak_flops
 from tooln1.training.phase import Phase, PhaseResult
 from tooln1.training.updater import ReferencePolicy, Updater

@@ -18,8 +18,8 @@ from tooln1.config.runtime import optimizer_config, sft_loss
 from tooln1.data import tokenize_prompts
 from tooln1.data.iterator import BatchIterator, global_array
 from tooln1.data.tokens import left_pad
-from tooln1.training.context import RunContext, say
 from tooln1.models.flops import sft_flops
+from tooln1.training.context import RunContext, say
 from tooln1.training.metrics import peak_flops
 from tooln1.training.phase import Phase, PhaseResult
 from tooln1.training.updater import Updater

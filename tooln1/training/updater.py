@@ -70,7 +70,8 @@ class OptimizerConfig:
         if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1):
             raise ValueError(f"OptimizerConfig: betas must be in [0, 1), got ({self.b1}, {self.b2})")
         if self.eps <= 0 or self.weight_decay < 0:
-            raise ValueError(f"OptimizerConfig: need eps > 0 and weight_decay >= 0, got {self.eps}, {self.weight_decay}")
+            raise ValueError(f"OptimizerConfig: need eps > 0 and weight_decay >= 0, "
+                             f"got {self.eps}, {self.weight_decay}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ValueError(f"OptimizerConfig.max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
 
@@ -169,7 +170,8 @@ class Updater:
     ):
         if not isinstance(num_mini_batches, (int, np.integer)) or num_mini_batches < 1:
             raise ValueError(f"num_mini_batches must be a positive int, got {num_mini_batches!r}")
-        if micro_batch_size is not None and (not isinstance(micro_batch_size, (int, np.integer)) or micro_batch_size < 1):
+        if micro_batch_size is not None and (not isinstance(micro_batch_size, (int, np.integer))
+                                             or micro_batch_size < 1):
             raise ValueError(f"micro_batch_size must be a positive int or None, got {micro_batch_size!r}")
         if getattr(loss_fn, "on_policy", False) and num_mini_batches != 1:
             raise ValueError(
@@ -381,9 +383,8 @@ class Updater:
                 updates, new_opt = self.optimizer.update(grads, opt_state, params)
                 return optax.apply_updates(params, updates), new_opt
 
-            # A skipped step keeps params and moments as they were. On a CPU as a branch: under
-            # where(ok, new, old) over every leaf XLA:CPU copied the moments (0.5B update temp 5.90 ->
-            # 5.48 GiB as a branch). XLA:TPU fuses the select into the update (the branch: +0.08 GiB).
+            # A skipped step keeps params and moments as they were: a branch on a CPU, where a select
+            # over every leaf makes XLA:CPU copy the moments; a select elsewhere, which XLA:TPU fuses.
             if self._skip_by_branch:
                 carry = jax.lax.cond(ok, apply, lambda p, o, g: (p, o), params, opt_state, grads)
             else:
