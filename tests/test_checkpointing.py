@@ -46,10 +46,8 @@ def test_round_trip_keep_and_meta(tmp_path):
 
 
 def test_restore_into_wrong_shape_names_the_array(tmp_path):
-    from tooln1.checkpoints.train_state import Checkpointer
+    from tooln1.checkpoints.train_state import Checkpointer, CheckpointMismatch
     from tooln1.training.updater import TrainState
-
-    from tooln1.checkpoints.train_state import CheckpointMismatch
 
     ck = Checkpointer(str(tmp_path / "ck"), async_save=False)
     ck.save(1, TrainState(params={"w": jnp.zeros((4,))}, opt_state=()), {})

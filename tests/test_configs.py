@@ -224,7 +224,8 @@ def test_clis_silence_transformers_pytorch_warning(entry):
     module, call = entry.split(":")
     code = (f"import sys; sys.modules['torch'] = None; import {module} as m\n"
             f"try:\n    m.{call}\nexcept SystemExit:\n    pass\nimport transformers")
-    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_NO_ADVISORY_WARNINGS"}  # a CLI run in-process set it
+    # dropped: a CLI run in-process set it
+    env = {k: v for k, v in os.environ.items() if k != "TRANSFORMERS_NO_ADVISORY_WARNINGS"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "PyTorch was not found" not in proc.stderr

@@ -31,7 +31,8 @@ FIX = os.path.join(os.path.dirname(__file__), "fixtures")
      [{"name": "f", "arguments": {"xs": [1, [2, 3]], "d": {"k": [True, None], "n": {"m": -1.5}}}}]),
     ("""[f(s="a, b) ] [ ( {", t='it\\'s "x"', u="=")]""",
      [{"name": "f", "arguments": {"s": "a, b) ] [ ( {", "t": "it's \"x\"", "u": "="}}]),
-    ("[f(a=true, b=false, c=null, d=(1, 2))]", [{"name": "f", "arguments": {"a": True, "b": False, "c": None, "d": [1, 2]}}]),
+    ("[f(a=true, b=false, c=null, d=(1, 2))]",
+     [{"name": "f", "arguments": {"a": True, "b": False, "c": None, "d": [1, 2]}}]),
     ("[Get 3-Day Forecast|v2?(q='x'), Stock/Info(s='y',)]",
      [{"name": "Get 3-Day Forecast|v2?", "arguments": {"q": "x"}}, {"name": "Stock/Info", "arguments": {"s": "y"}}]),
     ("  [ f( a = 1 ) ,  g(b='2') ]  ", [{"name": "f", "arguments": {"a": 1}}, {"name": "g", "arguments": {"b": "2"}}]),
@@ -256,7 +257,8 @@ from hypothesis import strategies as st  # noqa: E402
 _values = st.recursive(
     st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(alphabet="ab ,()[]{}'\"=\\\n:é", max_size=8),
-    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text("xyz_", min_size=1, max_size=3), kids, max_size=3),
+    lambda kids: (st.lists(kids, max_size=3)
+                  | st.dictionaries(st.text("xyz_", min_size=1, max_size=3), kids, max_size=3)),
     max_leaves=6)
 _calls = st.lists(st.fixed_dictionaries({
     "name": st.sampled_from(["f", "Weather API", "a.b.c", "Get 3-Day Forecast", "Stock|v2?", "x/y"]),

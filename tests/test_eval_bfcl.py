@@ -72,8 +72,8 @@ def test_wrong_argument_value_fails():
 
 
 GARBAGE = ["", "<think>hmm", "<tool_call>[{]</tool_call>", '<tool_call>[{"name": "x"}]</tool_call>',
-           '<tool_call>[{"name": "calculate_triangle_area", "arguments": {"base": {"a": [1, {}]}, "height": null}}]</tool_call>',
-           '<tool_call>[{"name": "calculate_triangle_area", "arguments": {"base": "\\u0000", "height": [[[]]]}}]</tool_call>',
+           '<tool_call>[{"name": "calculate_triangle_area", "arguments": {"base": {"a": [1, {}]}, "height": null}}]</tool_call>',  # noqa: E501 (test data)
+           '<tool_call>[{"name": "calculate_triangle_area", "arguments": {"base": "\\u0000", "height": [[[]]]}}]</tool_call>',  # noqa: E501 (test data)
            "\x00" * 1000]
 UNPARSEABLE = {"", "<think>hmm", "<tool_call>[{]</tool_call>", "\x00" * 1000}  # the others decode to calls
 
@@ -144,11 +144,13 @@ def test_java_prompt_functions_are_strings_and_input_untouched():
         for tool in sample.record["tools"]:
             assert tool["description"].endswith("Java 8 SDK syntax.")
             assert all(p["type"] == "string" for p in tool["parameters"]["properties"].values())
-        assert any(p["type"] != "string" for f in sample.target["functions"] for p in f["parameters"]["properties"].values())
+        assert any(p["type"] != "string" for f in sample.target["functions"]
+                   for p in f["parameters"]["properties"].values())
 
 
 def test_language_hints_python():
-    funcs = [{"name": "f", "description": "d", "parameters": {"type": "dict", "properties": {"x": {"type": "integer"}}}}]
+    funcs = [{"name": "f", "description": "d",
+              "parameters": {"type": "dict", "properties": {"x": {"type": "integer"}}}}]
     out = bfcl.prepare_functions(funcs, "simple")
     assert out[0]["description"] == "d Note that the provided function is in Python 3 syntax."
     assert out[0]["parameters"]["properties"]["x"]["type"] == "integer" and funcs[0]["description"] == "d"

@@ -14,7 +14,7 @@ from tooln1.eval.parsing import (
 
 
 def test_first_block_list_payload():
-    text = ('<think>x</think><tool_call>[{"name": "a", "arguments": {"x": 1}}, {"name": "b", "arguments": {}}]</tool_call>'
+    text = ('<think>x</think><tool_call>[{"name": "a", "arguments": {"x": 1}}, {"name": "b", "arguments": {}}]</tool_call>'  # noqa: E501 (test data)
             '<tool_call>[{"name": "ignored", "arguments": {}}]</tool_call>')
     assert parse_for_checker(text) == [{"a": {"x": 1}}, {"b": {}}]
 

@@ -67,16 +67,19 @@ def test_evaluate_with_injected_generation(tmp_path):
     """Whole pipeline minus the model: records -> prompts (tiny tokenizer) -> batched fake
     generation -> scoring -> results.json / table.md / accuracy.png."""
     pytest.importorskip("tooln1.data.prompt")
+    from tooln1.checkpoints.tiny import load_tiny_tokenizer
     from tooln1.eval.oracle import oracle_response
     from tooln1.eval.samples import EvalSample
-    from tooln1.checkpoints.tiny import load_tiny_tokenizer
 
     tok = load_tiny_tokenizer()
     answers = [{"name": "get_weather", "arguments": {"city": "Paris"}}]
-    tools = [{"name": "get_weather", "description": "Weather.", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
-    samples = [EvalSample("apibank", "level-1", f"s{i}", {"id": f"s{i}", "source": "t", "system": "", "tools": tools,
-                                                          "conversation": [{"role": "user", "content": "Weather in Paris?" + "!" * i}],
-                                                          "answer": answers}, {"answers": answers}) for i in range(5)]
+    tools = [{"name": "get_weather", "description": "Weather.",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}]
+    samples = [EvalSample("apibank", "level-1", f"s{i}",
+                          {"id": f"s{i}", "source": "t", "system": "", "tools": tools,
+                           "conversation": [{"role": "user", "content": "Weather in Paris?" + "!" * i}],
+                           "answer": answers},
+                          {"answers": answers}) for i in range(5)]
     by_prompt = {}
     calls = []
 

@@ -9,8 +9,8 @@ outputs: trained exports, results.json per row, one table per experiment, Figure
 from __future__ import annotations
 
 import json
-import pathlib
 import os
+import pathlib
 import subprocess
 import sys
 

@@ -11,8 +11,8 @@ import os
 import numpy as np
 import pytest
 
-from tooln1.preflight import fit
 from tooln1.models import count_params
+from tooln1.preflight import fit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -67,7 +67,8 @@ def test_logprobs_argument_bytes_are_the_sharded_params_on_cpu():
     assert p == 32  # the sampler's smallest default bucket
     assert prog["argument_bytes"] == expected_argument_bytes(cfg, 8, 16, p, 8)
     assert prog["output_bytes"] == 16 // 8 * 8 * 4  # [rows/dev, R] float32 log-probs
-    assert prog["peak_bytes"] == prog["argument_bytes"] + prog["output_bytes"] - prog["alias_bytes"] + prog["temp_bytes"]
+    assert prog["peak_bytes"] == (prog["argument_bytes"] + prog["output_bytes"] - prog["alias_bytes"]
+                                  + prog["temp_bytes"])
     # the optimizer state (Adam mu + nu, sharded as the params) and the policy copy stay on the devices
     params = expected_argument_bytes(cfg, 8, 0, p, 8)
     assert prog["resident_bytes"] == 3 * params + 4  # + Adam's int32 step count
@@ -119,8 +120,9 @@ def test_gpu_target_config_text_proto():
     h200 = gpu_target_config(GPUS["h200"], (9, 8, 0))
     assert h200.count("{") == h200.count("}") == 3  # gpu_device_info, its compute capability, dnn_version_info
     lines = {line.strip() for line in h200.splitlines()}
-    for field in (f"device_memory_size: {GPUS['h200'].memory_bytes}", "core_count: 132", "memory_bandwidth: 4800000000000",
-                  "major: 9", "minor: 8", 'device_description_str: "NVIDIA H200"', 'platform_name: "CUDA"'):
+    for field in (f"device_memory_size: {GPUS['h200'].memory_bytes}", "core_count: 132",
+                  "memory_bandwidth: 4800000000000", "major: 9", "minor: 8",
+                  'device_description_str: "NVIDIA H200"', 'platform_name: "CUDA"'):
         assert field in lines, field
     a100 = gpu_target_config(GPUS["a100-80gb"])
     assert "core_count: 108" in a100 and "major: 8" in a100 and "fpus_per_core: 64" in a100
@@ -178,7 +180,8 @@ def test_logprobs_and_update_bytes_on_an_8_gpu_h100_node():
     assert update["argument_bytes"] >= 3 * params and update["alias_bytes"] >= 3 * params
     for prog in (logprobs, update):
         assert prog["xla_peak_bytes"] > 0 and prog["temp_bytes"] > 0
-        assert prog["peak_bytes"] == prog["argument_bytes"] + prog["output_bytes"] - prog["alias_bytes"] + prog["temp_bytes"]
+        assert prog["peak_bytes"] == (prog["argument_bytes"] + prog["output_bytes"] - prog["alias_bytes"]
+                                      + prog["temp_bytes"])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed (pip install 'jax[tpu]')")
@@ -235,11 +238,11 @@ def test_tpu_rollout_programs_run_the_kernel_on_pools_in_place():
     stacked pools for the kernel was a copy at every step."""
     import re
 
-    from tooln1.rollout.engine import Engine, EngineConfig
     from tooln1.models import ModelConfig
+    from tooln1.preflight.targets import get_target, target_devices
+    from tooln1.rollout.engine import Engine, EngineConfig
     from tooln1.rollout.sampling import SamplingConfig
     from tooln1.sharding import make_mesh
-    from tooln1.preflight.targets import get_target, target_devices
 
     mesh = make_mesh({"fsdp": -1}, devices=target_devices(get_target("tpu-v5e-4")))
     config = ModelConfig(vocab_size=1024, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
@@ -252,7 +255,7 @@ def test_tpu_rollout_programs_run_the_kernel_on_pools_in_place():
         compiled = engine.lower(sampling, 64, 1024, program=program).compile()
         text = compiled.as_text()
         assert (program == "round") == ("tpu_custom_call" in text), program
-        pool_copies = re.findall(r"= bf16\[1,2,2,%d,16,128\]\S* copy\(" % shape.num_pages, text)
+        pool_copies = re.findall(rf"= bf16\[1,2,2,{shape.num_pages},16,128\]\S* copy\(", text)
         limit = pool_bytes / 4 if program == "round" else pool_bytes  # the prefill holds two samples' context
         assert not pool_copies and compiled.memory_analysis().temp_size_in_bytes < limit, program
     # a head size of 64 (Qwen2.5-0.5B) does not lower in the kernel: such a model decodes with the pure-JAX
@@ -277,11 +280,11 @@ def test_tpu_decode_round_neither_relays_out_projections_nor_gathers_the_head():
     vocab-sharded head (Qwen2.5-7B on tpu-v4-32-tp4: 1 GiB at every step)."""
     import re
 
-    from tooln1.rollout.engine import Engine, EngineConfig
     from tooln1.models import ModelConfig
+    from tooln1.preflight.targets import get_target, target_devices
+    from tooln1.rollout.engine import Engine, EngineConfig
     from tooln1.rollout.sampling import SamplingConfig
     from tooln1.sharding import make_mesh
-    from tooln1.preflight.targets import get_target, target_devices
 
     config = ModelConfig(vocab_size=8192, hidden_size=1024, intermediate_size=2048, num_layers=2, num_heads=8,
                          num_kv_heads=2, head_dim=128, dtype="bfloat16")
@@ -301,16 +304,17 @@ def test_tpu_decode_round_neither_relays_out_projections_nor_gathers_the_head():
 def test_tpu_kernel_splits_decode_attention_over_a_megacore_chips_two_cores(monkeypatch):
     """A v4 (or v5p) device is two TensorCores; JAX's paged-attention kernel runs on one of them unless told
     to split (by kv head, else by sequence). A v5e device is one core, where a split may hang the kernel."""
-    from tooln1.rollout.engine import Engine, EngineConfig
     from tooln1.models import ModelConfig
     from tooln1.models import paged_attention as pa
+    from tooln1.preflight.targets import get_target, target_devices
+    from tooln1.rollout.engine import Engine, EngineConfig
     from tooln1.rollout.sampling import SamplingConfig
     from tooln1.sharding import make_mesh
-    from tooln1.preflight.targets import get_target, target_devices
 
     modes = []
     kernel = pa._tpu_kernel()
-    monkeypatch.setattr(pa, "_tpu_kernel", lambda: lambda *a, **kw: modes.append(kw["megacore_mode"]) or kernel(*a, **kw))
+    monkeypatch.setattr(pa, "_tpu_kernel",
+                        lambda: lambda *a, **kw: modes.append(kw["megacore_mode"]) or kernel(*a, **kw))
     config = ModelConfig(vocab_size=1024, hidden_size=512, intermediate_size=1024, num_layers=2, num_heads=8,
                          num_kv_heads=4, head_dim=128, dtype="bfloat16")
     sampling = SamplingConfig(num_samples=2, max_new_tokens=256, eos_ids=(0,))

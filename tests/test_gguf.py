@@ -68,7 +68,8 @@ def _hf_weights(arch: str, tied: bool, seed: int = 0) -> dict[str, np.ndarray]:
 _TO_GGUF = {v: k for k, v in gguf_io._LAYER_NAMES.items()}
 
 
-def write_tiny_gguf(path: str, arch: str = "llama", tied: bool = False, drop: str | None = None) -> dict[str, np.ndarray]:
+def write_tiny_gguf(path: str, arch: str = "llama", tied: bool = False,
+                    drop: str | None = None) -> dict[str, np.ndarray]:
     """Write a tiny F32 GGUF of ``arch`` and return the HF-layout weights it encodes."""
     weights = _hf_weights(arch, tied)
     h, kv = DIMS["heads"], DIMS["kv"]
@@ -99,7 +100,8 @@ def write_tiny_gguf(path: str, arch: str = "llama", tied: bool = False, drop: st
             _, _, layer, rest = base.split(".", 3)
             g = f"blk.{layer}.{_TO_GGUF[rest]}.{suffix}"
         else:
-            g = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}[base] + "." + suffix
+            outside_layers = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
+            g = outside_layers[base] + "." + suffix
         if g == drop:
             continue
         if arch == "llama" and name.endswith(("q_proj.weight", "k_proj.weight")):
@@ -135,7 +137,8 @@ def test_tensors_come_back_in_hf_names_and_layout(tiny_llama):
         assert value.dtype == np.float32
         np.testing.assert_array_equal(value, weights[name], err_msg=name)  # q/k rows un-permuted exactly
     assert config["architectures"] == ["LlamaForCausalLM"]
-    assert (config["num_attention_heads"], config["num_key_value_heads"], config["tie_word_embeddings"]) == (4, 2, False)
+    assert (config["num_attention_heads"], config["num_key_value_heads"],
+            config["tie_word_embeddings"]) == (4, 2, False)
     assert (config["bos_token_id"], config["eos_token_id"], config["vocab_size"]) == (1, 2, len(_vocab()))
 
 
@@ -159,7 +162,8 @@ def test_tokenizer_matches_transformers_gguf_tokenizer(tiny_llama):
     ref = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=name)
     messages = [{"role": "user", "content": "the cat in a hat"}]
     assert ours.chat_template == ref.chat_template == CHAT_TEMPLATE
-    for text in ("the heathen in a tent", ours.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
+    for text in ("the heathen in a tent",
+                 ours.apply_chat_template(messages, tokenize=False, add_generation_prompt=True),
                  "<|im_start|>x<|im_end|> ünï  \n\t 12"):
         assert ours.encode(text) == ref.encode(text), text
     assert (ours.bos_token, ours.eos_token, ours.pad_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
@@ -175,17 +179,20 @@ def test_convert_cli_without_torch_writes_an_hf_checkpoint(tiny_llama, tmp_path)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+                 "tokenizer_config.json"):
         assert os.path.isfile(os.path.join(out, name)), name
     with open(os.path.join(out, "generation_config.json")) as f:
         assert json.load(f)["eos_token_id"] == 2
     ids = np.random.RandomState(1).randint(0, len(_vocab()), (1, 9))
     with torch.no_grad():
-        converted = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)(torch.tensor(ids)).logits
+        hf_model = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+        converted = hf_model(torch.tensor(ids)).logits
         ref = _hf_from_gguf(path)(torch.tensor(ids)).logits
     assert torch.abs(converted - ref).max().item() <= 1e-5
     tok = transformers.AutoTokenizer.from_pretrained(out)
-    assert tok.chat_template == CHAT_TEMPLATE and tok.encode("the hat") == gguf_io.load_tokenizer(path).encode("the hat")
+    assert tok.chat_template == CHAT_TEMPLATE
+    assert tok.encode("the hat") == gguf_io.load_tokenizer(path).encode("the hat")
 
 
 def test_bad_files_raise_checkpoint_error_naming_the_file(tmp_path, tiny_llama):
@@ -208,7 +215,10 @@ def test_bad_files_raise_checkpoint_error_naming_the_file(tmp_path, tiny_llama):
     other = str(tmp_path / "other-arch.gguf")
     writer = gguf.GGUFWriter(other, "gpt2")
     writer.add_tensor("token_embd.weight", np.zeros((4, 4), np.float32))
-    writer.write_header_to_file(); writer.write_kv_data_to_file(); writer.write_tensors_to_file(); writer.close()
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
     with pytest.raises(CheckpointError, match="other-arch.gguf: GGUF architecture 'gpt2' is not supported"):
         tooln1.load_model(other)
 

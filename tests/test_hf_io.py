@@ -30,7 +30,8 @@ def test_transformers_loads_export_with_equal_logits(tiny_checkpoint, tmp_path):
     model = tooln1.load_model(tiny_checkpoint)
     out = str(tmp_path / "export")
     model.save_pretrained(out)
-    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+    for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                 "tokenizer_config.json"):
         assert os.path.isfile(os.path.join(out, name)), name
     hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     ids, mask = _ids(model.config.vocab_size)

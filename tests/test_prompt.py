@@ -22,7 +22,7 @@ You are an expert in composing functions. You are given a question and a set of 
 Based on the question, you will need to make one or more function/tool calls to achieve the purpose. 
 If none of the function can be used, point it out. If the given question lacks the parameters required by the function,
 also point it out. You should only return the function call in tools call sections. Here is a list of functions in JSON format that you can invoke:
-"""
+"""  # noqa: E501, W291 (the literal preamble: long lines and trailing spaces are the test data)
 LITERAL_TOOL_BLOCK = """\
 # Tool
 
@@ -37,7 +37,7 @@ In each action step, you MUST:
 2. Then, provide a json object with function names and arguments within <tool_call></tool_call> XML tags. i.e., <tool_call>[{"name": <function-name>, "arguments": <args-json-object>}, {"name": <function-name2>, "arguments": <args-json-object2>}, ...]</tool_call>
 3. Make sure both the reasoning and the tool call steps are included together in one single reply.
 A complete reply example is: <think>To address the query, I need to send the email to Bob and then buy the banana through walmart. </think> <tool_call> [{"name": "email", "arguments": {"receiver": "Bob", "content": "I will bug banana through walmart"}}, {"name": "walmart", "arguments": {"input": "banana"}}]</tool_call>. Please make sure the type of the arguments is correct. 
-"""
+"""  # noqa: E501, W291 (the literal tool block: long lines and trailing spaces are the test data)
 
 TOOLS = [
     {"name": "get_weather", "description": "Weather \"now\" in a city", "parameters": {"city": {"type": "str"}}},
@@ -71,7 +71,8 @@ def test_build_messages_xlam_and_toolace():
     toolace = {r["id"]: r for r in load_records(f"toolace:{FIX}/toolace_sample.json")}["toolace-2-5"]
     msgs = build_messages(toolace)
     raw_system = json.load(open(f"{FIX}/toolace_sample.json"))[2]["system"]
-    preamble = raw_system[: raw_system.index("JSON format that you can invoke:\n") + len("JSON format that you can invoke:\n")]
+    end = "JSON format that you can invoke:\n"
+    preamble = raw_system[: raw_system.index(end) + len(end)]
     assert msgs[0]["content"] == expected_system(toolace["tools"], preamble)
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "tool", "assistant", "user"]
 
@@ -99,7 +100,7 @@ def test_render_prompt_golden_qwen_template(tokenizer):
     expected = (
         "<|im_start|>system\n" + expected_system(record["tools"], preamble) + "<|im_end|>\n"
         "<|im_start|>user\nWeather in Rome?<|im_end|>\n"
-        '<|im_start|>assistant\n<tool_call>[{"name": "Weather API", "arguments": {"city": "Rome"}}]</tool_call><|im_end|>\n'
+        '<|im_start|>assistant\n<tool_call>[{"name": "Weather API", "arguments": {"city": "Rome"}}]</tool_call><|im_end|>\n'  # noqa: E501 (golden text)
         '<|im_start|>user\n<tool_response>\n{"temp": 20}\n</tool_response><|im_end|>\n'
         "<|im_start|>assistant\n20 degrees.<|im_end|>\n"
         "<|im_start|>user\nAnd Apple stock plus Paris weather?<|im_end|>\n"

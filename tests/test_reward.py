@@ -44,7 +44,7 @@ def test_call_order_and_argument_order_are_free():
 @pytest.mark.parametrize("value", ['"3"', "3.0", "true", "[3]", "null"])
 def test_argument_types_are_strict(value):
     text = THINK + call_block(
-        '[{"name": "get_weather", "arguments": {"city": "Paris", "days": %s}},'
+        '[{"name": "get_weather", "arguments": {"city": "Paris", "days": %s}},'  # noqa: UP031 (JSON braces)
         ' {"name": "convert", "arguments": {"amount": 2.5, "to": "EUR"}}]' % value)
     assert all_kinds(text) == {
         "binary": 0.0, "format_partial": 0.2, "format_name_partial": 0.4, "binary_no_think": 0.0}
@@ -256,7 +256,8 @@ def test_fuzz_binary_agrees_with_reference_and_values_in_range(case):
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.text(max_size=200), st.one_of(st.text(max_size=50), st.lists(st.dictionaries(st.text(max_size=3), json_values))))
+@given(st.text(max_size=200),
+       st.one_of(st.text(max_size=50), st.lists(st.dictionaries(st.text(max_size=3), json_values))))
 def test_fuzz_arbitrary_text_never_raises(text, answer):
     for kind in KINDS:
         assert 0.0 <= compute_reward(text, answer, kind) <= 1.0

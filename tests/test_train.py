@@ -122,7 +122,8 @@ def test_end_to_end_metrics_and_export(runs, tiny_tokenizer):
     val = run.context.val_records
     texts = tooln1.generate(run.model, tiny_tokenizer, [render_prompt(r, tiny_tokenizer) for r in val],
                             max_new_tokens=16, eos_ids=run.context.eos_ids)
-    assert summary["val_after_grpo"] == pytest.approx(np.mean([compute_reward(t[0], r["answer"]) for t, r in zip(texts, val)]))
+    rewards = [compute_reward(t[0], r["answer"]) for t, r in zip(texts, val)]
+    assert summary["val_after_grpo"] == pytest.approx(np.mean(rewards))
     logged = {r["phase"]: r["val/accuracy"] for r in read_jsonl(pathlib.Path(summary["workdir"]) / "metrics.jsonl")
               if "val/accuracy" in r}
     assert logged["before GRPO"] == summary["val_before_grpo"] and logged["after GRPO"] == summary["val_after_grpo"]
@@ -199,18 +200,21 @@ def test_kill_and_resume_is_bit_exact(runs):
 
     # The records seen: the resumed run's log, killed steps included, is exactly the reference's —
     # each step once, in order (a kill right after a checkpoint redoes nothing), and so are the metrics.
-    ids_a = [(r["phase"], r["step"], r["ids"]) for r in read_jsonl(pathlib.Path(ref_summary["workdir"]) / "data_ids.jsonl")]
+    ids_a = [(r["phase"], r["step"], r["ids"])
+             for r in read_jsonl(pathlib.Path(ref_summary["workdir"]) / "data_ids.jsonl")]
     ids_b = [(r["phase"], r["step"], r["ids"]) for r in read_jsonl(pathlib.Path(s3["workdir"]) / "data_ids.jsonl")]
     assert ids_b == ids_a
     assert [s for p, s, _ in ids_a] == [1, 2, 1, 2, 3]
     grpo_ids = [i for p, _, ids in ids_a if p == "grpo" for i in ids]
     assert len(grpo_ids) == len(set(grpo_ids))  # within an epoch no record repeats
-    assert len(rows_b) == len(rows_a) and [(r["phase"], r["step"]) for r in rows_b] == [(r["phase"], r["step"]) for r in rows_a]
+    assert len(rows_b) == len(rows_a)
+    assert [(r["phase"], r["step"]) for r in rows_b] == [(r["phase"], r["step"]) for r in rows_a]
 
 
 def _tree(workdir):
     """Every file under a workdir with its size and modification time."""
-    return {str(p.relative_to(workdir)): (p.stat().st_size, p.stat().st_mtime_ns) for p in workdir.rglob("*") if p.is_file()}
+    return {str(p.relative_to(workdir)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in workdir.rglob("*") if p.is_file()}
 
 
 def test_rerunning_a_finished_run_changes_nothing(runs, tiny_checkpoint, capsys):
@@ -222,7 +226,8 @@ def test_rerunning_a_finished_run_changes_nothing(runs, tiny_checkpoint, capsys)
     again = train(make_config(workdir, tiny_checkpoint, runs["base"] / "jax_cache"))
     assert _tree(workdir) == before  # no metrics row, no event file, summary.json untouched
     assert again == json.loads((workdir / "summary.json").read_text())
-    assert f"finished at step {GRPO_STEPS}; use a new workdir or --config.checkpoint.resume=false" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"finished at step {GRPO_STEPS}; use a new workdir or --config.checkpoint.resume=false" in out
 
 
 def test_a_finished_run_without_its_summary_finishes_at_its_last_step(runs, tiny_checkpoint, tmp_path):

@@ -63,10 +63,10 @@ def numpy_adamw(params, grads_fn, batches, cfg: OptimizerConfig):
         g = jax.tree.map(lambda x: np.asarray(x, np.float64), grads_fn(jax.tree.map(np.float32, p), b))
         norm = np.sqrt(sum((x**2).sum() for x in jax.tree.leaves(g)))
         norms.append(norm)
-        g = jax.tree.map(lambda x: x * min(1.0, cfg.max_grad_norm / norm), g)
+        g = jax.tree.map(lambda x, norm=norm: x * min(1.0, cfg.max_grad_norm / norm), g)
         mu = jax.tree.map(lambda m, x: cfg.b1 * m + (1 - cfg.b1) * x, mu, g)
         nu = jax.tree.map(lambda v, x: cfg.b2 * v + (1 - cfg.b2) * x * x, nu, g)
-        step = lambda x, m, v: x - cfg.learning_rate * (  # noqa: E731
+        step = lambda x, m, v, t=t: x - cfg.learning_rate * (  # noqa: E731
             (m / (1 - cfg.b1**t)) / (np.sqrt(v / (1 - cfg.b2**t)) + cfg.eps) + cfg.weight_decay * x
         )
         p = jax.tree.map(step, p, mu, nu)
@@ -271,7 +271,8 @@ def test_shared_prompt_packing_matches_per_row_scoring(run):
     b["ref_logprobs"] = np.asarray(per_row[0]) - 0.2
 
     def loss(params, group_size, length=0):
-        return dataclasses.replace(LOSS, rows_per_prompt=group_size, packed_length=length)(nnx.merge(graphdef, params), b)[0]
+        packed = dataclasses.replace(LOSS, rows_per_prompt=group_size, packed_length=length)
+        return packed(nnx.merge(graphdef, params), b)[0]
 
     grad = jax.jit(jax.value_and_grad(loss), static_argnums=(1, 2))
     want_loss, want_grad = grad(run["params0"], 1)
@@ -368,9 +369,12 @@ def test_frozen_layers_train_only_the_blocks_above(scan_layers):
     np.testing.assert_array_equal(np.asarray(frozen(ids)), np.asarray(full(ids)))
 
     on_policy = dataclasses.replace(LOSS, kl_coef=0.0, on_policy=True)
-    grads = {name: to_np(jax.grad(lambda p, m=m: on_policy(nnx.merge(nnx.graphdef(m), p, nnx.state(m, nnx.Not(nnx.Param))),
-                                                           batch)[0])(nnx.state(m, nnx.Param)))
-             for name, m in (("full", full), ("frozen", frozen))}
+
+    def on_policy_grad(m):
+        loss = lambda p: on_policy(nnx.merge(nnx.graphdef(m), p, nnx.state(m, nnx.Not(nnx.Param))), batch)[0]
+        return to_np(jax.grad(loss)(nnx.state(m, nnx.Param)))
+
+    grads = {name: on_policy_grad(m) for name, m in (("full", full), ("frozen", frozen))}
     g_full, g_frozen = grads["full"], grads["frozen"]
     assert not np.any(g_frozen["embed"]) and np.any(g_full["embed"])
     for path, g in jax.tree_util.tree_leaves_with_path(g_frozen["layers"]):
