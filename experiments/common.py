@@ -125,7 +125,7 @@ class Experiment:
     size_plot: bool = False  # Figure 4: accuracy against model size
     smoke_rows: tuple[Eval, ...] | None = None  # the smoke's subset of rows (None = all)
 
-    def rows_for(self, opts: "Options") -> tuple[Eval, ...]:
+    def rows_for(self, opts: Options) -> tuple[Eval, ...]:
         if opts.smoke and not opts.smoke_all and self.smoke_rows is not None:
             return self.smoke_rows
         return self.rows
@@ -167,7 +167,7 @@ class Options:
     overrides: tuple[str, ...] = ()  # extra --config.KEY=VALUE for every training run
 
     @classmethod
-    def for_smoke(cls, out: str, **kw: Any) -> "Options":
+    def for_smoke(cls, out: str, **kw: Any) -> Options:
         o = cls(out=out, smoke=True, mesh="cpu", xlam=os.path.join(FIXTURES, "xlam_sample.json"),
                 toolace=os.path.join(FIXTURES, "toolace_sample.json"), limit=SMOKE_EVAL["limit"],
                 eval_batch_size=SMOKE_EVAL["batch_size"], max_new_tokens=SMOKE_EVAL["max_new_tokens"],
@@ -406,7 +406,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--smoke", action="store_true",
                     help="CPU smoke variant: tiny random checkpoints, fixture data, 1-2 steps, a few eval samples, "
                          "run in this process")
-    ap.add_argument("--smoke-all", action="store_true", help="with --smoke: every row of the table, not the smoke subset")
+    ap.add_argument("--smoke-all", action="store_true",
+                    help="with --smoke: every row of the table, not the smoke subset")
     ap.add_argument("--out", default=None, help="output root (default runs/experiments, smoke: runs/experiments-smoke)")
     ap.add_argument("--mesh", default="gpu8", choices=sorted(MESHES), help="mesh preset for training (full runs)")
     ap.add_argument("--checkpoints", default="checkpoints",
@@ -465,7 +466,8 @@ def main_for(exps: Sequence[Experiment], argv: Sequence[str] | None = None, desc
     t0 = time.perf_counter()
     report = execute(exps, opts, dry_run=args.dry_run)
     if not args.dry_run:
-        print(f"[experiments] finished in {time.perf_counter() - t0:.0f} s; tables under {opts.out}/<experiment>/table.md")
+        print(f"[experiments] finished in {time.perf_counter() - t0:.0f} s; "
+              f"tables under {opts.out}/<experiment>/table.md")
     if args.report:
         with open(args.report, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)

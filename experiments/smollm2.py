@@ -85,7 +85,8 @@ def write_data(out_dir: str, n_train: int, n_val: int) -> dict:
     return info
 
 
-def plan(recipes: list[str], seeds: list[int], limit: int, max_new_tokens: int, overrides: list[str]) -> list[tuple[str, list[str] | None]]:
+def plan(recipes: list[str], seeds: list[int], limit: int, max_new_tokens: int,
+         overrides: list[str]) -> list[tuple[str, list[str] | None]]:
     """``(output that marks the step done, argv)``; argv None = the in-process data step."""
     base = f"{ROOT}/base"
     ev = lambda model, out: ["tooln1-eval", "--model", model, "--benchmarks", "apibank", "--categories", "level-1",  # noqa: E731
@@ -99,7 +100,8 @@ def plan(recipes: list[str], seeds: list[int], limit: int, max_new_tokens: int, 
             steps.append((f"{run}/hf_export/config.json",
                           ["tooln1-train", "--config", f"configs/smollm2.py:recipe={recipe},seed={seed}"]
                           + [f"--config.{o}" for o in overrides]))
-            steps.append((f"{ROOT}/eval/{recipe}-seed{seed}/results.json", ev(f"{run}/hf_export", f"{ROOT}/eval/{recipe}-seed{seed}")))
+            steps.append((f"{ROOT}/eval/{recipe}-seed{seed}/results.json",
+                          ev(f"{run}/hf_export", f"{ROOT}/eval/{recipe}-seed{seed}")))
     return steps
 
 
@@ -179,7 +181,8 @@ def main(argv=None) -> None:
         if argv_ is None:
             print(json.dumps(write_data(f"{ROOT}/data", args.train_rows, args.val_rows)))
         else:
-            subprocess.run(argv_, check=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))))
+            pythonpath = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
+            subprocess.run(argv_, check=True, env=dict(os.environ, PYTHONPATH=pythonpath))
     if not args.dry_run:
         print(summarize(recipes, seeds))
 

@@ -97,11 +97,11 @@ def run_ours(args) -> dict:
 
     import tooln1
     from tooln1.grpo import GRPOLoss, compute_advantages
+    from tooln1.models.flops import update_flops
     from tooln1.reward import score_batch
     from tooln1.rollout.sampling import SamplingConfig, sample
     from tooln1.training.batch import update_batch
     from tooln1.training.updater import OptimizerConfig, ReferencePolicy, Updater
-    from tooln1.models.flops import update_flops
 
     tok = AutoTokenizer.from_pretrained(args.ckpt)
     _, prompt_ids = make_prompts(tok, args.prompts, args.prompt_len)
@@ -349,7 +349,8 @@ def main(argv=None):
                     help="compute dtype of both sides (parameters and Adam stay float32): bfloat16 is "
                          "TRL's bf16=True autocast and our compute_dtype")
     ap.add_argument("--no-share-prompt", action="store_true",
-                    help="ours: score every row's prompt separately (GRPOLoss.rows_per_prompt=1) instead of once per group")
+                    help="ours: score every row's prompt separately (GRPOLoss.rows_per_prompt=1) "
+                         "instead of once per group")
     ap.add_argument("--matmul-n", type=int, default=2048)
     ap.add_argument("--threads", default="1,2",
                     help="comma list of thread settings; each side runs once per setting and its fastest counts. "
