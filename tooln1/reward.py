@@ -67,7 +67,7 @@ def _loads(text: str) -> tuple[bool, Any]:
 MAX_BLOCK_CHARS = 1 << 16
 """A <tool_call> block longer than this plus 8x the answer's JSON is "huge input" (docs/design.md §7).
 
-Decoding 1 MB of JSON objects takes ~0.1 s; no block that could match the answer is that long
+Decoding a block that long is already costly, and no block that could match the answer is that long
 (a matching block is the answer's JSON up to whitespace, escapes and number spelling).
 """
 
