@@ -38,6 +38,8 @@ class Target:
     chips_per_host: tuple[int, int, int] = (2, 2, 1)
     wrap: tuple[bool, bool, bool] = (False, False, False)
     gpu: str = ""  # GPUS key of a cuda target
+    peak_flops: float = 0.0  # dense bf16 FLOP/s per device (0: unknown, no roofline)
+    hbm_bandwidth: float = 0.0  # bytes / s per device
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "platform": self.platform, "device_kind": self.device_kind,
@@ -59,6 +61,7 @@ class GpuSpec:
     boost_clock_ghz: float
     memory_bytes: int  # total device memory as CUDA reports it: the HBM less what the driver keeps
     memory_bandwidth: float  # bytes / s
+    peak_bf16_flops: float  # dense (no sparsity), FLOP/s
 
 
 # Memory: NVML (nvidia-smi) reports 81,559 MiB on an H100 80GB HBM3, 81,920 MiB on an A100 80GB and
@@ -68,11 +71,11 @@ class GpuSpec:
 # 551 MiB (same Hopper driver): 139.9 GiB.
 GPUS: dict[str, GpuSpec] = {
     "h100-80gb": GpuSpec("NVIDIA H100 80GB HBM3", (9, 0), 132, 128, 228 * 1024, 227 * 1024, 50 * MiB, 1.98,
-                         81_008 * MiB, 3.35e12),
+                         81_008 * MiB, 3.35e12, 989e12),
     "h200": GpuSpec("NVIDIA H200", (9, 0), 132, 128, 228 * 1024, 227 * 1024, 50 * MiB, 1.98,
-                    (143_771 - 551) * MiB, 4.8e12),
+                    (143_771 - 551) * MiB, 4.8e12, 989e12),
     "a100-80gb": GpuSpec("NVIDIA A100-SXM4-80GB", (8, 0), 108, 64, 164 * 1024, 163 * 1024, 40 * MiB, 1.41,
-                         81_158 * MiB, 2.039e12),
+                         81_158 * MiB, 2.039e12, 312e12),
 }
 
 JAX_DEFAULT_MEM_FRACTION = 0.75  # XLA_PYTHON_CLIENT_MEM_FRACTION unset: JAX preallocates 75 % of the total
@@ -110,23 +113,27 @@ def gpu_target_config(spec: GpuSpec, dnn_version: tuple[int, int, int] = (9, 0, 
             f'device_description_str: "{spec.name}"\n')
 
 
-def _tpu(name, kind, chips, hbm_gib, topology, megacore=False, wrap=(False, False, False)) -> Target:
+def _tpu(name, kind, chips, hbm_gib, topology, peak, megacore=False, wrap=(False, False, False)) -> Target:
+    flops, bandwidth = peak
     return Target(name, "tpu", kind, chips, int(hbm_gib * GiB), topology, "megacore" if megacore else "default",
-                  wrap=wrap)
+                  wrap=wrap, peak_flops=flops, hbm_bandwidth=bandwidth)
 
 
 def _gpu(gpu: str, devices: int) -> Target:
     spec = GPUS[gpu]
-    return Target(f"{gpu}:{devices}", "cuda", spec.name, devices, usable_gpu_bytes(spec), gpu=gpu)
+    return Target(f"{gpu}:{devices}", "cuda", spec.name, devices, usable_gpu_bytes(spec), gpu=gpu,
+                  peak_flops=spec.peak_bf16_flops, hbm_bandwidth=spec.memory_bandwidth)
 
 
-# HBM per chip: v4 32 GiB, v5e 16 GiB, v5p 95 GiB (Cloud TPU system-architecture pages).
+# HBM per chip: v4 32 GiB, v5e 16 GiB, v5p 95 GiB (Cloud TPU system-architecture pages); peak bf16
+# FLOP/s and HBM bytes/s per chip from the same pages (a megacore device is one chip).
+V4, V5E, V5P = (275e12, 1.2e12), (197e12, 0.82e12), (459e12, 2.76e12)
 TARGETS: dict[str, Target] = {t.name: t for t in (
-    _tpu("tpu-v5e-4", "TPU v5 lite", 4, 16, "v5e:2x2"),
-    _tpu("tpu-v5e-64", "TPU v5 lite", 64, 16, "v5e:8x8"),
-    _tpu("tpu-v4-32", "TPU v4", 16, 32, "v4:2x2x4", megacore=True),
-    _tpu("tpu-v5p-32", "TPU v5", 16, 95, "v5:2x2x4", megacore=True),
-    _tpu("tpu-v5p-128", "TPU v5", 64, 95, "v5:4x4x4", megacore=True, wrap=(True, True, True)),
+    _tpu("tpu-v5e-4", "TPU v5 lite", 4, 16, "v5e:2x2", V5E),
+    _tpu("tpu-v5e-64", "TPU v5 lite", 64, 16, "v5e:8x8", V5E),
+    _tpu("tpu-v4-32", "TPU v4", 16, 32, "v4:2x2x4", V4, megacore=True),
+    _tpu("tpu-v5p-32", "TPU v5", 16, 95, "v5:2x2x4", V5P, megacore=True),
+    _tpu("tpu-v5p-128", "TPU v5", 64, 95, "v5:4x4x4", V5P, megacore=True, wrap=(True, True, True)),
     *(_gpu(gpu, n) for gpu in GPUS for n in (1, 8)),  # one GPU, one 8-GPU node
 )}
 
