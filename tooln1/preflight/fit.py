@@ -26,6 +26,11 @@ counts a loop body once, and is absent for compile-only GPUs) and global, over a
 programs, its prefill chunk and its decode round (at its widest), compiled at the largest prompt bucket
 (memory grows with the bucket). Exit status 0 iff every program fits, 1 if one does not, 2 on a
 bad config or target.
+
+Each program also gets its roofline (:mod:`tooln1.preflight.roofline`): the HBM bytes it must move, the
+times its FLOPs and bytes take at the target's peak FLOP/s and bandwidth, the bound that wins; the report's
+``roofline.step_seconds`` sums a GRPO step's programs (every decode round, the prefill, the log-prob passes,
+the update). ``--roofline_only=1`` computes these from the config's shapes alone, without devices or compiles.
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
+from tooln1.preflight import roofline
 from tooln1.preflight.targets import GPUS, GiB, Target, TargetError, get_target, prepare_environment, target_devices
 
 
@@ -54,6 +60,8 @@ class Program:
     lower: Callable[[], Any]  # -> jax.stages.Lowered
     flops: float
     resident_bytes: int = 0
+    cost: roofline.Cost | None = None  # its work in one GRPO step (a validation: one pass over its batch)
+    kind: str = ""  # its key in program_costs
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,6 +147,64 @@ def device_bytes(tree: Any) -> int:
 # --------------------------------------------------------------------------------------------
 # the programs of a run
 
+IN_STEP = ("rollout round", "rollout prefill", "logprobs", "update")  # what one GRPO step runs
+
+
+def layout_of(cfg: Any, num_devices: int) -> roofline.Layout:
+    """The roofline's view of ``cfg.mesh`` on ``num_devices`` devices (one ``-1`` axis takes the rest)."""
+    shape = {a: int(cfg.mesh[a]) for a in ("data", "fsdp", "tensor")}
+    known = math.prod(v for v in shape.values() if v != -1)
+    shape = {a: (num_devices // known if v == -1 else v) for a, v in shape.items()}
+    return roofline.Layout(math.prod(shape.values()), shape["tensor"], shape["fsdp"])
+
+
+def program_costs(cfg: Any, config: Any, layout: roofline.Layout) -> dict[str, roofline.Cost]:
+    """Each program's roofline cost, analytic from the config's shapes (no compile): a rollout's
+    decode rounds and prefill, the log-prob passes, the update (:data:`IN_STEP`), and validation's."""
+    import jax.numpy as jnp
+
+    from tooln1.config import runtime
+    from tooln1.rollout.engine import EngineConfig
+    from tooln1.rollout.sampling import bucket_length
+
+    grpo, engine = cfg.grpo, EngineConfig()
+    item = jnp.dtype(config.dtype).itemsize
+    p = bucket_length(cfg.data.max_prompt_tokens, runtime.prompt_buckets(cfg))
+
+    def slots(samples: int, per_shard: int) -> int:  # as the engine: a shard's share, at most its slots
+        return layout.shards * min(math.ceil(samples / layout.shards), per_shard or engine.max_slots)
+
+    out: dict[str, roofline.Cost] = {}
+    if grpo.enabled:
+        g, r, n = grpo.group_size, grpo.max_response_tokens, grpo.batch_size * grpo.group_size
+        rows, seq = (n // g, p + g * r) if grpo.share_prompt else (n, p + r)
+        out["rollout round"], _ = roofline.decode(config, n, p, r, slots(n, grpo.rollout_slots), engine.page_size,
+                                                  layout, item)
+        out["rollout prefill"] = roofline.prefill(config, grpo.batch_size, p, engine.prefill_chunk, layout, item)
+        loss = runtime.grpo_loss(grpo)
+        passes = int(not loss.on_policy) + int(grpo.kl_coef > 0)
+        if passes:
+            micro = math.ceil(n / runtime.logprob_micro_batch(grpo))
+            out["logprobs"] = roofline.logprobs(config, rows, seq, micro, layout, item) * passes
+        mini = grpo.num_mini_batches
+        micro = math.ceil(n / mini / grpo.micro_batch_size) if grpo.micro_batch_size else 1
+        out["update"] = roofline.update(config, rows, seq, mini, micro, layout, item)
+    b, r = cfg.eval.batch_size, cfg.eval.max_new_tokens
+    out["validation rollout"], _ = roofline.decode(config, b, p, r, slots(b, cfg.eval.rollout_slots),
+                                                   engine.page_size, layout, item)
+    out["validation prefill"] = roofline.prefill(config, b, p, engine.prefill_chunk, layout, item)
+    return out
+
+
+def roofline_report(costs: dict[str, roofline.Cost], target: Target) -> dict[str, Any] | None:
+    """Each cost's bound on ``target``'s peaks and a GRPO step's predicted seconds (None: no peaks)."""
+    if not target.peak_flops or not target.hbm_bandwidth:
+        return None
+    bounds = {kind: roofline.bound(c, target.peak_flops, target.hbm_bandwidth) for kind, c in costs.items()}
+    step = [bounds[k] for k in IN_STEP if k in bounds]
+    return {"peak_flops": target.peak_flops, "hbm_bandwidth": target.hbm_bandwidth, "programs": bounds,
+            "step_seconds": roofline.step_seconds(step) if step else None}
+
 
 def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
     """Every program a run of ``cfg`` compiles (filtered by comma-separated name substrings)."""
@@ -152,6 +218,8 @@ def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
     config = model.config
     out: list[Program] = []
     grpo, sft = cfg.grpo, cfg.sft
+    layout = roofline.Layout(mesh.size, mesh.shape.get("tensor", 1), mesh.shape.get("fsdp", 1))
+    costs = program_costs(cfg, config, layout)
     # the largest prompt bucket in use is the worst case; which eos/pad ids does not change the program
     p = bucket_length(cfg.data.max_prompt_tokens, runtime.prompt_buckets(cfg))
 
@@ -176,11 +244,11 @@ def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
         out.append(Program(
             f"rollout engine round (B={grpo.batch_size}, G={g}, P={p}, R={r})", shape,
             lambda: lower_sampler(model, sampling, grpo.batch_size, p),
-            decode_flops(config, grpo.batch_size, g, p, r), during_rollout))
+            decode_flops(config, grpo.batch_size, g, p, r), during_rollout, costs["rollout round"], "rollout round"))
         out.append(Program(
             f"rollout engine prefill (B={grpo.batch_size}, G={g}, P={p}, R={r})", shape,
             lambda: lower_sampler(model, sampling, grpo.batch_size, p, program="prefill"),
-            prefill_flops(config, grpo.batch_size, p), during_rollout))
+            prefill_flops(config, grpo.batch_size, p), during_rollout, costs["rollout prefill"], "rollout prefill"))
         lp_micro = runtime.logprob_micro_batch(grpo)
         rows, seq = (n // g, p + g * r) if grpo.share_prompt else (n, p + r)
         passes = [x for x, on in (("old", not loss.on_policy), ("ref", grpo.kl_coef > 0)) if on]
@@ -189,14 +257,15 @@ def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
                 f"logprobs {'+'.join(passes)} (N={n}, P={p}, R={r}, micro {lp_micro})",
                 {"rows": n, "prompt_len": p, "response_len": r, "micro_batch_size": lp_micro},
                 lambda: updater.lower_logprobs(batch, lp_micro),
-                forward_flops(config, rows * seq, seq), opt_b + (params_b if grpo.kl_coef > 0 else 0)))
+                forward_flops(config, rows * seq, seq), opt_b + (params_b if grpo.kl_coef > 0 else 0),
+                costs["logprobs"], "logprobs"))
         out.append(Program(
             f"update (N={n}, P={p}, R={r}, {grpo.num_mini_batches} mini-batches, "
             f"micro {grpo.micro_batch_size or 'all'})",
             {"rows": n, "prompt_len": p, "response_len": r, "num_mini_batches": grpo.num_mini_batches,
              "micro_batch_size": grpo.micro_batch_size},
             lambda: updater.lower(batch), 3 * forward_flops(config, rows * seq, seq),
-            params_b if ref_on_device else 0))
+            params_b if ref_on_device else 0, costs["update"], "update"))
         val_resident = during_rollout
     else:
         val_resident = 0
@@ -216,11 +285,12 @@ def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
     out.append(Program(
         f"validation rollout (B={cfg.eval.batch_size}, P={p}, R={cfg.eval.max_new_tokens}, greedy)", shape,
         lambda: lower_sampler(model, val, cfg.eval.batch_size, p),
-        decode_flops(config, cfg.eval.batch_size, 1, p, cfg.eval.max_new_tokens), val_resident))
+        decode_flops(config, cfg.eval.batch_size, 1, p, cfg.eval.max_new_tokens), val_resident,
+        costs["validation rollout"], "validation rollout"))
     out.append(Program(
         f"validation prefill (B={cfg.eval.batch_size}, P={p}, R={cfg.eval.max_new_tokens}, greedy)", shape,
         lambda: lower_sampler(model, val, cfg.eval.batch_size, p, program="prefill"),
-        prefill_flops(config, cfg.eval.batch_size, p), val_resident))
+        prefill_flops(config, cfg.eval.batch_size, p), val_resident, costs["validation prefill"], "validation prefill"))
     wanted = [w.strip() for w in programs.split(",") if w.strip()]
     return [prog for prog in out if not wanted or any(w in prog.name for w in wanted)]
 
@@ -361,12 +431,39 @@ def total_bytes(entry: dict[str, Any]) -> int:
     return max(entry["peak_bytes"], entry["xla_peak_bytes"]) + entry["resident_bytes"]
 
 
+def _say_roofline(name: str, b: dict[str, Any], say: Callable[[str], None]) -> None:
+    say(f"  roofline {name}: {b['flops'] / 1e12:.1f} TFLOP, {b['hbm_bytes'] / GiB:.2f} GiB HBM per device: "
+        f"compute {b['compute_seconds']:.3f} s, memory {b['memory_seconds']:.3f} s: {b['bound']}-bound")
+
+
+def _say_step(report: dict[str, Any] | None, say: Callable[[str], None]) -> None:
+    if report and report["step_seconds"] is not None:
+        say(f"roofline: {report['step_seconds']:.2f} s per GRPO step ({' + '.join(IN_STEP)}) at "
+            f"{report['peak_flops'] / 1e12:.0f} TFLOP/s and {report['hbm_bandwidth'] / 1e12:.2f} TB/s per device")
+
+
+def fit_roofline(cfg: Any, target: Target, layers: int | None = None,
+                 say: Callable[[str], None] = print) -> dict[str, Any]:
+    """The roofline alone, from the config's shapes: no devices, no compiles."""
+    config = model_config(cfg, layers)
+    costs = program_costs(cfg, config, layout_of(cfg, target.num_devices))
+    report = roofline_report(costs, target)
+    if report is None:
+        raise FitError(f"target {target.name} has no peak FLOP/s and bandwidth for a roofline")
+    for name, b in report["programs"].items():
+        _say_roofline(name, b, say)
+    _say_step(report, say)
+    return {"target": target.describe(), "roofline": report}
+
+
 def fit(cfg: Any, target: Target | str | None = None, *, programs: str = "", layers: int | None = None,
-        hbm_bytes: int | None = None, say: Callable[[str], None] = print) -> dict[str, Any]:
+        hbm_bytes: int | None = None, roofline_only: bool = False,
+        say: Callable[[str], None] = print) -> dict[str, Any]:
     """Compile every program of ``cfg`` for ``target`` (default ``cfg.mesh.target``); the report dict.
 
     ``programs``: comma-separated name substrings to select; ``layers``: override the depth;
-    ``hbm_bytes``: override the target's memory per device."""
+    ``hbm_bytes``: override the target's memory per device; ``roofline_only``: the roofline alone
+    (:func:`fit_roofline`), without compiling."""
     if target is None:
         target = cfg.mesh.get("target", "") or ""
         if not target:
@@ -375,6 +472,8 @@ def fit(cfg: Any, target: Target | str | None = None, *, programs: str = "", lay
         target = get_target(target)
     if hbm_bytes:
         target = dataclasses.replace(target, hbm_bytes=int(hbm_bytes))
+    if roofline_only:
+        return fit_roofline(cfg, target, layers, say)
     devices = target_devices(target)
     mesh = make_target_mesh(cfg, devices)
     config = model_config(cfg, layers)
@@ -392,11 +491,20 @@ def fit(cfg: Any, target: Target | str | None = None, *, programs: str = "", lay
         memory = f"{target.hbm_bytes / GiB:.1f} GiB each"
     say(f"target {target.name}: {len(devices)} x {target.device_kind}, {memory}; "
         f"mesh {dict(mesh.shape)}; model {config.num_layers} layers, d {config.hidden_size}; {len(progs)} programs")
+    costs = {prog.kind: prog.cost for prog in progs if prog.cost is not None}
+    rooflines = roofline_report(costs, target)
     entries = []
     for i, prog in enumerate(progs, 1):
         say(f"[{i}/{len(progs)}] compiling {prog.name} ...")
-        entries.append(measure(prog, target.hbm_bytes, say))
+        entry = measure(prog, target.hbm_bytes, say)
+        if rooflines and prog.kind in rooflines["programs"]:
+            entry["roofline"] = rooflines["programs"][prog.kind]
+            _say_roofline(prog.kind, entry["roofline"], say)
+        entries.append(entry)
     report = {"target": described, "fits": all(e["fits"] for e in entries), "programs": entries}
+    if rooflines:
+        report["roofline"] = rooflines
+        _say_step(rooflines, say)
     worst = max(entries, key=total_bytes)
     say(f"{'fits' if report['fits'] else 'DOES NOT FIT'}: worst {worst['name']}: "
         f"{total_bytes(worst) / GiB:.2f} GiB of {target.hbm_bytes / GiB:.1f} GiB")
@@ -418,6 +526,7 @@ FLAGS = (
     ("programs", "", "only programs whose name contains one of these comma-separated words"),
     ("layers", 0, "override the model's layer count (scaling studies)"),
     ("hbm_gib", 0.0, "override the target's memory per device, GiB"),
+    ("roofline_only", 0, "1: only the roofline (analytic FLOPs, HBM bytes, seconds per GRPO step), no compile"),
 )
 SUMMARY = ("Compile every program a run of the config would compile, for its target, on this (CPU) machine, and "
            "say whether each fits the device memory. Exit status 0 iff every program fits, 1 if one does not, "
@@ -434,14 +543,15 @@ def _absl_main(argv: Sequence[str]) -> None:
         raise SystemExit("tooln1-fit: --config is required, e.g. --config configs/paper.py:mesh=tpu-v5p-128")
     try:
         report = fit(f.config, f.target or None, programs=f.programs, layers=f.layers or None,
-                     hbm_bytes=int(f.hbm_gib * GiB) if f.hbm_gib else None, say=_say)
+                     hbm_bytes=int(f.hbm_gib * GiB) if f.hbm_gib else None, roofline_only=bool(f.roofline_only),
+                     say=_say)
     except (FitError, TargetError, ValueError, KeyError) as e:
         print(f"tooln1-fit: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     if f.json:
         with open(f.json, "w", encoding="utf-8") as fh:
             json.dump(report, fh, indent=1)
-    raise SystemExit(0 if report["fits"] else 1)
+    raise SystemExit(0 if report.get("fits", True) else 1)  # a roofline alone has no verdict
 
 
 def main(argv: Sequence[str] | None = None) -> None:
