@@ -41,3 +41,14 @@ def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"benchmark data folder {SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def bfcl_checker() -> None:
+    """BFCL's data and checker (``nvidia-bfcl``); tests that need them skip when it is missing."""
+    from tooln1.eval import bfcl
+
+    try:
+        bfcl.require_checker()
+    except bfcl.MissingBFCLError:
+        pytest.skip(f"nvidia-bfcl not installed: {bfcl.INSTALL_HINT}")

@@ -6,22 +6,11 @@ fresh clone; BFCL is available when nvidia-bfcl is installed.
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from tooln1.eval import bfcl, runner
 from tooln1.eval.cli import build_parser, main
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-try:
-    bfcl.require_checker()
-    HAVE_BFCL = True
-except bfcl.MissingBFCLError:
-    HAVE_BFCL = False
-needs_bfcl = pytest.mark.skipif(not HAVE_BFCL, reason=f"nvidia-bfcl not installed: {bfcl.INSTALL_HINT}")
-needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"benchmark data folder {SHARED_DATA} absent")
 
 
 @pytest.fixture
@@ -59,8 +48,7 @@ def test_help_lists_every_flag_with_its_default():
     assert len(done.stdout.splitlines()) < 80  # the tool's own flags, nothing else
 
 
-@needs_bfcl
-def test_defaults_on_a_fresh_clone_skip_absent_data_and_run_bfcl(fresh_clone, capsys):
+def test_defaults_on_a_fresh_clone_skip_absent_data_and_run_bfcl(fresh_clone, capsys, bfcl_checker):
     out = fresh_clone / "out"
     assert main(["--model", "oracle", "--limit", "2", "--output", str(out)]) == 0
     err = capsys.readouterr().err.strip().splitlines()
@@ -73,8 +61,8 @@ def test_defaults_on_a_fresh_clone_skip_absent_data_and_run_bfcl(fresh_clone, ca
     assert set(data["categories"]) == {"bfcl"} and len(data["categories"]["bfcl"]) == len(bfcl.CATEGORIES)
 
 
-@needs_bfcl
-def test_model_run_with_defaults_gets_the_available_benchmarks(fresh_clone, tiny_checkpoint, monkeypatch, capsys):
+def test_model_run_with_defaults_gets_the_available_benchmarks(fresh_clone, tiny_checkpoint, monkeypatch, capsys,
+                                                              bfcl_checker):
     seen = {}
 
     def fake_evaluate(model, tokenizer, **kwargs):
@@ -117,10 +105,9 @@ def test_no_available_benchmark_is_one_clear_error(fresh_clone, capsys, no_bfcl)
     assert not (fresh_clone / "out").exists()
 
 
-@needs_shared
-def test_data_dir_runs_apibank_and_acebench(fresh_clone, capsys, no_bfcl):
+def test_data_dir_runs_apibank_and_acebench(fresh_clone, capsys, no_bfcl, shared_data):
     out = fresh_clone / "out"
-    assert main(["--model", "oracle", "--data-dir", str(SHARED_DATA), "--limit", "1", "--output", str(out)]) == 0
+    assert main(["--model", "oracle", "--data-dir", str(shared_data), "--limit", "1", "--output", str(out)]) == 0
     captured = capsys.readouterr()
     skipped = ("tooln1-eval: skipping BFCL: the nvidia-bfcl package (BFCL data and checker) is not installed; "
                + bfcl.INSTALL_HINT)
