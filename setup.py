@@ -30,7 +30,8 @@ setup(
     extras_require={
         # torch: install the pinned CPU wheel first (`pip install torch==2.13.0`), see README.
         "test": ["pytest>=8", "hypothesis>=6.100", "torch", "ruff==0.17.6",  # ruff: `ruff check .` (ruff.toml), as .ci/run does
-                 "accelerate"],  # transformers' own GGUF loading (the reference in tests/test_gguf.py) needs it
+                 "accelerate",  # transformers' own GGUF loading (the reference in tests/test_gguf.py) needs it
+                 "peft"],  # loads our LoRA adapter export onto the transformers base (tests/test_lora.py)
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],  # also what tooln1-fit needs to compile for TPU targets on a CPU machine
     },

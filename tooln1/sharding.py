@@ -28,6 +28,7 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("length", None),
     ("layers", None),
     ("norm", None),
+    ("lora_rank", None),
 )
 # The rollout engine's decoding copy: tensor-parallel where the tensor axis divides, whole on every
 # batch shard (each decodes its own slots from a full copy)

@@ -45,6 +45,9 @@ def save_pretrained(model: Any, out_dir: str, max_shard_size: int | str = "5GB")
     Only process 0 writes; every process must call this (it gathers sharded parameters).
     """
     config = model.config
+    if getattr(config, "lora_rank", 0):
+        raise ValueError("save_pretrained: the model has adapters; write tooln1.models.lora.merged(model) "
+                         "(CausalLM.save_pretrained does)")
     table = tensor_map(config)
     variables = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     tensors: dict[str, np.ndarray] = {}

@@ -8,11 +8,27 @@ from collections.abc import Sequence
 from typing import Any
 
 from tooln1.config.schema import OptimizerSection
+from tooln1.config.validation import lora_targets
 from tooln1.grpo import GRPOLoss
 from tooln1.rollout.engine import EngineConfig
 from tooln1.rollout.sampling import DEFAULT_PROMPT_BUCKETS, SamplingConfig
 from tooln1.training.sft_loss import SFTLoss
 from tooln1.training.updater import OptimizerConfig
+
+
+def lora_options(model: Any) -> dict[str, Any]:
+    """The `ModelConfig` fields of ``cfg.model.lora`` (empty without adapters)."""
+    lo = model.lora
+    if not lo.rank:
+        return {}
+    return dict(lora_rank=int(lo.rank), lora_alpha=float(lo.alpha), lora_targets=lora_targets(lo.targets),
+                base_quantization=lo.quantize)
+
+
+def base_dtype(model: Any) -> str:
+    """The dtype the base weights are held in: ``model.dtype``, or with adapters the compute dtype (the
+    base is frozen, so it needs no float32 master copy)."""
+    return model.compute_dtype if model.lora.rank else model.dtype
 
 
 def optimizer_config(section: Any) -> OptimizerConfig:

@@ -39,6 +39,17 @@ class TinySection:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoRASection:
+    """Low-rank adapters: only they are trained, the base weights stay frozen (tooln1.models.lora)."""
+
+    rank: int = _key(0, "adapter rank r; > 0 turns LoRA on (0 = full fine-tuning)")
+    alpha: float = _key(16.0, "adapter scale numerator: a projection adds (alpha / rank) * x A B")
+    dropout: float = _key(0.0, "dropout on the adapters' input; only 0 (GRPO's ratio needs the sampling policy)")
+    targets: str = _key("q,k,v,o,gate,up,down", "comma-separated projections that get adapters")
+    quantize: str = _key("none", "hold the frozen base as none, int8 or int4 (QLoRA; per-channel scales)")
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSection:
     """The policy."""
 
@@ -57,6 +68,7 @@ class ModelSection:
     frozen_layers: int = _key(0, "train only the blocks above the lowest N, the embedding (and a tied head) "
                                  "frozen too; 0 = full fine-tuning")
     tiny: TinySection = field(default_factory=TinySection)
+    lora: LoRASection = field(default_factory=LoRASection)
 
 
 @dataclasses.dataclass(frozen=True)

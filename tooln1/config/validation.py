@@ -105,9 +105,44 @@ def model_problems(m: ModelSection, check_paths: bool) -> list[str]:
         out.append(f"config.model.remat_policy={m.remat_policy!r}: expected one of {list(REMAT_POLICIES)}")
     if m.frozen_layers < 0:
         out.append(f"config.model.frozen_layers={m.frozen_layers} must be >= 0 (0 = train every layer)")
+    out += lora_problems(m)
     if m.preset and m.preset not in PRESETS:
         out.append(f"config.model.preset={m.preset!r}: unknown; known: {sorted(PRESETS)}")
     return out
+
+
+def lora_problems(m: ModelSection) -> list[str]:
+    from tooln1.models.config import BASE_QUANTIZATIONS, LORA_TARGETS
+
+    lo, out = m.lora, []
+    if lo.rank < 0:
+        out.append(f"config.model.lora.rank={lo.rank} must be >= 0 (0 = no adapters)")
+    if not lo.rank:
+        if lo.quantize != "none":
+            out.append(f"config.model.lora.quantize={lo.quantize!r} needs config.model.lora.rank > 0: a quantized "
+                       "base is frozen, so only adapters could train")
+        return out
+    if lo.alpha <= 0:
+        out.append(f"config.model.lora.alpha={lo.alpha} must be > 0")
+    if lo.dropout != 0:
+        out.append(f"config.model.lora.dropout={lo.dropout}: only 0 is supported (the update's importance ratio "
+                   "compares the sampling policy with itself; dropout would make them differ)")
+    targets = lora_targets(lo.targets)
+    unknown = sorted(set(targets) - set(LORA_TARGETS))
+    if unknown or not targets:
+        out.append(f"config.model.lora.targets={lo.targets!r}: expected a comma-separated subset of "
+                   f"{','.join(LORA_TARGETS)}")
+    if lo.quantize not in BASE_QUANTIZATIONS:
+        out.append(f"config.model.lora.quantize={lo.quantize!r}: expected one of {list(BASE_QUANTIZATIONS)}")
+    if m.frozen_layers:
+        out.append(f"config.model.lora.rank={lo.rank} with config.model.frozen_layers={m.frozen_layers}: two ways "
+                   "to train part of the model; choose one")
+    return out
+
+
+def lora_targets(spec: str) -> tuple[str, ...]:
+    """The projections of ``model.lora.targets`` ("q,k,v" -> ("q", "k", "v"))."""
+    return tuple(t.strip() for t in spec.split(",") if t.strip())
 
 
 def mesh_problems(m: MeshSection, devices: int, processes: int, backend: str) -> list[str]:

@@ -8,6 +8,8 @@ SUPPORTED_ARCHITECTURES = ("Qwen2ForCausalLM", "LlamaForCausalLM")
 _DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("full", "dots", "offload")
 ATTENTION_IMPLEMENTATIONS = ("auto", "dense", "blockwise", "splash", "cudnn")  # tooln1.models.attention
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")  # the projections of a block (tooln1.models.lora)
+BASE_QUANTIZATIONS = ("none", "int8", "int4")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +41,12 @@ class ModelConfig:
     # Partial fine-tuning: the embedding (with a tied head) and the lowest N blocks get no gradient,
     # so the backward pass stops above them and the Updater leaves them as they are.
     frozen_layers: int = 0
+    # LoRA (`tooln1.models.lora`): rank > 0 adds adapters to the ``lora_targets`` projections of every
+    # block, and only they are trained; the base kernels may be held quantized (int8, int4)
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: tuple[str, ...] = ("q", "k", "v", "o", "gate", "up", "down")
+    base_quantization: str = "none"
 
     def __post_init__(self):
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -55,6 +63,20 @@ class ModelConfig:
         if not 0 <= self.frozen_layers <= self.num_layers:
             raise ValueError(
                 f"ModelConfig.frozen_layers={self.frozen_layers}: expected 0..num_layers={self.num_layers}")
+        if self.lora_rank < 0:
+            raise ValueError(f"ModelConfig.lora_rank={self.lora_rank} must be >= 0 (0 = no adapters)")
+        unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+        if unknown or not self.lora_targets:
+            raise ValueError(f"ModelConfig.lora_targets={self.lora_targets!r}: expected a non-empty subset of "
+                             f"{LORA_TARGETS}")
+        if self.base_quantization not in BASE_QUANTIZATIONS:
+            raise ValueError(f"ModelConfig.base_quantization={self.base_quantization!r}; expected one of "
+                             f"{BASE_QUANTIZATIONS}")
+        if self.base_quantization != "none" and not self.lora_rank:
+            raise ValueError("ModelConfig.base_quantization needs lora_rank > 0: quantized base weights are frozen")
+        if self.lora_rank and self.frozen_layers:
+            raise ValueError("ModelConfig: lora_rank and frozen_layers are two ways to train part of the model; "
+                             "choose one")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"

@@ -17,8 +17,11 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from tooln1.checkpoints.hf_export import save_pretrained
+from tooln1.models import lora
 from tooln1.models.attention import attention, merge_partial
 from tooln1.models.config import ModelConfig
+from tooln1.models.lora import adapted
+from tooln1.models.quantize import dense_kernel
 from tooln1.platform.matmul import Einsum, einsum_for
 from tooln1.sharding import constrain
 
@@ -94,20 +97,21 @@ class Attention(nnx.Module):
         self.dtype = jnp.dtype(c.dtype)
         self.einsum = einsum
 
-    def _project(self, x: jax.Array, kernel: nnx.Param, bias: nnx.Param | None) -> jax.Array:
-        y = self.einsum("btd,dhk->bthk", x, kernel[...].astype(self.dtype))
-        return y + bias[...].astype(self.dtype) if self.qkv_bias else y
+    def _project(self, x: jax.Array, name: str) -> jax.Array:
+        y = adapted(self, name, x, self.einsum("btd,dhk->bthk", x, dense_kernel(self, name, self.dtype)))
+        return y + getattr(self, f"{name}_bias")[...].astype(self.dtype) if self.qkv_bias else y
 
     def qkv(self, x: jax.Array, cos: jax.Array, sin: jax.Array, mesh: Mesh | None):
         """Rotated queries [B, T, heads, D] and keys, plus values [B, T, kv_heads, D]."""
-        q = _rotate(self._project(x, self.q_kernel, getattr(self, "q_bias", None)), cos, sin)
-        k = _rotate(self._project(x, self.k_kernel, getattr(self, "k_bias", None)), cos, sin)
-        v = self._project(x, self.v_kernel, getattr(self, "v_bias", None))
+        q = _rotate(self._project(x, "q"), cos, sin)
+        k = _rotate(self._project(x, "k"), cos, sin)
+        v = self._project(x, "v")
         return constrain(q, ("batch", "length", "heads", "head_dim"), mesh), k, v
 
     def output(self, attended: jax.Array) -> jax.Array:
         """Output projection of the attended values [B, T, heads, D]."""
-        return self.einsum("bthk,hkd->btd", attended, self.o_kernel[...].astype(self.dtype))
+        y = self.einsum("bthk,hkd->btd", attended, dense_kernel(self, "o", self.dtype))
+        return adapted(self, "o", attended, y)
 
 
 @jax.custom_vjp
@@ -142,19 +146,19 @@ class MLP(nnx.Module):
         self.dtype = jnp.dtype(c.dtype)
         self.einsum = einsum
 
-    def _matmul(self, rows: jax.Array, kernel: nnx.Param) -> jax.Array:
-        """``rows`` [N, in] times ``kernel`` [in, out]."""
-        return self.einsum("ri,io->ro", rows, kernel[...].astype(self.dtype))
+    def _matmul(self, rows: jax.Array, name: str) -> jax.Array:
+        """``rows`` [N, in] times the kernel ``name`` [in, out]."""
+        return adapted(self, name, rows, self.einsum("ri,io->ro", rows, dense_kernel(self, name, self.dtype)))
 
     def __call__(self, x: jax.Array, mesh: Mesh | None) -> jax.Array:
         # The matmuls see [B*T, D] rows: with [B, T, D] operands XLA:CPU transposes the weight
         # gradients through copies; "length" is never sharded.
         b, t, d = x.shape
         rows = x.reshape(b * t, d)
-        gate = self._matmul(rows, self.gate_kernel).reshape(b, t, -1)
-        up = self._matmul(rows, self.up_kernel).reshape(b, t, -1)
+        gate = self._matmul(rows, "gate").reshape(b, t, -1)
+        up = self._matmul(rows, "up").reshape(b, t, -1)
         hidden = constrain(swiglu(gate, up), ("batch", "length", "mlp"), mesh)
-        return self._matmul(hidden.reshape(b * t, -1), self.down_kernel).reshape(b, t, d)
+        return self._matmul(hidden.reshape(b * t, -1), "down").reshape(b, t, d)
 
 
 class Block(nnx.Module):
@@ -206,6 +210,8 @@ class CausalLM(nnx.Module):
         self.embed = _param(rngs, (c.vocab_size, c.hidden_size), pd, ("vocab", "embed"))
         # stacked: [num_layers, ...] per parameter
         self.layers = Block(c, rngs, einsum_for(c.dtype, mesh), layers=c.num_layers)
+        if c.lora_rank:
+            lora.attach(self.layers, c, rngs, pd)
         self.final_norm = RMSNorm(c.hidden_size, c.rms_norm_eps, pd)
         if not c.tie_word_embeddings:
             self.lm_head = _param(rngs, (c.hidden_size, c.vocab_size), pd, ("embed", "vocab"))
@@ -267,8 +273,9 @@ class CausalLM(nnx.Module):
         return jnp.einsum("btd,dv->btv", hidden, self.lm_head[...].astype(dtype), preferred_element_type=jnp.float32)
 
     def save_pretrained(self, out_dir: str, **kwargs: Any) -> None:
-        """Write an HF checkpoint directory (see `tooln1.checkpoints.hf_export.save_pretrained`)."""
-        save_pretrained(self, out_dir, **kwargs)
+        """Write an HF checkpoint directory (see `tooln1.checkpoints.hf_export.save_pretrained`); adapters
+        are merged into their kernels, so transformers loads it as a plain model."""
+        save_pretrained(lora.merged(self), out_dir, **kwargs)
 
     # -- the pieces every forward is made of (the rollout engine composes them too) -------------
     def attention_options(self) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from jax.sharding import Mesh
 
 from tooln1.models.config import ModelConfig
 from tooln1.models.decoder import MLP, Attention, CausalLM
+from tooln1.models.lora import merged
 from tooln1.platform.kv_storage import pool_dtype
 from tooln1.sharding import platform
 
@@ -70,7 +71,8 @@ def decoding_copy(graphdef: nnx.GraphDef, state: nnx.State, layout: DecodeLayout
     """(graphdef, state) of the decoding copy of the model ``nnx.split`` into ``graphdef`` and ``state``:
     its float parameters in the compute dtype, laid out as ``layout`` says. Arrays already in the
     compute dtype are shared where the layout keeps them."""
-    model = nnx.merge(graphdef, state)
+    model = merged(nnx.merge(graphdef, state))  # the decoding copy decodes the adapted policy
+    graphdef, state = nnx.split(model)
     dtype = jnp.dtype(model.config.dtype)
     cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x  # noqa: E731
     copy = nnx.merge(graphdef, jax.tree.map(cast, state))
@@ -97,9 +99,9 @@ def _as(cls: type[M], module: nnx.Module) -> M:
 class OutMajorMLP(MLP):
     """`MLP` with its kernels stored [out, in]."""
 
-    def _matmul(self, rows: jax.Array, kernel: nnx.Param) -> jax.Array:
+    def _matmul(self, rows: jax.Array, name: str) -> jax.Array:
         # (w @ rows.T).T: XLA:CPU's rows @ w.T takes a slow path for one row
-        return self.einsum("oi,ri->or", kernel[...].astype(self.dtype), rows).T
+        return self.einsum("oi,ri->or", getattr(self, f"{name}_kernel")[...].astype(self.dtype), rows).T
 
 
 class PerLayerLM(CausalLM):
@@ -115,9 +117,9 @@ class PerLayerLM(CausalLM):
 class HeadsMajorAttention(Attention):
     """`Attention` with its q/k/v kernels stored [heads, embed, D]."""
 
-    def _project(self, x: jax.Array, kernel: nnx.Param, bias: nnx.Param | None) -> jax.Array:
-        y = self.einsum("btd,hdk->bthk", x, kernel[...].astype(self.dtype))
-        return y + bias[...].astype(self.dtype) if self.qkv_bias else y
+    def _project(self, x: jax.Array, name: str) -> jax.Array:
+        y = self.einsum("btd,hdk->bthk", x, getattr(self, f"{name}_kernel")[...].astype(self.dtype))
+        return y + getattr(self, f"{name}_bias")[...].astype(self.dtype) if self.qkv_bias else y
 
 
 def split_layers(model: CausalLM) -> PerLayerLM:

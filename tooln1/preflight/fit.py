@@ -70,11 +70,13 @@ class Program:
 
 def model_config(cfg: Any, layers: int | None = None) -> Any:
     """The ModelConfig of ``cfg.model`` without reading weights (config.json, else the preset)."""
+    from tooln1.config.runtime import base_dtype, lora_options
     from tooln1.models import PRESETS, ModelConfig
 
     m = cfg.model
-    dtypes = dict(param_dtype=m.dtype, dtype=m.compute_dtype, remat=bool(m.remat), remat_policy=m.remat_policy,
-                  attention=m.attention, scan_layers=bool(m.scan_layers), frozen_layers=int(m.frozen_layers))
+    dtypes = dict(param_dtype=base_dtype(m), dtype=m.compute_dtype, remat=bool(m.remat), remat_policy=m.remat_policy,
+                  attention=m.attention, scan_layers=bool(m.scan_layers), frozen_layers=int(m.frozen_layers),
+                  **lora_options(m))
     config_json = os.path.join(m.path, "config.json") if m.path else ""
     if config_json and os.path.isfile(config_json):
         with open(config_json, encoding="utf-8") as f:
@@ -239,7 +241,9 @@ def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
             if key in loss.required_keys:
                 batch[key] = batch_struct(mesh, n, r, dtype="float32")
         sampling = runtime.rollout_sampling(cfg, (0,), 0)
-        during_rollout = opt_b + (params_b if ref_on_device else 0)
+        # with adapters the engine decodes a merged copy, and the frozen base stays beside it
+        base_b = device_bytes(updater.rest) if config.lora_rank else 0
+        during_rollout = opt_b + base_b + (params_b if ref_on_device else 0)
         shape = {"prompts": grpo.batch_size, "group_size": g, "prompt_len": p, "response_len": r}
         out.append(Program(
             f"rollout engine round (B={grpo.batch_size}, G={g}, P={p}, R={r})", shape,

@@ -20,9 +20,11 @@ from tooln1.checkpoints.hf_layout import CheckpointError
 from tooln1.checkpoints.tiny import make_random_checkpoint
 from tooln1.checkpoints.train_state import Checkpointer
 from tooln1.config import ConfigError, parse_ratios, source_kind, split_specs
+from tooln1.config.runtime import base_dtype, lora_options
 from tooln1.data import add_irrelevance, filter_by_prompt_length, load_records_with_stats, mix, train_val_split
 from tooln1.data.tokens import decode_responses
 from tooln1.models import PRESETS, count_params
+from tooln1.models.lora import add_adapters
 from tooln1.rollout.sampling import eos_ids_for
 from tooln1.sharding import make_mesh
 from tooln1.training.metrics import MetricsWriter
@@ -76,10 +78,13 @@ def build_context(cfg: Any, workdir: str) -> RunContext:
     path = _model_path(cfg, workdir)
     mesh = _mesh(cfg)
     try:
-        model = tooln1.load_model(path, dtype=cfg.model.dtype, mesh=mesh, compute_dtype=cfg.model.compute_dtype,
+        model = tooln1.load_model(path, dtype=base_dtype(cfg.model), mesh=mesh, compute_dtype=cfg.model.compute_dtype,
                                   remat=cfg.model.remat, remat_policy=cfg.model.remat_policy,
                                   attention=cfg.model.attention, scan_layers=cfg.model.scan_layers,
                                   frozen_layers=cfg.model.frozen_layers)
+        if lora := lora_options(cfg.model):
+            add_adapters(model, lora["lora_rank"], lora["lora_alpha"], lora["lora_targets"],
+                         lora["base_quantization"], seed=cfg.seed, dtype=cfg.model.dtype)
     except CheckpointError:
         raise
     except ValueError as e:  # a config.model option the checkpoint's shape rules out (e.g. frozen_layers)

@@ -22,6 +22,7 @@ from tooln1.data.iterator import BatchIterator, global_array
 from tooln1.data.tokens import truncated_fraction
 from tooln1.grpo import compute_advantages
 from tooln1.models.flops import update_flops
+from tooln1.models.lora import trainable
 from tooln1.rollout.scoring import RolloutBatch, RolloutWorker
 from tooln1.training.batch import update_batch
 from tooln1.training.context import RunContext, say
@@ -44,8 +45,9 @@ class GRPOPhase:
         self.updater = Updater(model, self.loss, optimizer_config(cfg.optimizer), num_mini_batches=cfg.num_mini_batches,
                                micro_batch_size=cfg.micro_batch_size or None)
         self.logprob_micro_batch = logprob_micro_batch(cfg)
-        # The reference is the frozen policy at the start of GRPO: copy it before the first step.
-        self.reference = (ReferencePolicy(nnx.state(model, nnx.Param), offload_to_host=cfg.ref_offload,
+        # The reference is the frozen policy at the start of GRPO: copy it before the first step. With
+        # adapters that is a copy of the adapters alone (B = 0 from the base: the base model itself).
+        self.reference = (ReferencePolicy(nnx.state(model, trainable(model)), offload_to_host=cfg.ref_offload,
                                           dtype=ctx.cfg.model.compute_dtype) if cfg.kl_coef > 0 else None)
         self.state, meta = self.phase.resume(self.updater.init(model))
         result = self.phase.result

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 
+from tooln1.checkpoints.peft_adapters import save_adapters
 from tooln1.config import ConfigError, validate_config
 from tooln1.training.context import RunContext, build_context, phase_checkpointer, say
 from tooln1.training.grpo_phase import GRPOPhase
@@ -125,12 +126,17 @@ def _has_checkpoint(ctx: RunContext, phase: str) -> bool:
 
 
 def export(ctx: RunContext, model: Any) -> str:
-    """The policy as an HF checkpoint (with the run's tokenizer) in ``export.dir`` or <workdir>/hf_export."""
+    """The policy as an HF checkpoint (with the run's tokenizer) in ``export.dir`` or <workdir>/hf_export; a
+    LoRA run's adapters also as a PEFT adapter directory beside it (``peft_adapter``)."""
     out = ctx.cfg.export.dir or os.path.join(ctx.workdir, "hf_export")
     model.save_pretrained(out)
     if jax.process_index() == 0 and not os.path.isfile(os.path.join(out, "tokenizer_config.json")):
         ctx.tokenizer.save_pretrained(out)
     say(f"exported the policy as an HF checkpoint to {out}")
+    if model.config.lora_rank:
+        adapters = os.path.join(os.path.dirname(os.path.abspath(out)), "peft_adapter")
+        save_adapters(model, adapters, os.path.abspath(ctx.model_path))
+        say(f"its adapters alone, for peft on {ctx.model_path}, in {adapters}")
     return out
 
 

@@ -18,7 +18,7 @@ keys ending in ``_max``/``_min`` are reduced by max/min. Usage::
 
     updater = Updater(model, GRPOLoss(temperature=0.7), OptimizerConfig(), num_mini_batches=4,
                       micro_batch_size=8)
-    reference = ReferencePolicy(nnx.state(model, nnx.Param), offload_to_host=True)  # before any step
+    reference = ReferencePolicy(nnx.state(model, trainable(model)), offload_to_host=True)  # before any step
     state = updater.init(model)          # state.params alias the model's arrays (then donated)
     batch["old_logprobs"] = updater.compute_logprobs(state.params, batch)  # not with GRPOLoss(on_policy=True)
     batch["ref_logprobs"] = updater.compute_logprobs(reference.params(), batch)
@@ -38,6 +38,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from tooln1.models.lora import trainable
 from tooln1.sharding import batch_axes, platform
 
 Array = jax.Array
@@ -105,7 +106,8 @@ def freeze(frozen_layers: int) -> optax.GradientTransformation:
 
 
 class TrainState(flax.struct.PyTreeNode):
-    """What an update changes: the trainable params (an ``nnx.State`` of ``nnx.Param``) and the
+    """What an update changes: the trainable params (an ``nnx.State`` of ``nnx.Param``, or of the
+    adapters' ``LoRAParam`` when the model has adapters) and the
     optimizer state. Pure pytree: checkpoint it with orbax, shard it with :attr:`Updater.state_shardings`."""
 
     params: Any
@@ -191,7 +193,8 @@ class Updater:
         if getattr(config, "frozen_layers", 0):
             self.optimizer = optax.chain(self.optimizer, freeze(config.frozen_layers))
 
-        self.graphdef, params, self.rest = nnx.split(model, nnx.Param, ...)
+        # with adapters (`tooln1.models.lora`) only they are trained; the base weights stay in ``rest``
+        self.graphdef, params, self.rest = nnx.split(model, trainable(model), ...)
         self.param_shardings = jax.tree.map(_sharding_of, params)
         leaves = jax.tree.leaves(self.param_shardings)
         self.mesh = leaves[0].mesh if leaves and isinstance(leaves[0], NamedSharding) else None
@@ -224,7 +227,7 @@ class Updater:
         """
         params = model_or_params
         if isinstance(model_or_params, nnx.Module):
-            params = nnx.state(model_or_params, nnx.Param)
+            params = nnx.state(model_or_params, trainable(model_or_params))
         return TrainState(params=params, opt_state=self._init(params))
 
     def model(self, state: TrainState) -> Any:
