@@ -41,8 +41,8 @@ class ToolTimeout(TimeoutError):
 def run_with_timeout(fn: Callable[[], Any], timeout_s: float | None) -> Any:
     """``fn()``'s value, or its exception re-raised, or :class:`ToolTimeout` after ``timeout_s``.
 
-    ``timeout_s=None`` calls ``fn`` in this thread: starting a thread costs about a millisecond on a
-    busy machine, which dominates replaying thousands of trusted calls (the BFCL oracle). With a
+    ``timeout_s=None`` calls ``fn`` in this thread, for trusted tools: starting a thread per call
+    dominates replaying thousands of quick ones (the BFCL oracle). With a
     timeout, a ``BaseException`` that is not an ``Exception`` (``SystemExit`` from a tool calling
     ``sys.exit``) comes back as a ``RuntimeError``: a tool must not stop the trainer.
     """
