@@ -3,6 +3,7 @@
     tooln1-eval --model PATH [--benchmarks bfcl,apibank,acebench] [--categories simple,level-1]
                 [--data-dir DIR] [--limit N] [--output DIR] [--batch-size 16] [--max-new-tokens 1024]
     tooln1-eval --model oracle ...          # score the reference answers (checks the pipeline)
+    tooln1-eval --model oracle --benchmarks bfcl-multi-turn [--multi-turn-split eval|train|all]
     tooln1-eval --compare a/results.json b/results.json --output DIR   # one table, one chart
 
 Writes DIR/results.json (per-sample prompts, outputs, verdicts), DIR/table.md and
@@ -42,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="model name shown in the table (default: the model folder's name)")
     p.add_argument("--benchmarks", metavar="LIST",
                    help=f"comma list of bfcl,apibank,acebench (default: {DEFAULT_BENCHMARKS}, skipping those "
-                        f"whose data is absent; named here, missing data is an error)")
+                        f"whose data is absent; named here, missing data is an error), or bfcl-multi-turn, "
+                        f"run only when named")
     p.add_argument("--categories", metavar="LIST",
                    help="comma list of categories, e.g. simple,live_simple,level-1,atom_bool "
                         "(default: every category of each benchmark)")
@@ -67,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ACEBench folder, overriding --data-dir (default: DATA_DIR/acebench)")
     p.add_argument("--acebench-keep-whitespace", action="store_true",
                    help="do not reproduce ACEBench's whitespace stripping, see docs/evaluation.md (default: off)")
+    p.add_argument("--multi-turn-split", default="eval", choices=["eval", "train", "all"],
+                   help="BFCL multi-turn entries to play: the held-out split, the training split or all "
+                        "(tooln1.environments.bfcl.split_indices; default: %(default)s)")
+    p.add_argument("--require-think", action="store_true",
+                   help="BFCL multi-turn: an entry counts only if every reply also holds <think>...</think>, "
+                        "the paper's format rule (default: off, BFCL's own verdict)")
     p.add_argument("--compare", nargs="+", metavar="RESULTS_JSON",
                    help="only tabulate/plot existing results.json files together (default: off)")
     return p
@@ -83,7 +91,7 @@ def _compare(paths: Sequence[str], output: str) -> int:
             results.append(json.load(f))
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    table = report.format_table(results) + "\n\n" + report.format_categories(results)
+    table = report.format_report(results)
     (out / "table.md").write_text(table + "\n", encoding="utf-8")
     report.plot_categories(results, out / "accuracy.png")
     print(table)
@@ -127,14 +135,41 @@ def _select_benchmarks(args: argparse.Namespace, data_dirs: dict[str, str]) -> l
 
 def _oracle(args: argparse.Namespace, benchmarks: list[str], data_dirs: dict) -> dict:
     from tooln1.eval.oracle import oracle_response
-    from tooln1.eval.runner import load_benchmarks, score_outputs, write_results
+    from tooln1.eval.runner import load_benchmarks, score_outputs
 
     samples = load_benchmarks(benchmarks, _csv(args.categories), args.limit, data_dirs)
-    results = score_outputs(samples, [oracle_response(s) for s in samples],
-                            acebench_strip_whitespace=not args.acebench_keep_whitespace)
-    results = {"model": args.name or "oracle", "settings": {"oracle": True, "limit": args.limit}, **results}
-    write_results(results, args.output)
-    return results
+    return score_outputs(samples, [oracle_response(s) for s in samples],
+                         acebench_strip_whitespace=not args.acebench_keep_whitespace)
+
+
+def _split_multi_turn(args: argparse.Namespace) -> tuple[bool, list[str] | None, bool]:
+    """(whether BFCL multi-turn is requested, its categories or None for its default four, whether
+    a single-turn benchmark is); leaves only the single-turn part in ``args.benchmarks`` and
+    ``args.categories``."""
+    from tooln1.eval.bfcl_multi_turn import BENCHMARK
+
+    named, categories = _csv(args.benchmarks) or [], _csv(args.categories) or []
+    mine = [c for c in categories if c.startswith("multi_turn_")]
+    single_named = [b for b in named if b != BENCHMARK]
+    single_categories = [c for c in categories if c not in mine]
+    single = bool(single_named or single_categories or not (named or categories))
+    args.benchmarks = ",".join(single_named) or None
+    args.categories = ",".join(single_categories) or None
+    return BENCHMARK in named or bool(mine), mine or None, single
+
+
+def _multi_turn(args: argparse.Namespace, categories: list[str] | None) -> dict:
+    from tooln1.eval import bfcl_multi_turn
+
+    log = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    return bfcl_multi_turn.evaluate(bfcl_multi_turn.oracle_policy, categories, split=args.multi_turn_split,
+                                    limit=args.limit, require_think=args.require_think, log=log)
+
+
+def _merge(parts: list[dict]) -> dict:
+    return {"categories": {k: v for p in parts for k, v in p["categories"].items()},
+            "summary": {k: v for p in parts for k, v in p["summary"].items()},
+            "samples": [row for p in parts for row in p["samples"]]}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -150,9 +185,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.model != "oracle" and not (Path(args.model) / "config.json").is_file():
             raise SystemExit(f"tooln1-eval: --model {args.model} is not a Hugging Face checkpoint "
                              f"directory (no config.json there)")
-        benchmarks = _select_benchmarks(args, data_dirs)  # before loading the model: data errors come fast
+        multi_turn, multi_turn_categories, single_turn = _split_multi_turn(args)
+        if multi_turn and args.model != "oracle":
+            raise ValueError("bfcl-multi-turn runs with --model oracle for now: a checkpoint's episodes need "
+                             "the rollout engine's multi-turn continuation")
+        # before loading the model: data errors come fast
+        benchmarks = _select_benchmarks(args, data_dirs) if single_turn else []
         if args.model == "oracle":
-            results = _oracle(args, benchmarks, data_dirs)
+            parts = [_oracle(args, benchmarks, data_dirs)] if benchmarks else []
+            if multi_turn:
+                parts.append(_multi_turn(args, multi_turn_categories))
+            results = {"model": args.name or "oracle", "settings": {"oracle": True, "limit": args.limit},
+                       **_merge(parts)}
+            from tooln1.eval.runner import write_results
+
+            write_results(results, args.output)
         else:
             model_dir = Path(args.model)
             from transformers import AutoTokenizer
@@ -178,9 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from tooln1.eval import report
 
-    print(report.format_table([results]))
-    print()
-    print(report.format_categories([results]))
+    print(report.format_report([results]))
     print(f"[eval] results in {Path(args.output).resolve()}")
     return 0
 

@@ -3,6 +3,9 @@
 ``format_table(results_list)`` gives one Markdown row per model (readable in a terminal too);
 ``format_categories(results_list)`` one row per model and category with its unparseable outputs
 (malformed tool-call markup, empty or garbage text; always counted wrong) apart;
+``format_multi_turn_table(results_list)`` gives BFCL multi-turn's row per model beside the
+single-turn table, followed by the split its entries came from; ``format_report`` puts the tables
+present and the category table together (what ``table.md`` holds and ``tooln1-eval`` prints);
 ``plot_categories(results_list, path)`` draws accuracy per category, one bar per model.
 Accuracies are shown in percent with two decimals; "N/A" where a column was not evaluated.
 """
@@ -11,7 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-__all__ = ["COLUMNS", "table_row", "format_table", "format_categories", "plot_categories"]
+__all__ = ["COLUMNS", "MULTI_TURN_COLUMNS", "table_row", "format_table", "format_multi_turn_table",
+           "format_categories", "format_report", "plot_categories"]
 
 # (header, getter over a results dict). Table 2 of the paper: Overall, then Non-Live and Live
 # (Simple, Multiple, Parallel, Parallel Multiple, summary); we add the relevance columns and the
@@ -36,6 +40,16 @@ COLUMNS: list[tuple[str, tuple[str, ...]]] = [
     ("ACE Single-Turn", ("summary", "acebench", "single_turn")),
 ]
 
+# BFCL v3 multi-turn: the overall is the mean of the first four; composite is shown when evaluated.
+MULTI_TURN_COLUMNS: list[tuple[str, tuple[str, ...]]] = [
+    ("MT Overall", ("summary", "bfcl-multi-turn", "overall")),
+    ("MT Base", ("categories", "bfcl-multi-turn", "multi_turn_base")),
+    ("MT Miss Func", ("categories", "bfcl-multi-turn", "multi_turn_miss_func")),
+    ("MT Miss Param", ("categories", "bfcl-multi-turn", "multi_turn_miss_param")),
+    ("MT Long Context", ("categories", "bfcl-multi-turn", "multi_turn_long_context")),
+    ("MT Composite", ("categories", "bfcl-multi-turn", "multi_turn_composite")),
+]
+
 
 def _lookup(results: Mapping[str, Any], path: tuple[str, ...]) -> float | None:
     node: Any = results
@@ -46,10 +60,10 @@ def _lookup(results: Mapping[str, Any], path: tuple[str, ...]) -> float | None:
     return node.get("accuracy") if isinstance(node, Mapping) else None
 
 
-def table_row(results: Mapping[str, Any]) -> list[str]:
-    """The model name followed by one cell per :data:`COLUMNS` entry."""
+def table_row(results: Mapping[str, Any], columns: Sequence[tuple[str, tuple[str, ...]]] = COLUMNS) -> list[str]:
+    """The model name followed by one cell per entry of ``columns`` (default :data:`COLUMNS`)."""
     cells = [str(results.get("model", "model"))]
-    for _, path in COLUMNS:
+    for _, path in columns:
         acc = _lookup(results, path)
         cells.append("N/A" if acc is None else f"{100 * acc:.2f}")
     return cells
@@ -64,14 +78,36 @@ def _markdown(header: list[str], rows: list[list[str]], left: int = 1) -> str:
     return "\n".join([line(header), sep, *(line(r) for r in rows)])
 
 
-def format_table(results_list: Sequence[Mapping[str, Any]], drop_empty: bool = True) -> str:
+def format_table(results_list: Sequence[Mapping[str, Any]], drop_empty: bool = True,
+                 columns: Sequence[tuple[str, tuple[str, ...]]] = COLUMNS) -> str:
     """Markdown table, one row per results dict; with ``drop_empty`` columns that are N/A for
     every model are left out (a BFCL-only run shows no API-Bank columns)."""
-    header = ["Model"] + [name for name, _ in COLUMNS]
-    rows = [table_row(r) for r in results_list]
+    header = ["Model"] + [name for name, _ in columns]
+    rows = [table_row(r, columns) for r in results_list]
     keep = [0] + [j for j in range(1, len(header))
                   if not drop_empty or any(row[j] != "N/A" for row in rows)]
     return _markdown([header[j] for j in keep], [[row[j] for j in keep] for row in rows])
+
+
+def format_multi_turn_table(results_list: Sequence[Mapping[str, Any]]) -> str:
+    """BFCL multi-turn's table, then one line per model naming the entries its numbers cover
+    (the split); "" when no model was evaluated on it."""
+    evaluated = [r for r in results_list if r.get("categories", {}).get("bfcl-multi-turn")]
+    if not evaluated:
+        return ""
+    notes = [f"- {r.get('model', 'model')}: {r['summary']['bfcl-multi-turn'].get('split', 'split not recorded')}"
+             + (", <think> required in every reply" if r["summary"]["bfcl-multi-turn"].get("require_think") else "")
+             for r in evaluated]
+    return format_table(evaluated, columns=MULTI_TURN_COLUMNS) + "\n\nBFCL multi-turn entries:\n" + "\n".join(notes)
+
+
+def format_report(results_list: Sequence[Mapping[str, Any]]) -> str:
+    """The single-turn table (when a single-turn benchmark was run), the multi-turn table (when
+    BFCL multi-turn was), then the per-category table."""
+    single = [r for r in results_list if any(b != "bfcl-multi-turn" for b in r.get("categories", {}))]
+    parts = [format_table(single)] if single else []
+    parts += [t for t in [format_multi_turn_table(results_list)] if t]
+    return "\n\n".join(parts + [format_categories(results_list)])
 
 
 def format_categories(results_list: Sequence[Mapping[str, Any]]) -> str:

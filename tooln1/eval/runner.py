@@ -194,8 +194,7 @@ def write_results(results: Mapping[str, Any], output_dir: str | Path) -> dict[st
     paths = {"json": out / "results.json", "table": out / "table.md", "chart": out / "accuracy.png"}
     with open(paths["json"], "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1, ensure_ascii=False)
-    paths["table"].write_text(report.format_table([results]) + "\n\n" + report.format_categories([results]) + "\n",
-                              encoding="utf-8")
+    paths["table"].write_text(report.format_report([results]) + "\n", encoding="utf-8")
     report.plot_categories([results], paths["chart"])
     return paths
 

@@ -1,0 +1,38 @@
+"""BFCL multi-turn as a benchmark: the seeded train/eval split and tooln1-eval's oracle run."""
+import json
+
+from tooln1.environments.bfcl import CATEGORIES, load_records, split_indices
+from tooln1.eval.cli import main
+
+
+def test_split_is_seeded_disjoint_and_shared_by_the_categories(bfcl_checker):
+    train, held_out = split_indices("train"), split_indices("eval")
+    assert not train & held_out and train | held_out == set(range(200)) and len(held_out) == 100
+    assert split_indices("eval") == held_out and split_indices("eval", seed=1) != held_out
+    records = load_records(CATEGORIES, split="eval")
+    assert len(records) == 500
+    by_category = {}
+    for r in records:  # an index is on the same side for every category: variants of one scenario
+        by_category.setdefault(r["category"], set()).add(int(r["id"].rsplit("_", 1)[1]))
+    assert all(indices == held_out for indices in by_category.values())
+
+
+def test_oracle_run_writes_the_multi_turn_table_with_its_split(tmp_path, capsys, bfcl_checker):
+    out = tmp_path / "out"
+    assert main(["--model", "oracle", "--benchmarks", "bfcl-multi-turn", "--limit", "3", "--output", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["categories"]) == ["bfcl-multi-turn"]
+    per_category = results["categories"]["bfcl-multi-turn"]
+    assert sorted(per_category) == sorted(CATEGORIES[:4])
+    assert all(c["correct_count"] == c["total_count"] == 3 for c in per_category.values())
+    assert results["summary"]["bfcl-multi-turn"]["overall"]["accuracy"] == 1.0
+    table = (out / "table.md").read_text()
+    assert "| MT Overall |" in table and "MT Composite" not in table and "NL Simple" not in table
+    assert "- oracle: eval split: 100 of 200 entry indices per category (seed 0" in table
+    assert "eval split: 100 of 200" in capsys.readouterr().out
+
+
+def test_multi_turn_with_a_checkpoint_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "config.json").write_text("{}")
+    assert main(["--model", str(tmp_path), "--benchmarks", "bfcl-multi-turn"]) == 2
+    assert "bfcl-multi-turn runs with --model oracle" in capsys.readouterr().err
