@@ -139,6 +139,11 @@ def _cfg(tmp_path, **over):
     ({"grpo.temperature": 0.0}, "config.grpo.temperature"),
     ({"sft.target": "cot"}, "config.sft.target='cot'"),
     ({"sft.enabled": False, "grpo.enabled": False}, "nothing to train"),
+    ({"model.lora.rank": 8, "model.lora.dropout": 0.1}, "config.model.lora.dropout=0.1: only 0"),
+    ({"model.lora.rank": 8, "model.lora.targets": "q,mlp"}, "config.model.lora.targets='q,mlp'"),
+    ({"model.lora.rank": 8, "model.lora.quantize": "nf4"}, "config.model.lora.quantize='nf4'"),
+    ({"model.lora.quantize": "int8"}, "needs config.model.lora.rank > 0"),
+    ({"model.lora.rank": 8, "model.frozen_layers": 1}, "two ways to train part of the model"),
 ])
 def test_invalid_config_message(tmp_path, over, needle):
     from tooln1.config import ConfigError, validate_config

@@ -22,7 +22,11 @@ def forward_flops(config: Any, tokens: float, context: float) -> float:
 
 
 def train_passes(config: Any) -> float:
-    """Forward + backward in forward-pass units: 3, less the backward of ``frozen_layers`` blocks."""
+    """Forward + backward in forward-pass units: 3, less the backward of ``frozen_layers`` blocks; 2 with
+    adapters, whose frozen kernels need the activations' gradient but not their own (the adapters'
+    small matmuls are not counted)."""
+    if getattr(config, "lora_rank", 0):
+        return 2.0
     frozen = getattr(config, "frozen_layers", 0)
     return 1 + 2 * (config.num_layers - frozen) / config.num_layers
 
