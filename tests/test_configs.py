@@ -103,6 +103,10 @@ def test_smollm2_config_builds_each_recipe_and_names_a_bad_spec():
     rl, rsr = smollm2.get_config("recipe=rl,seed=2"), smollm2.get_config("recipe=reason-sft-rl")
     assert (rl.sft.enabled, rl.grpo.enabled, rl.seed, rl.workdir) == (False, True, 2, "runs/smollm2/rl-seed2")
     assert rsr.sft.enabled and rsr.grpo.enabled and rsr.sft.target == "reason" and rsr.model.frozen_layers == 22
+    lora = smollm2.get_config("recipe=reason-sft-rl-lora")
+    assert lora.sft.enabled and lora.model.lora.rank == 16 and lora.model.frozen_layers == 0
+    assert lora.grpo.optimizer.learning_rate == 10 * rsr.grpo.optimizer.learning_rate
+    assert lora.workdir.endswith("reason-sft-rl-lora-seed0")
     for spec, needle in (("recipe=sft", "recipe='sft'"), ("lr=1", "unknown spec key(s) ['lr']")):
         with pytest.raises(ValueError, match=re.escape(needle)):
             smollm2.get_config(spec)
