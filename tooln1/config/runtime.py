@@ -9,6 +9,7 @@ from typing import Any
 
 from tooln1.config.schema import OptimizerSection
 from tooln1.config.validation import lora_targets
+from tooln1.environments import ToolLimits
 from tooln1.grpo import GRPOLoss
 from tooln1.rollout.engine import EngineConfig
 from tooln1.rollout.sampling import DEFAULT_PROMPT_BUCKETS, SamplingConfig
@@ -29,6 +30,16 @@ def base_dtype(model: Any) -> str:
     """The dtype the base weights are held in: ``model.dtype``, or with adapters the compute dtype (the
     base is frozen, so it needs no float32 master copy)."""
     return model.compute_dtype if model.lora.rank else model.dtype
+
+
+def trajectory_tokens(grpo: Any, prompt_len: int) -> int:
+    """A multi-turn trajectory's length cap: ``grpo.max_trajectory_tokens``, else room for ``max_turns``
+    replies and an observation of 256 tokens after each."""
+    return grpo.max_trajectory_tokens or prompt_len + grpo.max_turns * (grpo.max_response_tokens + 256)
+
+
+def tool_limits(grpo: Any) -> ToolLimits:
+    return ToolLimits(timeout_s=grpo.tool_timeout_s, max_chars=grpo.observation_chars)
 
 
 def optimizer_config(section: Any) -> OptimizerConfig:

@@ -89,7 +89,8 @@ class DataSection:
 
     sources: str = _key("xlam:Salesforce/xlam-function-calling-60k,toolace:Team-ACE/ToolACE",
                         "comma-separated specs: xlam:, toolace: (path or hub id), synthetic:N[:SEED], "
-                        "synthetic-simple:N[:SEED], synthetic-tiny:N[:SEED], prepared:PATH")
+                        "synthetic-simple:N[:SEED], synthetic-tiny:N[:SEED], synthetic-lookup:N[:SEED] "
+                        "(multi-turn), prepared:PATH")
     mix_ratios: str = _key("", "mixing ratios per source kind, e.g. xlam=1.0,toolace=2.0 (\"\" = as loaded)")
     irrelevance: float = _key(0.0, "fraction of single-turn records copied as no-call examples")
     val_spec: str = _key("", "held-out data spec (\"\" = split data.val_size records off the training data)")
@@ -160,6 +161,13 @@ class GRPOSection:
     share_prompt: bool = _key(True, "score each group's prompt once, packed with its G responses: same values, "
                                     "P + G·R tokens instead of G·(P + R); micro-batch sizes must be multiples of "
                                     "group_size")
+    max_turns: int = _key(1, "replies per trajectory; > 1 runs multi-turn rollouts in each record's environment "
+                             "(tooln1.environments), training and validation")
+    max_trajectory_tokens: int = _key(0, "multi-turn: prompt, replies and observations of a trajectory at most (0 = "
+                                         "the prompt bucket + max_turns × (max_response_tokens + 256))")
+    tool_timeout_s: float = _key(10.0, "multi-turn: seconds a tool call may run before it answers with a timeout "
+                                       "error")
+    observation_chars: int = _key(16384, "multi-turn: a tool result longer than this is cut, with a note")
     optimizer: OptimizerSection = field(default_factory=OptimizerSection)
 
 

@@ -73,7 +73,7 @@ def _spec_problem(key: str, spec: str) -> str | None:
         return None
     if kind not in ("xlam", "toolace", "prepared"):
         return (f"config.{key}: unknown data source kind {kind!r} in {spec!r}; "
-                "expected xlam, toolace, synthetic, synthetic-simple, synthetic-tiny or prepared")
+                "expected xlam, toolace, synthetic, synthetic-simple, synthetic-tiny, synthetic-lookup or prepared")
     if os.path.exists(location) or (kind != "prepared" and looks_like_hub_id(location)):
         return None  # a local file, or a hub id `datasets` resolves (or says it cannot, offline)
     return f"config.{key}: data path {location!r} (in {spec!r}) does not exist"
@@ -232,6 +232,10 @@ def grpo_problems(g: GRPOSection) -> list[str]:
         out.append(f"config.grpo.rollout_slots={g.rollout_slots} must be >= 0 (0 = the engine's default)")
     if g.prompt_bucket < 0:
         out.append(f"config.grpo.prompt_bucket={g.prompt_bucket} must be >= 0")
+    if g.max_turns < 1:
+        out.append(f"config.grpo.max_turns={g.max_turns} must be >= 1 (1 = the paper's single turn)")
+    if g.max_trajectory_tokens < 0 or g.observation_chars < 1 or not g.tool_timeout_s > 0:
+        out.append("config.grpo: max_trajectory_tokens must be >= 0, observation_chars >= 1 and tool_timeout_s > 0")
     if not g.enabled:
         return out
     if g.reward not in KINDS:

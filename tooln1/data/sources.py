@@ -21,6 +21,7 @@ from typing import Any, Iterable, Sequence
 from tooln1.data.prompt import DEFAULT_PREAMBLE
 from tooln1.data.records import make_record, read_records
 from tooln1.data.synthetic import generate_xlam_rows
+from tooln1.data.synthetic_multi_turn import generate_lookup_records
 from tooln1.data.toolace_calls import CallParseError, looks_like_call_list, parse_calls
 
 TOOLACE_MARKER = "JSON format that you can invoke:\n"
@@ -294,6 +295,12 @@ def toolace_records(
 
 def load_source(kind: str, location: str, split: str = "train", **kwargs: Any) -> tuple[list[dict], SourceStats]:
     """Load one source: ``kind`` in xlam / toolace / synthetic / prepared."""
+    if kind == "synthetic" and kwargs.pop("lookup", False):  # a multi-turn task with its environment
+        n, _, seed = location.partition(":")
+        records = generate_lookup_records(int(n), int(seed or 0))
+        stats = SourceStats("synthetic-lookup", raw_rows=len(records))
+        stats.raw_multi = stats.kept_multi = len(records)
+        return records, stats
     if kind == "synthetic":
         n, _, seed = location.partition(":")
         try:
@@ -325,15 +332,19 @@ def load_source(kind: str, location: str, split: str = "train", **kwargs: Any) -
 
 def parse_data_spec(spec: str) -> tuple[str, str, dict]:
     """``kind:location`` → (kind, location, options). ``synthetic-simple:N[:SEED]`` sets simple,
-    ``synthetic-tiny:N[:SEED]`` tiny (see ``tooln1.data.synthetic``)."""
+    ``synthetic-tiny:N[:SEED]`` tiny (see ``tooln1.data.synthetic``), ``synthetic-lookup:N[:SEED]`` the
+    two-call task of ``tooln1.data.synthetic_multi_turn`` (multi-turn: ``grpo.max_turns`` > 1)."""
     kind, sep, location = spec.partition(":")
     if not sep or not location:
         raise ValueError(f"bad data spec {spec!r}: expected xlam:PATH_OR_HUB_ID, toolace:PATH_OR_HUB_ID, "
-                         "synthetic:N[:SEED], synthetic-simple:N[:SEED], synthetic-tiny:N[:SEED] or prepared:PATH")
+                         "synthetic:N[:SEED], synthetic-simple:N[:SEED], synthetic-tiny:N[:SEED], "
+                         "synthetic-lookup:N[:SEED] or prepared:PATH")
     if kind == "synthetic-simple":
         return "synthetic", location, {"simple": True}
     if kind == "synthetic-tiny":
         return "synthetic", location, {"tiny": True}
+    if kind == "synthetic-lookup":
+        return "synthetic", location, {"lookup": True}
     return kind, location, {}
 
 

@@ -7,8 +7,9 @@ random id, so the second call can only be right when the model reads it from the
 from a closed set of four, quoted as they are passed, like ``synthetic-tiny``).
 
 Records are unified records (docs/design.md §6) plus ``env: "lookup"`` and ``directory``
-(name → id) for :class:`tooln1.environments.lookup.LookupEnvironment`; ``answer`` is the final
-call, so the single-turn scorer rates the reply that makes it.
+(name → id) for :class:`tooln1.environments.lookup.LookupEnvironment`, and ``oracle_calls``, the calls
+of each reply of a right trajectory (what SFT teaches); ``answer`` is the final call, so the
+single-turn scorer rates the reply that makes it.
 """
 from __future__ import annotations
 
@@ -50,5 +51,7 @@ def generate_lookup_records(n: int, seed: int = 0, num_facts: int = 1) -> list[d
         record = make_record(f"lookup-{seed}-{i}", "synthetic-lookup", "", tools,
                              [{"role": "user", "content": f'{fact} of "{name}"'}],
                              [{"name": f"get_{fact}", "arguments": {"user_id": user_id}}])
-        records.append({**record, "env": "lookup", "directory": {name: user_id}})
+        first = [{"name": "find_user", "arguments": {"name": name}}]
+        records.append({**record, "env": "lookup", "directory": {name: user_id},
+                        "oracle_calls": [first, record["answer"]]})
     return records

@@ -89,6 +89,9 @@ class SampleOutput(NamedTuple):
     prompt_ids: jax.Array  # [B*G, P] int32, left-padded, P = bucketed prompt length
     prompt_mask: jax.Array  # [B*G, P] int32
     num_local: int | None = None  # rows of this process's own prompts (B_local*G); None = all rows
+    # [B*G, R] int32, 1 for the tokens the policy sampled, where a multi-turn trajectory also holds tokens
+    # its environment inserted (`tooln1.rollout.multi_turn`); None: every token under ``mask`` was sampled
+    sampled: Any = None
 
     @property
     def lengths(self) -> jax.Array:
@@ -101,7 +104,9 @@ class SampleOutput(NamedTuple):
         each; on a mesh spanning several processes the global arrays cannot be read whole.
         """
         arrays = (self.tokens, self.logprobs, self.mask, self.prompt_ids, self.prompt_mask)
-        return SampleOutput(*(_process_rows(x)[:self.num_local] for x in arrays), num_local=self.num_local)
+        sampled = None if self.sampled is None else _process_rows(self.sampled)[:self.num_local]
+        return SampleOutput(*(_process_rows(x)[:self.num_local] for x in arrays), num_local=self.num_local,
+                            sampled=sampled)
 
 
 def response_mask_np(tokens, eos_ids: Sequence[int]) -> np.ndarray:

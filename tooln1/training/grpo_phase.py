@@ -16,13 +16,21 @@ import jax
 import numpy as np
 from flax import nnx
 
-from tooln1.config.runtime import grpo_loss, logprob_micro_batch, optimizer_config, rollout_sampling
+from tooln1.config.runtime import (
+    grpo_loss,
+    logprob_micro_batch,
+    optimizer_config,
+    rollout_sampling,
+    tool_limits,
+    trajectory_tokens,
+)
 from tooln1.data import prompt_batch
 from tooln1.data.iterator import BatchIterator, global_array
 from tooln1.data.tokens import truncated_fraction
 from tooln1.grpo import compute_advantages
 from tooln1.models.flops import update_flops
 from tooln1.models.lora import trainable
+from tooln1.rollout.multi_turn import MultiTurnWorker
 from tooln1.rollout.scoring import RolloutBatch, RolloutWorker
 from tooln1.training.batch import update_batch
 from tooln1.training.context import RunContext, say
@@ -90,12 +98,18 @@ class GRPOPhase:
         self.peak_flops = peak_flops(ctx.cfg.log.peak_tflops)
         self.phase.start()
         self.rollouts = RolloutWorker(self.policy, ctx.tokenizer, sampling, cfg.reward, cfg.reward_workers)
+        self.multi_turn = (MultiTurnWorker(self.rollouts.engine, ctx.tokenizer, sampling, cfg.max_turns,
+                                           lambda p: trajectory_tokens(cfg, p), {"limits": tool_limits(cfg)})
+                           if cfg.max_turns > 1 else None)
 
     def _rollout(self, records: list[dict]) -> RolloutBatch:
         """G responses per prompt from the current policy, and their rewards."""
-        ids, mask = prompt_batch(records, self.ctx.tokenizer, self.ctx.pad_id)
         key = jax.random.fold_in(self.ctx.base_key, self.phase.step)
-        rollout = self.rollouts.run(self.policy, ids, mask, [r["answer"] for r in records], key)
+        if self.multi_turn is not None:  # each sample in its record's environment, turn after turn
+            rollout = self.multi_turn.run(records, key)
+        else:
+            ids, mask = prompt_batch(records, self.ctx.tokenizer, self.ctx.pad_id)
+            rollout = self.rollouts.run(self.policy, ids, mask, [r["answer"] for r in records], key)
         self.rollouts.release()  # the decoding copy is not needed again until after the update
         return rollout
 

@@ -18,36 +18,74 @@ from tooln1.config.runtime import optimizer_config, sft_loss
 from tooln1.data import tokenize_prompts
 from tooln1.data.iterator import BatchIterator, global_array
 from tooln1.data.tokens import left_pad
+from tooln1.environments import make_environment
 from tooln1.models.flops import sft_flops
+from tooln1.rollout.multi_turn import TurnTemplate
 from tooln1.training.context import RunContext, say
 from tooln1.training.metrics import peak_flops
 from tooln1.training.phase import Phase, PhaseResult
 from tooln1.training.updater import Updater
 
 
-def sft_response(record: dict, target: str, think_text: str, eos: str = "<|im_end|>") -> str:
-    """The SFT target reply in the paper's format."""
-    body = f"<tool_call>{json.dumps(record['answer'], ensure_ascii=False)}</tool_call>{eos}"
+def sft_response(record: dict, target: str, think_text: str, eos: str = "<|im_end|>",
+                 calls: list[dict] | None = None) -> str:
+    """The SFT target reply in the paper's format: the record's answer, or ``calls`` (one reply of a
+    multi-turn trajectory, thought about with ``think_text``)."""
+    think = record.get("reasoning") if calls is None else None
+    calls = record["answer"] if calls is None else calls
+    body = f"<tool_call>{json.dumps(calls, ensure_ascii=False)}</tool_call>{eos}"
     if target == "no_reason":
         return body
-    think = record.get("reasoning")
     if not think:
-        names = ", ".join(c["name"] for c in record["answer"]) or "no function"
-        think = think_text.format(names=names)
+        think = think_text.format(names=", ".join(c["name"] for c in calls) or "no function")
     return f"<think>{think}</think>{body}"
 
 
 class SFTExamples:
-    """Tokenized SFT examples of a config's ``sft`` section: (prompt, reply) pairs, the ones that fit."""
+    """Tokenized SFT examples of a config's ``sft`` section: (prompt, reply) pairs, the ones that fit.
+
+    A multi-turn record (``oracle_calls``: the calls of each reply) is one reply per turn with its
+    environment's observations between them, as a multi-turn rollout holds them; only the replies
+    are trained."""
 
     def __init__(self, sft_cfg: Any, tokenizer: Any, pad_id: int, eos_text: str):
         self.cfg, self.tokenizer, self.pad_id, self.eos_text = sft_cfg, tokenizer, pad_id, eos_text
+        self.template = TurnTemplate(tokenizer, eos_text)
 
     def pairs(self, records: Sequence[dict]) -> list[tuple[list[int], list[int]]]:
         """(prompt tokens, reply tokens) of each record."""
+        return [(p, t) for p, t, _ in self.examples(records)]
+
+    def examples(self, records: Sequence[dict]) -> list[tuple[list[int], list[int], list[int]]]:
+        """(prompt tokens, reply tokens, which reply tokens are trained) of each record."""
         prompts = tokenize_prompts(records, self.tokenizer)
-        replies = [sft_response(r, self.cfg.target, self.cfg.think_text, self.eos_text) for r in records]
-        return list(zip(prompts, self.tokenizer(replies, add_special_tokens=False)["input_ids"]))
+        out = []
+        for prompt, record in zip(prompts, records):
+            if "oracle_calls" in record:
+                out.append((prompt, *self._trajectory(record)))
+            else:
+                reply = self.tokenizer.encode(sft_response(record, self.cfg.target, self.cfg.think_text,
+                                                           self.eos_text), add_special_tokens=False)
+                out.append((prompt, reply, [1] * len(reply)))
+        return out
+
+    def _trajectory(self, record: dict) -> tuple[list[int], list[int]]:
+        """The replies of ``record``'s oracle calls played in its environment, with the observations."""
+        env = make_environment(record)
+        ids: list[int] = []
+        trained: list[int] = []
+        for calls in record["oracle_calls"]:
+            reply = sft_response(record, self.cfg.target, self.cfg.think_text, self.eos_text, calls)
+            reply_ids = self.tokenizer.encode(reply, add_special_tokens=False)
+            ids += reply_ids
+            trained += [1] * len(reply_ids)
+            step = env.step(reply.removesuffix(self.eos_text))
+            if step.done:
+                break
+            observation = self.template.ids(step.observation)
+            ids += observation
+            trained += [0] * len(observation)
+        return ids, trained
 
     def fitting(self, records: Sequence[dict]) -> np.ndarray:
         """Indices of the records whose prompt + reply fit ``sft.max_seq_len``. The others are dropped,
@@ -65,9 +103,9 @@ class SFTExamples:
         """``(input_ids, attention_mask, loss_mask)`` left-padded to ``sft.max_seq_len``; the loss mask
         marks the reply tokens."""
         length = self.cfg.max_seq_len
-        pairs = self.pairs(records)
-        ids, attn = left_pad([p + t for p, t in pairs], length, self.pad_id)
-        loss_mask, _ = left_pad([[0] * len(p) + [1] * len(t) for p, t in pairs], length, 0)
+        examples = self.examples(records)
+        ids, attn = left_pad([p + t for p, t, _ in examples], length, self.pad_id)
+        loss_mask, _ = left_pad([[0] * len(p) + trained for p, _, trained in examples], length, 0)
         return ids, attn, loss_mask
 
 

@@ -8,9 +8,11 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from tooln1.config.runtime import validation_sampling
+from tooln1.config.runtime import tool_limits, trajectory_tokens, validation_sampling
 from tooln1.data import prompt_batch
 from tooln1.reward import score_batch
+from tooln1.rollout.engine import Engine
+from tooln1.rollout.multi_turn import MultiTurnWorker
 from tooln1.rollout.sampling import sample
 from tooln1.training.context import RunContext, say
 
@@ -28,12 +30,15 @@ def validate(ctx: RunContext, model: Any, step: int, tag: str) -> float:
     records = ctx.val_records[first:first + share]
     real = np.arange(share) < len(records)
     records = records + [ctx.val_records[0]] * (share - len(records))
-    responses: list[str] = []
-    for start in range(0, len(records), cfg.eval.batch_size):
-        ids, mask = prompt_batch(records[start:start + cfg.eval.batch_size], ctx.tokenizer, ctx.pad_id)
-        out = sample(model, ids, mask, sampling, 0).local()  # greedy: the key is never drawn
-        responses += ctx.decode(out.tokens, out.mask)
-    rewards, diag = score_batch(responses, [r["answer"] for r in records], "binary")
+    if cfg.grpo.max_turns > 1:
+        rewards, diag, responses = _multi_turn(ctx, model, records, sampling)
+    else:
+        responses = []
+        for start in range(0, len(records), cfg.eval.batch_size):
+            ids, mask = prompt_batch(records[start:start + cfg.eval.batch_size], ctx.tokenizer, ctx.pad_id)
+            out = sample(model, ids, mask, sampling, 0).local()  # greedy: the key is never drawn
+            responses += ctx.decode(out.tokens, out.mask)
+        rewards, diag = score_batch(responses, [r["answer"] for r in records], "binary")
     sums = np.array([real.sum(), rewards[real].sum(), *(v[real].sum() for v in diag.values())], np.float32)
     if jax.process_count() > 1:
         sums = multihost_utils.process_allgather(sums).sum(0)
@@ -44,10 +49,31 @@ def validate(ctx: RunContext, model: Any, step: int, tag: str) -> float:
     ctx.writer.write(step, scalars, phase=tag)
     if responses:
         ctx.writer.text("val/example", responses[0], step)
+    detail = ", ".join(f"{k.removeprefix('val/').split('_')[0]} {v:.2f}" for k, v in scalars.items()
+                       if k not in _NOT_SAID)
     say(f"validation ({tag}, step {step}): greedy mean binary reward {accuracy:.3f} on {len(ctx.val_records)} "
-        f"prompts (format {scalars['val/format_ok']:.2f}, json {scalars['val/json_ok']:.2f}, "
-        f"names {scalars['val/names_match']:.2f})")
+        f"prompts ({detail})")
     return accuracy
+
+
+_NOT_SAID = ("val/accuracy", "val/seconds", "val/full_match")
+
+
+def _multi_turn(ctx: RunContext, model: Any, records: list[dict], sampling: Any
+                ) -> tuple[np.ndarray, dict[str, np.ndarray], list[str]]:
+    """Greedy trajectories of ``records`` in their environments: rewards, per-trajectory turns and cuts,
+    and the trajectories' text."""
+    cfg = ctx.cfg
+    worker = MultiTurnWorker(Engine(model, sampling.engine), ctx.tokenizer, sampling, cfg.grpo.max_turns,
+                             lambda p: trajectory_tokens(cfg.grpo, p), {"limits": tool_limits(cfg.grpo)})
+    rewards, responses, diag = [], [], {}
+    for start in range(0, len(records), cfg.eval.batch_size):
+        rollout = worker.run(records[start:start + cfg.eval.batch_size], jax.random.key(0))  # greedy: never drawn
+        rewards.append(rollout.rewards)
+        responses += rollout.responses
+        for k, v in rollout.diagnostics.items():
+            diag.setdefault(k, []).append(v)
+    return np.concatenate(rewards), {k: np.concatenate(v) for k, v in diag.items()}, responses
 
 
 __all__ = ["validate"]
