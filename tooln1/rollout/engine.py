@@ -34,6 +34,13 @@ decides what each round does:
   update.
 * **Host overlap.** ``on_group(prompt_index, completions)`` runs on a worker thread as each prompt's
   G samples finish (a bounded queue), while the device keeps decoding.
+* **Multi-turn continuation.** With ``continue_with``, a sample that ends its turn at an EOS id is a
+  trajectory that may go on: ``continue_with(prompt_index, sample_index, turn_tokens)`` runs on a
+  thread pool (a slow tool stalls no other slot) while the sample's pages stay held and its slot
+  decodes others. The token ids it returns are appended as they are (token in, token out: nothing
+  is re-templated), prefilled into the sample's own pages after the tokens it holds, as a chunk
+  segment that continues its earlier pages, and the sample takes a slot again. A trajectory takes
+  pages for its whole length cap when it starts, so a continuation never waits for pages.
 
 Several processes: every process passes the same global prompt list (`tooln1.rollout.sampling` gathers
 them) and runs the same schedule for every shard, so the device programs match; the tokens each
@@ -46,7 +53,7 @@ import functools
 import hashlib
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -87,22 +94,35 @@ class EngineConfig:
     steps_per_round: int = 16  # decode steps between host scheduling decisions
     decode_widths: int = 4  # compiled decode widths: all slots, then halves (the long tail decodes narrower)
     score_queue: int = 64  # finished groups waiting for on_group before decoding waits
+    continue_workers: int = 16  # threads running generate's continue_with (each waiting tool holds one)
     prefix_cache: bool = True  # a prompt reuses the full pages of an earlier prompt with the same prefix
     # The decoding copy's layers: "stacked", "per_layer" or "auto" (`tooln1.platform.decode_layout`)
     layer_layout: str = "auto"
 
     def __post_init__(self):
         for name in ("max_slots", "page_size", "prefill_chunk", "prefill_block", "steps_per_round", "decode_widths",
-                     "score_queue"):
+                     "score_queue", "continue_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.layer_layout not in LAYER_LAYOUTS:
             raise ValueError(f"EngineConfig.layer_layout {self.layer_layout!r}; expected one of {LAYER_LAYOUTS}")
 
 
+STOPS = ("eos", "max_new_tokens", "max_turns", "max_length")
+
+
 class Completion(NamedTuple):
+    """A sample's tokens after its prompt: every turn the policy sampled and, between turns, the ids
+    ``continue_with`` inserted."""
+
     tokens: np.ndarray  # [n] int32, ending with the EOS when the sample stopped at one
-    logprobs: np.ndarray  # [n] float32
+    logprobs: np.ndarray  # [n] float32, 0 for inserted tokens
+    sampled: np.ndarray  # [n] bool, True for the tokens the policy sampled, False for inserted ones
+    # Why it ended (one of STOPS): "eos" (an EOS id, and continue_with absent or returning None),
+    # "max_new_tokens" (a turn reached it without an EOS), "max_turns" (the last allowed turn ended at an
+    # EOS; continue_with is not called), "max_length" (the trajectory reached its length cap, or the ids
+    # continue_with returned would leave no room for one more sampled token: they are not appended)
+    stop: str
 
 
 @dataclasses.dataclass
@@ -136,11 +156,30 @@ class _Prompt:
 
 @dataclasses.dataclass
 class _Running:
+    """A sample from its admission to its end: decoding in a slot, waiting on ``continue_with``, or
+    having the ids it returned prefilled (then it reads to `_ChunkBuilder.add` like a prompt)."""
+
     prompt: _Prompt
     sample: int
-    pages: list[int]
+    own: list[int]  # its private pages
+    pages: list[int]  # its page table: the prompt's full pages, then its own
+    budget: int  # tokens its current turn may sample
     tokens: list[np.ndarray] = dataclasses.field(default_factory=list)
     logprobs: list[np.ndarray] = dataclasses.field(default_factory=list)
+    sampled: list[np.ndarray] = dataclasses.field(default_factory=list)
+    turn: int = 1
+    turn_from: int = 0  # index in its completion of its current turn's first token
+    ids: np.ndarray | None = None  # prompt and completion, while its continuation is prefilled
+    prefilled: int = 0  # positions of ``ids`` in its pages
+    future: Future | None = None  # continue_with's answer while it waits
+
+    @property
+    def prefill_len(self) -> int:  # the last inserted token is the next turn's first decode step
+        return len(self.ids) - 1
+
+    def completion(self, stop: str) -> Completion:
+        return Completion(np.concatenate(self.tokens), np.concatenate(self.logprobs), np.concatenate(self.sampled),
+                          stop)
 
 
 def inference_weights(model, layout: DecodeLayout) -> tuple[Any, Any]:
@@ -217,14 +256,15 @@ class Engine:
         kv_heads = c.num_kv_heads // tensor if c.num_kv_heads % tensor == 0 else c.num_kv_heads
         return 2 * c.num_layers * kv_heads * c.head_dim * self.config.page_size * self.layout.kv_dtype.itemsize
 
-    def shape(self, sampling, samples: int, max_prompt_len: int) -> Shape:
-        """The programs' shape for ``samples`` samples of prompts up to ``max_prompt_len`` tokens. Slots per
-        batch shard: the shard's share of the samples rounded up (a power of two up to 8, then a multiple
-        of 8: few programs, few idle slots), at most ``num_slots`` (or what ``kv_memory_bytes`` holds,
-        else ``max_slots``)."""
+    def shape(self, sampling, samples: int, max_prompt_len: int, max_length: int | None = None) -> Shape:
+        """The programs' shape for ``samples`` samples of prompts up to ``max_prompt_len`` tokens, each
+        up to ``max_length`` tokens with its completion (default: the prompt and ``max_new_tokens``).
+        Slots per batch shard: the shard's share of the samples rounded up (a power of two up to 8, then
+        a multiple of 8: few programs, few idle slots), at most ``num_slots`` (or what
+        ``kv_memory_bytes`` holds, else ``max_slots``)."""
         cfg = self.config
         shards = batch_shards(self.mesh)
-        m = -(-(max_prompt_len + sampling.max_new_tokens) // cfg.page_size)
+        m = -(-(max_length or max_prompt_len + sampling.max_new_tokens) // cfg.page_size)
         limit = cfg.num_slots or cfg.max_slots
         if not cfg.num_slots and cfg.kv_memory_bytes:
             limit = max(1, cfg.kv_memory_bytes // (self._page_bytes() * (m + 2)))
@@ -304,14 +344,26 @@ class Engine:
 
     # -- the host loop -------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Sequence[int]], sampling, seed, max_prompt_len: int | None = None,
-                 on_group: Callable[[int, list[Completion]], Any] | None = None, indices: Sequence[int] | None = None
+                 on_group: Callable[[int, list[Completion]], Any] | None = None, indices: Sequence[int] | None = None,
+                 continue_with: Callable[[int, int, np.ndarray], Sequence[int] | None] | None = None,
+                 max_turns: int | None = None, max_length: int | None = None,
                  ) -> tuple[list[list[Completion]], list[Any]]:
         """``sampling.num_samples`` completions of each prompt (token lists, >= 1 token each), and the
         results of ``on_group(i, completions)`` (run on a worker thread as groups finish; [] without it).
 
         ``seed`` is a ``jax.random`` key; ``indices[i]`` (default ``i``) is prompt ``i``'s index in
         the sample keys, so a prompt's samples do not depend on where it sits in the list.
-        ``max_prompt_len`` fixes the page-table width (default: the longest prompt)."""
+        ``max_prompt_len`` fixes the page-table width (default: the longest prompt).
+
+        Multi-turn: ``continue_with(i, g, turn_tokens)`` is called (on a thread pool of
+        ``continue_workers``) when sample ``g`` of prompt ``i`` ends a turn at an EOS id, with that
+        turn's tokens; it returns the token ids to append (the environment's observation, templated,
+        ending with the next assistant header) or None to end the trajectory. A trajectory has at most
+        ``max_turns`` turns of up to ``max_new_tokens`` each and at most ``max_length`` tokens in all
+        (prompt, turns and inserted ids), which also fixes the page-table width; both are required
+        with ``continue_with``. ``Completion.stop`` says which cap ended a trajectory. Response token
+        ``j`` (sampled or inserted) draws from ``fold_in(sample_key, j)``, so a trajectory does not
+        depend on when its tools return."""
         if self.weights is None:
             raise RuntimeError("rollout engine: its weights were released; call Engine.refresh(model) first")
         g, r = sampling.num_samples, sampling.max_new_tokens
@@ -319,73 +371,123 @@ class Engine:
         queue = deque(_Prompt(i, int(k), np.asarray(p, np.int32), completions=[None] * g)
                       for i, (k, p) in enumerate(zip(indices, prompts)))
         longest = max(len(p.ids) for p in queue)
-        shape = self.shape(sampling, len(queue) * g, max(max_prompt_len or longest, longest))
+        turns = self._turns(continue_with, max_turns, max_length, longest)
+        shape = self.shape(sampling, len(queue) * g, max(max_prompt_len or longest, longest),
+                           max_length if turns else None)
         seed_data = np.asarray(jax.random.key_data(seed))
         pools, slots = self._init_state(shape, seed_data.shape)
         seed_dev = self._put(seed_data)
         temperature = self._put(np.float32(1.0 if sampling.greedy else sampling.temperature))
         top_p = self._put(np.float32(sampling.top_p))
-        shards = [_Shard(shape, g, r, self.config.prefix_cache) for _ in range(shape.shards)]
+        shards = [_Shard(shape, g, r, self.config.prefix_cache, turns) for _ in range(shape.shards)]
         results: list[list[Completion]] = [[] for _ in queue]
         scorer = _Scorer(on_group, self.config.score_queue)
         stats = dict(rounds=0, device_s=0.0, prefill_rounds_s=0.0, prefill_chunks=0, prefill_tokens=0, cached_tokens=0,
-                     decode_steps=0, slot_steps=0, width_steps=0)
+                     decode_steps=0, slot_steps=0, width_steps=0, tool_wait_s=0.0)
         unfinished = len(queue)
         widths = self.widths(shape)
-        t_start = time.perf_counter()
-        while unfinished:
-            perm = [shard.compact() for shard in shards]
-            chunks = [shard.fill(_ChunkBuilder(shape), queue) for shard in shards]
-            admits = [shard.admit(_Admissions(shape)) for shard in shards]
-            prefilled = sum(c.tokens_added for c in chunks)
-            occupied = [shard.occupied for shard in shards]
-            if not prefilled and not any(a.any for a in admits) and not any(occupied):
-                raise RuntimeError(f"rollout engine: {shape.num_pages} KV pages cannot hold one more sample "
-                                   f"(page_size {shape.page_size}, {shape.pages_per_seq} pages per sample); raise "
-                                   "kv_memory_bytes or num_slots")
-            width = min(w for w in widths if w >= max(max(occupied), 1))
-            narrower = [w for w in widths if w < width]
-            # stop early to admit a pending sample, or once a narrower width holds every shard's live slots
-            pending = [shard.pending(queue) for shard in shards]
-            never = width + 1
-            admit_after = [1 if p else never for p in pending]
-            narrow_after = ([max(n - narrower[0], 0) for n in occupied] if narrower and not any(pending)
-                            else [never] * len(shards))
-            t0 = time.perf_counter()
-            if prefilled:
-                chunk = Chunk(*(self._put(x, per_shard=True) for x in _stack(chunks, _ChunkBuilder.arrays)))
-                pools = run_prefill(graphdef=self.graphdef, weights=self.weights, pools=pools, chunk=chunk, shape=shape)
-            pools, slots, tok, lp, live, active = run_round(
-                graphdef=self.graphdef, weights=self.weights, pools=pools, slots=slots,
-                admit=Admit(*(self._put(x, per_shard=True) for x in _stack(admits, _Admissions.arrays))),
-                perm=self._put(np.asarray(perm, np.int32), per_shard=True), seed_data=seed_dev,
-                temperature=temperature, top_p=top_p, admit_after=self._put(np.asarray(admit_after, np.int32)),
-                narrow_after=self._put(np.asarray(narrow_after, np.int32)),
-                max_steps=self._put(np.int32(1 if prefilled else shape.steps)), shape=shape, width=width)
-            tok, lp, live, active = (self._host(x) for x in (tok, lp, live, active))
-            waited = time.perf_counter() - t0
-            stats["device_s"] += waited
-            if prefilled:  # a chunk's prefill and its one decode step; the rest of device_s is decoding
-                stats["prefill_rounds_s"] += waited
-            steps = int(live.any((1, 2)).sum())
-            stats.update(rounds=stats["rounds"] + 1, prefill_tokens=stats["prefill_tokens"] + prefilled,
-                         prefill_chunks=stats["prefill_chunks"] + bool(prefilled),
-                         decode_steps=stats["decode_steps"] + steps, slot_steps=stats["slot_steps"] + int(live.sum()),
-                         width_steps=stats["width_steps"] + steps * width * len(shards))
-            for x, shard in enumerate(shards):
-                for p, group in shard.collect(tok[:, x], lp[:, x], live[:, x], active[x]):
+
+        def hand_on_finished() -> int:
+            """Record and score the groups the shards finished; returns how many."""
+            n = 0
+            for shard in shards:
+                for p, group in shard.finished:
                     results[p.index] = group
-                    unfinished -= 1
                     scorer.submit(p.index, group)
+                    n += 1
+                shard.finished.clear()
+            return n
+
+        t_start = time.perf_counter()
+        try:
+            while unfinished:
+                for shard in shards:
+                    shard.poll()
+                unfinished -= hand_on_finished()
+                if not unfinished:
+                    break
+                perm = [shard.compact() for shard in shards]
+                chunks = [shard.fill(_ChunkBuilder(shape), queue) for shard in shards]
+                admits = [shard.admit(_Admissions(shape)) for shard in shards]
+                prefilled = sum(c.tokens_added for c in chunks)
+                occupied = [shard.occupied for shard in shards]
+                if not prefilled and not any(a.any for a in admits) and not any(occupied):
+                    waiting = [run.future for shard in shards for run in shard.waiting]
+                    if not waiting:
+                        raise RuntimeError(f"rollout engine: {shape.num_pages} KV pages cannot hold one more sample "
+                                           f"(page_size {shape.page_size}, {shape.pages_per_seq} pages per sample); "
+                                           "raise kv_memory_bytes or num_slots")
+                    t0 = time.perf_counter()  # every slot is free (nothing to permute): wait for a tool
+                    wait(waiting, return_when=FIRST_COMPLETED)
+                    stats["tool_wait_s"] += time.perf_counter() - t0
+                    continue
+                width = min(w for w in widths if w >= max(max(occupied), 1))
+                narrower = [w for w in widths if w < width]
+                # stop early to admit a pending sample, or once a narrower width holds every shard's live slots
+                pending = [shard.pending(queue) for shard in shards]
+                never = width + 1
+                admit_after = [1 if p else never for p in pending]
+                narrow_after = ([max(n - narrower[0], 0) for n in occupied] if narrower and not any(pending)
+                                else [never] * len(shards))
+                t0 = time.perf_counter()
+                if prefilled:
+                    chunk = Chunk(*(self._put(x, per_shard=True) for x in _stack(chunks, _ChunkBuilder.arrays)))
+                    pools = run_prefill(graphdef=self.graphdef, weights=self.weights, pools=pools, chunk=chunk,
+                                        shape=shape)
+                pools, slots, tok, lp, live, active = run_round(
+                    graphdef=self.graphdef, weights=self.weights, pools=pools, slots=slots,
+                    admit=Admit(*(self._put(x, per_shard=True) for x in _stack(admits, _Admissions.arrays))),
+                    perm=self._put(np.asarray(perm, np.int32), per_shard=True), seed_data=seed_dev,
+                    temperature=temperature, top_p=top_p, admit_after=self._put(np.asarray(admit_after, np.int32)),
+                    narrow_after=self._put(np.asarray(narrow_after, np.int32)),
+                    max_steps=self._put(np.int32(1 if prefilled else shape.steps)), shape=shape, width=width)
+                tok, lp, live, active = (self._host(x) for x in (tok, lp, live, active))
+                waited = time.perf_counter() - t0
+                stats["device_s"] += waited
+                if prefilled:  # a chunk's prefill and its one decode step; the rest of device_s is decoding
+                    stats["prefill_rounds_s"] += waited
+                steps = int(live.any((1, 2)).sum())
+                stats.update(rounds=stats["rounds"] + 1, prefill_tokens=stats["prefill_tokens"] + prefilled,
+                             prefill_chunks=stats["prefill_chunks"] + bool(prefilled),
+                             decode_steps=stats["decode_steps"] + steps,
+                             slot_steps=stats["slot_steps"] + int(live.sum()),
+                             width_steps=stats["width_steps"] + steps * width * len(shards))
+                for x, shard in enumerate(shards):
+                    shard.collect(tok[:, x], lp[:, x], live[:, x], active[x])
+                unfinished -= hand_on_finished()
+        finally:
+            if turns is not None:
+                turns.close()
         stats["wall_s"] = time.perf_counter() - t_start
         stats["cached_tokens"] = sum(shard.cached_tokens for shard in shards)
         stats["evicted_pages"] = sum(shard.pages.evictions for shard in shards)
+        stats["continuations"] = sum(shard.continuations for shard in shards)
+        stats["inserted_tokens"] = sum(shard.inserted_tokens for shard in shards)
         outputs = scorer.close()
         stats["score_wait_s"] = time.perf_counter() - t_start - stats["wall_s"]
         stats.update(shards=shape.shards, slots=shape.slots, num_pages=shape.num_pages,
                      pages_per_seq=shape.pages_per_seq)
         self.stats = stats
         return results, outputs
+
+    def _turns(self, continue_with, max_turns: int | None, max_length: int | None, longest: int) -> _Turns | None:
+        """The multi-turn caps, checked, with ``continue_with``'s thread pool; None for one turn."""
+        if continue_with is None:
+            if max_turns is not None or max_length is not None:
+                raise ValueError("generate: max_turns and max_length cap continue_with's turns; pass continue_with")
+            return None
+        if max_turns is None or max_length is None:
+            raise ValueError("generate: continue_with needs max_turns (turns per trajectory) and max_length "
+                             "(tokens per trajectory: prompt, turns and inserted ids)")
+        if max_turns < 1:
+            raise ValueError(f"generate: max_turns must be >= 1, got {max_turns}")
+        if max_length <= longest:
+            raise ValueError(f"generate: max_length {max_length} leaves no room for a response after the longest "
+                             f"prompt ({longest} tokens)")
+        if self.mesh is not None and self.mesh.is_multi_process:
+            raise ValueError("generate: continue_with needs a single process (when tools return decides the "
+                             "schedule, which every process must share)")
+        return _Turns(continue_with, max_turns, max_length, self.config.continue_workers, self.model_config.vocab_size)
 
 
 def _stack(builders, arrays: Callable) -> list[np.ndarray]:
@@ -397,23 +499,34 @@ class _Shard:
     """One batch shard's part of a rollout: its slots, its page pool and the prompts it took.
 
     A shard takes the next prompt of the rollout's queue when its free slots want samples and its pool
-    has the prompt's pages; the prompt's G samples then all decode in its slots, over its pages."""
+    has the prompt's pages; the prompt's G samples then all decode in its slots, over its pages. With
+    ``turns``, a sample whose turn ends at an EOS waits on ``continue_with`` (``waiting``), has the ids
+    it returned prefilled (``continuing``) and takes a free slot again before any new sample
+    (``resuming``)."""
 
-    def __init__(self, shape: Shape, g: int, r: int, prefix_cache: bool):
-        self.g, self.r, self.ps, self.prefix_cache = g, r, shape.page_size, prefix_cache
+    def __init__(self, shape: Shape, g: int, r: int, prefix_cache: bool, turns: _Turns | None):
+        self.g, self.r, self.ps, self.prefix_cache, self.turns = g, r, shape.page_size, prefix_cache, turns
+        self.m = shape.pages_per_seq
+        self.eos = frozenset(shape.eos_ids)
         self.pages = _PagePool(shape.num_pages)
         self.owners: list[_Running | None] = [None] * shape.slots
         self.prompts: list[_Prompt] = []  # taken from the queue, in order
         self.prefill_ptr = self.admit_ptr = 0  # the first prompt not fully prefilled / not fully started
-        self.cached_tokens = 0
+        self.waiting: list[_Running] = []
+        self.continuing: deque[_Running] = deque()
+        self.resuming: deque[_Running] = deque()
+        self.finished: list[tuple[_Prompt, list[Completion]]] = []  # groups done, until the engine takes them
+        self.cached_tokens = self.continuations = self.inserted_tokens = 0
 
     @property
     def occupied(self) -> int:
         return sum(o is not None for o in self.owners)
 
     def _private_need(self, p: _Prompt) -> int:
-        """Pages a sample of ``p`` owns: its copy of the prompt's partial last page and its response."""
-        return -(-(p.prefill_len + self.r) // self.ps) - p.prefill_len // self.ps
+        """Pages a sample of ``p`` owns: its copy of the prompt's partial last page and its response
+        (with turns, every position up to the length cap but the last, whose keys are never written)."""
+        end = self.turns.max_length - 1 if self.turns else p.prefill_len + self.r
+        return -(-end // self.ps) - p.prefill_len // self.ps
 
     def compact(self) -> list[int]:
         """Live slots to the front; returns the permutation (new slot i = old slot perm[i])."""
@@ -423,8 +536,10 @@ class _Shard:
         return perm
 
     def pending(self, queue: deque) -> bool:
-        """Whether a freed slot would take a sample now: one of its prompts', or the queue's next."""
-        return bool(queue) or any(p.started < self.g for p in self.prompts[self.admit_ptr:])
+        """Whether a freed slot would take a sample now: a continued one, one of its prompts', or the
+        queue's next."""
+        return (bool(queue or self.continuing or self.resuming)
+                or any(p.started < self.g for p in self.prompts[self.admit_ptr:]))
 
     def _take(self, p: _Prompt) -> bool:
         """Hold ``p``'s prompt pages (cached ones shared) if the pool also has one sample's own pages."""
@@ -441,10 +556,16 @@ class _Shard:
         return True
 
     def fill(self, chunk: _ChunkBuilder, queue: deque) -> _ChunkBuilder:
-        """This round's prefill chunk: the prompts it is prefilling, then new ones from ``queue`` only as
-        far as its free slots want samples."""
+        """This round's prefill chunk: continued samples' inserted ids first (they hold pages already),
+        then the prompts it is prefilling, then new ones from ``queue`` only as far as its free slots
+        want samples."""
+        while self.continuing and chunk.room:
+            run = self.continuing[0]
+            if not chunk.add(run) or run.prefilled < run.prefill_len:
+                return chunk
+            self.resuming.append(self.continuing.popleft())
         waiting = sum(self.g - p.started for p in self.prompts[self.admit_ptr:self.prefill_ptr])
-        demand = sum(o is None for o in self.owners) - waiting
+        demand = sum(o is None for o in self.owners) - waiting - len(self.continuing) - len(self.resuming)
         while chunk.room:
             if self.prefill_ptr == len(self.prompts):
                 if demand <= 0 or not queue or not self._take(queue[0]):
@@ -461,9 +582,18 @@ class _Shard:
         return chunk
 
     def admit(self, a: _Admissions) -> _Admissions:
-        """Free slots take the next samples of prefilled prompts, as far as the pool has their pages."""
+        """Free slots take continued samples, then the next samples of prefilled prompts, as far as the
+        pool has their pages."""
         for s, owner in enumerate(self.owners):
             if owner is not None:
+                continue
+            if self.resuming:
+                run = self.resuming.popleft()
+                a.set(s, token=run.ids[-1], pos=run.prefill_len, table=(run.pages + [0] * self.m)[:self.m],
+                      copy=(0, 0), prompt=run.prompt.key_index, sample=run.sample, budget=run.budget,
+                      step=run.turn_from)
+                run.ids = None
+                self.owners[s] = run
                 continue
             while self.admit_ptr < len(self.prompts) and self.prompts[self.admit_ptr].started == self.g:
                 self.admit_ptr += 1
@@ -474,37 +604,108 @@ class _Shard:
                 break
             own = self.pages.take(self._private_need(p))
             full = p.prefill_len // self.ps
-            m = len(a.table[s])
-            table = (p.pages[:full] + own + [0] * m)[:m]
+            table = p.pages[:full] + own
             partial = (p.pages[full], own[0]) if p.prefill_len % self.ps else (0, 0)
-            a.set(s, token=p.ids[-1], pos=p.prefill_len, table=table, copy=partial, prompt=p.key_index,
-                  sample=p.started, budget=self.r)
-            self.owners[s] = _Running(p, p.started, own)
+            budget = min(self.r, self.turns.max_length - len(p.ids)) if self.turns else self.r
+            a.set(s, token=p.ids[-1], pos=p.prefill_len, table=(table + [0] * self.m)[:self.m], copy=partial,
+                  prompt=p.key_index, sample=p.started, budget=budget, step=0)
+            self.owners[s] = _Running(p, p.started, own, table, budget)
             p.started += 1
         return a
 
-    def collect(self, tok: np.ndarray, lp: np.ndarray, live: np.ndarray, active: np.ndarray):
-        """Take a round's tokens [steps, width]; hand ended samples' slots and pages back. Returns the
-        prompts whose G samples are all done, with their completions."""
-        done = []
+    def collect(self, tok: np.ndarray, lp: np.ndarray, live: np.ndarray, active: np.ndarray) -> None:
+        """Take a round's tokens [steps, width]; a sample whose turn ended hands its slot back and goes on
+        to ``continue_with`` or ends."""
         for s, run in enumerate(self.owners):
             if run is None:
                 continue
             run.tokens.append(tok[live[:, s], s])
             run.logprobs.append(lp[live[:, s], s])
+            run.sampled.append(np.ones(len(run.tokens[-1]), bool))
             if active[s]:
                 continue
-            p = run.prompt
-            p.completions[run.sample] = Completion(np.concatenate(run.tokens), np.concatenate(run.logprobs))
-            released = run.pages
             self.owners[s] = None
-            p.done += 1
-            if p.done == self.g:
-                released = released + p.pages
-                p.pages = []
-                done.append((p, p.completions))
-            self.pages.release(released)
-        return done
+            tokens = np.concatenate(run.tokens)
+            if int(tokens[-1]) not in self.eos:
+                capped = self.turns and len(run.prompt.ids) + len(tokens) >= self.turns.max_length
+                self._end(run, "max_length" if capped else "max_new_tokens")
+            elif self.turns is None:
+                self._end(run, "eos")
+            elif run.turn == self.turns.max_turns:
+                self._end(run, "max_turns")
+            else:
+                run.future = self.turns.pool.submit(self.turns.fn, run.prompt.index, run.sample,
+                                                    tokens[run.turn_from:])
+                self.waiting.append(run)
+
+    def poll(self) -> None:
+        """Samples whose ``continue_with`` answered: end them, or queue the ids it returned for prefill."""
+        still = []
+        for run in self.waiting:
+            if not run.future.done():
+                still.append(run)
+                continue
+            ids = self.turns.checked(run.future, run.prompt.index, run.sample)
+            run.future = None
+            if ids is None:
+                self._end(run, "eos")
+                continue
+            held = len(run.prompt.ids) + sum(len(t) for t in run.tokens)
+            length = held + len(ids)
+            if length >= self.turns.max_length:  # no room to sample after them: not appended
+                self._end(run, "max_length")
+                continue
+            run.tokens.append(ids)
+            run.logprobs.append(np.zeros(len(ids), np.float32))
+            run.sampled.append(np.zeros(len(ids), bool))
+            # the turn's last token (an EOS) was sampled but never fed: its keys are prefilled with the ids'
+            run.ids = np.concatenate([run.prompt.ids, *run.tokens])
+            run.prefilled = held - 1
+            run.budget = min(self.r, self.turns.max_length - length)
+            run.turn, run.turn_from = run.turn + 1, length - len(run.prompt.ids)
+            self.continuing.append(run)
+            self.continuations += 1
+            self.inserted_tokens += len(ids)
+        self.waiting = still
+
+    def _end(self, run: _Running, stop: str) -> None:
+        """A trajectory ends: its completion, its pages back, and its group to ``finished`` once whole."""
+        p = run.prompt
+        p.completions[run.sample] = run.completion(stop)
+        released = run.own
+        p.done += 1
+        if p.done == self.g:
+            released = released + p.pages
+            p.pages = []
+            self.finished.append((p, p.completions))
+        self.pages.release(released)
+
+
+class _Turns:
+    """A multi-turn rollout's caps, and the thread pool ``continue_with`` runs on."""
+
+    def __init__(self, fn: Callable, max_turns: int, max_length: int, workers: int, vocab_size: int):
+        self.fn, self.max_turns, self.max_length, self.vocab_size = fn, max_turns, max_length, vocab_size
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="tooln1-continue")
+
+    def checked(self, future: Future, i: int, g: int) -> np.ndarray | None:
+        """``continue_with``'s answer for sample ``g`` of prompt ``i``: None, or its ids as int32."""
+        try:
+            ids = future.result()
+        except Exception as e:
+            raise RuntimeError(f"rollout engine: continue_with(prompt {i}, sample {g}) raised {e!r}") from e
+        if ids is None:
+            return None
+        arr = np.asarray(ids)
+        if (arr.ndim != 1 or not len(arr) or not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0
+                or arr.max() >= self.vocab_size):
+            raise ValueError(f"rollout engine: continue_with(prompt {i}, sample {g}) returned {ids!r:.200}; expected "
+                             f"None or a non-empty sequence of token ids below the vocabulary size {self.vocab_size}")
+        return arr.astype(np.int32)
+
+    def close(self) -> None:
+        """Drop the tool calls not started (generate raised) and let the pool's threads end."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 class _PagePool:
@@ -619,21 +820,22 @@ class _Admissions:
     def __init__(self, shape: Shape):
         s, m = shape.slots, shape.pages_per_seq
         self.admit = np.zeros(s, bool)
-        self.token, self.pos, self.src, self.dst, self.prompt, self.sample, self.budget = (
-            np.zeros(s, np.int32) for _ in range(7))
+        self.token, self.pos, self.src, self.dst, self.prompt, self.sample, self.budget, self.step = (
+            np.zeros(s, np.int32) for _ in range(8))
         self.table = np.zeros((s, m), np.int32)
 
     @property
     def any(self) -> bool:
         return bool(self.admit.any())
 
-    def set(self, s, *, token, pos, table, copy, prompt, sample, budget) -> None:
+    def set(self, s, *, token, pos, table, copy, prompt, sample, budget, step) -> None:
         self.admit[s], self.token[s], self.pos[s], self.table[s] = True, token, pos, table
         (self.src[s], self.dst[s]), self.prompt[s], self.sample[s], self.budget[s] = copy, prompt, sample, budget
+        self.step[s] = step
 
     def arrays(self):
         return (self.admit, self.token, self.pos, self.table, self.src, self.dst, self.prompt, self.sample,
-                self.budget)
+                self.budget, self.step)
 
 
 class _Scorer:
@@ -662,4 +864,4 @@ class _Scorer:
         return [out[i] for i in sorted(out)]
 
 
-__all__ = ["Engine", "EngineConfig", "Completion", "inference_weights"]
+__all__ = ["Engine", "EngineConfig", "Completion", "STOPS", "inference_weights"]

@@ -11,15 +11,17 @@ width, never on how many prompts a rollout has: a few compiled programs serve an
   are split over the batch axes instead of replicated, so every device holds its own slots' pages
   only, and the model's batch is ``X x`` slots.
 * **Prefill**: ``chunk`` prompt tokens per shard, packed from one or more prompts (segment ids). A
-  prompt that continues pages written before (an earlier chunk, or pages reused from the prefix
-  cache) also attends to those, gathered through the chunk's context table (two samples' worth of
-  pages, shared by its segments). Their keys/values go to the prompt's pages. A prompt's last token is
-  not prefilled: each sample feeds it as its first decode step, so prompt pages stay read-only and
-  shared. A program of its own: inside the round, a ``lax.cond`` around it made XLA:GPU copy both
-  pools in each branch.
+  prompt that continues pages written before (an earlier chunk, pages reused from the prefix
+  cache, or a multi-turn trajectory's earlier turns) also attends to those, gathered through the
+  chunk's context table (two samples' worth of pages, shared by its segments). Their keys/values go
+  to the prompt's pages. A prompt's last token is not prefilled: each sample feeds it as its first
+  decode step, so prompt pages stay read-only and shared. A program of its own: inside the round, a
+  ``lax.cond`` around it made XLA:GPU copy both pools in each branch.
 * **Admission**: a slot takes a sample: its page table (the prompt's full pages shared, a private
-  copy of the prompt's partial last page, private pages for the response), the prompt's last token
-  and the sample key ``fold_in(fold_in(seed, prompt_index), sample_index)``.
+  copy of the prompt's partial last page, private pages for the response), the prompt's last token,
+  the sample key ``fold_in(fold_in(seed, prompt_index), sample_index)`` and the index of the
+  response token it produces first (0; a continued trajectory's next index, so its turns draw on
+  fresh keys).
 * **Compaction**: ``perm`` reorders each shard's slots first (slot ``i`` becomes old slot ``perm[i]``),
   so the host can pack the live slots in front and decode a narrower ``width`` when few are left: the
   long tail of a rollout then costs what its live samples cost, not what all slots cost.
@@ -105,6 +107,7 @@ class Admit(NamedTuple):
     prompt_index: jax.Array
     sample_index: jax.Array
     budget: jax.Array
+    step: jax.Array  # index of the response token the slot produces first
 
 
 def empty_slots(shape: Shape, key_data_shape: tuple[int, ...]) -> Slots:
@@ -222,7 +225,7 @@ def _admit(pools, slots: Slots, a: Admit, seed):
     keys = jax.vmap(jax.random.fold_in)(prompt_keys, a.sample_index.reshape(-1))
     keys = jax.random.key_data(keys).reshape(slots.key.shape)
     pick = lambda new, old: jnp.where(a.admit.reshape(a.admit.shape + (1,) * (old.ndim - 2)), new, old)  # noqa: E731
-    slots = Slots(token=pick(a.token, slots.token), pos=pick(a.pos, slots.pos), step=pick(0, slots.step),
+    slots = Slots(token=pick(a.token, slots.token), pos=pick(a.pos, slots.pos), step=pick(a.step, slots.step),
                   remaining=pick(a.budget, slots.remaining), active=a.admit | slots.active,
                   table=pick(a.table, slots.table), key=pick(keys, slots.key))
     return (kp, vp), slots
