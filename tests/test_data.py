@@ -217,9 +217,10 @@ def test_prepare_data_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "toolace" in out and "unparseable_tools" in out and "no_tool_call" in out
     assert summary["sources"]["toolace"] == {"raw_rows": 11, "raw_single": 9, "raw_multi": 2, "kept_single": 4,
-                                             "kept_multi": 1, "dropped": {"unparseable_tools": 2, "unknown_tool": 2,
-                                             "unparseable_call": 1, "no_tool_call": 1, "empty_conversation": 1,
-                                             "bad_turn": 1}}
+                                             "kept_multi": 1, "kept_trajectories": 0,
+                                             "dropped": {"unparseable_tools": 2, "unknown_tool": 2,
+                                                         "unparseable_call": 1, "no_tool_call": 1,
+                                                         "empty_conversation": 1, "bad_turn": 1}}
     assert summary["train"] + summary["validation"] == 5 + 5 + 20 and summary["validation"] == 5
     train = read_records(str(tmp_path / "train.jsonl"))
     assert len(train) == 25 and {r["source"] for r in train} == {"xlam", "toolace", "synthetic"}

@@ -418,6 +418,7 @@ GRPO_BATCH_KEYS = (
     "old_logprobs",  # [N, R], recomputed by the trainer with the pre-update params
     "ref_logprobs",  # [N, R], from the frozen initial params (may be omitted when kl_coef == 0)
     "advantages",  # [N] or [N, R]
+    "response_loss_mask",  # [N, R], only with GRPOLoss.loss_mask: 1 on the tokens the policy sampled
 )
 
 
@@ -439,6 +440,12 @@ class GRPOLoss:
     (micro-)batches must then hold whole groups. Pays when prompts are long next to G × responses.
     ``packed_length``: the static length of a group's packed responses (0: G × R); set it per batch
     with :func:`packed_length` so ragged groups cost their sampled tokens (Updater ``step(loss_fn=...)``).
+
+    ``loss_mask``: the batch's responses are multi-turn trajectories, and ``response_loss_mask`` marks
+    the tokens the policy sampled. Only those are trained (loss, KL, entropy, token counts); the tokens
+    an environment or template inserted (observations, turn headers) stay in ``response_mask``, so later
+    tokens still attend to them. Off, ``response_mask`` is both, and the batch and programs are the
+    single-turn ones.
     """
 
     clip_eps: float = 0.2
@@ -450,6 +457,7 @@ class GRPOLoss:
     on_policy: bool = False
     rows_per_prompt: int = 1
     packed_length: int = 0
+    loss_mask: bool = False
 
     def __post_init__(self):
         _check_agg(self.loss_agg)
@@ -467,6 +475,7 @@ class GRPOLoss:
         return tuple(
             k for k in GRPO_BATCH_KEYS
             if not (k == "ref_logprobs" and self.kl_coef == 0) and not (k == "old_logprobs" and self.on_policy)
+            and not (k == "response_loss_mask" and not self.loss_mask)
         )
 
     @property
@@ -474,9 +483,13 @@ class GRPOLoss:
         """Keys :meth:`logprobs` reads (what the trainer must have before recomputing old/ref log-probs)."""
         return GRPO_BATCH_KEYS[:4]
 
+    def trained(self, batch: Mapping[str, Array]) -> Array:
+        """The tokens the loss trains: the sampled ones of a trajectory (``loss_mask``), else every response token."""
+        return batch["response_loss_mask"] if self.loss_mask else batch["response_mask"]
+
     def totals(self, batch: Mapping[str, Array]) -> dict[str, Array]:
         """Additive aggregation denominators of a (mini-)batch."""
-        return agg_totals(batch["response_mask"])
+        return agg_totals(self.trained(batch))
 
     def logprobs(self, model: Any, batch: Mapping[str, Array]) -> Array:
         """Response log-probs under ``model`` (old / reference log-probs)."""
@@ -501,10 +514,10 @@ class GRPOLoss:
                 raise KeyError("GRPOLoss: batch has no 'ref_logprobs' but kl_coef > 0")
             ref = jax.lax.stop_gradient(lp)
         old = jax.lax.stop_gradient(lp) if self.on_policy else batch["old_logprobs"]
+        trained = self.trained(batch)
         loss, metrics = policy_loss(
-            lp, old, ref, batch["advantages"], batch["response_mask"],
-            self.clip_eps, self.kl_coef, self.loss_agg, totals=totals,
+            lp, old, ref, batch["advantages"], trained, self.clip_eps, self.kl_coef, self.loss_agg, totals=totals,
         )
         if entropy is not None:
-            metrics["entropy"] = masked_mean(entropy, batch["response_mask"])
+            metrics["entropy"] = masked_mean(entropy, trained)
         return loss, metrics

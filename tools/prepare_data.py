@@ -12,8 +12,11 @@ Example (the paper's mix; hub ids need network, local JSON/JSONL/parquet files w
 
     python tools/prepare_data.py --source synthetic:5000 --out data/synthetic --format jsonl
 
+    python tools/prepare_data.py --source toolace-trajectories:Team-ACE/ToolACE --out data/toolace-mt
+
 Writes ``OUT/train.<fmt>``, ``OUT/validation.<fmt>`` and ``OUT/stats.json``, and prints a table
-like the paper's Table 1 (raw vs kept rows, single vs multi turn, per source) with drop reasons.
+like the paper's Table 1 (raw vs kept rows, single vs multi turn, per source) with drop reasons;
+``toolace-trajectories:`` keeps multi-step dialogues whole, counted as trajectories (``traj``).
 """
 from __future__ import annotations
 
@@ -23,10 +26,11 @@ import os
 import sys
 import time
 
+from tooln1.config import source_kind
 from tooln1.data.mixing import add_irrelevance, mix, train_val_split
 from tooln1.data.prompt import filter_by_prompt_length, render_prompt
 from tooln1.data.records import write_records
-from tooln1.data.sources import DROP_REASONS, SourceStats, load_records_with_stats, parse_data_spec
+from tooln1.data.sources import DROP_REASONS, SourceStats, load_records_with_stats
 
 
 def _key_values(items: list[str], flag: str) -> dict[str, float]:
@@ -44,22 +48,23 @@ def _key_values(items: list[str], flag: str) -> dict[str, float]:
 
 def format_table(stats: list[SourceStats]) -> str:
     """Table-1 style summary plus the drop reasons of every source."""
-    header = f"{'source':<14}{'raw':>9}{'single':>9}{'multi':>9} |{'kept':>9}{'single':>9}{'multi':>9}{'dropped':>9}"
-    lines = [f"{'':<14}{' raw rows ':-^27} |{' kept examples ':-^36}",
+    header = (f"{'source':<22}{'raw':>9}{'single':>9}{'multi':>9} |{'kept':>9}{'single':>9}{'multi':>9}{'traj':>9}"
+              f"{'dropped':>9}")
+    lines = [f"{'':<22}{' raw rows ':-^27} |{' kept examples ':-^45}",
              header, "-" * len(header)]
     total = SourceStats("total")
     for s in stats:
         total = total.merge(s)
     for s in stats + ([total] if len(stats) > 1 else []):
-        lines.append(f"{s.source:<14}{s.raw_rows:>9}{s.raw_single:>9}{s.raw_multi:>9} |{s.kept:>9}"
-                     f"{s.kept_single:>9}{s.kept_multi:>9}{sum(s.dropped.values()):>9}")
+        lines.append(f"{s.source:<22}{s.raw_rows:>9}{s.raw_single:>9}{s.raw_multi:>9} |{s.kept:>9}"
+                     f"{s.kept_single:>9}{s.kept_multi:>9}{s.kept_trajectories:>9}{sum(s.dropped.values()):>9}")
     lines.append("")
     lines.append("drop reasons (rows; unknown_tool counts examples):")
     for s in stats:
         for reason, n in sorted(s.dropped.items(), key=lambda kv: -kv[1]):
-            lines.append(f"  {s.source:<12}{reason:<20}{n:>8}  {DROP_REASONS.get(reason, '')}")
+            lines.append(f"  {s.source:<22}{reason:<22}{n:>8}  {DROP_REASONS.get(reason, '')}")
         if not s.dropped:
-            lines.append(f"  {s.source:<12}{'(none)':<20}")
+            lines.append(f"  {s.source:<22}{'(none)':<22}")
     return "\n".join(lines)
 
 
@@ -67,7 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")  # no "PyTorch was not found" (JAX here)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", action="append", required=True, metavar="KIND:LOCATION",
-                   help="xlam:PATH_OR_HUB_ID, toolace:PATH_OR_HUB_ID, synthetic:N[:SEED], "
+                   help="xlam:PATH_OR_HUB_ID, toolace:PATH_OR_HUB_ID, toolace-trajectories:PATH_OR_HUB_ID "
+                        "(multi-step dialogues whole, for the replay environment), synthetic:N[:SEED], "
                         "synthetic-simple:N[:SEED], synthetic-tiny:N[:SEED] (the quickstart's three "
                         "one-argument tools) or prepared:PATH (repeatable)")
     p.add_argument("--out", required=True, help="output folder")
@@ -88,7 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.time()
     per_source, stats = {}, []
     for spec in args.source:
-        kind = parse_data_spec(spec)[0]
+        kind = source_kind(spec)  # the name --ratio and data.mix_ratios use
         name = kind if kind not in per_source else f"{kind}{sum(k.startswith(kind) for k in per_source) + 1}"
         print(f"[prepare_data] loading {spec} ...", flush=True)
         records, st = load_records_with_stats(spec, args.split)
@@ -135,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {
         "sources": {s.source: {"raw_rows": s.raw_rows, "raw_single": s.raw_single, "raw_multi": s.raw_multi,
                                "kept_single": s.kept_single, "kept_multi": s.kept_multi,
+                               "kept_trajectories": s.kept_trajectories,
                                "dropped": dict(s.dropped)} for s in stats},
         "prompt_length_filter": {"max_tokens": args.max_prompt_tokens, **length_counts} if tokenizer else None,
         "irrelevance_fraction": args.irrelevance, "ratios": ratios, "seed": args.seed,

@@ -9,15 +9,15 @@ def add_irrelevance(records: Sequence[dict], fraction: float, seed: int = 0) -> 
     """Append, for a seeded ``fraction`` of single-turn records, a copy whose answer tools are
     removed from the tool list and whose answer is ``[]`` (the model must decline to call).
 
-    Multi-turn records are not used (their context refers to the removed tools), nor are records
-    whose answer is already empty or would leave no tool.
+    Multi-turn records and trajectories are not used (their context or later steps refer to the
+    removed tools), nor are records whose answer is already empty or would leave no tool.
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"irrelevance fraction {fraction} must be in [0, 1]")
     rng = random.Random(seed)
     extra = []
     for r in records:
-        if not r["answer"] or len(r["conversation"]) != 1 or rng.random() >= fraction:
+        if not r["answer"] or len(r["conversation"]) != 1 or "env" in r or rng.random() >= fraction:
             continue
         used = {c["name"] for c in r["answer"]}
         tools = [t for t in r["tools"] if t["name"] not in used]

@@ -3,7 +3,9 @@
 A record is ``{id, source, system, tools, conversation: [{role, content}], answer: [{name,
 arguments}]}`` (docs/design.md §6). On disk (parquet or JSONL written by ``tools/prepare_data.py``) the
 nested fields ``tools``, ``conversation`` and ``answer`` are JSON strings: tool schemas and
-argument values differ from row to row, which Arrow cannot hold in one typed column.
+argument values differ from row to row, which Arrow cannot hold in one typed column. A multi-turn
+record's further fields (``env`` and what its environment reads, e.g. ``replay``) travel together as
+the JSON column ``environment``.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Any, Iterable, Sequence
 
 FIELDS = ("id", "source", "system", "tools", "conversation", "answer")
 JSON_FIELDS = ("tools", "conversation", "answer")
+ENVIRONMENT_COLUMN = "environment"
 ROLES = ("user", "assistant", "tool")
 
 
@@ -53,11 +56,14 @@ def to_row(record: dict) -> dict:
     row = {k: record[k] for k in FIELDS}
     for k in JSON_FIELDS:
         row[k] = json.dumps(record[k], ensure_ascii=False)
+    environment = {k: v for k, v in record.items() if k not in FIELDS}
+    if environment:
+        row[ENVIRONMENT_COLUMN] = json.dumps(environment, ensure_ascii=False)
     return row
 
 
 def from_row(row: dict, where: str = "row") -> dict:
-    """Flat row → validated record (inverse of ``to_row``; extra columns such as prompt dropped)."""
+    """Flat row → validated record (inverse of ``to_row``; other columns such as prompt dropped)."""
     missing = [k for k in FIELDS if k not in row]
     if missing:
         raise ValueError(f"{where}: missing field(s) {missing}")
@@ -68,6 +74,11 @@ def from_row(row: dict, where: str = "row") -> dict:
                 record[k] = json.loads(record[k])
             except json.JSONDecodeError as e:
                 raise ValueError(f"{where}: field {k!r} is not valid JSON ({e})") from None
+    if row.get(ENVIRONMENT_COLUMN):
+        try:
+            record.update(json.loads(row[ENVIRONMENT_COLUMN]))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: column {ENVIRONMENT_COLUMN!r} is not valid JSON ({e})") from None
     return validate_record(record, where)
 
 
@@ -86,7 +97,8 @@ def write_records(records: Sequence[dict], path: str, extra_columns: dict[str, S
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        columns = list(FIELDS) + [c for c in (extra_columns or {}) if c not in FIELDS]
+        environment = [ENVIRONMENT_COLUMN] if any(ENVIRONMENT_COLUMN in row for row in rows) else []
+        columns = list(FIELDS) + environment + [c for c in (extra_columns or {}) if c not in FIELDS]
         table = pa.table({c: [row.get(c) for row in rows] for c in columns})
         pq.write_table(table, path)
     else:

@@ -8,6 +8,10 @@ the paper's Table 1 (raw vs kept, single vs multi turn). Row-level reasons count
 Deliberate deviation from the authors' preprocessing: an earlier tool-call step inside a ToolACE
 dialogue appears in the context as an assistant message ``<tool_call>[…calls…]</tool_call>`` (the
 format the model is asked to produce) rather than as a doubly JSON-encoded string.
+
+``toolace-trajectories:`` keeps ToolACE's multi-step dialogues whole instead of cutting them into steps:
+one record per dialogue with ``env: "toolace_replay"`` and its ``replay`` script, for
+:class:`tooln1.environments.replay.ReplayEnvironment` (docs/environments.md).
 """
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ DROP_REASONS = {
     "unparseable_call": "answer / assistant call could not be parsed",
     "no_tool_call": "dialogue has no assistant tool-call step",
     "unknown_tool": "a call names a tool absent from the list (per example)",
+    "unanswered_call": "a call step with no recorded tool response before the dialogue goes on (trajectories)",
+    "orphan_tool_response": "a tool response that follows no call step (trajectories)",
 }
 _ROLE_OF = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant",
             "tool": "tool", "observation": "tool", "function": "tool", "function_response": "tool"}
@@ -51,15 +57,16 @@ class SourceStats:
     raw_multi: int = 0
     kept_single: int = 0
     kept_multi: int = 0
+    kept_trajectories: int = 0  # whole multi-step dialogues, replayed by an environment
     dropped: Counter = field(default_factory=Counter)
 
     @property
     def kept(self) -> int:
-        return self.kept_single + self.kept_multi
+        return self.kept_single + self.kept_multi + self.kept_trajectories
 
     def merge(self, other: SourceStats) -> SourceStats:
         out = SourceStats(self.source)
-        for name in ("raw_rows", "raw_single", "raw_multi", "kept_single", "kept_multi"):
+        for name in ("raw_rows", "raw_single", "raw_multi", "kept_single", "kept_multi", "kept_trajectories"):
             setattr(out, name, getattr(self, name) + getattr(other, name))
         out.dropped = self.dropped + other.dropped
         return out
@@ -241,13 +248,46 @@ def call_message(calls: Sequence[dict]) -> str:
     return "<tool_call>" + json.dumps(list(calls), ensure_ascii=False) + "</tool_call>"
 
 
+def toolace_replay(turns: Sequence[dict]) -> list[dict]:
+    """A dialogue's turns → its replay script: per user turn ``{"user": text, "steps": [{"calls",
+    "responses"}]}``, each call step with the tool turns recorded right after it. The assistant's text
+    replies are left out (the policy writes its own). Only the dialogue's very last step may lack a
+    response: the episode ends when it is matched."""
+    if turns[0]["role"] != "user":
+        raise _Drop("empty_conversation")
+    replay: list[dict] = []
+    previous = "user"
+    for turn in turns:
+        kind = "call" if turn["calls"] is not None else turn["role"]
+        if kind == "user":
+            replay.append({"user": turn["content"], "steps": []})
+        elif kind == "call":
+            replay[-1]["steps"].append({"calls": turn["calls"], "responses": []})
+        elif kind == "tool":
+            if previous not in ("call", "tool"):
+                raise _Drop("orphan_tool_response")
+            replay[-1]["steps"][-1]["responses"].append(turn["content"])
+        previous = kind
+    if unanswered_step(replay):
+        raise _Drop("unanswered_call")
+    return replay
+
+
+def unanswered_step(replay: Sequence[dict]) -> bool:
+    """Whether a call step other than the dialogue's very last one has no recorded response."""
+    last = replay[-1]["steps"][-1] if replay[-1]["steps"] else None
+    return any(not step["responses"] and step is not last for t in replay for step in t["steps"])
+
+
 def toolace_records(
-    rows: Iterable[dict], source: str = "toolace", include_nocall: bool = False
+    rows: Iterable[dict], source: str = "toolace", include_nocall: bool = False, trajectories: bool = False
 ) -> tuple[list[dict], SourceStats]:
     """ToolACE rows ``{system, conversations}`` → one record per assistant tool-call step.
 
     The context of a step is every earlier turn. ``include_nocall`` also turns plain assistant
-    replies into examples with answer ``[]`` (off by default, as in the paper).
+    replies into examples with answer ``[]`` (off by default, as in the paper). ``trajectories``:
+    a dialogue with two or more call steps becomes one trajectory record instead (`toolace_replay`),
+    its first user turn the conversation and the first reply's calls the answer.
     """
     stats, records = SourceStats(source), []
     for i, row in enumerate(rows):
@@ -268,10 +308,20 @@ def toolace_records(
                      or (include_nocall and t["role"] == "assistant")]
             if not any(turns[k]["calls"] is not None for k in steps):
                 raise _Drop("no_tool_call")
+            names = {t["name"] for t in tools}
+            if trajectories and sum(t["calls"] is not None for t in turns) > 1:
+                replay = toolace_replay(turns)
+                if any(c["name"] not in names for t in turns if t["calls"] for c in t["calls"]):
+                    raise _Drop("unknown_tool")
+                first = replay[0]["steps"][0]["calls"] if replay[0]["steps"] else []  # the first reply's calls
+                records.append({**make_record(f"{source}-{row.get('id', i)}", source, preamble, tools,
+                                              [{"role": "user", "content": replay[0]["user"]}], first),
+                                "env": "toolace_replay", "replay": replay})
+                stats.kept_trajectories += 1
+                continue
         except _Drop as d:
             stats.dropped[d.reason] += 1
             continue
-        names = {t["name"] for t in tools}
         context = [{"role": t["role"], "content": call_message(t["calls"]) if t["calls"] else t["content"]}
                    for t in turns]
         for k in steps:
@@ -312,10 +362,12 @@ def load_source(kind: str, location: str, split: str = "train", **kwargs: Any) -
         records = read_records(location)
         stats = SourceStats(f"prepared:{os.path.basename(location)}", raw_rows=len(records))
         for r in records:
-            multi = len(r["conversation"]) > 1
+            trajectory = "env" in r
+            multi = trajectory or len(r["conversation"]) > 1
             stats.raw_multi += multi
             stats.raw_single += not multi
-            stats.kept_multi += multi
+            stats.kept_trajectories += trajectory
+            stats.kept_multi += multi and not trajectory
             stats.kept_single += not multi
         return records, stats
     if kind not in ("xlam", "toolace"):
@@ -333,12 +385,16 @@ def load_source(kind: str, location: str, split: str = "train", **kwargs: Any) -
 def parse_data_spec(spec: str) -> tuple[str, str, dict]:
     """``kind:location`` → (kind, location, options). ``synthetic-simple:N[:SEED]`` sets simple,
     ``synthetic-tiny:N[:SEED]`` tiny (see ``tooln1.data.synthetic``), ``synthetic-lookup:N[:SEED]`` the
-    two-call task of ``tooln1.data.synthetic_multi_turn`` (multi-turn: ``grpo.max_turns`` > 1)."""
+    two-call task of ``tooln1.data.synthetic_multi_turn`` (multi-turn: ``grpo.max_turns`` > 1);
+    ``toolace-trajectories:PATH`` keeps ToolACE's multi-step dialogues whole
+    (``toolace_records(trajectories=True)``)."""
     kind, sep, location = spec.partition(":")
     if not sep or not location:
         raise ValueError(f"bad data spec {spec!r}: expected xlam:PATH_OR_HUB_ID, toolace:PATH_OR_HUB_ID, "
-                         "synthetic:N[:SEED], synthetic-simple:N[:SEED], synthetic-tiny:N[:SEED], "
-                         "synthetic-lookup:N[:SEED] or prepared:PATH")
+                         "toolace-trajectories:PATH_OR_HUB_ID, synthetic:N[:SEED], synthetic-simple:N[:SEED], "
+                         "synthetic-tiny:N[:SEED], synthetic-lookup:N[:SEED] or prepared:PATH")
+    if kind == "toolace-trajectories":
+        return "toolace", location, {"trajectories": True}
     if kind == "synthetic-simple":
         return "synthetic", location, {"simple": True}
     if kind == "synthetic-tiny":

@@ -56,6 +56,7 @@ KINDS = {
     "single_turn": "tooln1.environments.single_turn:SingleTurnEnvironment",
     "bfcl_multi_turn": "tooln1.environments.bfcl:BFCLEnvironment",
     "lookup": "tooln1.environments.lookup:LookupEnvironment",
+    "toolace_replay": "tooln1.environments.replay:ReplayEnvironment",
 }
 """Record kind (a record's ``env`` field; none means ``single_turn``) → its environment class."""
 

@@ -33,7 +33,9 @@ def update_batch(out: Any, advantages: np.ndarray, rows_per_prompt: int = 1, *,
     (0 = not packed) for `tooln1.grpo.GRPOLoss.packed_length`.
 
     ``out``: the rollout's `tooln1.rollout.sampling.SampleOutput` (numpy); ``rows_per_prompt`` > 1
-    packs each group of rows sharing a prompt (``grpo.share_prompt``)."""
+    packs each group of rows sharing a prompt (``grpo.share_prompt``). When ``out`` has ``sampled``
+    (``[B*G, R]``, true on the tokens the policy sampled; multi-turn trajectories) the batch also holds
+    ``response_loss_mask``, those of the response tokens (`tooln1.grpo.GRPOLoss.loss_mask`)."""
     tokens, mask = np.asarray(out.tokens), np.asarray(out.mask)
     cap = tokens.shape[1]
     pack = rows_per_prompt > 1
@@ -43,6 +45,13 @@ def update_batch(out: Any, advantages: np.ndarray, rows_per_prompt: int = 1, *,
     host = {"prompt_ids": np.asarray(out.prompt_ids), "prompt_mask": np.asarray(out.prompt_mask),
             "response_ids": tokens[:, :r_len], "response_mask": mask[:, :r_len],
             "advantages": np.asarray(advantages, np.float32)}
+    sampled = getattr(out, "sampled", None)
+    if sampled is not None:
+        sampled = np.asarray(sampled)
+        if sampled.shape != mask.shape:
+            raise ValueError(f"update_batch: the rollout's sampled mask has shape {sampled.shape}, expected "
+                             f"{mask.shape} like its tokens")
+        host["response_loss_mask"] = ((mask > 0) & (sampled > 0)).astype(np.int32)[:, :r_len]
     return host, min(packed, rows_per_prompt * r_len)
 
 

@@ -122,7 +122,8 @@ class GRPOPhase:
         # untrimmed, the packed length stays the static G·R: one compiled update shape
         packing = self.loss.rows_per_prompt if cfg.trim_responses else 1
         host, packed = update_batch(rollout.out, advantages, packing, trim=cfg.trim_responses)
-        loss = dataclasses.replace(self.loss, packed_length=packed)
+        # multi-turn trajectories train their sampled tokens alone (`tooln1.grpo.GRPOLoss.loss_mask`)
+        loss = dataclasses.replace(self.loss, packed_length=packed, loss_mask="response_loss_mask" in host)
         batch = {k: global_array(v, self.ctx.mesh) for k, v in host.items()}
         micro = self.logprob_micro_batch
         if not loss.on_policy:
