@@ -36,7 +36,7 @@ def get_config(arg=None):
     c.sft.optimizer.weight_decay = 0.0
 
     c.grpo.max_turns = 2
-    c.grpo.max_trajectory_tokens = 512 + 2 * 48 + 64
+    c.grpo.max_trajectory_tokens = 2 * 48 + 64  # two replies and the observation between them
     c.grpo.tool_timeout_s = 5.0
     c.grpo.batch_size = 8
     c.grpo.group_size = 8

@@ -72,7 +72,7 @@ def rollout(tiny_checkpoint, tiny_tokenizer):
     sampling = SamplingConfig(num_samples=2, max_new_tokens=12, temperature=1.0, eos_ids=eos,
                               pad_id=tiny_tokenizer.pad_token_id or 0, prompt_buckets=(512,))
     engine = Engine(load_model(tiny_checkpoint), EngineConfig(num_slots=4, page_size=16, prefill_chunk=256))
-    worker = MultiTurnWorker(engine, tiny_tokenizer, sampling, max_turns=3, max_length=lambda p: p + 100)
+    worker = MultiTurnWorker(engine, tiny_tokenizer, sampling, max_turns=3, max_tokens=100)
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(base.KINDS, "echo", f"{__name__}:EchoEnvironment")
         return records, worker, worker.run(records, jax.random.key(0))
@@ -145,8 +145,7 @@ def _config(workdir, model_path, cache, **over):
     c.mesh.update(data=1, fsdp=1, tensor=1, num_devices=0)
     c.data.sources, c.data.val_size = "synthetic-lookup:60:1", 4
     c.sft.update(steps=2, batch_size=4)
-    c.grpo.update(steps=2, batch_size=2, group_size=4, max_response_tokens=24,
-                  max_trajectory_tokens=512 + 96)
+    c.grpo.update(steps=2, batch_size=2, group_size=4, max_response_tokens=24, max_trajectory_tokens=96)
     c.eval.update(every=0, batch_size=4, max_new_tokens=24)
     c.checkpoint.update(every=1, keep=2)
     c.log.update(progress=False, data_ids=True)

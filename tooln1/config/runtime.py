@@ -32,10 +32,10 @@ def base_dtype(model: Any) -> str:
     return model.compute_dtype if model.lora.rank else model.dtype
 
 
-def trajectory_tokens(grpo: Any, prompt_len: int) -> int:
-    """A multi-turn trajectory's length cap: ``grpo.max_trajectory_tokens``, else room for ``max_turns``
-    replies and an observation of 256 tokens after each."""
-    return grpo.max_trajectory_tokens or prompt_len + grpo.max_turns * (grpo.max_response_tokens + 256)
+def trajectory_tokens(grpo: Any) -> int:
+    """A multi-turn trajectory's tokens after its prompt at most: ``grpo.max_trajectory_tokens``, else
+    room for ``max_turns`` replies and an observation of 256 tokens after each."""
+    return grpo.max_trajectory_tokens or grpo.max_turns * (grpo.max_response_tokens + 256)
 
 
 def tool_limits(grpo: Any) -> ToolLimits:

@@ -163,8 +163,8 @@ class GRPOSection:
                                     "group_size")
     max_turns: int = _key(1, "replies per trajectory; > 1 runs multi-turn rollouts in each record's environment "
                              "(tooln1.environments), training and validation")
-    max_trajectory_tokens: int = _key(0, "multi-turn: prompt, replies and observations of a trajectory at most (0 = "
-                                         "the prompt bucket + max_turns × (max_response_tokens + 256))")
+    max_trajectory_tokens: int = _key(0, "multi-turn: replies and observations after the prompt at most (0 = "
+                                         "max_turns × (max_response_tokens + 256))")
     tool_timeout_s: float = _key(10.0, "multi-turn: seconds a tool call may run before it answers with a timeout "
                                        "error")
     observation_chars: int = _key(16384, "multi-turn: a tool result longer than this is cut, with a note")

@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ACEBench folder, overriding --data-dir (default: DATA_DIR/acebench)")
     p.add_argument("--acebench-keep-whitespace", action="store_true",
                    help="do not reproduce ACEBench's whitespace stripping, see docs/evaluation.md (default: off)")
+    p.add_argument("--max-turns", type=int, default=24,
+                   help="BFCL multi-turn with a checkpoint: replies per episode at most (a cut episode fails)")
+    p.add_argument("--max-trajectory-tokens", type=int, default=4096,
+                   help="BFCL multi-turn with a checkpoint: replies and observations after the prompt at most")
     p.add_argument("--multi-turn-split", default="eval", choices=["eval", "train", "all"],
                    help="BFCL multi-turn entries to play: the held-out split, the training split or all "
                         "(tooln1.environments.bfcl.split_indices; default: %(default)s)")
@@ -186,9 +190,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SystemExit(f"tooln1-eval: --model {args.model} is not a Hugging Face checkpoint "
                              f"directory (no config.json there)")
         multi_turn, multi_turn_categories, single_turn = _split_multi_turn(args)
-        if multi_turn and args.model != "oracle":
-            raise ValueError("bfcl-multi-turn runs with --model oracle for now: a checkpoint's episodes need "
-                             "the rollout engine's multi-turn continuation")
         # before loading the model: data errors come fast
         benchmarks = _select_benchmarks(args, data_dirs) if single_turn else []
         if args.model == "oracle":
@@ -215,11 +216,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
             dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
             model = tooln1.load_model(str(model_dir), dtype=dtype)
-            results = evaluate(model, tokenizer, benchmarks=benchmarks, categories=_csv(args.categories),
-                               limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                               data_dirs=data_dirs, output_dir=args.output,
-                               model_name=args.name or model_dir.resolve().name,
-                               acebench_strip_whitespace=not args.acebench_keep_whitespace)
+            name = args.name or model_dir.resolve().name
+            parts = []
+            if benchmarks:
+                parts.append(evaluate(model, tokenizer, benchmarks=benchmarks, categories=_csv(args.categories),
+                                      limit=args.limit, batch_size=args.batch_size,
+                                      max_new_tokens=args.max_new_tokens, data_dirs=data_dirs,
+                                      output_dir=None if multi_turn else args.output, model_name=name,
+                                      acebench_strip_whitespace=not args.acebench_keep_whitespace))
+            if multi_turn:
+                from tooln1.eval import bfcl_multi_turn
+                from tooln1.eval.runner import write_results
+
+                parts.append(bfcl_multi_turn.evaluate_model(
+                    model, tokenizer, multi_turn_categories, split=args.multi_turn_split, limit=args.limit,
+                    require_think=args.require_think, max_new_tokens=args.max_new_tokens,
+                    max_turns=args.max_turns, max_tokens=args.max_trajectory_tokens, batch_size=args.batch_size,
+                    log=lambda line: print(line, file=sys.stderr)))
+            results = parts[0] if len(parts) == 1 and not multi_turn else {"model": name, **_merge(parts)}
+            if multi_turn:
+                write_results(results, args.output)
     except (FileNotFoundError, ImportError, ValueError) as err:
         print(f"tooln1-eval: error: {err}", file=sys.stderr)
         return 2

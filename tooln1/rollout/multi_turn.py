@@ -10,13 +10,12 @@ trajectory's reward is its environment's; a reply the engine ended without askin
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from tooln1.data.prompt import tokenize_prompts
 from tooln1.data.tokens import left_pad
-from tooln1.environments import make_environment
+from tooln1.environments import Environment, make_environment
 from tooln1.rollout.engine import Completion, Engine
 from tooln1.rollout.sampling import SampleOutput, SamplingConfig, bucket_length
 from tooln1.rollout.scoring import RolloutBatch
@@ -50,14 +49,17 @@ class TurnTemplate:
 class MultiTurnWorker:
     """Rolls out G trajectories per record, each with its own environment (`tooln1.environments`).
 
-    ``max_turns`` replies and ``max_length(prompt_len)`` tokens (prompt, replies and observations)
-    cap a trajectory; ``max_new_tokens`` of ``sampling`` caps each reply. ``env_options`` go to
-    `make_environment` (tool limits)."""
+    ``max_turns`` replies and ``max_tokens`` tokens after the prompt (replies and observations) cap a
+    trajectory; ``max_new_tokens`` of ``sampling`` caps each reply. The engine caps prompt and
+    trajectory together: from the shortest prompt of a batch, which keeps every trajectory within
+    ``max_tokens`` (one array width for the update), or with ``every_prompt_full`` from the longest,
+    which gives every trajectory at least ``max_tokens`` (evaluation over prompts of mixed lengths).
+    ``env_options`` go to `make_environment` (tool limits)."""
 
-    def __init__(self, engine: Engine, tokenizer: Any, sampling: SamplingConfig, max_turns: int,
-                 max_length: Callable[[int], int], env_options: dict[str, Any] | None = None):
+    def __init__(self, engine: Engine, tokenizer: Any, sampling: SamplingConfig, max_turns: int, max_tokens: int,
+                 env_options: dict[str, Any] | None = None, every_prompt_full: bool = False):
         self.engine, self.tokenizer, self.sampling = engine, tokenizer, sampling
-        self.max_turns, self.max_length = max_turns, max_length
+        self.max_turns, self.max_tokens, self.every_prompt_full = max_turns, max_tokens, every_prompt_full
         self.env_options = env_options or {}
         self.template = TurnTemplate(tokenizer)
 
@@ -66,9 +68,12 @@ class MultiTurnWorker:
         tokens = tokens[:-1] if len(tokens) and int(tokens[-1]) in self.sampling.eos_ids else tokens
         return self.tokenizer.decode(tokens, skip_special_tokens=False)
 
-    def run(self, records: Sequence[dict], key) -> RolloutBatch:
+    def run(self, records: Sequence[dict], key, environments: Sequence[Sequence[Environment]] | None = None
+            ) -> RolloutBatch:
+        """G trajectories of each record; ``environments[b][g]`` (default: made from the records) are
+        the ones they run in, for a caller that reads them afterwards (an evaluation's verdicts)."""
         g, t0 = self.sampling.num_samples, time.perf_counter()
-        envs = [[make_environment(r, **self.env_options) for _ in range(g)] for r in records]
+        envs = environments or [[make_environment(r, **self.env_options) for _ in range(g)] for r in records]
         stepped = [[0] * g for _ in records]
 
         def continue_with(i: int, s: int, turn: np.ndarray) -> list[int] | None:
@@ -83,13 +88,16 @@ class MultiTurnWorker:
                     envs[i][s].step(self._text(turns[-1]))
             return [float(env.reward()) for env in envs[i]]
 
-        prompts = tokenize_prompts(records, self.tokenizer)
+        texts = [self.tokenizer.apply_chat_template(group[0].messages(), tokenize=False, add_generation_prompt=True)
+                 for group in envs]
+        prompts = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         p = bucket_length(max(map(len, prompts)), self.sampling.prompt_buckets)
-        length = self.max_length(p)
+        shortest = min(map(len, prompts))
+        length = (max(map(len, prompts)) if self.every_prompt_full else shortest) + self.max_tokens
         results, rewards = self.engine.generate(prompts, self.sampling, key, max_prompt_len=p, on_group=score,
                                                 continue_with=continue_with, max_turns=self.max_turns,
                                                 max_length=length)
-        out = trajectory_output(prompts, results, p, length - p, self.sampling.pad_id)
+        out = trajectory_output(prompts, results, p, length - shortest, self.sampling.pad_id)
         texts = [self.tokenizer.decode(c.tokens, skip_special_tokens=False) for group in results for c in group]
         stops = np.asarray([c.stop for group in results for c in group])
         turns = np.asarray([len(_turns(c)) for group in results for c in group], np.float32)

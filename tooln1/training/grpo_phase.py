@@ -99,7 +99,7 @@ class GRPOPhase:
         self.phase.start()
         self.rollouts = RolloutWorker(self.policy, ctx.tokenizer, sampling, cfg.reward, cfg.reward_workers)
         self.multi_turn = (MultiTurnWorker(self.rollouts.engine, ctx.tokenizer, sampling, cfg.max_turns,
-                                           lambda p: trajectory_tokens(cfg, p), {"limits": tool_limits(cfg)})
+                                           trajectory_tokens(cfg), {"limits": tool_limits(cfg)})
                            if cfg.max_turns > 1 else None)
 
     def _rollout(self, records: list[dict]) -> RolloutBatch:

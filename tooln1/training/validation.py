@@ -65,7 +65,7 @@ def _multi_turn(ctx: RunContext, model: Any, records: list[dict], sampling: Any
     and the trajectories' text."""
     cfg = ctx.cfg
     worker = MultiTurnWorker(Engine(model, sampling.engine), ctx.tokenizer, sampling, cfg.grpo.max_turns,
-                             lambda p: trajectory_tokens(cfg.grpo, p), {"limits": tool_limits(cfg.grpo)})
+                             trajectory_tokens(cfg.grpo), {"limits": tool_limits(cfg.grpo)})
     rewards, responses, diag = [], [], {}
     for start in range(0, len(records), cfg.eval.batch_size):
         rollout = worker.run(records[start:start + cfg.eval.batch_size], jax.random.key(0))  # greedy: never drawn
