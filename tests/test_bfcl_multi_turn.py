@@ -32,7 +32,13 @@ def test_oracle_run_writes_the_multi_turn_table_with_its_split(tmp_path, capsys,
     assert "eval split: 100 of 200" in capsys.readouterr().out
 
 
-def test_multi_turn_with_a_checkpoint_is_a_clear_error(tmp_path, capsys):
-    (tmp_path / "config.json").write_text("{}")
-    assert main(["--model", str(tmp_path), "--benchmarks", "bfcl-multi-turn"]) == 2
-    assert "bfcl-multi-turn runs with --model oracle" in capsys.readouterr().err
+def test_a_checkpoint_plays_its_episodes_through_the_engine(tmp_path, tiny_checkpoint, bfcl_checker):
+    out = tmp_path / "eval"
+    assert main(["--model", tiny_checkpoint, "--benchmarks", "bfcl-multi-turn", "--categories", "multi_turn_base",
+                 "--limit", "2", "--max-turns", "2", "--max-new-tokens", "8", "--max-trajectory-tokens", "64",
+                 "--output", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["categories"]["bfcl-multi-turn"]["multi_turn_base"]["total_count"] == 2
+    rows = [s for s in results["samples"] if s["benchmark"] == "bfcl-multi-turn"]
+    assert len(rows) == 2 and all(row["outputs"][0] for row in rows)  # a random model's replies, scored by BFCL
+    assert "| MT Base |" in (out / "table.md").read_text()

@@ -211,7 +211,7 @@ def test_lookup_task_needs_the_id_from_the_first_call():
 
     records = generate_lookup_records(20, seed=3, num_facts=3)
     assert records == generate_lookup_records(20, seed=3, num_facts=3)
-    assert len({r["answer"][0]["arguments"]["user_id"] for r in records}) > 10
+    assert len({r["answer"][0]["arguments"]["user_id"] for r in records}) > 5
     for record in records[:5]:
         (name, user_id), = record["directory"].items()
         right, wrong = make_environment(record), make_environment(record)

@@ -2,7 +2,8 @@
 
 The user asks for one fact about a person (``balance of "alice"``); the tools are ``find_user``
 (name → ``user_id``) and the fact's tool, which takes that ``user_id``. Each record draws its own
-random id, so the second call can only be right when the model reads it from the first call's
+random id (a digit: one token to carry over, and a 1-in-9 guess, so GRPO sees rewards from the
+start), so the second call is right every time only when the model reads it from the first call's
 ``<tool_response>``: a task about using an observation, small enough for a tiny CPU model (names
 from a closed set of four, quoted as they are passed, like ``synthetic-tiny``).
 
@@ -44,7 +45,7 @@ def generate_lookup_records(n: int, seed: int = 0, num_facts: int = 1) -> list[d
     rng = random.Random(seed)
     records = []
     for i in range(n):
-        name, fact, user_id = rng.choice(NAMES), rng.choice(FACTS), rng.randint(100, 999)
+        name, fact, user_id = rng.choice(NAMES), rng.choice(FACTS), rng.randint(1, 9)
         offered = [fact] + rng.sample([f for f in FACTS if f != fact], num_facts - 1)
         rng.shuffle(offered)
         tools = [FIND_USER] + [fact_tool(f) for f in offered]

@@ -234,12 +234,13 @@ class Updater:
         """The ``CausalLM`` with the state's params (shares the arrays, no copy)."""
         return nnx.merge(self.graphdef, state.params, self.rest)
 
-    def check_batch(self, batch: Mapping[str, Any]) -> tuple[int, int, int]:
+    def check_batch(self, batch: Mapping[str, Any], loss_fn: Any = None) -> tuple[int, int, int]:
         """Validate a batch before any compile; returns (N, rows per mini-batch, rows per micro-batch)."""
-        required = tuple(getattr(self.loss_fn, "required_keys", tuple(batch)))
+        loss_fn = loss_fn or self.loss_fn
+        required = tuple(getattr(loss_fn, "required_keys", tuple(batch)))
         missing = [k for k in required if k not in batch]
         if missing:
-            raise KeyError(f"update batch is missing {missing}; {type(self.loss_fn).__name__} needs {list(required)}")
+            raise KeyError(f"update batch is missing {missing}; {type(loss_fn).__name__} needs {list(required)}")
         sizes = {k: np.shape(batch[k])[0] if np.ndim(batch[k]) else None for k in required}
         n = next(iter(sizes.values()), None)
         bad = {k: s for k, s in sizes.items() if s != n}
@@ -280,10 +281,11 @@ class Updater:
         ``loss_fn`` (hashable, static) replaces the Updater's loss for this batch: a variant with
         per-batch static settings (`tooln1.grpo.GRPOLoss.packed_length`); one compile per variant.
         """
-        self.check_batch(batch)
-        required = tuple(getattr(self.loss_fn, "required_keys", tuple(batch)))
+        loss_fn = loss_fn or self.loss_fn
+        self.check_batch(batch, loss_fn)
+        required = tuple(getattr(loss_fn, "required_keys", tuple(batch)))
         batch = {k: batch[k] for k in required}
-        return self._step(state, self.rest, batch, loss_fn or self.loss_fn)
+        return self._step(state, self.rest, batch, loss_fn)
 
     def compute_logprobs(self, params: Any, batch: Mapping[str, Any], micro_batch_size: int | None = None,
                          loss_fn: Any = None) -> Array:
