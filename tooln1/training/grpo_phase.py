@@ -83,6 +83,8 @@ class GRPOPhase:
                        # scoring overlaps decoding: score = what was left after the device finished
                        "score": rollout.timings["score_tail"] + t2 - t1, "rollout_device": rollout.timings["device"],
                        "rollout_prefill": rollout.timings["prefill"], "refresh_weights": refresh_s}
+            if "tool_wait" in rollout.timings:  # multi-turn: the rollout's time with every slot waiting on a tool
+                seconds["tool_wait"] = rollout.timings["tool_wait"]
             self._end_step(rollout, metrics, flops, seconds)
         return self.policy, phase.finish()
 
