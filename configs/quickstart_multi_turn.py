@@ -6,9 +6,14 @@ Each record asks for one fact about a person (``synthetic-lookup``, tooln1/data/
 the fact's tool takes a ``user_id`` that only ``find_user`` returns, and every record draws its own
 id, so the final call is right only when the model copies the id out of the first call's
 ``<tool_response>``. Rollouts run in each record's environment (`tooln1.environments.lookup`): the
-engine continues every sample from the observation, two replies at most. A short SFT warm-up on
-oracle trajectories teaches the format and the two-call plan; GRPO with the binary reward on the
-final reply then raises the greedy held-out reward. The update trains only the replies.
+engine continues every sample from the observation, two replies at most. An SFT warm-up on oracle
+trajectories teaches the format and the two-call plan; GRPO with the binary reward on the final reply
+follows. The update trains only the replies.
+
+Observed (seed 0, 2 loaded CPU cores, ~10 min): the held-out reward goes 0.078 -> 0.094 (a guessed id
+is right 1 time in 9): every greedy trajectory makes both calls, but this 2-layer, 64-wide model has
+not learned to carry the id over in 300 SFT and 40 GRPO steps. The run shows the machinery end to end;
+a model that can copy from its context (any pretrained one) is what the task is for.
 """
 from tooln1.config import apply_mesh, apply_model, base_config
 
@@ -29,7 +34,7 @@ def get_config(arg=None):
 
     c.sft.enabled = True
     c.sft.think_text = "call {names}"
-    c.sft.steps = 60  # a partial warm-up: format and plan learned, the id copied only sometimes
+    c.sft.steps = 300
     c.sft.batch_size = 8
     c.sft.max_seq_len = 640  # prompt, two replies and the observation between them
     c.sft.optimizer.learning_rate = 5e-3
@@ -40,14 +45,14 @@ def get_config(arg=None):
     c.grpo.tool_timeout_s = 5.0
     c.grpo.batch_size = 8
     c.grpo.group_size = 8
-    c.grpo.steps = 30
+    c.grpo.steps = 40
     c.grpo.num_mini_batches = 2
     c.grpo.micro_batch_size = 0
     c.grpo.temperature = 1.0
     c.grpo.max_response_tokens = 48
     c.grpo.rollout_slots = 0
     c.grpo.trim_responses = False  # one compiled update shape
-    c.grpo.optimizer.learning_rate = 5e-4
+    c.grpo.optimizer.learning_rate = 2e-4
     c.grpo.optimizer.weight_decay = 0.0
 
     c.eval.every = 10
