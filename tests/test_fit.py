@@ -213,6 +213,58 @@ def test_tpu_compiler_refusal_is_reported_as_not_fitting():
     assert top["bytes"] == 16 * 2 * 2 * 16392 * 16392 * 4 and top["scope"] == "global"
 
 
+def _tpu_training_memory(length: int) -> tuple[int, dict]:
+    """Per-chip temp bytes of a forward + backward at Qwen2.5-0.5B widths (2 layers, remat, fp32 params,
+    bf16 compute) on a TPU v5e 2x2, one row of ``length`` tokens a chip in the GRPO update's packed layout
+    (a prompt of half the row, the replies after it), gradients sharded as the params; and the bytes of the
+    largest buffer of each JAX op that the compiled program holds.
+
+    The loss is on the hidden states and the vocabulary is cut to 1,024 rows: neither enters attention,
+    and Qwen's 151,936-row embedding gradient would add a constant that hides what grows. XLA:TPU's
+    memory-space assignment is off, so every buffer is in temp: with it on, the 2,048-token program
+    keeps its [T, 4864] MLP activations in VMEM, which temp does not count (docs/scaling.md)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from tooln1.models import preset
+    from tooln1.preflight.targets import get_target, target_devices
+    from tooln1.sharding import make_mesh
+
+    mesh = make_mesh({"fsdp": -1}, devices=target_devices(get_target("tpu-v5e-4")))
+    config = preset("qwen2.5-0.5b", num_layers=2, vocab_size=1024, remat=True, param_dtype="float32",
+                    dtype="bfloat16")
+    graphdef, params = nnx.split(fit.abstract_model(config, mesh))
+    prompt = length // 2
+
+    def loss(params, ids, segments):
+        hidden = nnx.merge(graphdef, params).hidden_states(ids, shared_prefix=prompt, segments=segments)
+        return jnp.mean(hidden.astype(jnp.float32) ** 2)
+
+    rows = mesh.devices.size
+    step = jax.jit(jax.grad(loss), out_shardings=jax.tree.map(lambda x: x.sharding, params))
+    lowered = step.lower(params, fit.batch_struct(mesh, rows, length), fit.batch_struct(mesh, rows, length - prompt))
+    compiled = lowered.compile(compiler_options={"xla_msa_enable": "false"})
+    largest: dict = {}
+    for buf in fit.largest_buffers(compiled.as_text(), top=1 << 30):
+        key = (buf["source"] or buf["op"], buf["shape"].split("[")[0])
+        largest[key] = max(largest.get(key, 0), buf["bytes"])
+    return compiled.memory_analysis().temp_size_in_bytes, largest
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed (pip install 'jax[tpu]')")
+def test_tpu_training_memory_grows_linearly_with_length():
+    """From 2,048 to 8,192 tokens a row the training forward + backward (splash attention over the prompt,
+    blockwise over the replies' parts) needs at most 5x the per-chip temp, and no buffer of it grows more
+    than 4x: a [T, T] array of any dtype grows 16x. The dense reference fails both, and so does the
+    blockwise path without its optimization barrier (docs/scaling.md)."""
+    (short, short_buffers), (long, long_buffers) = (_tpu_training_memory(t) for t in (2048, 8192))
+    assert long <= 5 * short, (short, long)
+    grown = {key: (short_buffers[key], size) for key, size in long_buffers.items()
+             if key in short_buffers and size >= 1 << 20 and size > 4 * short_buffers[key]}
+    assert not grown, grown
+
+
 def test_shapes_come_from_config_json_without_weights(tmp_path):
     import json
 
