@@ -1,6 +1,7 @@
 """Multi-turn continuation in the rollout engine: a continued sample equals a fresh prefill of its whole
 context, tokens inserted by ``continue_with`` are marked and carry no log-prob, slow tools stall no other
 sample, and the turn and length caps end trajectories as `Completion.stop` says."""
+import dataclasses
 import threading
 import time
 
@@ -16,8 +17,10 @@ from tooln1.rollout.sampling import SamplingConfig
 VOCAB = 2990
 LENGTHS = [5, 13, 9]
 G, R, MAX_LENGTH = 2, 8, 72
-# Every test runs on this shape, so the greedy programs compile once and the sampled ones once
-CONFIG = EngineConfig(num_slots=4, page_size=4, prefill_chunk=16, steps_per_round=3, decode_widths=1)
+# Every test runs on this shape, so the greedy programs compile once and the sampled ones once (a round
+# and two prefill widths: multi-turn rounds with at most 8 tokens to prefill run the narrow chunk)
+CONFIG = EngineConfig(num_slots=4, page_size=4, prefill_chunk=16, steps_per_round=3, decode_widths=1,
+                      narrow_chunk=8)
 EOS = tuple(range(0, VOCAB, 4))  # a quarter of the vocabulary ends a turn: most turns end before R
 
 
@@ -62,6 +65,7 @@ def turns_of(c) -> list[tuple[int, int]]:
 def three_tool_turns(engine, prompts):
     results, _ = engine.generate(prompts, greedy(), jax.random.key(0), continue_with=observation, max_turns=4,
                                  max_length=MAX_LENGTH)
+    assert engine.stats["narrow_chunks"] > 0, "the test needs observations prefilled in the narrow chunk"
     return results
 
 
@@ -99,8 +103,10 @@ def test_continued_slot_equals_a_fresh_prefill_of_its_context(model, engine, pro
         assert c.stop in STOPS and len(seq) <= MAX_LENGTH
 
 
-def test_single_turn_unchanged_by_the_continuation_path(engine, prompts):
-    """A continue_with that ends every trajectory gives what no continue_with gives, bit for bit."""
+def test_single_turn_unchanged_by_the_continuation_path(model, prompts):
+    """A continue_with that ends every trajectory gives what no continue_with gives, bit for bit (with the
+    same chunk programs: a narrower one changes the float rounding of the pages it writes)."""
+    engine = Engine(model, dataclasses.replace(CONFIG, narrow_chunk=0))
     plain, _ = engine.generate(prompts, SAMPLED, jax.random.key(3), max_prompt_len=MAX_LENGTH - R)
     ended, _ = engine.generate(prompts, SAMPLED, jax.random.key(3), continue_with=lambda i, g, t: None,
                                max_turns=4, max_length=MAX_LENGTH)

@@ -95,6 +95,9 @@ class EngineConfig:
     decode_widths: int = 4  # compiled decode widths: all slots, then halves (the long tail decodes narrower)
     score_queue: int = 64  # finished groups waiting for on_group before decoding waits
     continue_workers: int = 16  # threads running generate's continue_with (each waiting tool holds one)
+    # With continue_with, a round whose chunk holds at most this many tokens prefills them in a chunk
+    # program this wide: an inserted observation is a few dozen tokens (0: always prefill_chunk)
+    narrow_chunk: int = 128
     prefix_cache: bool = True  # a prompt reuses the full pages of an earlier prompt with the same prefix
     # The decoding copy's layers: "stacked", "per_layer" or "auto" (`tooln1.platform.decode_layout`)
     layer_layout: str = "auto"
@@ -104,6 +107,8 @@ class EngineConfig:
                      "score_queue", "continue_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.narrow_chunk < 0:
+            raise ValueError(f"EngineConfig.narrow_chunk must be >= 0, got {self.narrow_chunk}")
         if self.layer_layout not in LAYER_LAYOUTS:
             raise ValueError(f"EngineConfig.layer_layout {self.layer_layout!r}; expected one of {LAYER_LAYOUTS}")
 
@@ -383,9 +388,10 @@ class Engine:
         results: list[list[Completion]] = [[] for _ in queue]
         scorer = _Scorer(on_group, self.config.score_queue)
         stats = dict(rounds=0, device_s=0.0, prefill_rounds_s=0.0, prefill_chunks=0, prefill_tokens=0, cached_tokens=0,
-                     decode_steps=0, slot_steps=0, width_steps=0, tool_wait_s=0.0)
+                     decode_steps=0, slot_steps=0, width_steps=0, narrow_chunks=0, tool_wait_s=0.0)
         unfinished = len(queue)
         widths = self.widths(shape)
+        narrow = self.config.narrow_chunk if turns and self.config.narrow_chunk < shape.chunk else 0
 
         def hand_on_finished() -> int:
             """Record and score the groups the shards finished; returns how many."""
@@ -431,9 +437,12 @@ class Engine:
                                 else [never] * len(shards))
                 t0 = time.perf_counter()
                 if prefilled:
-                    chunk = Chunk(*(self._put(x, per_shard=True) for x in _stack(chunks, _ChunkBuilder.arrays)))
-                    pools = run_prefill(graphdef=self.graphdef, weights=self.weights, pools=pools, chunk=chunk,
-                                        shape=shape)
+                    tokens = narrow if max(c.tokens_added for c in chunks) <= narrow else shape.chunk
+                    stats["narrow_chunks"] += tokens < shape.chunk
+                    arrays = _stack(chunks, functools.partial(_ChunkBuilder.arrays, width=tokens))
+                    pools = run_prefill(graphdef=self.graphdef, weights=self.weights, pools=pools,
+                                        chunk=Chunk(*(self._put(x, per_shard=True) for x in arrays)),
+                                        shape=shape._replace(chunk=tokens))
                 pools, slots, tok, lp, live, active = run_round(
                     graphdef=self.graphdef, weights=self.weights, pools=pools, slots=slots,
                     admit=Admit(*(self._put(x, per_shard=True) for x in _stack(admits, _Admissions.arrays))),
@@ -810,8 +819,11 @@ class _ChunkBuilder:
         self.segments += 1
         return True
 
-    def arrays(self):
-        return self.tokens, self.positions, self.seg, self.pages, self.offsets, self.ctx_table, self.ctx_seg
+    def arrays(self, width: int | None = None):
+        """The chunk's arrays, its tokens cut to ``width`` (a narrower chunk program; they are packed in front)."""
+        w = slice(width)
+        return (self.tokens[w], self.positions[w], self.seg[w], self.pages[w], self.offsets[w], self.ctx_table,
+                self.ctx_seg)
 
 
 class _Admissions:

@@ -1,0 +1,266 @@
+#!/usr/bin/env python
+"""Multi-turn rollout throughput: the engine's continuation against re-prefilling the whole context every turn.
+
+Every trajectory has up to 4 turns: a turn ends at an EOS id, a tool answers (after ``--latencies`` ms)
+with 48 token ids, and the policy continues from them; a turn that reaches its cap without an EOS ends
+the trajectory. 8 prompts x G 4 of 400-1,199 random tokens (a tool list, as in ``rollout.py``'s ``tool``
+workload), turns geometric with mean ~48 tokens (cap 192), the 6-layer 512-wide random Qwen2 of
+``rollout.py`` with near-uniform next-token probabilities, temperature 1. Three systems, each in its
+own process:
+
+* ``tooln1 continuation``: one ``Engine.generate`` with ``continue_with`` (tools on its thread pool, the
+  observation prefilled into the sample's pages after what it holds).
+* ``tooln1 re-prefill loop``: ``Engine.generate`` once per turn on every live trajectory's whole context
+  (what a plain generate loop does): the first turn samples G per prompt, later turns one per context.
+* ``HF generate loop``: transformers ``generate`` once per turn on the left-padded whole contexts.
+
+The loops run a turn's tools concurrently (a thread each), so they wait one latency per turn. Ours runs
+once to compile and is timed on another seed; HF gets a short warm-up. tok/s = sampled tokens (to each
+turn's EOS) / wall seconds; the systems draw different samples, so the ratio is taken on tok/s.
+
+    nice python tools/bench/multi_turn.py --out docs/benchmarks.md
+    nice python tools/bench/multi_turn.py --systems "tooln1 continuation" --latencies 0   # a quick check
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import common
+import rollout
+
+SYSTEMS = ("tooln1 continuation", "tooln1 re-prefill loop", "HF generate loop")
+PROMPTS, G, PROMPT_LEN, MEAN, CAP, OBSERVATION, TURNS = 8, 4, (400, 1200), 48, 192, 48, 4
+MAX_LENGTH = PROMPT_LEN[1] + TURNS * CAP + (TURNS - 1) * OBSERVATION
+MARKERS = "<!-- multi-turn:begin -->", "<!-- multi-turn:end -->"
+
+
+def _setup(ckpt: str | None) -> tuple[str, list[list[int]], list[int], int]:
+    """(checkpoint, prompt token lists, EOS ids, vocabulary size)."""
+    import json
+
+    import numpy as np
+
+    ckpt = ckpt or common.checkpoint(mean_response=MEAN, **rollout.SIX_LAYERS)
+    with open(os.path.join(ckpt, "config.json")) as f:
+        vocab = json.load(f)["vocab_size"]
+    with open(os.path.join(ckpt, "generation_config.json")) as f:
+        eos = json.load(f)["eos_token_id"]
+    rng = np.random.RandomState(0)
+    prompts = [rng.randint(0, vocab - 10, rng.randint(*PROMPT_LEN)).tolist() for _ in range(PROMPTS)]
+    return ckpt, prompts, [eos] if isinstance(eos, int) else list(eos), vocab
+
+
+class Tool:
+    """The environment: after ``latency`` seconds, ``OBSERVATION`` random ids that depend on the trajectory
+    and its turn only; counts the calls."""
+
+    def __init__(self, latency: float, vocab: int):
+        self.latency, self.vocab, self.calls = latency, vocab, 0
+        self.lock = threading.Lock()
+
+    def __call__(self, i: int, g: int, turn: int) -> list[int]:
+        import numpy as np
+
+        time.sleep(self.latency)
+        with self.lock:
+            self.calls += 1
+        return np.random.RandomState([i, g, turn]).randint(0, self.vocab - 10, OBSERVATION).tolist()
+
+
+def _ends_turn(tokens, eos: set[int]) -> bool:
+    return len(tokens) > 0 and int(tokens[-1]) in eos
+
+
+def run_continuation(engine, sampling, prompts, eos, tool: Tool, seed: int) -> tuple[int, dict]:
+    import jax
+
+    turn = {}  # a trajectory's tool calls so far; each trajectory calls one at a time
+
+    def continue_with(i, g, turn_tokens):
+        turn[i, g] = turn.get((i, g), 0) + 1
+        return tool(i, g, turn[i, g])
+
+    results, _ = engine.generate(prompts, sampling, jax.random.key(seed), continue_with=continue_with,
+                                 max_turns=TURNS, max_length=MAX_LENGTH)
+    sampled = sum(int(c.sampled.sum()) for group in results for c in group)
+    return sampled, dict(engine.stats)
+
+
+def run_loop(generate, prompts, eos, tool: Tool) -> tuple[int, dict]:
+    """The turn loop of a plain generate: ``generate(contexts, g)`` -> a token list per sample, in order."""
+    eos = set(eos)
+    live = [(i, g, list(p)) for i, p in enumerate(prompts) for g in range(G)]  # (prompt, sample, context)
+    sampled, prefilled = 0, 0
+    with ThreadPoolExecutor(len(live)) as pool:
+        for turn in range(1, TURNS + 1):
+            contexts = [c for _, _, c in live]
+            prefilled += sum(map(len, contexts)) // (G if turn == 1 else 1)
+            outs = generate(prompts, G) if turn == 1 else generate(contexts, 1)
+            outs = [_to_eos(o, eos) for o in outs]
+            sampled += sum(map(len, outs))
+            ended = [(i, g, c + o) for (i, g, c), o in zip(live, outs) if _ends_turn(o, eos)]
+            if turn == TURNS:
+                break
+            answers = pool.map(tool, [i for i, _, _ in ended], [g for _, g, _ in ended], [turn] * len(ended))
+            live = [(i, g, c + a) for (i, g, c), a in zip(ended, answers)]
+    return sampled, dict(prefill_tokens=prefilled)
+
+
+def _to_eos(tokens, eos: set[int]) -> list[int]:
+    out = []
+    for t in tokens:
+        out.append(int(t))
+        if int(t) in eos:
+            break
+    return out
+
+
+def _runner(system: str, ckpt: str, prompts, eos, engine_flag: str) -> Callable[[Tool, int], tuple[int, dict]]:
+    """``run(tool, seed) -> (sampled tokens, stats)`` of one system, its model loaded."""
+    if system == "HF generate loop":
+        generate = _hf_generate(ckpt, eos)
+        generate(prompts[:1], 1, new=4)  # warm-up
+        return lambda tool, seed: run_loop(generate, prompts, eos, tool)
+    import jax
+
+    from tooln1.checkpoints.hf_import import load_model
+    from tooln1.rollout.engine import Engine, EngineConfig
+    from tooln1.rollout.sampling import SamplingConfig
+
+    settings = dict(num_slots=PROMPTS * G)
+    for item in filter(None, engine_flag.split(",")):
+        key, _, value = item.partition("=")
+        settings[key.strip()] = rollout._literal(value.strip())
+    engine = Engine(load_model(ckpt, dtype="float32"), EngineConfig(**settings))
+    config = lambda g: SamplingConfig(num_samples=g, max_new_tokens=CAP, temperature=1.0, eos_ids=tuple(eos))  # noqa: E731
+    if system == "tooln1 continuation":
+        return lambda tool, seed: run_continuation(engine, config(G), prompts, eos, tool, seed)
+
+    def run(tool, seed):
+        keys = itertools.count(1000 * seed)  # a fresh key per call, as a loop would draw
+
+        def generate(contexts, g):
+            results, _ = engine.generate(contexts, config(g), jax.random.key(next(keys)),
+                                         max_prompt_len=MAX_LENGTH - CAP)
+            return [c.tokens for group in results for c in group]
+
+        return run_loop(generate, prompts, eos, tool)
+
+    return run
+
+
+def child(system: str, ckpt: str | None, latencies: list[float], engine_flag: str, result_path: str) -> None:
+    ckpt, prompts, eos, vocab = _setup(ckpt)
+    run = _runner(system, ckpt, prompts, eos, engine_flag)
+    first = {}
+    if system != "HF generate loop":
+        t0 = time.perf_counter()
+        run(Tool(0.0, vocab), 1)  # compiles what the timed runs use
+        first = dict(first_run_s=time.perf_counter() - t0)
+    rows = []
+    for latency in latencies:
+        tool = Tool(latency / 1000, vocab)
+        t0 = time.perf_counter()
+        tokens, stats = run(tool, 0)
+        wall = time.perf_counter() - t0
+        rows.append(dict(latency_ms=latency, wall_s=wall, tokens=tokens, tok_s=tokens / wall, tool_calls=tool.calls,
+                         stats=dict(stats, **first)))
+    common.write_result(result_path, dict(system=system, rows=rows))
+
+
+def _hf_generate(ckpt, eos):
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    pad = eos[0]
+
+    def generate(contexts, g, new=CAP):
+        width = max(map(len, contexts))
+        ids = torch.tensor([[pad] * (width - len(c)) + c for c in contexts])
+        mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts])
+        config = transformers.GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, eos_token_id=eos,
+                                               pad_token_id=pad, max_new_tokens=new, num_return_sequences=g)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        return out[:, width:].tolist()
+
+    return generate
+
+
+def run_all(ckpt, systems, latencies, engine_flag: str) -> str:
+    ckpt, prompts, _, _ = _setup(ckpt)
+    load = os.getloadavg()
+    flags = ["--latencies", ",".join(f"{x:g}" for x in latencies), "--engine", engine_flag]
+    results = {s: common.run_child([__file__, "--child", s, "--ckpt", ckpt, *flags]) for s in systems}
+    for s, r in results.items():
+        print(s, r, flush=True)
+    load_after = os.getloadavg()
+    lengths = [len(p) for p in prompts]
+    flag = "" if tuple(systems) == SYSTEMS else f' --systems "{",".join(systems)}"'
+    flag += "" if latencies == [0, 50] else f" --latencies {flags[1]}"
+    flag += f" --engine {engine_flag}" if engine_flag else ""
+    lines = [MARKERS[0], "### Multi-turn rollouts (`tools/bench/multi_turn.py`)", "",
+             f"`nice python tools/bench/multi_turn.py{flag} --out docs/benchmarks.md` — {PROMPTS} prompts × G {G} "
+             f"of {min(lengths)}–{max(lengths)} tokens, up to {TURNS} turns each (geometric, mean ≈ {MEAN}, cap "
+             f"{CAP}), a {OBSERVATION}-token tool answer between turns, random 6-layer 512-wide Qwen2 with "
+             f"near-uniform next-token probabilities, temperature 1, float32, on {rollout._where([])}; load average "
+             f"{load[0]:.1f} before / {load_after[0]:.1f} after.", "",
+             "| tool latency | system | sampled tokens | tool calls | wall s | sampled tok/s | ÷ re-prefill loop |"
+             " ÷ HF loop |", "|---|---|---|---|---|---|---|---|"]
+    for k, latency in enumerate(latencies):
+        rows = {s: r["rows"][k] for s, r in results.items() if "rows" in r}
+        base = {s: rows[s]["tok_s"] for s in ("tooln1 re-prefill loop", "HF generate loop") if s in rows}
+        for s in systems:
+            if s not in rows:
+                lines.append(f"| {latency:g} ms | {s} | failed: {results[s].get('error', '?')} | | | | | |")
+                continue
+            r = rows[s]
+            ratios = [f"{r['tok_s'] / base[b]:.2f}×" if b in base else "—" for b in
+                      ("tooln1 re-prefill loop", "HF generate loop")]
+            lines.append(f"| {latency:g} ms | {s} | {r['tokens']} | {r['tool_calls']} | {r['wall_s']:.1f} | "
+                         f"{r['tok_s']:.0f} | {ratios[0]} | {ratios[1]} |")
+    ours = results.get("tooln1 continuation", {}).get("rows")
+    loop = results.get("tooln1 re-prefill loop", {}).get("rows")
+    if ours:
+        s = ours[0]["stats"]
+        lines += ["", f"Continuation at {latencies[0]:g} ms: {s['slots']} slots, {s['rounds']} rounds, "
+                      f"{s['prefill_tokens']} tokens prefilled in {s['prefill_chunks']} chunks ({s['narrow_chunks']} "
+                      f"narrow; {s['continuations']} continuations, {s['inserted_tokens']} inserted tokens), "
+                      f"{s['decode_steps']} decode steps, "
+                      f"{s['prefill_rounds_s']:.1f} of {s['device_s']:.1f} s in rounds that prefill; "
+                      f"{ours[-1]['stats']['tool_wait_s']:.2f} s with every slot waiting on a tool at "
+                      f"{latencies[-1]:g} ms; first run, compile included: {s['first_run_s']:.1f} s."]
+    if loop:
+        lines.append(f"The re-prefill loop prefilled {loop[0]['stats']['prefill_tokens']} context tokens.")
+    lines.append(MARKERS[1])
+    return "\n".join(lines)
+
+
+def main():
+    ap = common.parser(__doc__, child=True)
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of: " + ", ".join(SYSTEMS))
+    ap.add_argument("--latencies", default="0,50", help="tool latencies in ms, comma-separated")
+    ap.add_argument("--ckpt", default=None, help="checkpoint (default: the random 6-layer model, cached)")
+    ap.add_argument("--out", default=None, help="markdown file whose multi-turn section the table replaces")
+    ap.add_argument("--engine", default="", help="EngineConfig settings of ours, NAME=VALUE,... (prefill_chunk=128)")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)  # the system a child process runs
+    args = ap.parse_args()
+    latencies = [float(x) for x in args.latencies.split(",")]
+    if args.child:
+        return child(args.child, args.ckpt, latencies, args.engine, args.result)
+    text = run_all(args.ckpt, [s.strip() for s in args.systems.split(",")], latencies, args.engine)
+    print(text)
+    if args.out:
+        rollout._write_section(args.out, text, *MARKERS)
+
+
+if __name__ == "__main__":
+    main()
