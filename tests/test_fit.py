@@ -144,6 +144,15 @@ def test_lora_update_on_a_tpu_v5e_2x2_needs_far_less_memory_than_full_fine_tunin
     assert fit.total_bytes(lora) - lora["resident_bytes"] < 0.4 * (fit.total_bytes(full) - full["resident_bytes"])
 
 
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed (pip install 'jax[tpu]')")
+def test_tpu_v5e_8_target_is_one_host_of_eight_chips():
+    from tooln1.preflight.targets import get_target, target_devices
+
+    devices = target_devices(get_target("tpu-v5e-8"))
+    assert len(devices) == 8 and {d.process_index for d in devices} == {0}
+    assert {tuple(d.coords) for d in devices} == {(x, y, 0) for x in range(2) for y in range(4)}
+
+
 def test_too_big_is_reported_with_its_largest_buffer():
     cfg = tiny_cfg(prompt=1024, response=8)
     cfg.model.attention = "dense"  # the reference's scores [rows, kv, groups, T, T] at T = 1032 dominate

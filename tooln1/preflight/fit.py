@@ -16,8 +16,12 @@ compiled, and its per-device memory read from ``compiled.memory_analysis()``:
 
 A program fits when ``peak + resident`` ≤ the chip's HBM (``peak``: the larger of the sum and the
 ``peak_memory_in_bytes`` XLA reports, which on TPU can exceed it), where ``resident`` is what the training
-loop keeps on the devices while the program runs without passing it in (the optimizer state during
-rollouts and log-prob passes, the on-device reference copy during the update). XLA:TPU refuses a
+loop keeps on the devices while the program runs without passing it in: during rollouts the training model
+(with LoRA the frozen base too), the optimizer state and an on-device reference (held in the compute dtype);
+during log-prob passes the optimizer state and the policy or reference not passed; during the update the
+reference; during validation, which samples through an engine of its own, also the rollout engine's
+decoding copy. A LoRA run is built as the trainer builds it: the base in the compute dtype (or int8 / int4),
+adapters in ``model.dtype``. XLA:TPU refuses a
 program over its HBM (the entry then has ``compile_error``); XLA:GPU compiles it anyway, so there the
 verdict is this comparison alone, against the memory JAX's allocator gets
 (:func:`tooln1.preflight.targets.usable_gpu_bytes`).
