@@ -74,6 +74,85 @@ def test_logprobs_argument_bytes_are_the_sharded_params_on_cpu():
     assert prog["resident_bytes"] == 3 * params + 4  # + Adam's int32 step count
 
 
+def lora_cfg(rank: int, quantize: str = "none"):
+    """A data-parallel tiny config (every device holds the whole model, so bytes are whole counts)."""
+    cfg = tiny_cfg(hidden=256, heads=4, kv_heads=2, intermediate=512)
+    cfg.model.compute_dtype = "bfloat16"
+    cfg.sft.enabled = False
+    cfg.mesh.update(data=-1, fsdp=1)
+    cfg.model.lora.update(rank=rank, quantize=quantize)
+    return cfg
+
+
+def projections(config) -> list[tuple[int, int]]:
+    """(inputs, outputs) of q, k, v, o, gate, up, down: the kernels LoRA adapts and QLoRA quantizes."""
+    d, f, q, kv = config.hidden_size, config.intermediate_size, config.num_heads, config.num_kv_heads
+    h = config.head_dim
+    return [(d, q * h), (d, kv * h), (d, kv * h), (q * h, d), (d, f), (d, f), (f, d)]
+
+
+def test_lora_resident_bytes_are_the_bf16_base_and_fp32_adapters():
+    """During a rollout the loop keeps the training model, Adam's moments and the reference; with
+    adapters the base is bf16 (int8 or int4, packed, with float32 per-channel scales), the adapters and
+    their moments float32, and the reference a bf16 copy of the adapters alone. Nothing is compiled."""
+    from tooln1.preflight.targets import get_target, target_devices
+
+    def resident(cfg) -> tuple[int, int]:
+        mesh = fit.make_target_mesh(cfg, target_devices(get_target("cpu:8")))
+        model = fit.abstract_model(fit.model_config(cfg), mesh, cfg.model.dtype)
+        rollout, update = fit.plan(cfg, model, mesh, "rollout engine round,update")
+        return rollout.resident_bytes, update.resident_bytes
+
+    config = fit.model_config(lora_cfg(0))
+    layers, p = config.num_layers, count_params(config)
+    a = layers * 8 * sum(i + o for i, o in projections(config))  # A [in, r] and B [r, out], rank 8
+    kernels = layers * sum(i * o for i, o in projections(config))
+    scales = layers * sum(o for _, o in projections(config))  # one per output channel
+    # full fine-tuning: float32 params, Adam's two moments and its int32 step, a bf16 reference
+    assert resident(lora_cfg(0)) == (4 * p + 8 * p + 4 + 2 * p, 2 * p)
+    assert resident(lora_cfg(8)) == (2 * p + 4 * a + 8 * a + 4 + 2 * a, 2 * a)
+    for bits, kernel_bytes in (("int8", kernels), ("int4", kernels // 2)):
+        base = 2 * (p - kernels) + kernel_bytes + 4 * scales
+        assert resident(lora_cfg(8, bits)) == (base + 14 * a + 4, 2 * a), bits
+
+
+def _lora_and_full_updates(target: str) -> tuple[dict, dict]:
+    full, lora = (fit.fit(lora_cfg(rank), target, programs="update", say=lambda _: None)["programs"][0]
+                  for rank in (0, 8))
+    assert full["name"] == lora["name"]  # the same batch
+    return full, lora
+
+
+def test_lora_update_needs_far_less_memory_than_full_fine_tuning():
+    """The update's arguments: float32 params and both Adam moments for full fine-tuning; the bf16
+    base beside float32 adapters and their moments with LoRA, and no base-sized gradient."""
+    full, lora = _lora_and_full_updates("cpu:8")
+    config = fit.model_config(lora_cfg(0))
+    p = count_params(config)
+    a = config.num_layers * 8 * sum(i + o for i, o in projections(config))
+    assert lora["argument_bytes"] - full["argument_bytes"] == (2 * p + 12 * a) - 12 * p
+    assert lora["alias_bytes"] == 12 * a + 4  # the train state given back in place: adapters and moments
+    assert lora["temp_bytes"] < full["temp_bytes"] - 4 * p  # full fine-tuning's float32 gradient
+    assert lora["peak_bytes"] < 0.4 * full["peak_bytes"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed (pip install 'jax[tpu]')")
+def test_lora_update_on_a_tpu_v5e_2x2_needs_far_less_memory_than_full_fine_tuning():
+    """As on the CPU, for XLA:TPU (which pads to tiles and reports its own peak)."""
+    full, lora = _lora_and_full_updates("tpu-v5e-4")
+    assert lora["argument_bytes"] < 0.25 * full["argument_bytes"]
+    assert fit.total_bytes(lora) - lora["resident_bytes"] < 0.4 * (fit.total_bytes(full) - full["resident_bytes"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed (pip install 'jax[tpu]')")
+def test_tpu_v5e_8_target_is_one_host_of_eight_chips():
+    from tooln1.preflight.targets import get_target, target_devices
+
+    devices = target_devices(get_target("tpu-v5e-8"))
+    assert len(devices) == 8 and {d.process_index for d in devices} == {0}
+    assert {tuple(d.coords) for d in devices} == {(x, y, 0) for x in range(2) for y in range(4)}
+
+
 def test_too_big_is_reported_with_its_largest_buffer():
     cfg = tiny_cfg(prompt=1024, response=8)
     cfg.model.attention = "dense"  # the reference's scores [rows, kv, groups, T, T] at T = 1032 dominate
@@ -175,7 +254,8 @@ def test_logprobs_and_update_bytes_on_an_8_gpu_h100_node():
     assert logprobs["argument_bytes"] == expected_argument_bytes(cfg, 8, 16, 1024, 8)
     assert logprobs["output_bytes"] == 16 // 8 * 8 * 4
     params = expected_argument_bytes(cfg, 8, 0, 1024, 8)
-    assert logprobs["resident_bytes"] == 3 * params + 4 and update["resident_bytes"] == params
+    # the reference is held in the compute dtype (bfloat16): half the float32 params
+    assert logprobs["resident_bytes"] == 3 * params + 4 and update["resident_bytes"] == params // 2
     # the update takes the train state (params + Adam mu, nu + step) and gives it back in place
     assert update["argument_bytes"] >= 3 * params and update["alias_bytes"] >= 3 * params
     for prog in (logprobs, update):

@@ -16,8 +16,12 @@ compiled, and its per-device memory read from ``compiled.memory_analysis()``:
 
 A program fits when ``peak + resident`` ≤ the chip's HBM (``peak``: the larger of the sum and the
 ``peak_memory_in_bytes`` XLA reports, which on TPU can exceed it), where ``resident`` is what the training
-loop keeps on the devices while the program runs without passing it in (the optimizer state during
-rollouts and log-prob passes, the on-device reference copy during the update). XLA:TPU refuses a
+loop keeps on the devices while the program runs without passing it in: during rollouts the training model
+(with LoRA the frozen base too), the optimizer state and an on-device reference (held in the compute dtype);
+during log-prob passes the optimizer state and the policy or reference not passed; during the update the
+reference; during validation, which samples through an engine of its own, also the rollout engine's
+decoding copy. A LoRA run is built as the trainer builds it: the base in the compute dtype (or int8 / int4),
+adapters in ``model.dtype``. XLA:TPU refuses a
 program over its HBM (the entry then has ``compile_error``); XLA:GPU compiles it anyway, so there the
 verdict is this comparison alone, against the memory JAX's allocator gets
 (:func:`tooln1.preflight.targets.usable_gpu_bytes`).
@@ -107,15 +111,25 @@ def make_target_mesh(cfg: Any, devices: Sequence[Any]) -> Any:
         raise FitError(f"config.mesh {shape}: {e}") from None
 
 
-def abstract_model(config: Any, mesh: Any) -> Any:
-    """A CausalLM whose params are ``ShapeDtypeStruct``s carrying their mesh shardings."""
+def abstract_model(config: Any, mesh: Any, adapter_dtype: Any = None) -> Any:
+    """A CausalLM whose params are ``ShapeDtypeStruct``s carrying their mesh shardings. A config with
+    adapters is built as a run builds it: the base, then `add_adapters` in ``adapter_dtype`` (a run's
+    ``model.dtype``; default the base's dtype)."""
     import jax
     from flax import nnx
 
     from tooln1.models import CausalLM
+    from tooln1.models.lora import add_adapters
     from tooln1.sharding import state_shardings
 
-    model = nnx.eval_shape(lambda: CausalLM(config, rngs=nnx.Rngs(0), mesh=mesh))
+    def build() -> Any:
+        if not config.lora_rank:
+            return CausalLM(config, rngs=nnx.Rngs(0), mesh=mesh)
+        base = CausalLM(config.replace(lora_rank=0, base_quantization="none"), rngs=nnx.Rngs(0), mesh=mesh)
+        return add_adapters(base, config.lora_rank, config.lora_alpha, config.lora_targets, config.base_quantization,
+                            dtype=adapter_dtype or config.param_dtype)
+
+    model = nnx.eval_shape(build)
     graphdef, state = nnx.split(model)
     shardings = state_shardings(state, mesh)
     state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
@@ -134,15 +148,18 @@ def batch_struct(mesh: Any, rows: int, *rest: int, dtype: Any = "int32") -> Any:
     return jax.ShapeDtypeStruct((rows, *rest), np.dtype(dtype), sharding=NamedSharding(mesh, spec))
 
 
-def device_bytes(tree: Any) -> int:
-    """Bytes one device holds of a tree of sharded ``ShapeDtypeStruct``s / arrays (the largest shard)."""
+def device_bytes(tree: Any, dtype: Any = None) -> int:
+    """Bytes one device holds of a tree of sharded ``ShapeDtypeStruct``s / arrays (the largest shard),
+    its float leaves counted in ``dtype`` when given (a copy cast to it). Sub-byte integers (int4) are
+    packed two to a byte, as XLA stores them."""
     import jax
     import numpy as np
 
     total = 0
     for x in jax.tree.leaves(tree):
         shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) is not None else x.shape
-        total += int(np.prod(shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize
+        kind = dtype if dtype is not None and jax.numpy.issubdtype(x.dtype, jax.numpy.floating) else x.dtype
+        total += -(-int(np.prod(shape, dtype=np.int64)) * jax.dtypes.itemsize_bits(kind) // 8)
     return total
 
 
@@ -213,6 +230,7 @@ def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
     # after prepare_environment: these import JAX, which must see the target's flags
     from tooln1.config import runtime
     from tooln1.models.flops import decode_flops, forward_flops, prefill_flops
+    from tooln1.rollout.engine import Engine
     from tooln1.rollout.sampling import bucket_length
     from tooln1.rollout.sampling import lower as lower_sampler
     from tooln1.training.updater import Updater
@@ -233,7 +251,8 @@ def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
                           num_mini_batches=grpo.num_mini_batches, micro_batch_size=grpo.micro_batch_size or None)
         state = updater.abstract_state()
         params_b, opt_b = device_bytes(state.params), device_bytes(state.opt_state)
-        ref_on_device = grpo.kl_coef > 0 and not grpo.ref_offload
+        # the reference copies the trained params (with adapters: the adapters) in the compute dtype
+        ref_b = device_bytes(state.params, config.dtype) if grpo.kl_coef > 0 and not grpo.ref_offload else 0
         batch = {"prompt_ids": batch_struct(mesh, n, p), "prompt_mask": batch_struct(mesh, n, p),
                  "response_ids": batch_struct(mesh, n, r), "response_mask": batch_struct(mesh, n, r),
                  "advantages": batch_struct(mesh, n, dtype="float32")}
@@ -241,9 +260,10 @@ def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
             if key in loss.required_keys:
                 batch[key] = batch_struct(mesh, n, r, dtype="float32")
         sampling = runtime.rollout_sampling(cfg, (0,), 0)
-        # with adapters the engine decodes a merged copy, and the frozen base stays beside it
-        base_b = device_bytes(updater.rest) if config.lora_rank else 0
-        during_rollout = opt_b + base_b + (params_b if ref_on_device else 0)
+        # the engine decodes its own copy (cast, laid out, adapters merged): the training model (trained
+        # params and, with adapters, the frozen base) stays beside it; counted whole, an upper bound
+        # where the copy shares an array already in the compute dtype
+        during_rollout = params_b + device_bytes(updater.rest) + opt_b + ref_b
         shape = {"prompts": grpo.batch_size, "group_size": g, "prompt_len": p, "response_len": r}
         out.append(Program(
             f"rollout engine round (B={grpo.batch_size}, G={g}, P={p}, R={r})", shape,
@@ -269,8 +289,9 @@ def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
             {"rows": n, "prompt_len": p, "response_len": r, "num_mini_batches": grpo.num_mini_batches,
              "micro_batch_size": grpo.micro_batch_size},
             lambda: updater.lower(batch), 3 * forward_flops(config, rows * seq, seq),
-            params_b if ref_on_device else 0, costs["update"], "update"))
-        val_resident = during_rollout
+            ref_b, costs["update"], "update"))
+        # validation samples through an engine of its own, beside the rollout engine's decoding copy
+        val_resident = during_rollout + device_bytes(Engine(model, sampling.engine).weights)
     else:
         val_resident = 0
     if sft.enabled:
@@ -283,7 +304,8 @@ def plan(cfg: Any, model: Any, mesh: Any, programs: str = "") -> list[Program]:
             {"rows": sft.batch_size, "seq_len": t, "micro_batch_size": sft.micro_batch_size},
             lambda: sft_updater.lower(sft_batch), 3 * forward_flops(config, sft.batch_size * t, t)))
         if not grpo.enabled:
-            val_resident = device_bytes(sft_updater.abstract_state().opt_state)
+            sft_state = sft_updater.abstract_state()
+            val_resident = device_bytes((sft_state, sft_updater.rest))
     val = runtime.validation_sampling(cfg, (0,), 0)
     shape = {"prompts": cfg.eval.batch_size, "prompt_len": p, "response_len": cfg.eval.max_new_tokens}
     out.append(Program(
@@ -481,7 +503,7 @@ def fit(cfg: Any, target: Target | str | None = None, *, programs: str = "", lay
     devices = target_devices(target)
     mesh = make_target_mesh(cfg, devices)
     config = model_config(cfg, layers)
-    model = abstract_model(config, mesh)
+    model = abstract_model(config, mesh, cfg.model.dtype)
     progs = plan(cfg, model, mesh, programs)
     if not progs:
         raise FitError(f"--programs {programs!r} selects none of this config's programs")

@@ -113,10 +113,11 @@ def gpu_target_config(spec: GpuSpec, dnn_version: tuple[int, int, int] = (9, 0, 
             f'device_description_str: "{spec.name}"\n')
 
 
-def _tpu(name, kind, chips, hbm_gib, topology, peak, megacore=False, wrap=(False, False, False)) -> Target:
+def _tpu(name, kind, chips, hbm_gib, topology, peak, megacore=False, wrap=(False, False, False),
+         chips_per_host=(2, 2, 1)) -> Target:
     flops, bandwidth = peak
     return Target(name, "tpu", kind, chips, int(hbm_gib * GiB), topology, "megacore" if megacore else "default",
-                  wrap=wrap, peak_flops=flops, hbm_bandwidth=bandwidth)
+                  chips_per_host, wrap, peak_flops=flops, hbm_bandwidth=bandwidth)
 
 
 def _gpu(gpu: str, devices: int) -> Target:
@@ -130,6 +131,7 @@ def _gpu(gpu: str, devices: int) -> Target:
 V4, V5E, V5P = (275e12, 1.2e12), (197e12, 0.82e12), (459e12, 2.76e12)
 TARGETS: dict[str, Target] = {t.name: t for t in (
     _tpu("tpu-v5e-4", "TPU v5 lite", 4, 16, "v5e:2x2", V5E),
+    _tpu("tpu-v5e-8", "TPU v5 lite", 8, 16, "v5e:2x4", V5E, chips_per_host=(2, 4, 1)),  # one host of 8 chips
     _tpu("tpu-v5e-64", "TPU v5 lite", 64, 16, "v5e:8x8", V5E),
     _tpu("tpu-v4-32", "TPU v4", 16, 32, "v4:2x2x4", V4, megacore=True),
     _tpu("tpu-v5p-32", "TPU v5", 16, 95, "v5:2x2x4", V5P, megacore=True),
