@@ -69,10 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ACEBench folder, overriding --data-dir (default: DATA_DIR/acebench)")
     p.add_argument("--acebench-keep-whitespace", action="store_true",
                    help="do not reproduce ACEBench's whitespace stripping, see docs/evaluation.md (default: off)")
-    p.add_argument("--max-turns", type=int, default=24,
-                   help="BFCL multi-turn with a checkpoint: replies per episode at most (a cut episode fails)")
-    p.add_argument("--max-trajectory-tokens", type=int, default=4096,
-                   help="BFCL multi-turn with a checkpoint: replies and observations after the prompt at most")
+    p.add_argument("--max-turns", type=int, default=24, metavar="N",
+                   help="BFCL multi-turn with a checkpoint: replies per episode at most, a cut episode fails "
+                        "(default: %(default)s)")
+    p.add_argument("--max-trajectory-tokens", type=int, default=4096, metavar="N",
+                   help="BFCL multi-turn with a checkpoint: replies and observations after the prompt at most "
+                        "(default: %(default)s)")
     p.add_argument("--multi-turn-split", default="eval", choices=["eval", "train", "all"],
                    help="BFCL multi-turn entries to play: the held-out split, the training split or all "
                         "(tooln1.environments.bfcl.split_indices; default: %(default)s)")

@@ -110,7 +110,7 @@ def add_adapters(model: Any, rank: int, alpha: float = 16.0, targets: tuple[str,
 
 def trainable(model: Any) -> type[nnx.Param]:
     """The parameters an update trains: the adapters when there are, else every parameter."""
-    return LoRAParam if getattr(model.config, "lora_rank", 0) else nnx.Param
+    return LoRAParam if getattr(getattr(model, "config", None), "lora_rank", 0) else nnx.Param
 
 
 def merged(model: Any) -> Any:
