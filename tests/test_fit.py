@@ -93,7 +93,7 @@ def projections(config) -> list[tuple[int, int]]:
 
 def test_lora_resident_bytes_are_the_bf16_base_and_fp32_adapters():
     """During a rollout the loop keeps the training model, Adam's moments and the reference; with
-    adapters the base is bf16 (int8 or int4, packed, with float32 per-channel scales), the adapters and
+    adapters the base is bf16 (int8 or int4, packed, with float32 scales), the adapters and
     their moments float32, and the reference a bf16 copy of the adapters alone. Nothing is compiled."""
     from tooln1.preflight.targets import get_target, target_devices
 
@@ -107,12 +107,13 @@ def test_lora_resident_bytes_are_the_bf16_base_and_fp32_adapters():
     layers, p = config.num_layers, count_params(config)
     a = layers * 8 * sum(i + o for i, o in projections(config))  # A [in, r] and B [r, out], rank 8
     kernels = layers * sum(i * o for i, o in projections(config))
-    scales = layers * sum(o for _, o in projections(config))  # one per output channel
+    # int8: a scale per output channel; int4: per output channel and group of 32 inputs
+    scales = {"int8": layers * sum(o for _, o in projections(config)), "int4": kernels // 32}
     # full fine-tuning: float32 params, Adam's two moments and its int32 step, a bf16 reference
     assert resident(lora_cfg(0)) == (4 * p + 8 * p + 4 + 2 * p, 2 * p)
     assert resident(lora_cfg(8)) == (2 * p + 4 * a + 8 * a + 4 + 2 * a, 2 * a)
     for bits, kernel_bytes in (("int8", kernels), ("int4", kernels // 2)):
-        base = 2 * (p - kernels) + kernel_bytes + 4 * scales
+        base = 2 * (p - kernels) + kernel_bytes + 4 * scales[bits]
         assert resident(lora_cfg(8, bits)) == (base + 14 * a + 4, 2 * a), bits
 
 
