@@ -52,3 +52,16 @@ def bfcl_checker() -> None:
         bfcl.require_checker()
     except bfcl.MissingBFCLError:
         pytest.skip(f"nvidia-bfcl not installed: {bfcl.INSTALL_HINT}")
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_compile_cache():
+    """`run_training` points JAX's persistent compile cache into its run's workdir; the tests after it
+    must not keep serializing every executable there (XLA:CPU crashed doing so late in the suite)."""
+    yield
+    import jax
+    from jax._src import compilation_cache
+
+    if jax.config.jax_compilation_cache_dir is not None:
+        jax.config.update("jax_compilation_cache_dir", None)
+        compilation_cache.reset_cache()
