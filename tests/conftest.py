@@ -57,7 +57,7 @@ def bfcl_checker() -> None:
 @pytest.fixture(autouse=True)
 def no_leftover_compile_cache():
     """`run_training` points JAX's persistent compile cache into its run's workdir; the tests after it
-    must not keep serializing every executable there (XLA:CPU crashed doing so late in the suite)."""
+    must not keep serializing every executable there (XLA:CPU once crashed doing so late in the suite)."""
     yield
     import jax
     from jax._src import compilation_cache
@@ -65,3 +65,9 @@ def no_leftover_compile_cache():
     if jax.config.jax_compilation_cache_dir is not None:
         jax.config.update("jax_compilation_cache_dir", None)
         compilation_cache.reset_cache()
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """tests/test_update.py first: run after the rest of the suite, XLA:CPU has segfaulted compiling its
+    programs (the cause is not found yet); fresh, they compile as always."""
+    items.sort(key=lambda item: item.nodeid.split("::")[0] != "tests/test_update.py")
