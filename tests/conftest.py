@@ -54,20 +54,12 @@ def bfcl_checker() -> None:
         pytest.skip(f"nvidia-bfcl not installed: {bfcl.INSTALL_HINT}")
 
 
-@pytest.fixture(autouse=True)
-def no_leftover_compile_cache():
-    """`run_training` points JAX's persistent compile cache into its run's workdir; the tests after it
-    must not keep serializing every executable there (XLA:CPU once crashed doing so late in the suite)."""
+@pytest.fixture(autouse=True, scope="module")
+def drop_compiled_programs():
+    """Drop each test module's compiled programs when it ends: XLA:CPU maps every executable's code
+    into the process, and the whole suite's programs outgrow the kernel's limit on mappings
+    (vm.max_map_count, 65,530), after which the next compile crashes the process."""
     yield
     import jax
-    from jax._src import compilation_cache
 
-    if jax.config.jax_compilation_cache_dir is not None:
-        jax.config.update("jax_compilation_cache_dir", None)
-        compilation_cache.reset_cache()
-
-
-def pytest_collection_modifyitems(session, config, items):
-    """tests/test_update.py first: run after the rest of the suite, XLA:CPU has segfaulted compiling its
-    programs (the cause is not found yet); fresh, they compile as always."""
-    items.sort(key=lambda item: item.nodeid.split("::")[0] != "tests/test_update.py")
+    jax.clear_caches()
