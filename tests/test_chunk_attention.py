@@ -1,6 +1,7 @@
 """The fused prefill-chunk kernel (`tooln1.models.chunk_attention`, run by Pallas' interpreter: no GPU here)
 against the portable blockwise path on what the engine's prefill builds: prompts packed in a chunk, some
-continuing context pages (whose tails are unused slots), padding at the end."""
+continuing context pages (whose tails are unused slots), padding at the end; and the platform seam that
+picks it."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,6 +10,8 @@ from jax.sharding import Mesh
 
 from tooln1.models.attention import attention
 from tooln1.models.chunk_attention import chunk_attention, visible_blocks
+from tooln1.models.config import preset
+from tooln1.platform.decode_layout import DecodeLayout, prefill_attention
 
 BLOCKS = dict(block_q=16, block_k=16)  # several query and key blocks at the tests' sizes
 
@@ -63,4 +66,14 @@ def test_visible_blocks_are_those_holding_a_visible_key():
             count = plan[x, i, 0]
             np.testing.assert_array_equal(plan[x, i, 1:1 + count], np.flatnonzero(exact[x, i]))
     assert plan[0, :, 0].sum() < exact.shape[1] * exact.shape[2]  # blocks were skipped
+
+
+def test_the_seam_picks_the_kernel_on_gpus_for_16_bit_power_of_two_heads():
+    bf16 = preset("qwen2.5-0.5b", dtype="bfloat16")  # heads of 64
+    assert prefill_attention(bf16, "gpu") == prefill_attention(bf16, "cuda") == "pallas_gpu"
+    assert prefill_attention(bf16, "cpu") == prefill_attention(bf16, "tpu") == "blockwise"
+    assert prefill_attention(bf16.replace(dtype="float32"), "gpu") == "blockwise"  # TF32 dots
+    assert prefill_attention(bf16.replace(head_dim=80), "gpu") == "blockwise"  # Triton tiles
+    assert DecodeLayout.of(bf16, None).prefill_attention == "blockwise"  # this CPU
+
 

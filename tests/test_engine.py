@@ -2,6 +2,7 @@
 the slots, pages, chunks or prompt order; a freed page never leaks into its next owner; the compiled
 program does not grow with the number of prompts; finished groups reach ``on_group``."""
 import dataclasses
+import functools
 
 import jax
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import tooln1.rollout.engine
 from tooln1.checkpoints.hf_import import load_model
 from tooln1.checkpoints.tiny import make_tiny_checkpoint, special_token_ids
+from tooln1.models.chunk_attention import chunk_attention
 from tooln1.platform.decode_layout import DecodeLayout
 from tooln1.rollout.engine import Engine, EngineConfig
 from tooln1.rollout.sampling import SamplingConfig, compiled_programs
@@ -151,6 +153,23 @@ def test_tpu_copy_stores_qkv_heads_major_and_samples_the_same(model, prompts, sa
     assert attention["k_kernel"][...].shape == (c.num_layers, c.num_kv_heads, c.hidden_size, c.head_dim)
     np.testing.assert_array_equal(np.asarray(attention["v_kernel"][...]),
                                   np.swapaxes(np.asarray(model.layers.attention.v_kernel[...]), 1, 2))
+    results, _ = engine.generate(prompts, sampling, jax.random.key(5), max_prompt_len=max(LENGTHS))
+    for i in range(len(prompts)):
+        for g in range(G):
+            np.testing.assert_array_equal(results[i][g].tokens, one_slot[i][g].tokens, err_msg=f"prompt {i} sample {g}")
+            np.testing.assert_allclose(results[i][g].logprobs, one_slot[i][g].logprobs, atol=1e-4, rtol=0)
+
+
+def test_fused_prefill_kernel_samples_what_the_portable_path_samples(model, prompts, sampling, one_slot, monkeypatch):
+    """The prefill's fused chunk kernel (the GPU's, run by Pallas' interpreter) in place of the blockwise path
+    samples the same (ONE_SLOT's chunks of 8 continue earlier chunks' pages, so chunks attend to context)."""
+    import tooln1.platform.decode_layout
+    import tooln1.rollout.programs
+
+    monkeypatch.setattr(tooln1.platform.decode_layout, "prefill_attention", lambda config, target: "pallas_gpu")
+    monkeypatch.setattr(tooln1.rollout.programs, "chunk_attention", functools.partial(chunk_attention, interpret=True))
+    engine = Engine(model, ONE_SLOT)
+    assert engine.layout.prefill_attention == "pallas_gpu"
     results, _ = engine.generate(prompts, sampling, jax.random.key(5), max_prompt_len=max(LENGTHS))
     for i in range(len(prompts)):
         for g in range(G):

@@ -15,6 +15,9 @@ for a few rows, and each compiler has a faster layout for that:
   16-bit matmul takes a slow path), and KV pages hold bfloat16 as its bits (`tooln1.platform.kv_storage`).
 * **TPU**: q/k/v kernels stored [layers, heads, embed, D] (`heads_major`), the layout XLA:TPU's decode
   matmuls read; it copied the [layers, embed, heads, D] stacks into it every round.
+* **GPU, prefill**: a chunk's attention over its context and itself as one Pallas (Triton) kernel a layer
+  (`tooln1.models.chunk_attention`) for 16-bit models with power-of-two heads, where the portable
+  blockwise path is a sequential loop of one ``lax.cond`` per pair of blocks (`prefill_attention`).
 
 The engine asks `DecodeLayout.of` which layout a model gets on a mesh and `decoding_copy` for the copy.
 """
@@ -28,6 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
+from tooln1.models import chunk_attention
 from tooln1.models.config import ModelConfig
 from tooln1.models.decoder import MLP, Attention, CausalLM
 from tooln1.models.lora import merged
@@ -47,6 +51,7 @@ class DecodeLayout:
     heads_major: bool = False  # `heads_major`
     kv_dtype: Any = jnp.dtype(jnp.float32)  # what the KV pages hold (`tooln1.platform.kv_storage`)
     narrowest: int = 1  # the narrowest decode width worth compiling
+    prefill_attention: str = "blockwise"  # a prefill chunk's attention: "blockwise" or "pallas_gpu"
 
     @classmethod
     def of(cls, config: ModelConfig, mesh: Mesh | None, layer_layout: str = "auto") -> DecodeLayout:
@@ -64,7 +69,15 @@ class DecodeLayout:
             per_layer = layer_layout == "per_layer"
         return cls(per_layer=per_layer, float32_lookup=per_layer and half,
                    heads_major=not per_layer and target == "tpu", kv_dtype=pool_dtype(dtype, target),
-                   narrowest=2 if cpu and half else 1)
+                   narrowest=2 if cpu and half else 1, prefill_attention=prefill_attention(config, target))
+
+
+def prefill_attention(config: ModelConfig, target: str) -> str:
+    """How a prefill chunk attends on ``target``: "pallas_gpu" (`tooln1.models.chunk_attention`) on a GPU
+    where the kernel takes the model's heads and dtype, else "blockwise" (the portable path, the tests'
+    reference)."""
+    fits = chunk_attention.kernel_fits(config.head_dim, config.dtype)
+    return "pallas_gpu" if target in ("gpu", "cuda") and fits else "blockwise"
 
 
 def decoding_copy(graphdef: nnx.GraphDef, state: nnx.State, layout: DecodeLayout) -> tuple[nnx.GraphDef, nnx.State]:
@@ -166,5 +179,5 @@ def float32_lookup(model: CausalLM, table: jax.Array) -> CausalLM:
     return model
 
 
-__all__ = ["DecodeLayout", "LAYER_LAYOUTS", "PER_LAYER_MIN_KERNEL_BYTES", "decoding_copy", "split_layers",
+__all__ = ["DecodeLayout", "LAYER_LAYOUTS", "PER_LAYER_MIN_KERNEL_BYTES", "prefill_attention", "decoding_copy",
            "heads_major", "float32_lookup", "OutMajorMLP", "PerLayerLM", "HeadsMajorAttention"]

@@ -279,6 +279,7 @@ class Engine:
         eos = () if sampling.ignore_eos else tuple(sampling.eos_ids)
         return Shape(shards=shards, slots=int(slots), pages_per_seq=m, num_pages=1 + slots * (m + 1) + m,
                      page_size=cfg.page_size, chunk=cfg.prefill_chunk, chunk_block=cfg.prefill_block,
+                     chunk_attention=self.layout.prefill_attention,
                      steps=cfg.steps_per_round,
                      greedy=sampling.greedy, top_k=sampling.top_k, use_top_p=sampling.top_p < 1.0, eos_ids=eos)
 

@@ -42,6 +42,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from tooln1.models.attention import attention
+from tooln1.models.chunk_attention import chunk_attention
 from tooln1.models.paged_attention import gather_pages, sharded_paged_attention, write_pages
 from tooln1.sharding import batch_axes, constrain, logical_to_spec, per_batch_shard
 
@@ -57,7 +58,8 @@ class Shape(NamedTuple):
     num_pages: int  # N, pages in each shard's pool (page 0 = scratch)
     page_size: int
     chunk: int  # prompt tokens a shard prefills per program
-    chunk_block: int  # query and key block of the chunk's attention
+    chunk_block: int  # query and key block of the chunk's attention (blockwise)
+    chunk_attention: str  # "blockwise" or "pallas_gpu" (`tooln1.platform.decode_layout.prefill_attention`)
     steps: int
     greedy: bool
     top_k: int
@@ -185,9 +187,13 @@ def _keep_layout(tree, sharding):
 # -- the programs ---------------------------------------------------------------------------
 def _prefill(model, pools, c: Chunk, shape: Shape):
     dtype = jnp.dtype(model.config.dtype)
-    # Always blockwise (the kernels need square self-attention), in blocks of EngineConfig.prefill_block
+    # The platform's chunk kernel, or blockwise (the square kernels do not take a context) in blocks of
+    # EngineConfig.prefill_block
     block = shape.chunk_block
-    attend_kw = dict(model.attention_options(), block_size=block)
+    if shape.chunk_attention == "pallas_gpu":
+        attend_fn = functools.partial(chunk_attention, mesh=model.mesh)
+    else:
+        attend_fn = functools.partial(attention, **dict(model.attention_options(), block_size=block))
     # The context is padded to whole blocks, so the chunk's own keys start a block: a block that
     # straddles context and chunk is visible to every query (20% more blocks for a 512-token chunk).
     written = shape.context_pages * shape.page_size
@@ -209,7 +215,7 @@ def _prefill(model, pools, c: Chunk, shape: Shape):
                                        ((0, 0), (0, ctx - written), (0, 0), (0, 0)))
         keys = jnp.concatenate([context(kp), k], axis=1)
         values = jnp.concatenate([context(vp), v], axis=1)
-        return attention(q, keys, values, q_seg, kv_seg, q_pos, kv_pos, **attend_kw), (kp, vp)
+        return attend_fn(q, keys, values, q_seg, kv_seg, q_pos, kv_pos), (kp, vp)
 
     x = model.embed_tokens(c.tokens)
     _, pools = model.run_layers(x, *model.rope(c.positions), attend, pools)
