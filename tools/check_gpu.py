@@ -6,18 +6,22 @@ there, and again after upgrading JAX, CUDA or the GPU: the test suite runs these
 1. JAX's Pallas (Triton) paged attention vs the pure-JAX path, bf16, at Qwen2.5-0.5B's and 7B's head shapes,
    with every page no sequence reaches poisoned; and the time of one call of each.
 2. cuDNN's fused attention (prompt prefill) vs the dense reference, bf16, left-padded rows.
+2b. The prefill chunk kernel (`tooln1.models.chunk_attention`, Pallas Triton) vs the portable blockwise path,
+   bf16, an 8,192-token chunk of packed prompts over 3,200 context slots at Qwen2.5-0.5B's heads; and the
+   time of one call of each (the blockwise one at the engine's default blocks of 256).
 3. float32 engine vs HF ``generate`` (TF32 off on both sides): greedy tokens must be identical.
 4. bfloat16 engine with the GPU kernels vs the same engine on the pure-JAX paths, and vs HF in bf16:
    how far the greedy tokens agree and how close the chosen tokens' log-probs are.
 
     python tools/check_gpu.py            # prints PASS/FAIL per check; exit status 1 if any failed
 
-On a machine without a GPU it says so and exits 0; ``--cpu`` runs checks 1, 3 and 4 there at small sizes
-(the kernel in Pallas' interpreter, both engines on the same paths) to try this script out.
+On a machine without a GPU it says so and exits 0; ``--cpu`` runs checks 1, 2b, 3 and 4 there at small sizes
+(the kernels in Pallas' interpreter, both engines on the same paths) to try this script out.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 import sys
@@ -31,6 +35,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from tooln1.models import chunk_attention as ca  # noqa: E402
 from tooln1.models import paged_attention as pa  # noqa: E402
 from tooln1.models.attention import attention  # noqa: E402
 
@@ -96,6 +101,33 @@ def check_cudnn_prefill(b: int = 4, t: int = 512, heads: int = 14, kv: int = 2, 
            f"max |cuDNN bf16 - dense fp32| {err:.2e} on real rows")
 
 
+def check_chunk_attention(chunk: int = 8192, ctx: int = 3200, heads: int = 14, kv: int = 2, d: int = 64,
+                          interpret: bool = False) -> None:
+    """As the engine's prefill builds it: keys [context; chunk], prompts of 200-1,200 tokens packed in the
+    chunk, the first continuing 1,000 context slots, the last 300 chunk slots padding."""
+    rng = np.random.RandomState(0)
+    ctx_pad = -(-ctx // 256) * 256
+    seg, ctx_seg = np.zeros(chunk, np.int32), np.zeros(ctx_pad, np.int32)
+    start, n = 0, 1
+    while start < chunk - chunk // 27:
+        length = min(rng.randint(chunk // 40, chunk // 7), chunk - chunk // 27 - start)
+        seg[start:start + length], start, n = n, start + length, n + 1
+    ctx_seg[: ctx * 5 // 16] = 1
+    q_pos = np.arange(chunk, dtype=np.int32)
+    kv_pos = np.concatenate([np.full(ctx_pad, -1, np.int32), q_pos])
+    masks = [jnp.asarray(x)[None] for x in (seg, np.concatenate([ctx_seg, seg]), q_pos, kv_pos)]
+    bf16 = lambda *shape: jnp.asarray(rng.randn(1, *shape), jnp.bfloat16)  # noqa: E731
+    q, k, v = bf16(chunk, heads, d), bf16(ctx_pad + chunk, kv, d), bf16(ctx_pad + chunk, kv, d)
+    run = {"kernel": jax.jit(functools.partial(ca.chunk_attention, interpret=interpret)),
+           "blockwise": jax.jit(functools.partial(attention, implementation="blockwise", block_size=256))}
+    got, want = (np.asarray(run[p](q, k, v, *masks), np.float32) for p in ("kernel", "blockwise"))
+    err = float(np.max(np.abs(got - want)))
+    ms = {p: 1e3 * _time(f, q, k, v, *masks, iters=3) for p, f in run.items()}
+    report("prefill chunk kernel", bool(np.isfinite(got).all()) and err < 3e-2 and not got[0, seg == 0].any(),
+           f"[{chunk} over {ctx} context, {heads}/{kv} heads, {d}], {n - 1} prompts, max |kernel - blockwise| "
+           f"{err:.2e}; one call {ms['kernel']:.3f} ms (kernel) vs {ms['blockwise']:.3f} ms (blockwise)")
+
+
 def _checkpoint(tmp: str, dtype: str, **shape) -> str:
     from tooln1.checkpoints.tiny import make_tiny_checkpoint
 
@@ -119,6 +151,7 @@ def ours(ckpt: str, dtype: str, prompts, new: int, eos: int, portable: bool = Fa
     original = pa._backend
     if portable:
         pa._backend = lambda backend, *a: backend or "jax"
+        engine.layout = dataclasses.replace(engine.layout, prefill_attention="blockwise")
     try:
         results, _ = engine.generate(prompts, cfg, jax.random.key(0))
     finally:
@@ -189,7 +222,7 @@ def check_engine_bfloat16(tmp: str, new: int = 48) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cpu", action="store_true", help="no GPU: checks 1, 3, 4 at small sizes, Pallas interpreted")
+    ap.add_argument("--cpu", action="store_true", help="no GPU: checks 1, 2b, 3, 4 at small sizes, Pallas interpreted")
     args = ap.parse_args()
     platform = jax.devices()[0].platform
     if platform != "gpu" and not args.cpu:
@@ -201,10 +234,12 @@ def main() -> int:
 
         pa._gpu_kernel = lambda: functools.partial(paged_attention, interpret=True)
     size = dict(slots=8, max_len=256) if args.cpu else {}
+    chunk = dict(chunk=512, ctx=200, interpret=True) if args.cpu else {}
     tmp = tempfile.mkdtemp()
     checks = [functools.partial(check_paged_attention, 2, 14, 64, **size),
               functools.partial(check_paged_attention, 4, 28, 128, **size),
               *([] if args.cpu else [check_cudnn_prefill]),
+              functools.partial(check_chunk_attention, **chunk),
               functools.partial(check_engine_float32, tmp), functools.partial(check_engine_bfloat16, tmp)]
     for check in checks:
         try:
