@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import Mesh
 
 from tooln1.models.attention import attention
-from tooln1.models.chunk_attention import chunk_attention, visible_blocks
+from tooln1.models.chunk_attention import chunk_attention, splash_chunk_attention, visible_blocks
 from tooln1.models.config import preset
 from tooln1.platform.decode_layout import DecodeLayout, prefill_attention
 
@@ -43,12 +43,15 @@ def test_kernel_equals_the_portable_path(dtype, tol):
     assert not np.asarray(fused[0, 70:]).any()  # padding queries see nothing: zeros, as the portable path
 
 
-def test_kernel_runs_per_batch_shard_on_a_mesh():
+@pytest.mark.parametrize("tensor", [1, 2])
+def test_kernels_run_per_batch_shard_and_kv_heads_on_a_mesh(tensor):
     q, k, v, *masks = _prefill_inputs()
-    mesh = Mesh(np.array(jax.devices()[:2]).reshape(2, 1, 1), ("data", "fsdp", "tensor"))
+    mesh = Mesh(np.array(jax.devices()[:2 * tensor]).reshape(2, 1, tensor), ("data", "fsdp", "tensor"))
     alone = chunk_attention(q, k, v, *masks, interpret=True, **BLOCKS)
     sharded = jax.jit(lambda *a: chunk_attention(*a, mesh=mesh, interpret=True, **BLOCKS))(q, k, v, *masks)
     np.testing.assert_allclose(np.asarray(sharded), np.asarray(alone), atol=1e-6, rtol=0)
+    splash = jax.jit(lambda *a: splash_chunk_attention(*a[:5], mesh=mesh, interpret=True))(q, k, v, *masks)
+    np.testing.assert_allclose(np.asarray(splash), np.asarray(alone), atol=2e-5, rtol=2e-5)
 
 
 def test_visible_blocks_are_those_holding_a_visible_key():
@@ -68,12 +71,22 @@ def test_visible_blocks_are_those_holding_a_visible_key():
     assert plan[0, :, 0].sum() < exact.shape[1] * exact.shape[2]  # blocks were skipped
 
 
-def test_the_seam_picks_the_kernel_on_gpus_for_16_bit_power_of_two_heads():
+def test_the_seam_picks_the_kernel_on_gpus_for_16_bit_power_of_two_heads_and_splash_on_tpus():
     bf16 = preset("qwen2.5-0.5b", dtype="bfloat16")  # heads of 64
     assert prefill_attention(bf16, "gpu") == prefill_attention(bf16, "cuda") == "pallas_gpu"
-    assert prefill_attention(bf16, "cpu") == prefill_attention(bf16, "tpu") == "blockwise"
+    assert prefill_attention(bf16, "tpu") == prefill_attention(bf16.replace(dtype="float32"), "tpu") == "splash"
+    assert prefill_attention(bf16, "cpu") == "blockwise"
     assert prefill_attention(bf16.replace(dtype="float32"), "gpu") == "blockwise"  # TF32 dots
     assert prefill_attention(bf16.replace(head_dim=80), "gpu") == "blockwise"  # Triton tiles
     assert DecodeLayout.of(bf16, None).prefill_attention == "blockwise"  # this CPU
 
 
+def test_splash_path_equals_the_portable_path():
+    """The TPU path (splash attention, in Pallas' interpreter): context and chunk lengths off its 128-token
+    tiles are padded in segment 0."""
+    q, k, v, q_seg, kv_seg, q_pos, kv_pos = _prefill_inputs()
+    portable = attention(q, k, v, q_seg, kv_seg, q_pos, kv_pos, implementation="blockwise", block_size=16)
+    fused = splash_chunk_attention(q, k, v, q_seg, kv_seg, interpret=True)
+    assert fused.shape == q.shape
+    np.testing.assert_allclose(np.asarray(fused), np.asarray(portable), atol=2e-5, rtol=2e-5)
+    assert not np.asarray(fused[0, 70:]).any()

@@ -11,7 +11,7 @@ import pytest
 import tooln1.rollout.engine
 from tooln1.checkpoints.hf_import import load_model
 from tooln1.checkpoints.tiny import make_tiny_checkpoint, special_token_ids
-from tooln1.models.chunk_attention import chunk_attention
+from tooln1.models.chunk_attention import chunk_attention, splash_chunk_attention
 from tooln1.platform.decode_layout import DecodeLayout
 from tooln1.rollout.engine import Engine, EngineConfig
 from tooln1.rollout.sampling import SamplingConfig, compiled_programs
@@ -147,6 +147,7 @@ def test_tpu_copy_stores_qkv_heads_major_and_samples_the_same(model, prompts, sa
     import tooln1.platform.decode_layout
 
     monkeypatch.setattr(tooln1.platform.decode_layout, "platform", lambda mesh: "tpu")  # attention stays pure JAX
+    monkeypatch.setattr(tooln1.platform.decode_layout, "prefill_attention", lambda config, target: "blockwise")
     engine = Engine(model, ONE_SLOT)
     c, attention = model.config, engine.weights["layers"]["attention"]
     assert attention["q_kernel"][...].shape == (c.num_layers, c.num_heads, c.hidden_size, c.head_dim)
@@ -160,16 +161,21 @@ def test_tpu_copy_stores_qkv_heads_major_and_samples_the_same(model, prompts, sa
             np.testing.assert_allclose(results[i][g].logprobs, one_slot[i][g].logprobs, atol=1e-4, rtol=0)
 
 
-def test_fused_prefill_kernel_samples_what_the_portable_path_samples(model, prompts, sampling, one_slot, monkeypatch):
-    """The prefill's fused chunk kernel (the GPU's, run by Pallas' interpreter) in place of the blockwise path
-    samples the same (ONE_SLOT's chunks of 8 continue earlier chunks' pages, so chunks attend to context)."""
+@pytest.mark.parametrize("path", ["pallas_gpu", "splash"])
+def test_fused_prefill_kernels_sample_what_the_portable_path_samples(model, prompts, sampling, one_slot, monkeypatch,
+                                                                     path):
+    """The prefill's fused chunk kernels (the GPU's and the TPU's, run by Pallas' interpreter) in place of the
+    blockwise path sample the same (ONE_SLOT's chunks of 8 continue earlier chunks' pages, so chunks attend
+    to context)."""
     import tooln1.platform.decode_layout
     import tooln1.rollout.programs
 
-    monkeypatch.setattr(tooln1.platform.decode_layout, "prefill_attention", lambda config, target: "pallas_gpu")
+    monkeypatch.setattr(tooln1.platform.decode_layout, "prefill_attention", lambda config, target: path)
     monkeypatch.setattr(tooln1.rollout.programs, "chunk_attention", functools.partial(chunk_attention, interpret=True))
+    monkeypatch.setattr(tooln1.rollout.programs, "splash_chunk_attention",
+                        functools.partial(splash_chunk_attention, interpret=True))
     engine = Engine(model, ONE_SLOT)
-    assert engine.layout.prefill_attention == "pallas_gpu"
+    assert engine.layout.prefill_attention == path
     results, _ = engine.generate(prompts, sampling, jax.random.key(5), max_prompt_len=max(LENGTHS))
     for i in range(len(prompts)):
         for g in range(G):

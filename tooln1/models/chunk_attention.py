@@ -1,5 +1,5 @@
 """A prefill chunk's attention as one fused kernel a layer: on a GPU a block-sparse flash attention in Pallas
-(Triton).
+(Triton), on a TPU Pallas splash attention.
 
 The portable path (`tooln1.models.attention`, blockwise) runs a chunk over its context and itself as a
 sequential loop of one ``lax.cond`` per pair of blocks: 1,440 loop steps a layer at an 8,192-token chunk
@@ -11,20 +11,23 @@ the layer.
   chunk skips other prompts' context and the causally hidden blocks as the blockwise path does, without
   a loop in the program. Masks are the portable path's, as data: a query sees a key when their segment
   ids are equal and non-zero and the key's position is not after the query's.
+* `splash_chunk_attention` (TPU): the prefill's layout (keys [context; chunk], the chunk's positions its
+  index) as a static causal mask shifted by the context's length, and the segment ids as data.
 
-A query that sees nothing gets zeros. Forward only (the engine's prefill; training keeps the blockwise
-path, which has a backward). The engine selects it through `tooln1.platform.decode_layout`.
+A query that sees nothing gets zeros in both. Forward only (the engine's prefill; training keeps the
+blockwise path, which has a backward). The engine selects them through `tooln1.platform.decode_layout`.
 """
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec
 
-from tooln1.sharding import per_batch_shard
+from tooln1.sharding import batch_axes, logical_to_spec
 
 MASKED = -1e30  # finite: a row that has seen no key keeps it as its max and subtracts 0 instead (exp -> 0)
 BLOCK_Q = 64
@@ -134,11 +137,71 @@ def chunk_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax
                     block_q: int = BLOCK_Q, block_k: int = BLOCK_K, interpret: bool = False) -> jax.Array:
     """`tooln1.models.attention.attention` (causal, explicit positions) as one Pallas kernel: q [B, T, heads,
     D] over k, v [B, S, kv_heads, D], segment ids and positions [B, T] / [B, S] int32. Returns [B, T, heads,
-    D] in q's dtype. With a ``mesh`` it runs per batch shard (XLA cannot partition a custom call);
+    D] in q's dtype. With a ``mesh`` it runs per device (`_per_device`);
     ``interpret`` runs it in Pallas' interpreter (any backend: the tests' CPU)."""
     fn = functools.partial(_one_shard, block_q=block_q, block_k=block_k, interpret=interpret)
     ints = (jnp.asarray(x, jnp.int32) for x in (q_segment_ids, kv_segment_ids, q_positions, kv_positions))
-    return per_batch_shard(fn, mesh, q, k, v, *ints)
+    return _per_device(fn, mesh, q, k, v, *ints)
 
 
-__all__ = ["chunk_attention", "kernel_fits", "visible_blocks", "BLOCK_Q", "BLOCK_K"]
+def _per_device(fn, mesh: Mesh | None, q, k, v, *masks):
+    """``fn`` on each device's batch shard and, where the tensor axis splits the kv heads, its heads (query
+    heads follow their kv heads): XLA cannot partition a custom call, and replicated heads would gather
+    q, k and v whole on every device of the tensor axis."""
+    if mesh is None:
+        return fn(q, k, v, *masks)
+    shards = batch_axes(mesh) or None
+    heads = logical_to_spec(("kv_heads",), k.shape[2:3], mesh)[0]
+    qkv, rows = PartitionSpec(shards, None, heads), PartitionSpec(shards)
+    return jax.shard_map(fn, mesh=mesh, in_specs=(qkv,) * 3 + (rows,) * len(masks), out_specs=qkv,
+                         check_vma=False)(q, k, v, *masks)
+
+
+def _splash_blocks(n: int) -> int:
+    return next(b for b in (512, 256, 128) if n % b == 0)
+
+
+def _splash_one_shard(q, k, v, q_seg, kv_seg, *, interpret: bool):
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+
+    b, t, heads, dim = q.shape
+    kvh = k.shape[2]
+    ctx = k.shape[1] - t
+    # Splash tiles both lengths in blocks of 128 or more: pad the chunk (queries and its keys alike) and the
+    # context each to a multiple of 128, padding in segment 0, which no real query sees
+    t_pad, ctx_pad = -t % 128, -ctx % 128
+    pad = lambda x, n: jnp.pad(x, [(0, 0), (0, n)] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
+    split = lambda x: (pad(x[:, :ctx], ctx_pad), pad(x[:, ctx:], t_pad))  # noqa: E731
+    k, v, kv_seg = (jnp.concatenate(split(x), axis=1) for x in (k, v, kv_seg))
+    q, q_seg = pad(q, t_pad), pad(q_seg, t_pad)
+    tq, s = q.shape[1], k.shape[1]
+    bq, bkv = _splash_blocks(tq), _splash_blocks(math.gcd(tq, ctx + ctx_pad) or tq)
+    blocks = kernel.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv)
+    causal = masks.CausalMask((tq, s), offset=ctx + ctx_pad)  # every context slot, then the chunk causally
+    mqa = kernel.make_splash_mqa_single_device(masks.MultiHeadMask([causal] * (heads // kvh)), block_sizes=blocks,
+                                               interpret=interpret)
+    qg = (q.reshape(b, tq, kvh, heads // kvh, dim) * dim ** -0.5).astype(q.dtype)  # splash does not scale
+
+    def one_row(qr, kr, vr, qs, ks):  # per kv head: q [G, T, D], k and v [S, D]
+        segments = kernel.SegmentIds(q=qs, kv=ks)
+        out = jax.vmap(lambda qh, kh, vh: mqa(qh, kh, vh, segments))(
+            qr.transpose(1, 2, 0, 3), kr.swapaxes(0, 1), vr.swapaxes(0, 1))  # [KV, G, T, D]
+        return out.transpose(2, 0, 1, 3).reshape(tq, heads, dim)
+
+    out = jax.vmap(one_row)(qg, k, v, q_seg, kv_seg)[:, :t]
+    return jnp.where(q_seg[:, :t, None, None] != 0, out, 0).astype(q.dtype)  # padding queries: zeros
+
+
+def splash_chunk_attention(q: jax.Array, k: jax.Array, v: jax.Array, q_segment_ids: jax.Array,
+                           kv_segment_ids: jax.Array, *, mesh: Mesh | None = None, interpret: bool = False
+                           ) -> jax.Array:
+    """The prefill's attention as Pallas splash attention (TPU): q [B, T, heads, D] over k, v [B, S, kv_heads,
+    D] laid out as the prefill builds them, ``S - T`` context slots (before every query) then the chunk's
+    own T keys (causal by index); segment ids [B, T] / [B, S] (0: nothing). Splash skips only the blocks
+    its static mask hides (the chunk's upper triangle), not other prompts' blocks, whose scores it masks."""
+    fn = functools.partial(_splash_one_shard, interpret=interpret)
+    return _per_device(fn, mesh, q, k, v, jnp.asarray(q_segment_ids, jnp.int32), jnp.asarray(kv_segment_ids, jnp.int32))
+
+
+__all__ = ["chunk_attention", "splash_chunk_attention", "kernel_fits", "visible_blocks", "BLOCK_Q", "BLOCK_K"]

@@ -15,9 +15,10 @@ for a few rows, and each compiler has a faster layout for that:
   16-bit matmul takes a slow path), and KV pages hold bfloat16 as its bits (`tooln1.platform.kv_storage`).
 * **TPU**: q/k/v kernels stored [layers, heads, embed, D] (`heads_major`), the layout XLA:TPU's decode
   matmuls read; it copied the [layers, embed, heads, D] stacks into it every round.
-* **GPU, prefill**: a chunk's attention over its context and itself as one Pallas (Triton) kernel a layer
-  (`tooln1.models.chunk_attention`) for 16-bit models with power-of-two heads, where the portable
-  blockwise path is a sequential loop of one ``lax.cond`` per pair of blocks (`prefill_attention`).
+* **Prefill, GPU and TPU**: a chunk's attention over its context and itself as one kernel a layer
+  (`tooln1.models.chunk_attention`: Pallas Triton on a GPU for 16-bit models with power-of-two heads,
+  splash attention on a TPU), where the portable blockwise path is a sequential loop of one ``lax.cond``
+  per pair of blocks (`prefill_attention`).
 
 The engine asks `DecodeLayout.of` which layout a model gets on a mesh and `decoding_copy` for the copy.
 """
@@ -51,7 +52,7 @@ class DecodeLayout:
     heads_major: bool = False  # `heads_major`
     kv_dtype: Any = jnp.dtype(jnp.float32)  # what the KV pages hold (`tooln1.platform.kv_storage`)
     narrowest: int = 1  # the narrowest decode width worth compiling
-    prefill_attention: str = "blockwise"  # a prefill chunk's attention: "blockwise" or "pallas_gpu"
+    prefill_attention: str = "blockwise"  # a prefill chunk's attention: "blockwise", "pallas_gpu" or "splash"
 
     @classmethod
     def of(cls, config: ModelConfig, mesh: Mesh | None, layer_layout: str = "auto") -> DecodeLayout:
@@ -73,9 +74,11 @@ class DecodeLayout:
 
 
 def prefill_attention(config: ModelConfig, target: str) -> str:
-    """How a prefill chunk attends on ``target``: "pallas_gpu" (`tooln1.models.chunk_attention`) on a GPU
-    where the kernel takes the model's heads and dtype, else "blockwise" (the portable path, the tests'
-    reference)."""
+    """How a prefill chunk attends on ``target`` (`tooln1.models.chunk_attention`): "pallas_gpu" on a GPU
+    where the kernel takes the model's heads and dtype, "splash" on a TPU, else "blockwise" (the portable
+    path, the tests' reference)."""
+    if target == "tpu":
+        return "splash"
     fits = chunk_attention.kernel_fits(config.head_dim, config.dtype)
     return "pallas_gpu" if target in ("gpu", "cuda") and fits else "blockwise"
 

@@ -42,7 +42,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from tooln1.models.attention import attention
-from tooln1.models.chunk_attention import chunk_attention
+from tooln1.models.chunk_attention import chunk_attention, splash_chunk_attention
 from tooln1.models.paged_attention import gather_pages, sharded_paged_attention, write_pages
 from tooln1.sharding import batch_axes, constrain, logical_to_spec, per_batch_shard
 
@@ -59,7 +59,7 @@ class Shape(NamedTuple):
     page_size: int
     chunk: int  # prompt tokens a shard prefills per program
     chunk_block: int  # query and key block of the chunk's attention (blockwise)
-    chunk_attention: str  # "blockwise" or "pallas_gpu" (`tooln1.platform.decode_layout.prefill_attention`)
+    chunk_attention: str  # "blockwise", "pallas_gpu" or "splash" (`tooln1.platform.decode_layout.prefill_attention`)
     steps: int
     greedy: bool
     top_k: int
@@ -192,6 +192,9 @@ def _prefill(model, pools, c: Chunk, shape: Shape):
     block = shape.chunk_block
     if shape.chunk_attention == "pallas_gpu":
         attend_fn = functools.partial(chunk_attention, mesh=model.mesh)
+    elif shape.chunk_attention == "splash":  # its mask is this layout's: positions are implied
+        attend_fn = lambda q, k, v, q_seg, kv_seg, *_: splash_chunk_attention(  # noqa: E731
+            q, k, v, q_seg, kv_seg, mesh=model.mesh)
     else:
         attend_fn = functools.partial(attention, **dict(model.attention_options(), block_size=block))
     # The context is padded to whole blocks, so the chunk's own keys start a block: a block that
