@@ -3,11 +3,12 @@
 
     JAX_PLATFORMS=cpu ~/venv-cuda/bin/python tools/prefill_hlo.py                 # tool-0.5b's engine, H100
     JAX_PLATFORMS=cpu ~/venv-cuda/bin/python tools/prefill_hlo.py --layers 2 --chunk 512
+    TPU_SKIP_MDS_QUERY=1 python tools/prefill_hlo.py --target tpu-v5e-4 --paths blockwise,splash  # in jax[tpu]
 
-For each path ("blockwise": the portable loop; "pallas_gpu": `tooln1.models.chunk_attention`) it prints
-the while loops (nesting and trip count: XLA's ``known_trip_count``, else "dynamic"), the custom calls by
+For each path ("blockwise": the portable loop; "pallas_gpu", "splash": `tooln1.models.chunk_attention`) it
+prints the while loops (nesting and trip count: XLA's ``known_trip_count``, else "dynamic"), the custom calls by
 target, and the kernels launched per layer (fusions and custom calls inside the layer loop's body, once
-per trip of each loop around them where XLA knows the trip count; a ``lax.cond``'s branches counted once).
+per trip of each loop around them where XLA knows the trip count; a conditional's larger branch).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 _COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$")
-_OP = re.compile(r" = .*? ([a-z][\w\-]*)\((?:%|\))")
+_OP = re.compile(r" = .*? ([a-z][\w\-]*)\(")
 _WHILE = re.compile(r"condition=%?([\w.\-]+), body=%?([\w.\-]+)")
 _TRIPS = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
 _BRANCHES = re.compile(r"(?:true_computation|false_computation)=%?([\w.\-]+)|branch_computations=\{([^}]*)\}")
@@ -48,6 +49,20 @@ def computations(hlo: str) -> dict[str, list[str]]:
     return out
 
 
+def _trip_count(line: str, condition: list[str]) -> int | str:
+    """A while loop's trip count: XLA:GPU's ``known_trip_count``, else (XLA:TPU) a condition that is only
+    ``counter < constant`` (the counters JAX's loops start at 0), else "dynamic"."""
+    known = _TRIPS.search(line)
+    if known:
+        return int(known.group(1))
+    ops = [(_OP.search(i) or [None, ""])[1] for i in condition]
+    bound = [re.search(r"constant\((\d+)\)", i) for i in condition]
+    if sorted(op for op in ops if op not in ("parameter", "get-tuple-element")) == ["compare", "constant"] and any(
+            "direction=LT" in i for i in condition):
+        return int(next(b.group(1) for b in bound if b))
+    return "dynamic"
+
+
 def kernels(comps: dict[str, list[str]], name: str, loops: list[dict], depth: int = 0) -> Counter:
     """Kernels one run of computation ``name`` launches, by instruction (fusions, custom calls by target,
     unfused ops), each while body's multiplied by its known trip count and a conditional's larger branch
@@ -57,11 +72,11 @@ def kernels(comps: dict[str, list[str]], name: str, loops: list[dict], depth: in
         op = _OP.search(line)
         kind = op.group(1) if op else ""
         if kind == "while":
-            body = _WHILE.search(line).group(2)
-            trips = _TRIPS.search(line)
-            loops.append({"depth": depth, "trips": int(trips.group(1)) if trips else "dynamic", "body": body})
+            condition, body = _WHILE.search(line).groups()
+            trips = _trip_count(line, comps.get(condition, []))
+            loops.append({"depth": depth, "trips": trips, "body": body})
             for k, v in kernels(comps, body, loops, depth + 1).items():
-                count[k] += v * (int(trips.group(1)) if trips else 1)
+                count[k] += v * (trips if isinstance(trips, int) else 1)
         elif kind == "conditional":
             names = [a or b for a, b in _BRANCHES.findall(line)]
             branches = [kernels(comps, n.strip().lstrip("%"), loops, depth) for ns in names for n in ns.split(",")]
