@@ -12,8 +12,8 @@ classes), so only prompts of at most 4,200 tokens train (the 20 one-class Gorill
 entries, 5 per category); 2 prompts x G 4 a step, replies of at most 128 tokens, 6 replies and 768
 tokens of replies and observations per trajectory, tool results cut at 1,000 characters, the top 8
 of 30 blocks trained. Validation: after GRPO only, greedy, on 2 held-out ``multi_turn_base`` entries.
-Observed (experiments/README.md, "SmolLM2-135M-Instruct on BFCL v3 multi-turn"): no rollout writes a
-call, every group is all-zero, and held-out BFCL multi-turn stays 0/8 before and after.
+Observed (experiments/README.md, "SmolLM2-135M-Instruct on BFCL v3 multi-turn"): no rollout earns a
+reward, every group is all-zero, and held-out BFCL multi-turn stays 0/8 before and after.
 """
 from tooln1.config import apply_mesh, apply_recipe, base_config
 
