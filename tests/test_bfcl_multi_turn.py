@@ -42,3 +42,34 @@ def test_a_checkpoint_plays_its_episodes_through_the_engine(tmp_path, tiny_check
     rows = [s for s in results["samples"] if s["benchmark"] == "bfcl-multi-turn"]
     assert len(rows) == 2 and all(row["outputs"][0] for row in rows)  # a random model's replies, scored by BFCL
     assert "| MT Base |" in (out / "table.md").read_text()
+
+
+def test_training_spec_reads_the_training_split_with_the_environments_opening_prompt(bfcl_checker, tiny_tokenizer):
+    """``bfcl-multi-turn:SPLIT[:CATEGORY]`` (data.sources) gives one side of the split, and each record's
+    unified fields render the very prompt its environment starts the episode from (what the length
+    filter counts)."""
+    from tooln1.data.prompt import render_prompt
+    from tooln1.data.sources import load_records_with_stats
+    from tooln1.environments import make_environment
+
+    records, stats = load_records_with_stats("bfcl-multi-turn:train")
+    assert len(records) == stats.kept_trajectories == 400
+    assert {int(r["id"].rsplit("_", 1)[1]) for r in records} == split_indices("train")
+    one, _ = load_records_with_stats("bfcl-multi-turn:eval:multi_turn_composite")
+    assert len(one) == 100 and {r["category"] for r in one} == {"multi_turn_composite"}
+    for record in records[::7] + one[::7]:  # every category, miss_func and composite holding functions back
+        env = make_environment(record)
+        opening = tiny_tokenizer.apply_chat_template(env.messages(), tokenize=False, add_generation_prompt=True)
+        assert render_prompt(record, tiny_tokenizer) == opening
+
+
+def test_a_bad_training_spec_is_named_by_the_config_check():
+    from tooln1.config.schema import DataSection
+    from tooln1.config.validation import data_problems
+
+    def problems(spec: str) -> list[str]:
+        return data_problems(DataSection(sources=spec, val_spec="bfcl-multi-turn:eval"), check_paths=True)
+
+    assert problems("bfcl-multi-turn:train,bfcl-multi-turn:all:multi_turn_base") == []
+    assert "SPLIT train, eval or all" in problems("bfcl-multi-turn:test")[0]
+    assert "bfcl-multi-turn:train:multi_turn_x" in problems("bfcl-multi-turn:train:multi_turn_x")[0]

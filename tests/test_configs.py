@@ -112,6 +112,17 @@ def test_smollm2_config_builds_each_recipe_and_names_a_bad_spec():
             smollm2.get_config(spec)
 
 
+
+def test_smollm2_multi_turn_config_trains_on_the_bfcl_training_split():
+    from tooln1.config import validate_config
+
+    c = load_config_module("smollm2_multi_turn").get_config()
+    assert c.data.sources == "bfcl-multi-turn:train" and c.data.val_spec.startswith("bfcl-multi-turn:eval")
+    assert c.grpo.enabled and not c.sft.enabled and c.grpo.max_turns > 1
+    assert c.grpo.prompt_bucket >= c.data.max_prompt_tokens
+    c.mesh.update(data=1, fsdp=1, tensor=1, num_devices=0)  # the one CPU device it runs on, not conftest's 8
+    validate_config(c, check_paths=False)
+
 def _cfg(tmp_path, **over):
     """A valid tiny config on one device; `over` maps dotted keys to values."""
     c = load_config_module("quickstart").get_config()

@@ -71,9 +71,17 @@ def _spec_problem(key: str, spec: str) -> str | None:
         if not n.isdigit() or (seed and not seed.isdigit()):
             return f"config.{key}: bad synthetic spec {spec!r}; expected {spec.partition(':')[0]}:N[:SEED]"
         return None
+    if kind == "bfcl-multi-turn":
+        from tooln1.environments.bfcl import CATEGORIES
+
+        split, _, category = location.partition(":")
+        if split not in ("train", "eval", "all") or (category and category not in CATEGORIES):
+            return (f"config.{key}: bad BFCL multi-turn spec {spec!r}; expected bfcl-multi-turn:SPLIT[:CATEGORY] "
+                    f"with SPLIT train, eval or all and CATEGORY one of {list(CATEGORIES)}")
+        return None
     if kind not in ("xlam", "toolace", "prepared"):
-        return (f"config.{key}: unknown data source kind {kind!r} in {spec!r}; "
-                "expected xlam, toolace, synthetic, synthetic-simple, synthetic-tiny, synthetic-lookup or prepared")
+        return (f"config.{key}: unknown data source kind {kind!r} in {spec!r}; expected xlam, toolace, synthetic, "
+                "synthetic-simple, synthetic-tiny, synthetic-lookup, bfcl-multi-turn or prepared")
     if os.path.exists(location) or (kind != "prepared" and looks_like_hub_id(location)):
         return None  # a local file, or a hub id `datasets` resolves (or says it cannot, offline)
     return f"config.{key}: data path {location!r} (in {spec!r}) does not exist"

@@ -12,6 +12,11 @@ format the model is asked to produce) rather than as a doubly JSON-encoded strin
 ``toolace-trajectories:`` keeps ToolACE's multi-step dialogues whole instead of cutting them into steps:
 one record per dialogue with ``env: "toolace_replay"`` and its ``replay`` script, for
 :class:`tooln1.environments.replay.ReplayEnvironment` (docs/environments.md).
+
+``bfcl-multi-turn:SPLIT[:CATEGORY]`` reads BFCL v3 multi-turn entries of one side of the seeded
+train/eval split (``tooln1.environments.bfcl.split_indices``) as episodes for
+:class:`tooln1.environments.bfcl.BFCLEnvironment`: GRPO trains on ``train`` while ``tooln1-eval``
+scores the held-out ``eval`` side.
 """
 from __future__ import annotations
 
@@ -341,16 +346,30 @@ def toolace_records(
     return records, stats
 
 
+def bfcl_multi_turn_records(location: str) -> tuple[list[dict], SourceStats]:
+    """``SPLIT[:CATEGORY]`` → BFCL multi-turn episodes of that split (default: the four categories
+    BFCL v3 scores); needs ``nvidia-bfcl``."""
+    from tooln1.environments.bfcl import load_records as load_bfcl_records
+
+    split, _, category = location.partition(":")
+    records = load_bfcl_records([category] if category else None, split=split)
+    stats = SourceStats(f"bfcl-multi-turn:{location}", raw_rows=len(records))
+    stats.raw_multi = stats.kept_trajectories = len(records)
+    return records, stats
+
+
 # --------------------------------------------------------------------------------- entry points
 
 def load_source(kind: str, location: str, split: str = "train", **kwargs: Any) -> tuple[list[dict], SourceStats]:
-    """Load one source: ``kind`` in xlam / toolace / synthetic / prepared."""
+    """Load one source: ``kind`` in xlam / toolace / synthetic / prepared / bfcl-multi-turn."""
     if kind == "synthetic" and kwargs.pop("lookup", False):  # a multi-turn task with its environment
         n, _, seed = location.partition(":")
         records = generate_lookup_records(int(n), int(seed or 0))
         stats = SourceStats("synthetic-lookup", raw_rows=len(records))
         stats.raw_multi = stats.kept_multi = len(records)
         return records, stats
+    if kind == "bfcl-multi-turn":
+        return bfcl_multi_turn_records(location)
     if kind == "synthetic":
         n, _, seed = location.partition(":")
         try:
@@ -371,7 +390,8 @@ def load_source(kind: str, location: str, split: str = "train", **kwargs: Any) -
             stats.kept_single += not multi
         return records, stats
     if kind not in ("xlam", "toolace"):
-        raise ValueError(f"unknown data source kind {kind!r}; expected xlam, toolace, synthetic or prepared")
+        raise ValueError(f"unknown data source kind {kind!r}; expected xlam, toolace, synthetic, prepared "
+                         "or bfcl-multi-turn")
     rows, unreadable = read_rows(location, split)
     convert = xlam_records if kind == "xlam" else toolace_records
     records, stats = convert(rows, kind, **kwargs)
@@ -387,12 +407,14 @@ def parse_data_spec(spec: str) -> tuple[str, str, dict]:
     ``synthetic-tiny:N[:SEED]`` tiny (see ``tooln1.data.synthetic``), ``synthetic-lookup:N[:SEED]`` the
     two-call task of ``tooln1.data.synthetic_multi_turn`` (multi-turn: ``grpo.max_turns`` > 1);
     ``toolace-trajectories:PATH`` keeps ToolACE's multi-step dialogues whole
-    (``toolace_records(trajectories=True)``)."""
+    (``toolace_records(trajectories=True)``); ``bfcl-multi-turn:SPLIT[:CATEGORY]`` BFCL's multi-turn
+    episodes (``bfcl_multi_turn_records``)."""
     kind, sep, location = spec.partition(":")
     if not sep or not location:
         raise ValueError(f"bad data spec {spec!r}: expected xlam:PATH_OR_HUB_ID, toolace:PATH_OR_HUB_ID, "
                          "toolace-trajectories:PATH_OR_HUB_ID, synthetic:N[:SEED], synthetic-simple:N[:SEED], "
-                         "synthetic-tiny:N[:SEED], synthetic-lookup:N[:SEED] or prepared:PATH")
+                         "synthetic-tiny:N[:SEED], synthetic-lookup:N[:SEED], bfcl-multi-turn:SPLIT[:CATEGORY] "
+                         "or prepared:PATH")
     if kind == "toolace-trajectories":
         return "toolace", location, {"trajectories": True}
     if kind == "synthetic-simple":

@@ -117,9 +117,12 @@ def load_records(categories: Iterable[str] | None = None, split: str = "eval", s
                  limit: int | None = None) -> list[dict]:
     """BFCL multi-turn records of ``categories`` (default :data:`DEFAULT_CATEGORIES`) in ``split``.
 
-    A record is ``{id, env: "bfcl_multi_turn", source, category, entry, ground_truth}``; ``entry``
-    is BFCL's test entry, ``ground_truth`` its call strings per turn. ``limit``: the first N of each
-    category (by index) after the split.
+    A record is ``{id, env: "bfcl_multi_turn", source, category, entry, ground_truth, tools,
+    conversation}``; ``entry`` is BFCL's test entry, ``ground_truth`` its call strings per turn.
+    ``tools`` and ``conversation`` (the first question) are the environment's opening prompt in the
+    unified record's fields, so code that renders a record's prompt without an environment (the
+    trainer's length filter) sees the prompt the episode starts from. ``limit``: the first N of
+    each category (by index) after the split.
     """
     categories = list(categories or DEFAULT_CATEGORIES)
     unknown = [c for c in categories if c not in CATEGORIES]
@@ -135,7 +138,9 @@ def load_records(categories: Iterable[str] | None = None, split: str = "eval", s
         chosen = sorted((e for e in entries if _index(e["id"]) in keep), key=lambda e: _index(e["id"]))
         for entry in chosen[:limit] if limit is not None else chosen:
             records.append({"id": entry["id"], "env": "bfcl_multi_turn", "source": f"bfcl/{category}",
-                            "category": category, "entry": entry, "ground_truth": truth[entry["id"]]})
+                            "category": category, "entry": entry, "ground_truth": truth[entry["id"]],
+                            "tools": _offered_tools(entry)[0],
+                            "conversation": [{"role": "user", "content": _question_text(entry, 0)}]})
     return records
 
 
@@ -144,6 +149,21 @@ def _function_docs(class_name: str) -> tuple[dict, ...]:
     """One class's function docs as BFCL's prompting handler shows them (read once; never mutated)."""
     docs = _read_jsonl(data_dir() / "multi_turn_func_doc" / _FUNC_DOC_FILES[class_name])
     return tuple(prepare_functions(docs, "multi_turn"))
+
+
+def _offered_tools(entry: dict) -> tuple[list[dict], dict[int, list[dict]]]:
+    """The function docs shown from the first turn, and those ``miss_func`` / ``composite`` hold back
+    until the turn that announces them (turn → docs)."""
+    missed = {int(turn): set(names) for turn, names in entry.get("missed_function", {}).items()}
+    docs = [doc for name in entry["involved_classes"] for doc in _function_docs(name)]
+    held_back = set().union(*missed.values()) if missed else set()
+    return ([d for d in docs if d["name"] not in held_back],
+            {turn: [d for d in docs if d["name"] in names] for turn, names in missed.items()})
+
+
+def _question_text(entry: dict, turn: int) -> str:
+    """The user's text of ``turn`` (a turn announcing held-back functions has none of its own)."""
+    return "\n\n".join(m["content"] for m in entry["question"][turn])
 
 
 def _make_instances(entry: dict, long_context: bool) -> dict[str, Any]:
@@ -259,11 +279,7 @@ class BFCLEnvironment:
         long_context = "long_context" in category or "composite" in category
         self._model = _Executor(_make_instances(entry, long_context), limits)
         self._reference = _Executor(_make_instances(entry, long_context), ToolLimits(None, limits.max_chars))
-        missed = {int(turn): set(names) for turn, names in entry.get("missed_function", {}).items()}
-        docs = [doc for name in entry["involved_classes"] for doc in _function_docs(name)]
-        held_back = set().union(*missed.values()) if missed else set()
-        self._tools = [d for d in docs if d["name"] not in held_back]
-        self._added = {turn: [d for d in docs if d["name"] in names] for turn, names in missed.items()}
+        self._tools, self._added = _offered_tools(entry)
         self._turn = 0
         self._steps: list[list[str]] = []  # this turn's executed steps, as BFCL call strings
         self._calls: list[list[list[str]]] = []  # every finished turn's steps
@@ -334,7 +350,7 @@ class BFCLEnvironment:
             self._tools.extend(added)
             lines = "\n".join(json.dumps({"type": "function", "function": d}) for d in added)
             return f"<tools>\n{lines}\n</tools>\n{ADDED_FUNCTIONS_PROMPT}"
-        return "\n\n".join(m["content"] for m in self._entry["question"][turn])
+        return _question_text(self._entry, turn)
 
     def _execute(self, calls: list[dict]) -> Step:
         results = [self._model.call(c["name"], [], c["arguments"]) for c in calls]
