@@ -1,6 +1,7 @@
 """Multi-turn continuation in the rollout engine: a continued sample equals a fresh prefill of its whole
 context, tokens inserted by ``continue_with`` are marked and carry no log-prob, slow tools stall no other
 sample, and the turn and length caps end trajectories as `Completion.stop` says."""
+import collections
 import dataclasses
 import threading
 import time
@@ -11,7 +12,9 @@ import pytest
 
 from tooln1.checkpoints.hf_import import load_model
 from tooln1.checkpoints.tiny import make_tiny_checkpoint
+from tooln1.rollout import engine as engine_module
 from tooln1.rollout.engine import STOPS, Engine, EngineConfig
+from tooln1.rollout.programs import run_prefill
 from tooln1.rollout.sampling import SamplingConfig
 
 VOCAB = 2990
@@ -65,7 +68,7 @@ def turns_of(c) -> list[tuple[int, int]]:
 def three_tool_turns(engine, prompts):
     results, _ = engine.generate(prompts, greedy(), jax.random.key(0), continue_with=observation, max_turns=4,
                                  max_length=MAX_LENGTH)
-    assert engine.stats["narrow_chunks"] > 0, "the test needs observations prefilled in the narrow chunk"
+    assert 8 in engine.stats["chunk_widths"], "the test needs observations prefilled in the narrow chunk"
     return results
 
 
@@ -115,6 +118,35 @@ def test_single_turn_unchanged_by_the_continuation_path(model, prompts):
         np.testing.assert_array_equal(a.logprobs, b.logprobs)
         assert a.sampled.all() and b.sampled.all() and a.stop == b.stop
     assert {c.stop for group in plain for c in group} == {"eos", "max_new_tokens"}
+
+
+def test_a_chunk_runs_the_narrowest_width_that_holds_it(model, prompts, three_tool_turns, monkeypatch):
+    """With chunk widths 4, 8 and 16, every prefill runs the narrowest program that holds its tokens, and the
+    trajectories are those of widths 8 and 16 (greedy tokens equal, log-probs up to float rounding)."""
+    engine = Engine(model, dataclasses.replace(CONFIG, narrow_chunk=4))
+    assert engine.chunk_widths(engine.shape(greedy(), 6, 13, MAX_LENGTH), multi_turn=True) == [4, 8, 16]
+    assert Engine(model, dataclasses.replace(CONFIG, narrow_chunk=3)).chunk_widths(
+        engine.shape(greedy(), 6, 13, MAX_LENGTH), multi_turn=True) == [3, 6, 12, 16]
+    assert engine.chunk_widths(engine.shape(greedy(), 6, 13), multi_turn=False) == [16]
+    ran = []  # (program width, tokens of its fullest shard)
+
+    def spy(**kw):
+        ran.append((kw["shape"].chunk, int((np.asarray(kw["chunk"].seg) >= 0).sum(axis=1).max())))
+        return run_prefill(**kw)
+
+    monkeypatch.setattr(engine_module, "run_prefill", spy)
+    results, _ = engine.generate(prompts, greedy(), jax.random.key(0), continue_with=observation, max_turns=4,
+                                 max_length=MAX_LENGTH)
+    for width, tokens in ran:
+        assert width == min(w for w in (4, 8, 16) if w >= tokens), (width, tokens)
+    assert {width for width, _ in ran} == {4, 8, 16}, ran
+    assert {w: n for w, (n, _) in engine.stats["chunk_widths"].items()} == dict(collections.Counter(w for w, _ in ran))
+    for i, (a_group, b_group) in enumerate(zip(three_tool_turns, results)):
+        for g, (a, b) in enumerate(zip(a_group, b_group)):
+            np.testing.assert_array_equal(a.tokens, b.tokens, err_msg=f"prompt {i} sample {g}")
+            np.testing.assert_array_equal(a.sampled, b.sampled)
+            np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
+            assert a.stop == b.stop
 
 
 def test_slow_and_ragged_tools_stall_no_other_sample(engine, prompts):

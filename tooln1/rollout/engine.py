@@ -40,7 +40,9 @@ decides what each round does:
   decodes others. The token ids it returns are appended as they are (token in, token out: nothing
   is re-templated), prefilled into the sample's own pages after the tokens it holds, as a chunk
   segment that continues its earlier pages, and the sample takes a slot again. A trajectory takes
-  pages for its whole length cap when it starts, so a continuation never waits for pages.
+  pages for its whole length cap when it starts, so a continuation never waits for pages. Such ids
+  come a few dozen at a time, so a round prefills its chunk in the narrowest of a few compiled widths
+  that holds it (`Engine.chunk_widths`).
 
 Several processes: every process passes the same global prompt list (`tooln1.rollout.sampling` gathers
 them) and runs the same schedule for every shard, so the device programs match; the tokens each
@@ -95,8 +97,9 @@ class EngineConfig:
     decode_widths: int = 4  # compiled decode widths: all slots, then halves (the long tail decodes narrower)
     score_queue: int = 64  # finished groups waiting for on_group before decoding waits
     continue_workers: int = 16  # threads running generate's continue_with (each waiting tool holds one)
-    # With continue_with, a round whose chunk holds at most this many tokens prefills them in a chunk
-    # program this wide: an inserted observation is a few dozen tokens (0: always prefill_chunk)
+    # With continue_with, chunk programs this wide and every doubling below prefill_chunk: a round prefills
+    # its chunk in the narrowest that holds it, since observations arrive a few dozen tokens at a time and
+    # a chunk's cost grows with its width (0: always prefill_chunk)
     narrow_chunk: int = 128
     prefix_cache: bool = True  # a prompt reuses the full pages of an earlier prompt with the same prefix
     # The decoding copy's layers: "stacked", "per_layer" or "auto" (`tooln1.platform.decode_layout`)
@@ -229,7 +232,7 @@ class Engine:
     def __init__(self, model, config: EngineConfig = EngineConfig()):
         self.config, self.mesh, self.model_config = config, model.mesh, model.config
         self.layout = DecodeLayout.of(model.config, self.mesh, config.layer_layout)
-        self.stats: dict[str, float] = {}
+        self.stats: dict[str, Any] = {}
         if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(nnx.state(model))):
             # an abstract model (tooln1-fit: compile-only devices): the decoding copy's shapes only
             self.graphdef, abstract = _abstract_copy(*_copier(model, self.layout))
@@ -318,6 +321,14 @@ class Engine:
         below = [w for w in below if w >= self.layout.narrowest]
         return [shape.slots] + below[:self.config.decode_widths - 1]
 
+    def chunk_widths(self, shape: Shape, multi_turn: bool) -> list[int]:
+        """The prefill chunk widths rounds compile for, narrowest first: with ``multi_turn``, ``narrow_chunk``
+        doubled until ``shape.chunk``, then the chunk (each compiled when a round first needs it); a
+        single-turn rollout prefills whole chunks of prompts, so one width."""
+        narrow = self.config.narrow_chunk if multi_turn else 0
+        below = [narrow << k for k in range(shape.chunk.bit_length())] if narrow else []
+        return [w for w in below if w < shape.chunk] + [shape.chunk]
+
     def lower(self, sampling, samples: int, max_prompt_len: int, seed=None, program: str = "round"):
         """The lowered program `generate` runs for these sizes: the decode ``"round"`` at its widest, or
         the ``"prefill"`` of a chunk (compile it, read its memory). Nothing is placed on devices, so it
@@ -389,10 +400,11 @@ class Engine:
         results: list[list[Completion]] = [[] for _ in queue]
         scorer = _Scorer(on_group, self.config.score_queue)
         stats = dict(rounds=0, device_s=0.0, prefill_rounds_s=0.0, prefill_chunks=0, prefill_tokens=0, cached_tokens=0,
-                     decode_steps=0, slot_steps=0, width_steps=0, narrow_chunks=0, tool_wait_s=0.0)
+                     decode_steps=0, slot_steps=0, width_steps=0, tool_wait_s=0.0)
+        chunk_widths = self.chunk_widths(shape, turns is not None)
+        per_width = {w: [0, 0.0] for w in chunk_widths}  # chunks and seconds of the rounds that prefill them
         unfinished = len(queue)
         widths = self.widths(shape)
-        narrow = self.config.narrow_chunk if turns and self.config.narrow_chunk < shape.chunk else 0
 
         def hand_on_finished() -> int:
             """Record and score the groups the shards finished; returns how many."""
@@ -438,8 +450,7 @@ class Engine:
                                 else [never] * len(shards))
                 t0 = time.perf_counter()
                 if prefilled:
-                    tokens = narrow if max(c.tokens_added for c in chunks) <= narrow else shape.chunk
-                    stats["narrow_chunks"] += tokens < shape.chunk
+                    tokens = min(w for w in chunk_widths if w >= max(c.tokens_added for c in chunks))
                     arrays = _stack(chunks, functools.partial(_ChunkBuilder.arrays, width=tokens))
                     pools = run_prefill(graphdef=self.graphdef, weights=self.weights, pools=pools,
                                         chunk=Chunk(*(self._put(x, per_shard=True) for x in arrays)),
@@ -456,6 +467,8 @@ class Engine:
                 stats["device_s"] += waited
                 if prefilled:  # a chunk's prefill and its one decode step; the rest of device_s is decoding
                     stats["prefill_rounds_s"] += waited
+                    per_width[tokens][0] += 1
+                    per_width[tokens][1] += waited
                 steps = int(live.any((1, 2)).sum())
                 stats.update(rounds=stats["rounds"] + 1, prefill_tokens=stats["prefill_tokens"] + prefilled,
                              prefill_chunks=stats["prefill_chunks"] + bool(prefilled),
@@ -469,6 +482,7 @@ class Engine:
             if turns is not None:
                 turns.close()
         stats["wall_s"] = time.perf_counter() - t_start
+        stats["chunk_widths"] = {w: (n, seconds) for w, (n, seconds) in per_width.items() if n}
         stats["cached_tokens"] = sum(shard.cached_tokens for shard in shards)
         stats["evicted_pages"] = sum(shard.pages.evictions for shard in shards)
         stats["continuations"] = sum(shard.continuations for shard in shards)

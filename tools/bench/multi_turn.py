@@ -231,9 +231,11 @@ def run_all(ckpt, systems, latencies, engine_flag: str) -> str:
     loop = results.get("tooln1 re-prefill loop", {}).get("rows")
     if ours:
         s = ours[0]["stats"]
+        widths = ", ".join(f"{n} × {w} tokens in {seconds:.1f} s" for w, (n, seconds) in
+                           sorted(s["chunk_widths"].items(), key=lambda item: int(item[0])))
         lines += ["", f"Continuation at {latencies[0]:g} ms: {s['slots']} slots, {s['rounds']} rounds, "
-                      f"{s['prefill_tokens']} tokens prefilled in {s['prefill_chunks']} chunks ({s['narrow_chunks']} "
-                      f"narrow; {s['continuations']} continuations, {s['inserted_tokens']} inserted tokens), "
+                      f"{s['prefill_tokens']} tokens prefilled in {s['prefill_chunks']} chunks ({widths}; "
+                      f"{s['continuations']} continuations, {s['inserted_tokens']} inserted tokens), "
                       f"{s['decode_steps']} decode steps, "
                       f"{s['prefill_rounds_s']:.1f} of {s['device_s']:.1f} s in rounds that prefill; "
                       f"{ours[-1]['stats']['tool_wait_s']:.2f} s with every slot waiting on a tool at "
