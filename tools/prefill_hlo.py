@@ -112,6 +112,7 @@ def report(hlo: str, layers: int | None = None) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--target", default="h100-80gb:1")
+    ap.add_argument("--mesh", default="1,1,1", help="data,fsdp,tensor: the engine's mesh over the target's devices")
     ap.add_argument("--model", default="qwen2.5-0.5b")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--layers", type=int, default=0, help="fewer layers (0: the model's)")
@@ -137,7 +138,8 @@ def main() -> None:
     from tooln1.rollout.sampling import SamplingConfig
 
     target = get_target(args.target)
-    mesh = Mesh(np.array(target_devices(target)[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+    sizes = tuple(int(n) for n in args.mesh.split(","))
+    mesh = Mesh(np.array(target_devices(target)[:int(np.prod(sizes))]).reshape(sizes), ("data", "fsdp", "tensor"))
     overrides = dict(dtype=args.dtype, **({"num_layers": args.layers} if args.layers else {}))
     model = abstract_model(preset(args.model, **overrides), mesh)
     engine = Engine(model, EngineConfig(num_slots=args.slots, prefill_chunk=args.chunk, prefill_block=args.block))
