@@ -183,6 +183,28 @@ def test_fused_prefill_kernels_sample_what_the_portable_path_samples(model, prom
             np.testing.assert_allclose(results[i][g].logprobs, one_slot[i][g].logprobs, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("config", [ONE_SLOT, FIVE_SLOTS], ids=["rows_of_one_token", "rows_of_eight_tokens"])
+def test_tpu_row_kv_writes_sample_what_token_writes_sample(model, prompts, sampling, one_slot, monkeypatch, config):
+    """The TPU's KV writes of whole rows (`write_rows`) sample what the per-token writes sample: with the tiny
+    model's head of 16, ONE_SLOT's pages of 4 are rows of one token, FIVE_SLOTS' pages of 8 one 128-lane row
+    of 8 tokens, written whole from a chunk's runs and a decode step's tokens with the pool's."""
+    import tooln1.platform.decode_layout
+    import tooln1.rollout.programs
+
+    monkeypatch.setattr(tooln1.platform.decode_layout, "kv_writes", lambda target: "rows")
+    traced = []
+    write_rows = tooln1.rollout.programs.write_rows
+    monkeypatch.setattr(tooln1.rollout.programs, "write_rows", lambda *a: traced.append(a[0].shape) or write_rows(*a))
+    engine = Engine(model, config)
+    assert engine.layout.kv_writes == "rows"
+    results, _ = engine.generate(prompts, sampling, jax.random.key(5), max_prompt_len=max(LENGTHS))
+    assert traced and traced[0][-1] == (128 if config is FIVE_SLOTS else model.config.head_dim)  # rows of the pool
+    for i in range(len(prompts)):
+        for g in range(G):
+            np.testing.assert_array_equal(results[i][g].tokens, one_slot[i][g].tokens, err_msg=f"prompt {i} sample {g}")
+            np.testing.assert_allclose(results[i][g].logprobs, one_slot[i][g].logprobs, atol=1e-4, rtol=0)
+
+
 def test_bf16_cpu_copy_samples_what_the_stacked_bf16_copy_samples(checkpoint, prompts, sampling):
     """16-bit decoding on a CPU: per-layer weights, embedding rows gathered from a float32 table, an
     untied [D, V] head, bf16 KV pages stored as uint16 bits and no one-row decode width; it samples what

@@ -1,6 +1,7 @@
 """Paged attention against the dense reference (`attention(implementation="dense")` over each sequence's tokens laid
 out contiguously), with pages scattered over the pool in random order and ragged lengths."""
 import functools
+import importlib.util
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from tooln1.models.attention import attention
-from tooln1.models.paged_attention import gather_pages, page_shape, ragged_paged_attention, write_pages
+from tooln1.models.paged_attention import gather_pages, page_shape, ragged_paged_attention, write_pages, write_rows
 from tooln1.platform.kv_storage import BFLOAT16_BITS, pool_dtype
 
 KV, GROUPS, D, PS, M, N = 2, 3, 8, 4, 5, 40
@@ -111,6 +112,66 @@ def test_pools_of_128_lane_rows_hold_the_same_tokens():
     want = ragged_paged_attention(q, *plain, lengths, table, pages_per_block=2, backend="jax", layer=1)
     got = ragged_paged_attention(q, *lanes, lengths, table, pages_per_block=2, backend="jax", layer=1)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def _chunk_writes(ps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pages, offsets) of a packed prefill chunk: a run from mid-row across a page boundary into another
+    page's first rows, a run of two tokens ending mid-row, a one-token run at a page's last slot, a run
+    from a page's first slot, a run whose row-mate slot the previous run writes on another page, then
+    padding on the scratch page 0."""
+    runs = [(3, 5, ps + 3), (7, 1, 2), (9, ps - 1, 1), (11, 0, ps - 2), (5, 2, 1), (13, 3, 2)]
+    pages, offsets = [], []
+    for first_page, first, n in runs:
+        slots = np.arange(first, first + n)
+        pages += list(first_page + slots // ps)
+        offsets += list(slots % ps)
+    return np.array(pages + [0] * 3, np.int32), np.array(offsets + [0] * 3, np.int32)
+
+
+@pytest.mark.parametrize("d,ps", [(32, 8), (64, 16), (16, 8), (128, 4), (8, 4)])
+@pytest.mark.parametrize("dtype", [jnp.float32, BFLOAT16_BITS])
+def test_row_writes_equal_token_writes(d, ps, dtype):
+    """`write_rows` (the TPU's whole-row writes) leaves every page but the scratch page 0 as `write_pages`
+    does, for a packed prefill chunk's runs and a decode step's one token per slot, in rows of one token
+    (d 128; page 4 x 8 is narrower than a row) and of several (2 x 64, 4 x 32, 8 x 16)."""
+    rows, width = page_shape(ps, d)
+    rng = np.random.RandomState(d + ps)
+    pool = jnp.asarray(rng.randn(KV, 3, 16, rows, width), jnp.float32)
+    if dtype == BFLOAT16_BITS:
+        pool = jax.lax.bitcast_convert_type(pool.astype(jnp.bfloat16), BFLOAT16_BITS)
+    decode = (np.array([4, 0, 6, 12, 0], np.int32), np.array([ps - 1, 0, 2, 1, 0], np.int32))  # slots 1, 4 idle
+    for pages, offsets in (_chunk_writes(ps), decode):
+        new = jnp.asarray(rng.randn(len(pages), KV, d), jnp.float32)
+        want = jax.jit(write_pages)(pool, 1, new, jnp.asarray(pages), jnp.asarray(offsets))
+        got = jax.jit(write_rows)(pool, jnp.asarray(1), new, jnp.asarray(pages), jnp.asarray(offsets))
+        assert got.dtype == pool.dtype
+        assert not np.array_equal(np.asarray(want), np.asarray(pool))
+        np.testing.assert_array_equal(np.asarray(got)[:, :, 1:], np.asarray(want)[:, :, 1:])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="libtpu not installed (pip install 'jax[tpu]')")
+def test_row_writes_compile_to_no_loop_on_a_tpu():
+    """Compiled for a TPU v5e (libtpu, no TPU): `write_pages` at Qwen2.5-0.5B's heads (2 x 64, rows of 2 tokens)
+    is a loop of one step per token and kv head, `write_rows` a loop-free scatter; the engine writes rows
+    on a TPU mesh and tokens here."""
+    from tooln1.models.config import preset
+    from tooln1.platform.decode_layout import DecodeLayout
+    from tooln1.preflight.targets import get_target, target_devices
+
+    device = target_devices(get_target("tpu-v5e-4"))[0]
+    mesh = jax.sharding.Mesh(np.array([device]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+    config = preset("qwen2.5-0.5b")
+    assert DecodeLayout.of(config, mesh).kv_writes == "rows" and DecodeLayout.of(config, None).kv_writes == "tokens"
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    rows, width = page_shape(16, 64)
+    tokens = 512
+    args = (jax.ShapeDtypeStruct((2, 2, 64, rows, width), jnp.bfloat16, sharding=sharding),
+            jax.ShapeDtypeStruct((), jnp.int32, sharding=sharding),
+            jax.ShapeDtypeStruct((tokens, 2, 64), jnp.bfloat16, sharding=sharding),
+            *[jax.ShapeDtypeStruct((tokens,), jnp.int32, sharding=sharding)] * 2)
+    hlo = lambda write: jax.jit(write).lower(*args).compile().as_text()  # noqa: E731
+    assert " while(" in hlo(write_pages)
+    assert " while(" not in hlo(write_rows)
 
 
 def test_all_layer_pools_with_a_layer_index_read_that_layer():

@@ -1,14 +1,19 @@
-"""Compile-only evidence for a prefill chunk's attention: the engine's prefill program compiled for a target
-(default one H100, no GPU needed) with each chunk-attention path, and what its optimized HLO runs.
+"""Compile-only evidence for a prefill chunk's attention and the KV writes: the engine's prefill program (or
+its decode round) compiled for a target (default one H100, no GPU needed) with each chunk-attention path
+and each way of writing KV, and what its optimized HLO runs.
 
     JAX_PLATFORMS=cpu ~/venv-cuda/bin/python tools/prefill_hlo.py                 # tool-0.5b's engine, H100
     JAX_PLATFORMS=cpu ~/venv-cuda/bin/python tools/prefill_hlo.py --layers 2 --chunk 512
     TPU_SKIP_MDS_QUERY=1 python tools/prefill_hlo.py --target tpu-v5e-4 --paths blockwise,splash  # in jax[tpu]
+    TPU_SKIP_MDS_QUERY=1 python tools/prefill_hlo.py --target tpu-v5e-4 --paths splash --writes tokens,rows
+    TPU_SKIP_MDS_QUERY=1 python tools/prefill_hlo.py --target tpu-v5e-4 --program round --writes tokens,rows
 
-For each path ("blockwise": the portable loop; "pallas_gpu", "splash": `tooln1.models.chunk_attention`) it
-prints the while loops (nesting and trip count: XLA's ``known_trip_count``, else "dynamic"), the custom calls by
-target, and the kernels launched per layer (fusions and custom calls inside the layer loop's body, once
-per trip of each loop around them where XLA knows the trip count; a conditional's larger branch).
+For each path ("blockwise": the portable loop; "pallas_gpu", "splash": `tooln1.models.chunk_attention`) and
+KV writes ("tokens", "rows": `tooln1.platform.decode_layout.kv_writes`) it prints the while loops (nesting
+and trip count: XLA's ``known_trip_count``, else "dynamic"), the custom calls by target, and the kernels
+launched per layer (fusions and custom calls inside the layer loop's body, once per trip of each loop
+around them where XLA knows the trip count; a conditional's larger branch). A decode round's chunk
+attention path does not matter (``--paths splash`` compiles it once).
 """
 from __future__ import annotations
 
@@ -88,12 +93,16 @@ def kernels(comps: dict[str, list[str]], name: str, loops: list[dict], depth: in
     return count
 
 
-def report(hlo: str) -> dict:
+def report(hlo: str, layers: int | None = None) -> dict:
+    """The HLO's loops, custom calls and kernels; those of a layer: the body of the loop of ``layers`` trips
+    (default: the first outermost loop of a known trip count; a decode round's is inside its step loop)."""
     comps = computations(hlo)
     entry = next(n for n in comps if re.search(rf"^ENTRY %?{re.escape(n)} ", hlo, re.M))
     loops: list[dict] = []
     total = kernels(comps, entry, loops)
-    layer_loop = next((lp for lp in loops if lp["depth"] == 0 and lp["trips"] != "dynamic"), None)
+    known = [lp for lp in loops if lp["trips"] == layers] or [
+        lp for lp in loops if lp["depth"] == 0 and lp["trips"] != "dynamic"]
+    layer_loop = known[0] if known else None
     per_layer = dict(kernels(comps, layer_loop["body"], [])) if layer_loop else {}
     return {"while_loops": [{k: v for k, v in lp.items() if k != "body"} for lp in loops],
             "custom_calls": dict(Counter(_CUSTOM.findall(hlo))), "kernels_per_program": dict(total),
@@ -103,6 +112,7 @@ def report(hlo: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--target", default="h100-80gb:1")
+    ap.add_argument("--mesh", default="1,1,1", help="data,fsdp,tensor: the engine's mesh over the target's devices")
     ap.add_argument("--model", default="qwen2.5-0.5b")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--layers", type=int, default=0, help="fewer layers (0: the model's)")
@@ -112,7 +122,10 @@ def main() -> None:
     ap.add_argument("--response", type=int, default=400, help="... and response: the context table's width")
     ap.add_argument("--slots", type=int, default=320)
     ap.add_argument("--paths", default="blockwise,pallas_gpu")
+    ap.add_argument("--writes", default="", help="KV writes to compile, e.g. tokens,rows (default: the target's)")
+    ap.add_argument("--program", default="prefill", choices=("prefill", "round"))
     ap.add_argument("--json", default="")
+    ap.add_argument("--hlo", default="", help="a folder to write each compiled program's optimized HLO to")
     args = ap.parse_args()
 
     import numpy as np
@@ -125,20 +138,27 @@ def main() -> None:
     from tooln1.rollout.sampling import SamplingConfig
 
     target = get_target(args.target)
-    mesh = Mesh(np.array(target_devices(target)[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+    sizes = tuple(int(n) for n in args.mesh.split(","))
+    mesh = Mesh(np.array(target_devices(target)[:int(np.prod(sizes))]).reshape(sizes), ("data", "fsdp", "tensor"))
     overrides = dict(dtype=args.dtype, **({"num_layers": args.layers} if args.layers else {}))
     model = abstract_model(preset(args.model, **overrides), mesh)
     engine = Engine(model, EngineConfig(num_slots=args.slots, prefill_chunk=args.chunk, prefill_block=args.block))
     sampling = SamplingConfig(num_samples=1, max_new_tokens=args.response, engine=engine.config)
     results = {}
     for path in args.paths.split(","):
-        engine.layout = dataclasses.replace(engine.layout, prefill_attention=path)
-        start = time.time()
-        compiled = engine.lower(sampling, args.slots, args.prompt, program="prefill").compile()
-        shape = engine.shape(sampling, args.slots, args.prompt)
-        results[path] = {"compile_s": round(time.time() - start, 1), "context_slots": shape.context_pages
-                         * shape.page_size, "chunk": shape.chunk, **report(compiled.as_text())}
-        print(path, json.dumps(results[path], indent=1), flush=True)
+        for writes in args.writes.split(",") if args.writes else [engine.layout.kv_writes]:
+            name = f"{path} {writes}"
+            engine.layout = dataclasses.replace(engine.layout, prefill_attention=path, kv_writes=writes)
+            start = time.time()
+            compiled = engine.lower(sampling, args.slots, args.prompt, program=args.program).compile()
+            if args.hlo:
+                with open(os.path.join(args.hlo, f"{args.program}_{path}_{writes}.hlo"), "w") as f:
+                    f.write(compiled.as_text())
+            shape = engine.shape(sampling, args.slots, args.prompt)
+            results[name] = {"compile_s": round(time.time() - start, 1), "context_slots": shape.context_pages
+                             * shape.page_size, "chunk": shape.chunk, "slots": shape.slots,
+                             **report(compiled.as_text(), engine.model_config.num_layers)}
+            print(name, json.dumps(results[name], indent=1), flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "paths": results}, f, indent=1)

@@ -10,7 +10,8 @@ and its length says how many leading slots are real. Page 0 is the engine's scra
 tokens with nothing to write write there, and a table padded with 0 is masked by the length.
 
 * `write_pages` scatters new keys/values to (page, offset) slots of one layer, in the pool's dtype
-  (`tooln1.platform.kv_storage`: bfloat16 as its bits on a CPU).
+  (`tooln1.platform.kv_storage`: bfloat16 as its bits on a CPU); `write_rows` writes the same as whole
+  rows, the scatter XLA:TPU vectorizes (`tooln1.platform.decode_layout` picks it on a TPU).
 * `ragged_paged_attention` is decode attention (one query per sequence): JAX's Pallas kernels on TPU and,
   for 16-bit KV, on GPU (Triton); elsewhere a pure-JAX split-K loop over (sequence, block of pages) items
   up to each sequence's own length, so the cost follows the real lengths, not the table width or the
@@ -67,6 +68,39 @@ def write_pages(pool: jax.Array, layer, new: jax.Array, pages: jax.Array, offset
         at = [jnp.full_like(pages, head), jnp.full_like(pages, layer), pages, flat // width, flat % width]
         pool = jax.lax.scatter(pool, jnp.stack(at, axis=-1), new[:, head], dims,
                                mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+    return pool
+
+
+def write_rows(pool: jax.Array, layer, new: jax.Array, pages: jax.Array, offsets: jax.Array) -> jax.Array:
+    """`write_pages` as scatters of whole rows, which XLA:TPU runs as vectorized ops: `write_pages`' scatters
+    index into a row's lanes, and XLA:TPU expands each into a loop of one step per token (4 x 8,192
+    sequential steps a layer at an 8,192-token prefill chunk; docs/benchmarks.md). One scatter per kv
+    head, as in `write_pages`: one of all heads' rows made XLA:TPU copy both whole pools to and from a
+    layout with the heads next to the lanes.
+
+    Each token writes its whole row: in a pool of 128-lane rows holding several tokens (`page_shape`)
+    the row's other tokens come from ``new`` where the tokens next to it in ``new`` write them, else from
+    the pool. So the tokens written to one row must be adjacent in ``new`` (one prompt's run, or one
+    slot's token), which the engine's chunks and decode steps are; page 0, the scratch page, may end up
+    holding other values than `write_pages` leaves there."""
+    new = store(new, pool.dtype)
+    t, _, d = new.shape
+    per_row = pool.shape[-1] // d  # tokens a row holds
+    row = offsets // per_row
+    if per_row > 1:
+        first = offsets - offsets % per_row  # the offset of the row's first token
+        src = jnp.arange(t)[:, None] + first[:, None] + jnp.arange(per_row) - offsets[:, None]  # [T, per_row]
+        at = jnp.clip(src, 0, t - 1)
+        mine = (src == at) & (pages[at] == pages[:, None]) & (offsets[at] == first[:, None] + jnp.arange(per_row))
+    dims = jax.lax.ScatterDimensionNumbers(update_window_dims=(1,), inserted_window_dims=(0, 1, 2, 3),
+                                           scatter_dims_to_operand_dims=(0, 1, 2, 3))
+    for head in range(pool.shape[0]):
+        rows = new[:, head]  # [T, width] when a token fills its row
+        if per_row > 1:
+            old = pool[head, layer, pages, row].reshape(t, per_row, d)
+            rows = jnp.where(mine[..., None], rows[at], old).reshape(t, -1)
+        index = jnp.stack([jnp.full_like(pages, head), jnp.full_like(pages, layer), pages, row], axis=-1)
+        pool = jax.lax.scatter(pool, index, rows, dims, mode=jax.lax.GatherScatterMode.PROMISE_IN_BOUNDS)
     return pool
 
 
@@ -287,5 +321,5 @@ def sharded_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array
         q, k_pages, v_pages, lengths, page_table)
 
 
-__all__ = ["page_shape", "write_pages", "gather_pages", "ragged_paged_attention", "sharded_paged_attention",
-           "kernel_fits", "gpu_kernel_fits", "megacore_mode"]
+__all__ = ["page_shape", "write_pages", "write_rows", "gather_pages", "ragged_paged_attention",
+           "sharded_paged_attention", "kernel_fits", "gpu_kernel_fits", "megacore_mode"]

@@ -15,6 +15,8 @@ for a few rows, and each compiler has a faster layout for that:
   16-bit matmul takes a slow path), and KV pages hold bfloat16 as its bits (`tooln1.platform.kv_storage`).
 * **TPU**: q/k/v kernels stored [layers, heads, embed, D] (`heads_major`), the layout XLA:TPU's decode
   matmuls read; it copied the [layers, embed, heads, D] stacks into it every round.
+* **KV writes, TPU**: whole 128-lane rows (`kv_writes`), which XLA:TPU scatters at once, where it ran
+  the portable per-token writes as a loop of one step per token and kv head.
 * **Prefill, GPU and TPU**: a chunk's attention over its context and itself as one kernel a layer
   (`tooln1.models.chunk_attention`: Pallas Triton on a GPU for 16-bit models with power-of-two heads,
   splash attention on a TPU), where the portable blockwise path is a sequential loop of one ``lax.cond``
@@ -53,6 +55,7 @@ class DecodeLayout:
     kv_dtype: Any = jnp.dtype(jnp.float32)  # what the KV pages hold (`tooln1.platform.kv_storage`)
     narrowest: int = 1  # the narrowest decode width worth compiling
     prefill_attention: str = "blockwise"  # a prefill chunk's attention: "blockwise", "pallas_gpu" or "splash"
+    kv_writes: str = "tokens"  # how KV is written to the pages: "tokens" or "rows" (`kv_writes`)
 
     @classmethod
     def of(cls, config: ModelConfig, mesh: Mesh | None, layer_layout: str = "auto") -> DecodeLayout:
@@ -70,7 +73,8 @@ class DecodeLayout:
             per_layer = layer_layout == "per_layer"
         return cls(per_layer=per_layer, float32_lookup=per_layer and half,
                    heads_major=not per_layer and target == "tpu", kv_dtype=pool_dtype(dtype, target),
-                   narrowest=2 if cpu and half else 1, prefill_attention=prefill_attention(config, target))
+                   narrowest=2 if cpu and half else 1, prefill_attention=prefill_attention(config, target),
+                   kv_writes=kv_writes(target))
 
 
 def prefill_attention(config: ModelConfig, target: str) -> str:
@@ -81,6 +85,13 @@ def prefill_attention(config: ModelConfig, target: str) -> str:
         return "splash"
     fits = chunk_attention.kernel_fits(config.head_dim, config.dtype)
     return "pallas_gpu" if target in ("gpu", "cuda") and fits else "blockwise"
+
+
+def kv_writes(target: str) -> str:
+    """How keys and values are written to the pages on ``target``: "rows" on a TPU (whole 128-lane rows,
+    `tooln1.models.paged_attention.write_rows`: XLA:TPU expands a scatter into a row's lanes into a loop
+    over the tokens), else "tokens" (`write_pages`, the portable path and the tests' reference)."""
+    return "rows" if target == "tpu" else "tokens"
 
 
 def decoding_copy(graphdef: nnx.GraphDef, state: nnx.State, layout: DecodeLayout) -> tuple[nnx.GraphDef, nnx.State]:
@@ -182,5 +193,6 @@ def float32_lookup(model: CausalLM, table: jax.Array) -> CausalLM:
     return model
 
 
-__all__ = ["DecodeLayout", "LAYER_LAYOUTS", "PER_LAYER_MIN_KERNEL_BYTES", "prefill_attention", "decoding_copy",
+__all__ = ["DecodeLayout", "LAYER_LAYOUTS", "PER_LAYER_MIN_KERNEL_BYTES", "prefill_attention", "kv_writes",
+           "decoding_copy",
            "heads_major", "float32_lookup", "OutMajorMLP", "PerLayerLM", "HeadsMajorAttention"]

@@ -284,7 +284,8 @@ class Engine:
                      page_size=cfg.page_size, chunk=cfg.prefill_chunk, chunk_block=cfg.prefill_block,
                      chunk_attention=self.layout.prefill_attention,
                      steps=cfg.steps_per_round,
-                     greedy=sampling.greedy, top_k=sampling.top_k, use_top_p=sampling.top_p < 1.0, eos_ids=eos)
+                     greedy=sampling.greedy, top_k=sampling.top_k, use_top_p=sampling.top_p < 1.0, eos_ids=eos,
+                     kv_writes=self.layout.kv_writes)
 
     def _put(self, x, per_shard: bool = False):
         """A host array on the mesh: replicated, or with ``per_shard`` its leading [X] axis on the shards."""

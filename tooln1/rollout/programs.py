@@ -43,7 +43,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from tooln1.models.attention import attention
 from tooln1.models.chunk_attention import chunk_attention, splash_chunk_attention
-from tooln1.models.paged_attention import gather_pages, sharded_paged_attention, write_pages
+from tooln1.models.paged_attention import gather_pages, sharded_paged_attention, write_pages, write_rows
 from tooln1.sharding import batch_axes, constrain, logical_to_spec, per_batch_shard
 
 POOL_AXES = ("batch", "kv_heads", "layers", None, None, None)  # [X, KV, L, N, rows, width] (`page_shape`)
@@ -65,6 +65,7 @@ class Shape(NamedTuple):
     top_k: int
     use_top_p: bool
     eos_ids: tuple[int, ...]
+    kv_writes: str = "tokens"  # "tokens" or "rows" (`tooln1.platform.decode_layout.kv_writes`)
 
     @property
     def context_pages(self) -> int:
@@ -170,9 +171,10 @@ def is_eos(token: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
     return jnp.any(token[..., None] == jnp.asarray(eos_ids, jnp.int32), axis=-1)
 
 
-def _write(pools, layer, k, v, pages, offsets, mesh):
-    """Each shard's new keys/values [X, T, KV, D] to its (page, offset) slots [X, T] of ``layer``."""
-    write = jax.vmap(write_pages, in_axes=(0, None, 0, 0, 0))
+def _write(pools, layer, k, v, pages, offsets, mesh, how: str):
+    """Each shard's new keys/values [X, T, KV, D] to its (page, offset) slots [X, T] of ``layer``, written as
+    ``how`` says (`Shape.kv_writes`)."""
+    write = jax.vmap(write_rows if how == "rows" else write_pages, in_axes=(0, None, 0, 0, 0))
     # The pools keep their sharding through the layers: where the kv heads do not divide the tensor axis
     # (replicated pools), XLA split them over part of it, following the tensor-sharded query heads, and
     # all-gathered both whole pools at the end of every round and prefill.
@@ -213,7 +215,7 @@ def _prefill(model, pools, c: Chunk, shape: Shape):
     def attend(q, k, v, state, layer):
         # Write first, then read the context: a read before the in-place write of the same pool made
         # XLA copy both pools at every layer. The chunk's own slots are masked out of the context.
-        kp, vp = _write(state, layer, k, v, c.pages, c.offsets, model.mesh)
+        kp, vp = _write(state, layer, k, v, c.pages, c.offsets, model.mesh, shape.kv_writes)
         context = lambda pool: jnp.pad(gather(pool, c.ctx_table, layer).astype(dtype),  # noqa: E731
                                        ((0, 0), (0, ctx - written), (0, 0), (0, 0)))
         keys = jnp.concatenate([context(kp), k], axis=1)
@@ -262,7 +264,7 @@ def _decode(model, pools, slots: Slots, temperature, top_p, admit_after, narrow_
 
         def attend(q, k, v, state, layer):
             unflat = lambda a: a.reshape(x_shards, width, *a.shape[2:])  # noqa: E731  [X*W, 1, ...] -> [X, W, ...]
-            kp, vp = _write(state, layer, unflat(k), unflat(v), page, pos % ps, model.mesh)
+            kp, vp = _write(state, layer, unflat(k), unflat(v), page, pos % ps, model.mesh, shape.kv_writes)
             out = sharded_paged_attention(unflat(q), kp, vp, lengths, slots.table, layer, model.mesh)
             return out.reshape(rows, 1, *out.shape[2:]), (kp, vp)
 
