@@ -70,7 +70,7 @@ def get_config(arg=None):
     c.eval.max_new_tokens = 96
     c.checkpoint.every = 8
     c.checkpoint.keep = 1
-    c.compile_cache_dir = f"{ROOT}/jax_cache"
+    c.compile_cache_dir = "../jax_cache"  # relative to the workdir: runs/smollm2/jax_cache, shared
     if lora:  # adapters start at zero and are few: they take a larger step than full weights
         c.model.frozen_layers = 0
         c.model.lora.rank = 16

@@ -60,5 +60,5 @@ def get_config(arg=None):
     c.eval.max_new_tokens = 128
     c.checkpoint.every = 2
     c.checkpoint.keep = 1
-    c.compile_cache_dir = f"{ROOT}/jax_cache"
+    c.compile_cache_dir = "../jax_cache"  # relative to the workdir: runs/smollm2/jax_cache, shared
     return c
