@@ -100,7 +100,9 @@ def test_continued_slot_equals_a_fresh_prefill_of_its_context(model, engine, pro
     for (i, g, c), row, seq in zip(flat, logp, seqs):
         p = len(prompts[i])
         full = row[np.arange(p - 1, len(seq) - 1), seq[p:]]
-        np.testing.assert_allclose(c.logprobs[c.sampled], full[c.sampled], atol=1e-5, rtol=0,
+        # 1e-5 relative as well: summation order (chunked vs dense attention) moves a log-prob near -3 by
+        # ~1e-5 on some CPUs' XLA kernels
+        np.testing.assert_allclose(c.logprobs[c.sampled], full[c.sampled], atol=1e-5, rtol=1e-5,
                                    err_msg=f"prompt {i} sample {g}")
         assert not c.logprobs[~c.sampled].any()
         assert c.stop in STOPS and len(seq) <= MAX_LENGTH
