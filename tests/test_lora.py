@@ -83,7 +83,8 @@ def test_update_trains_only_adapters_and_the_reference_is_the_base():
     ref = np.asarray(updater.compute_logprobs(reference.params(), batch))
     want = response_logprobs(base, batch["prompt_ids"], batch["prompt_mask"], batch["response_ids"],
                              batch["response_mask"])
-    np.testing.assert_array_equal(ref, np.asarray(want))  # adapters off (B = 0): the base model itself
+    # adapters off (B = 0): the base model itself, up to the rounding of two separately compiled programs
+    np.testing.assert_allclose(ref, np.asarray(want), rtol=1e-6, atol=0)
     batch.update(old_logprobs=ref, ref_logprobs=ref)
     for _ in range(3):
         state, metrics = updater.step(state, batch)
@@ -123,7 +124,8 @@ def test_engine_decodes_the_adapters_after_a_refresh(tiny_checkpoint):
     full = np.concatenate([prompts[0], tokens])[None]
     for policy, atol in ((merged(model), 1e-5), (model, 1e-4)):
         direct = jax.nn.log_softmax(np.asarray(policy(full))[0, len(prompts[0]) - 1:-1], -1)
-        np.testing.assert_allclose(logprobs, direct[np.arange(len(tokens)), tokens], atol=atol)
+        # rtol as well: paged and dense attention sum in different orders (~1e-5 at a log-prob near -7.5)
+        np.testing.assert_allclose(logprobs, direct[np.arange(len(tokens)), tokens], atol=atol, rtol=1e-5)
 
 
 @pytest.fixture(scope="module")
