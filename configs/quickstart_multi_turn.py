@@ -14,7 +14,8 @@ Observed (seed 0, 2 loaded CPU cores, ~10 min): the held-out reward goes 0.078 -
 is right 1 time in 9): every greedy trajectory makes both calls, but this 2-layer, 64-wide model has
 not learned to carry the id over in 300 SFT and 40 GRPO steps. With 1000 SFT steps it starts to
 (0.141 before GRPO), and 40 GRPO steps leave it there (0.141 after). The run shows the machinery end to
-end; GRPO raising this task's reward on a CPU is not shown yet.
+end; GRPO raising this task's reward on a CPU is not shown by it. configs/smollm2_lookup.py runs the
+task on SmolLM2-135M, which copies the id once it writes the format (experiments/README.md).
 """
 from tooln1.config import apply_mesh, apply_model, base_config
 

@@ -123,6 +123,21 @@ def test_smollm2_multi_turn_config_trains_on_the_bfcl_training_split():
     c.mesh.update(data=1, fsdp=1, tensor=1, num_devices=0)  # the one CPU device it runs on, not conftest's 8
     validate_config(c, check_paths=False)
 
+
+def test_smollm2_lookup_config_is_the_multi_turn_lookup_task_per_seed():
+    from tooln1.config import validate_config
+
+    c = load_config_module("smollm2_lookup").get_config("seed=2")
+    assert (c.seed, c.data.seed, c.data.sources, c.workdir) == (
+        2, 2, "synthetic-lookup:2000:2", "runs/smollm2/lookup-seed2")
+    assert c.sft.enabled and c.grpo.enabled and c.grpo.max_turns == 2 and c.model.frozen_layers == 22
+    assert c.grpo.prompt_bucket >= c.data.max_prompt_tokens
+    with pytest.raises(ValueError, match=re.escape("unknown spec key(s) ['recipe']")):
+        load_config_module("smollm2_lookup").get_config("recipe=rl")
+    c.mesh.update(data=1, fsdp=1, tensor=1, num_devices=0)
+    validate_config(c, check_paths=False)
+
+
 def _cfg(tmp_path, **over):
     """A valid tiny config on one device; `over` maps dotted keys to values."""
     c = load_config_module("quickstart").get_config()
