@@ -105,7 +105,8 @@ def test_smollm2_config_builds_each_recipe_and_names_a_bad_spec():
     assert rsr.sft.enabled and rsr.grpo.enabled and rsr.sft.target == "reason" and rsr.model.frozen_layers == 22
     lora = smollm2.get_config("recipe=reason-sft-rl-lora")
     assert lora.sft.enabled and lora.model.lora.rank == 16 and lora.model.frozen_layers == 0
-    assert lora.grpo.optimizer.learning_rate == 10 * rsr.grpo.optimizer.learning_rate
+    assert lora.sft.optimizer.learning_rate == 10 * rsr.sft.optimizer.learning_rate
+    assert lora.grpo.optimizer.learning_rate == 2 * rsr.grpo.optimizer.learning_rate
     assert lora.workdir.endswith("reason-sft-rl-lora-seed0")
     for spec, needle in (("recipe=sft", "recipe='sft'"), ("lr=1", "unknown spec key(s) ['lr']")):
         with pytest.raises(ValueError, match=re.escape(needle)):
