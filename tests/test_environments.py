@@ -225,3 +225,31 @@ def test_lookup_task_needs_the_id_from_the_first_call():
     env = make_environment(records[0])
     assert "no user named 'zed'" in env.step(render_tool_calls([{"name": "find_user", "arguments":
                                                                   {"name": "zed"}}])).observation
+
+
+def test_careless_teacher_changes_only_its_share_of_final_demonstrations():
+    from tooln1.config.schema import DataSection
+    from tooln1.config.validation import data_problems
+    from tooln1.data.sources import load_source
+    from tooln1.data.synthetic_multi_turn import DEFAULT_ID, generate_lookup_records
+
+    careful = generate_lookup_records(400, seed=2)
+    careless = generate_lookup_records(400, seed=2, careless=0.6)
+    strip = lambda r: {k: v for k, v in r.items() if k != "oracle_calls"}  # noqa: E731
+    assert [strip(r) for r in careless] == [strip(r) for r in careful]  # prompts, answers, directories
+    assert all(r["oracle_calls"][1] == r["answer"] for r in careful)
+    lazy = [r for r in careless if r["oracle_calls"][1] != r["answer"]]
+    right_by_chance = sum(r["answer"][0]["arguments"]["user_id"] == DEFAULT_ID for r in careless)
+    assert 0.6 * 400 - 40 - right_by_chance < len(lazy) < 0.6 * 400 + 40
+    for r in lazy:  # the right tool, the default id, and the environment says it is wrong
+        assert r["oracle_calls"][1] == [{"name": r["answer"][0]["name"], "arguments": {"user_id": DEFAULT_ID}}]
+        env = make_environment(r)
+        env.step(render_tool_calls(r["oracle_calls"][0]))
+        assert env.step(render_tool_calls(r["oracle_calls"][1])) == Step("", True, 0.0)
+    assert load_source("synthetic", "400:2:0.6", lookup=True)[0] == careless
+    with pytest.raises(ValueError, match="careless=1.5"):
+        generate_lookup_records(4, careless=1.5)
+    problems = lambda spec: data_problems(DataSection(sources=spec), check_paths=True)  # noqa: E731
+    assert problems("synthetic-lookup:400:2:0.6") == []
+    assert "CARELESS" in problems("synthetic-lookup:400:2:lots")[0]
+    assert "CARELESS" in problems("synthetic-lookup:400:2:1.5")[0]

@@ -90,7 +90,7 @@ class DataSection:
     sources: str = _key("xlam:Salesforce/xlam-function-calling-60k,toolace:Team-ACE/ToolACE",
                         "comma-separated specs: xlam:, toolace: (path or hub id), synthetic:N[:SEED], "
                         "synthetic-simple:N[:SEED], synthetic-tiny:N[:SEED], prepared:PATH; multi-turn "
-                        "(grpo.max_turns > 1): synthetic-lookup:N[:SEED], toolace-trajectories:, "
+                        "(grpo.max_turns > 1): synthetic-lookup:N[:SEED[:CARELESS]], toolace-trajectories:, "
                         "bfcl-multi-turn:SPLIT[:CATEGORY]")
     mix_ratios: str = _key("", "mixing ratios per source kind, e.g. xlam=1.0,toolace=2.0 (\"\" = as loaded)")
     irrelevance: float = _key(0.0, "fraction of single-turn records copied as no-call examples")

@@ -61,6 +61,13 @@ def source_kind(spec: str) -> str:
     return "synthetic" if kind.startswith("synthetic") else kind
 
 
+def _fraction(text: str) -> bool:
+    try:
+        return 0.0 <= float(text) <= 1.0
+    except ValueError:
+        return False
+
+
 def _spec_problem(key: str, spec: str) -> str | None:
     try:
         kind, location, _ = parse_data_spec(spec)
@@ -68,8 +75,14 @@ def _spec_problem(key: str, spec: str) -> str | None:
         return f"config.{key}: {e}"
     if kind == "synthetic":
         n, _, seed = location.partition(":")
+        if spec.startswith("synthetic-lookup:"):
+            seed, _, careless = seed.partition(":")
+            if careless and not _fraction(careless):
+                return (f"config.{key}: bad synthetic spec {spec!r}; CARELESS in synthetic-lookup:N:SEED:CARELESS "
+                        "is a fraction in [0, 1]")
         if not n.isdigit() or (seed and not seed.isdigit()):
-            return f"config.{key}: bad synthetic spec {spec!r}; expected {spec.partition(':')[0]}:N[:SEED]"
+            form = "N[:SEED[:CARELESS]]" if spec.startswith("synthetic-lookup:") else "N[:SEED]"
+            return f"config.{key}: bad synthetic spec {spec!r}; expected {spec.partition(':')[0]}:{form}"
         return None
     if kind == "bfcl-multi-turn":
         from tooln1.environments.bfcl import CATEGORIES

@@ -363,8 +363,13 @@ def bfcl_multi_turn_records(location: str) -> tuple[list[dict], SourceStats]:
 def load_source(kind: str, location: str, split: str = "train", **kwargs: Any) -> tuple[list[dict], SourceStats]:
     """Load one source: ``kind`` in xlam / toolace / synthetic / prepared / bfcl-multi-turn."""
     if kind == "synthetic" and kwargs.pop("lookup", False):  # a multi-turn task with its environment
-        n, _, seed = location.partition(":")
-        records = generate_lookup_records(int(n), int(seed or 0))
+        n, _, rest = location.partition(":")
+        seed, _, careless = rest.partition(":")
+        try:
+            records = generate_lookup_records(int(n), int(seed or 0), careless=float(careless or 0))
+        except ValueError as e:
+            raise ValueError(f"bad synthetic-lookup spec {location!r}: expected N, N:SEED or N:SEED:CARELESS "
+                             f"({e})") from None
         stats = SourceStats("synthetic-lookup", raw_rows=len(records))
         stats.raw_multi = stats.kept_multi = len(records)
         return records, stats
@@ -404,8 +409,9 @@ def load_source(kind: str, location: str, split: str = "train", **kwargs: Any) -
 
 def parse_data_spec(spec: str) -> tuple[str, str, dict]:
     """``kind:location`` → (kind, location, options). ``synthetic-simple:N[:SEED]`` sets simple,
-    ``synthetic-tiny:N[:SEED]`` tiny (see ``tooln1.data.synthetic``), ``synthetic-lookup:N[:SEED]`` the
-    two-call task of ``tooln1.data.synthetic_multi_turn`` (multi-turn: ``grpo.max_turns`` > 1);
+    ``synthetic-tiny:N[:SEED]`` tiny (see ``tooln1.data.synthetic``), ``synthetic-lookup:N[:SEED[:CARELESS]]``
+    the two-call task of ``tooln1.data.synthetic_multi_turn`` (multi-turn: ``grpo.max_turns`` > 1;
+    CARELESS, the fraction of SFT demonstrations whose final call ignores the lookup);
     ``toolace-trajectories:PATH`` keeps ToolACE's multi-step dialogues whole
     (``toolace_records(trajectories=True)``); ``bfcl-multi-turn:SPLIT[:CATEGORY]`` BFCL's multi-turn
     episodes (``bfcl_multi_turn_records``)."""
@@ -413,8 +419,8 @@ def parse_data_spec(spec: str) -> tuple[str, str, dict]:
     if not sep or not location:
         raise ValueError(f"bad data spec {spec!r}: expected xlam:PATH_OR_HUB_ID, toolace:PATH_OR_HUB_ID, "
                          "toolace-trajectories:PATH_OR_HUB_ID, synthetic:N[:SEED], synthetic-simple:N[:SEED], "
-                         "synthetic-tiny:N[:SEED], synthetic-lookup:N[:SEED], bfcl-multi-turn:SPLIT[:CATEGORY] "
-                         "or prepared:PATH")
+                         "synthetic-tiny:N[:SEED], synthetic-lookup:N[:SEED[:CARELESS]], "
+                         "bfcl-multi-turn:SPLIT[:CATEGORY] or prepared:PATH")
     if kind == "toolace-trajectories":
         return "toolace", location, {"trajectories": True}
     if kind == "synthetic-simple":

@@ -9,8 +9,11 @@ from a closed set of four, quoted as they are passed, like ``synthetic-tiny``).
 
 Records are unified records (docs/design.md §6) plus ``env: "lookup"`` and ``directory``
 (name → id) for :class:`tooln1.environments.lookup.LookupEnvironment`, and ``oracle_calls``, the calls
-of each reply of a right trajectory (what SFT teaches); ``answer`` is the final call, so the
-single-turn scorer rates the reply that makes it.
+of each reply of a trajectory (what SFT teaches); ``answer`` is the final call, so the
+single-turn scorer rates the reply that makes it. With ``careless`` > 0 that fraction of the
+trajectories is a careless teacher's: its final call passes ``DEFAULT_ID`` instead of the id
+``find_user`` returned (the reward still wants the right one), so SFT leaves a policy that often
+ignores the observation and GRPO has something to correct.
 """
 from __future__ import annotations
 
@@ -18,10 +21,11 @@ import random
 
 from tooln1.data.records import make_record
 
-__all__ = ["NAMES", "FACTS", "FIND_USER", "fact_tool", "generate_lookup_records"]
+__all__ = ["NAMES", "FACTS", "FIND_USER", "DEFAULT_ID", "fact_tool", "generate_lookup_records"]
 
 NAMES = ("alice", "bob", "carol", "dave")
 FACTS = ("balance", "email", "orders")
+DEFAULT_ID = 1  # what the careless teacher passes without reading the lookup
 FIND_USER = {"name": "find_user", "description": "Look up a user's id by name.",
              "parameters": {"type": "object", "properties": {"name": {"type": "string", "description": "User name."}},
                             "required": ["name"]}}
@@ -35,11 +39,16 @@ def fact_tool(fact: str) -> dict:
                            "required": ["user_id"]}}
 
 
-def generate_lookup_records(n: int, seed: int = 0, num_facts: int = 1) -> list[dict]:
+def generate_lookup_records(n: int, seed: int = 0, num_facts: int = 1, careless: float = 0.0) -> list[dict]:
     """``n`` records, deterministic in ``seed``; ``num_facts`` fact tools are offered (the asked one
-    among them), so 1 asks only for the id to be carried over, 3 also for the right tool."""
+    among them), so 1 asks only for the id to be carried over, 3 also for the right tool; a
+    ``careless`` fraction of the oracle trajectories end with ``DEFAULT_ID`` (the records are the
+    same for every ``careless``)."""
     if n < 0:
         raise ValueError(f"generate_lookup_records: n={n} must be >= 0")
+    if not 0.0 <= careless <= 1.0:
+        raise ValueError(f"generate_lookup_records: careless={careless} must be in [0, 1]")
+    teacher = random.Random(f"careless-{seed}")  # its own stream: the records do not depend on careless
     if not 1 <= num_facts <= len(FACTS):
         raise ValueError(f"generate_lookup_records: num_facts={num_facts} must be in 1..{len(FACTS)}")
     rng = random.Random(seed)
@@ -53,6 +62,8 @@ def generate_lookup_records(n: int, seed: int = 0, num_facts: int = 1) -> list[d
                              [{"role": "user", "content": f'{fact} of "{name}"'}],
                              [{"name": f"get_{fact}", "arguments": {"user_id": user_id}}])
         first = [{"name": "find_user", "arguments": {"name": name}}]
-        records.append({**record, "env": "lookup", "directory": {name: user_id},
-                        "oracle_calls": [first, record["answer"]]})
+        final = record["answer"]
+        if teacher.random() < careless:
+            final = [{"name": f"get_{fact}", "arguments": {"user_id": DEFAULT_ID}}]
+        records.append({**record, "env": "lookup", "directory": {name: user_id}, "oracle_calls": [first, final]})
     return records
