@@ -25,3 +25,30 @@ def test_vllm_needs_its_environments_interpreter():
 def test_unknown_system_is_named():
     run = _bench("--workload", "fixed-tiny", "--systems", "tooln1 engine,sglang")
     assert run.returncode != 0 and "['sglang']" in run.stderr
+
+
+def test_vllm_side_gets_the_workload_as_token_ids_and_gets_its_column(tmp_path, monkeypatch):
+    """A stand-in interpreter plays vLLM's side: it sees the prompts and EOS ids the other sides get,
+    and its tok/s becomes the ÷ vLLM column."""
+    import json
+
+    sys.path.insert(0, os.path.join(ROOT, "tools", "bench"))
+    import rollout
+
+    seen = tmp_path / "request.json"
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!{sys.executable}
+import json, shutil, sys
+args = sys.argv[1:]
+request, result = args[args.index("--request") + 1], args[args.index("--result") + 1]
+shutil.copy(request, {str(seen)!r})
+json.dump(dict(system="vLLM", wall_s=2.0, tokens=100, tok_s=50.0, stats={{}}, peak_rss_mb=1.0), open(result, "w"))
+""")
+    fake.chmod(0o755)
+    monkeypatch.setattr(rollout.common, "CACHE", str(tmp_path / "cache"))
+    ckpt, prompts, eos = rollout._setup("fixed-tiny", None)
+    text = rollout.run_workload("fixed-tiny", ckpt, ["vLLM"], "float32", vllm_python=str(fake))
+    request = json.loads(seen.read_text())
+    assert (request["prompts"], request["eos"], request["group"], request["cap"]) == (prompts, eos, 5, 128)
+    assert request["ignore_eos"] is True and request["dtype"] == "float32"
+    assert "| vLLM | 100 | 2.0 | 50 | — | 1.00× |" in text

@@ -75,13 +75,14 @@ def _spec_problem(key: str, spec: str) -> str | None:
         return f"config.{key}: {e}"
     if kind == "synthetic":
         n, _, seed = location.partition(":")
-        if spec.startswith("synthetic-lookup:"):
-            seed, _, careless = seed.partition(":")
-            if careless and not _fraction(careless):
-                return (f"config.{key}: bad synthetic spec {spec!r}; CARELESS in synthetic-lookup:N:SEED:CARELESS "
-                        "is a fraction in [0, 1]")
+        lookup = spec.startswith("synthetic-lookup:")
+        careless = seed.partition(":")[2] if lookup else ""
+        seed = seed.partition(":")[0] if lookup else seed
+        if careless and not _fraction(careless):
+            return (f"config.{key}: bad synthetic spec {spec!r}; CARELESS in synthetic-lookup:N:SEED:CARELESS "
+                    "is a fraction in [0, 1]")
         if not n.isdigit() or (seed and not seed.isdigit()):
-            form = "N[:SEED[:CARELESS]]" if spec.startswith("synthetic-lookup:") else "N[:SEED]"
+            form = "N[:SEED[:CARELESS]]" if lookup else "N[:SEED]"
             return f"config.{key}: bad synthetic spec {spec!r}; expected {spec.partition(':')[0]}:{form}"
         return None
     if kind == "bfcl-multi-turn":

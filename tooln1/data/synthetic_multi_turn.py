@@ -48,10 +48,10 @@ def generate_lookup_records(n: int, seed: int = 0, num_facts: int = 1, careless:
         raise ValueError(f"generate_lookup_records: n={n} must be >= 0")
     if not 0.0 <= careless <= 1.0:
         raise ValueError(f"generate_lookup_records: careless={careless} must be in [0, 1]")
-    teacher = random.Random(f"careless-{seed}")  # its own stream: the records do not depend on careless
     if not 1 <= num_facts <= len(FACTS):
         raise ValueError(f"generate_lookup_records: num_facts={num_facts} must be in 1..{len(FACTS)}")
     rng = random.Random(seed)
+    teacher = random.Random(f"careless-{seed}")  # its own stream: the records do not depend on careless
     records = []
     for i in range(n):
         name, fact, user_id = rng.choice(NAMES), rng.choice(FACTS), rng.randint(1, 9)

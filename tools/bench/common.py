@@ -78,6 +78,17 @@ def run_child(argv: list[str], env: dict[str, str] | None = None, python: str | 
     return {"error": (error or last)[-200:] or f"exit status {proc.returncode}"}
 
 
+def response_tokens(rows: list[list[int]], eos: list[int]) -> int:
+    """Tokens of sampled rows up to and with each one's first EOS id: what every side counts."""
+    stop, n = set(eos), 0
+    for row in rows:
+        for t in row:
+            n += 1
+            if t in stop:
+                break
+    return n
+
+
 def write_result(path: str, result: dict) -> None:
     """The child's half of `run_child`: ``result`` with the process's peak host memory, ``peak_rss_mb``."""
     with open(path, "w") as f:

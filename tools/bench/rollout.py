@@ -139,16 +139,6 @@ def _setup(name: str, ckpt: str | None) -> tuple[str, list[list[int]], list[int]
     return ckpt, prompts, [eos] if isinstance(eos, int) else list(eos)
 
 
-def _count(rows, eos) -> int:
-    eos, n = set(eos), 0
-    for row in rows:
-        for t in row:
-            n += 1
-            if t in eos:
-                break
-    return n
-
-
 def run_ours(name, ckpt, prompts, eos, dtype):
     import jax
 
@@ -210,8 +200,8 @@ def run_hf(name, ckpt, prompts, eos, dtype, batch: bool):
     rows = go(prompts, w.cap)
     wall = time.perf_counter() - t0
     if device == "cpu":
-        return wall, _count(rows, eos), dict(device="cpu")
-    return wall, _count(rows, eos), dict(device=torch.cuda.get_device_name(),
+        return wall, common.response_tokens(rows, eos), dict(device="cpu")
+    return wall, common.response_tokens(rows, eos), dict(device=torch.cuda.get_device_name(),
                                          peak_device_mb=torch.cuda.max_memory_allocated() / 2**20)
 
 
@@ -266,20 +256,17 @@ def _engine_flag(name) -> str:
     return ",".join(f"{k}={v}" for k, v in WORKLOADS[name].engine.items())
 
 
-def _run_child(name, system, ckpt, dtype, vllm_python: str | None = None) -> dict:
-    if system == "vLLM":
-        return _run_vllm(name, ckpt, dtype, vllm_python)
+def _run_child(name, system, ckpt, dtype) -> dict:
     res = common.run_child([__file__, "--child", system, "--workload", name, "--ckpt", ckpt, "--dtype", dtype,
                             "--engine", _engine_flag(name)])
     return dict(res, system=system)
 
 
-def _run_vllm(name, ckpt, dtype, python: str) -> dict:
+def _run_vllm(name, ckpt, prompts, eos, dtype, python: str) -> dict:
     """vLLM's side in its own interpreter, given the workload as token ids (it cannot import tooln1)."""
     import tempfile
 
     w = WORKLOADS[name]
-    ckpt, prompts, eos = _setup(name, ckpt)
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{os.cpu_count() - 1}")
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
@@ -311,12 +298,13 @@ def _median_run(runs: list[dict]) -> dict:
 def run_workload(name, ckpt, systems, dtype, repeats: int = 1, engine: str = "", vllm_python: str | None = None) -> str:
     """Every system ``repeats`` times in rotation, each run in a fresh process, so a slow spell of the
     machine hits both sides; each system's row is its median run."""
-    ckpt, prompts, _ = _setup(name, ckpt)
+    ckpt, prompts, eos = _setup(name, ckpt)
     load = os.getloadavg()
     runs: dict[str, list[dict]] = {system: [] for system in systems}
     for _ in range(repeats):
         for system in systems:
-            runs[system].append(_run_child(name, system, ckpt, dtype, vllm_python))
+            runs[system].append(_run_vllm(name, ckpt, prompts, eos, dtype, vllm_python) if system == "vLLM"
+                                else _run_child(name, system, ckpt, dtype))
             print(runs[system][-1], flush=True)
     load_after = os.getloadavg()
     rows = [_median_run(runs[system]) for system in systems]

@@ -18,17 +18,6 @@ import time
 import common
 
 
-def _count(rows: list[list[int]], eos: list[int]) -> int:
-    """Response tokens up to and with the first EOS id, as the other sides count them."""
-    stop, n = set(eos), 0
-    for row in rows:
-        for t in row:
-            n += 1
-            if t in stop:
-                break
-    return n
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--request", required=True, help="JSON: ckpt, prompts, eos, group, cap, temperature, "
@@ -58,7 +47,7 @@ def main() -> None:
     t0 = time.perf_counter()
     outputs = llm.generate(prompts, params(req["cap"]), use_tqdm=False)
     wall = time.perf_counter() - t0
-    tokens = _count([list(c.token_ids) for o in outputs for c in o.outputs], req["eos"])
+    tokens = common.response_tokens([list(c.token_ids) for o in outputs for c in o.outputs], req["eos"])
     common.write_result(args.result, dict(system="vLLM", wall_s=wall, tokens=tokens, tok_s=tokens / wall,
                                           stats=dict(device="cpu", vllm=vllm.__version__, first_run_s=first)))
 
