@@ -394,5 +394,8 @@ def test_a_relative_compile_cache_follows_the_final_workdir(tmp_path, tiny_check
         workdir = prepare_workdir(make_config(tmp_path / "moved", tiny_checkpoint, "jax_cache"))
         assert workdir == str(tmp_path / "moved")
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "moved" / "jax_cache")
+        # a cache shared by sibling workdirs is one path for all of them: the path is in every cache key
+        prepare_workdir(make_config(tmp_path / "runs" / "seed1", tiny_checkpoint, "../jax_cache"))
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "runs" / "jax_cache")
     finally:
         jax.config.update("jax_compilation_cache_dir", before)

@@ -67,7 +67,10 @@ def prepare_workdir(cfg: Any) -> str:
     except OSError as e:
         raise ConfigError(f"config.workdir={cfg.workdir!r}: cannot create {workdir} ({e.strerror})") from None
     if cfg.compile_cache_dir:  # a relative path is under the workdir, wherever --config.workdir moved it
-        jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, cfg.compile_cache_dir))
+        # normalized: the path is part of every cache key (XLA's autotune-cache option), so runs/a/../jax_cache
+        # and runs/b/../jax_cache would never share an entry
+        cache = os.path.normpath(os.path.join(workdir, cfg.compile_cache_dir))
+        jax.config.update("jax_compilation_cache_dir", cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return workdir
