@@ -143,6 +143,7 @@ def test_end_to_end_metrics_and_export(runs, tiny_tokenizer):
         assert 0 < r["time/rollout_prefill"] <= r["time/rollout_device"]  # every step prefills its prompts
         assert 1 <= r["response/length_min"] <= r["response/length_mean"] <= r["response/length_max"] <= 16
         assert r["optim/skipped"] == 0 and r["perf/mfu"] > 0
+        assert 0 <= r["loss/sampler_gap"] <= r["loss/sampler_gap_max"] < 1e-4  # the engine decodes the policy's weights
         # FLOPs of the update: old + reference forwards and forward+backward (num_mini_batches=2, so not
         # on-policy), over 2 packed rows of [prompt 640, 4 responses × 16] (share_prompt, G=4).
         c = run.model.config
@@ -209,6 +210,13 @@ def test_kill_and_resume_is_bit_exact(runs):
     assert len(grpo_ids) == len(set(grpo_ids))  # within an epoch no record repeats
     assert len(rows_b) == len(rows_a)
     assert [(r["phase"], r["step"]) for r in rows_b] == [(r["phase"], r["step"]) for r in rows_a]
+
+    # The sampled texts logged (log.rollouts = 2 a step): the same rows, the killed step's not repeated.
+    texts_a, texts_b = (read_jsonl(pathlib.Path(s["workdir"]) / "rollouts.jsonl") for s in (ref_summary, s3))
+    assert texts_b == texts_a
+    assert [(r["phase"], r["step"], r["sample"]) for r in texts_a] == [
+        ("grpo", step, g) for step in range(1, GRPO_STEPS + 1) for g in range(2)]
+    assert all(r["response"] and r["reward"] in (0.0, 1.0) and r["id"] in grpo_ids for r in texts_a)
 
 
 def _tree(workdir):

@@ -178,6 +178,7 @@ def test_update_batch_takes_the_sampled_mask_from_the_rollout():
     cells = np.array([list(row.ljust(40, ".")) for row in LAYOUT])
     n, r = cells.shape
     out = types.SimpleNamespace(tokens=np.arange(n * r, dtype=np.int32).reshape(n, r),
+                                logprobs=-np.ones((n, r), np.float32),
                                 mask=(cells != ".").astype(np.int32), sampled=(cells != "i"),
                                 prompt_ids=np.ones((n, P), np.int32), prompt_mask=np.ones((n, P), np.int32))
     host, packed = update_batch(out, np.zeros(n), G)
@@ -188,3 +189,21 @@ def test_update_batch_takes_the_sampled_mask_from_the_rollout():
     assert "response_loss_mask" not in update_batch(single, np.zeros(n), G)[0]
     with pytest.raises(ValueError, match="sampled mask has shape \\(4, 39\\), expected \\(4, 40\\)"):
         update_batch(types.SimpleNamespace(**dict(vars(out), sampled=out.sampled[:, 1:])), np.zeros(n), G)
+
+
+def test_sampler_gap_is_the_old_policy_against_the_sampler_on_the_sampled_tokens():
+    """``sample_logprobs`` adds the mean and largest |old - sampler| log-prob over the trained tokens
+    (garbage on inserted ones ignored); without the key the metrics are not there."""
+    batch = trajectories(4)
+    sampled = batch["response_loss_mask"] > 0
+    rng = np.random.default_rng(4)
+    sample = batch["old_logprobs"] + rng.normal(0, 0.01, batch["old_logprobs"].shape).astype(np.float32)
+    sample = np.where(sampled, sample, np.nan).astype(np.float32)
+    metrics = VALUE_AND_GRAD(PARAMS, dict(batch, sample_logprobs=sample))[0][1]
+    gap = np.abs(batch["old_logprobs"] - sample)[sampled]
+    assert float(metrics["sampler_gap"]) == pytest.approx(float(gap.mean()), rel=1e-5)
+    assert float(metrics["sampler_gap_max"]) == pytest.approx(float(gap.max()), rel=1e-6)
+    assert "sampler_gap" not in VALUE_AND_GRAD(PARAMS, batch)[0][1]
+    updater = Updater(MODEL, LOSS, OptimizerConfig(), donate=False)  # the updater passes the key on
+    stepped = updater.step(updater.init(MODEL), dict(batch, sample_logprobs=sample))[1]
+    assert float(stepped["sampler_gap_max"]) == pytest.approx(float(gap.max()), rel=1e-6)

@@ -424,11 +424,13 @@ def test_update_batch_trims_to_the_longest_response_and_packs_groups():
     lengths = np.array([3, 20, 17, 1])  # groups of 23 and 18 tokens; the longest response 20
     mask = (np.arange(r)[None] < lengths[:, None]).astype(np.int32)
     tokens = np.arange(4 * r, dtype=np.int32).reshape(4, r)
-    out = SampleOutput(tokens=tokens, logprobs=np.zeros((4, r), np.float32), mask=mask,
+    logprobs = -np.arange(4 * r, dtype=np.float32).reshape(4, r)
+    out = SampleOutput(tokens=tokens, logprobs=logprobs, mask=mask,
                        prompt_ids=np.ones((4, 5), np.int32), prompt_mask=np.ones((4, 5), np.int32))
     host, packed = update_batch(out, np.array([1, -1, 0.5, -0.5]), g)
     assert host["response_ids"].shape == (4, 32) and packed == 24  # buckets 16, 32 / 16, 24
     np.testing.assert_array_equal(host["response_ids"], tokens[:, :32])
+    np.testing.assert_array_equal(host["sample_logprobs"], logprobs[:, :32])  # the sampler's, for sampler_gap
     np.testing.assert_array_equal(host["response_mask"].sum(-1), lengths)
     assert host["advantages"].dtype == np.float32
     assert update_batch(out, np.zeros(4), 1)[1] == 0

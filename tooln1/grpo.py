@@ -419,6 +419,7 @@ GRPO_BATCH_KEYS = (
     "ref_logprobs",  # [N, R], from the frozen initial params (may be omitted when kl_coef == 0)
     "advantages",  # [N] or [N, R]
     "response_loss_mask",  # [N, R], only with GRPOLoss.loss_mask: 1 on the tokens the policy sampled
+    "sample_logprobs",  # [N, R], optional: the sampler's log-probs of the tokens, for the sampler_gap metrics
 )
 
 
@@ -446,6 +447,11 @@ class GRPOLoss:
     an environment or template inserted (observations, turn headers) stay in ``response_mask``, so later
     tokens still attend to them. Off, ``response_mask`` is both, and the batch and programs are the
     single-turn ones.
+
+    With ``sample_logprobs`` in the batch (the sampler's log-probs of the same tokens) the metrics add
+    ``sampler_gap`` and ``sampler_gap_max``, the mean and largest ``|log p_old - log p_sampler|`` over the
+    trained tokens, the old policy being the weights the sampler was given: ~1e-6 when the engine
+    decodes them in float32; a stale engine or a lower-precision one shows as a larger gap.
     """
 
     clip_eps: float = 0.2
@@ -475,8 +481,12 @@ class GRPOLoss:
         return tuple(
             k for k in GRPO_BATCH_KEYS
             if not (k == "ref_logprobs" and self.kl_coef == 0) and not (k == "old_logprobs" and self.on_policy)
-            and not (k == "response_loss_mask" and not self.loss_mask)
+            and not (k == "response_loss_mask" and not self.loss_mask) and k != "sample_logprobs"
         )
+
+    @property
+    def optional_keys(self) -> tuple[str, ...]:
+        return ("sample_logprobs",)
 
     @property
     def logprob_keys(self) -> tuple[str, ...]:
@@ -520,4 +530,8 @@ class GRPOLoss:
         )
         if entropy is not None:
             metrics["entropy"] = masked_mean(entropy, trained)
+        if "sample_logprobs" in batch:  # a stale or numerically different sampler shows here first
+            gap = jnp.abs(jax.lax.stop_gradient(old) - jnp.asarray(batch["sample_logprobs"], jnp.float32))
+            metrics["sampler_gap"] = masked_mean(gap, trained)
+            metrics["sampler_gap_max"] = masked_max(gap, trained)
         return loss, metrics

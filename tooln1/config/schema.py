@@ -203,6 +203,7 @@ class LogSection:
     progress: bool = _key(True, "show a tqdm progress bar")
     peak_tflops: float = _key(0.0, "per-device peak for MFU (0 = from the device kind; CPU: a measured matmul)")
     data_ids: bool = _key(False, "write the record ids of every step to data_ids.jsonl")
+    rollouts: int = _key(2, "GRPO rollouts written to rollouts.jsonl each step (text, reward; 0 = none)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,8 +29,9 @@ def _global_max(*values: int) -> list[int]:
 
 def update_batch(out: Any, advantages: np.ndarray, rows_per_prompt: int = 1, *,
                  trim: bool = True) -> tuple[dict[str, np.ndarray], int]:
-    """This process's update arrays (GRPO batch keys less the log-probs) and the packed length
-    (0 = not packed) for `tooln1.grpo.GRPOLoss.packed_length`.
+    """This process's update arrays (GRPO batch keys less the old and reference log-probs; the sampler's
+    log-probs as ``sample_logprobs``) and the packed length (0 = not packed) for
+    `tooln1.grpo.GRPOLoss.packed_length`.
 
     ``out``: the rollout's `tooln1.rollout.sampling.SampleOutput` (numpy); ``rows_per_prompt`` > 1
     packs each group of rows sharing a prompt (``grpo.share_prompt``). When ``out`` has ``sampled``
@@ -44,7 +45,8 @@ def update_batch(out: Any, advantages: np.ndarray, rows_per_prompt: int = 1, *,
     r_len = min(bucket_length(longest, power_of_two_buckets(16, cap)), cap) if trim else cap
     host = {"prompt_ids": np.asarray(out.prompt_ids), "prompt_mask": np.asarray(out.prompt_mask),
             "response_ids": tokens[:, :r_len], "response_mask": mask[:, :r_len],
-            "advantages": np.asarray(advantages, np.float32)}
+            "advantages": np.asarray(advantages, np.float32),
+            "sample_logprobs": np.asarray(out.logprobs, np.float32)[:, :r_len]}
     sampled = getattr(out, "sampled", None)
     if sampled is not None:
         sampled = np.asarray(sampled)

@@ -74,6 +74,7 @@ class GRPOPhase:
             t0 = time.perf_counter()
             records = phase.next_records(self.ctx.train_records)
             rollout = self._rollout(records)
+            self._log_rollouts(records, rollout)
             t1 = time.perf_counter()
             advantages = np.asarray(compute_advantages(rollout.rewards, self.group_size))
             t2 = time.perf_counter()
@@ -114,6 +115,14 @@ class GRPOPhase:
             rollout = self.rollouts.run(self.policy, ids, mask, [r["answer"] for r in records], key)
         self.rollouts.release()  # the decoding copy is not needed again until after the update
         return rollout
+
+    def _log_rollouts(self, records: list[dict], rollout: RolloutBatch) -> None:
+        """The step's first ``log.rollouts`` samples (the first prompt's group first) to rollouts.jsonl:
+        what the policy writes, beside the reward it got."""
+        g, n = self.group_size, min(self.ctx.cfg.log.rollouts, len(rollout.responses))
+        self.phase.append_log("rollouts.jsonl", [
+            {"id": records[i // g]["id"], "sample": i % g, "reward": float(rollout.rewards[i]),
+             "response": rollout.responses[i]} for i in range(n)])
 
     def _update(self, rollout: RolloutBatch, advantages: np.ndarray) -> tuple[dict[str, Any], float, float]:
         """The update over the tokens sampled (trimmed; each group's responses packed back to back):

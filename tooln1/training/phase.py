@@ -3,7 +3,8 @@
 A :class:`Phase` owns the phase's checkpoints and its place in the data: it resumes from the newest
 readable checkpoint (refusing one written under another ``seed``) and forgets the metrics rows and
 data ids of the steps it will redo, hands out each step's records (their ids go to
-``data_ids.jsonl`` with ``log.data_ids``), and after a step logs its scalars every ``log.every``
+``data_ids.jsonl`` with ``log.data_ids``; GRPO's sampled texts go to ``rollouts.jsonl``), and after a
+step logs its scalars every ``log.every``
 steps and at the last, moves the progress bar, and checkpoints every ``checkpoint.every`` steps and
 at the end.
 """
@@ -82,7 +83,8 @@ class Phase:
 
         self.ctx.writer.forget(redone)
         if jax.process_index() == 0:
-            rewrite_jsonl(os.path.join(self.ctx.workdir, "data_ids.jsonl"), redone)
+            for log in ("data_ids.jsonl", "rollouts.jsonl"):
+                rewrite_jsonl(os.path.join(self.ctx.workdir, log), redone)
 
     def start(self) -> None:
         """The progress bar and the phase's clock, once set-up is done."""
@@ -96,10 +98,16 @@ class Phase:
     def next_records(self, records: Sequence[dict]) -> list[dict]:
         """This process's share of the next batch of ``records`` (those the iterator indexes)."""
         batch = [records[i] for i in self.iterator.next()]
-        if self.ctx.cfg.log.data_ids and jax.process_index() == 0:
-            with open(os.path.join(self.ctx.workdir, "data_ids.jsonl"), "a", encoding="utf-8") as f:
-                f.write(json.dumps({"phase": self.name, "step": self.step + 1, "ids": [r["id"] for r in batch]}) + "\n")
+        if self.ctx.cfg.log.data_ids:
+            self.append_log("data_ids.jsonl", [{"ids": [r["id"] for r in batch]}])
         return batch
+
+    def append_log(self, name: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """``rows`` of the coming step to the workdir's JSON-lines file ``name`` (process 0 only), tagged with
+        the phase and step, so that a resumed run forgets them with the steps it redoes."""
+        if rows and jax.process_index() == 0:
+            with open(os.path.join(self.ctx.workdir, name), "a", encoding="utf-8") as f:
+                f.writelines(json.dumps({"phase": self.name, "step": self.step + 1, **row}) + "\n" for row in rows)
 
     def end_step(self, state: Any, scalars: Mapping[str, Any], progress: Mapping[str, Any]) -> None:
         """Count the step, log its scalars (every ``log.every`` steps and the last), move the bar, and

@@ -3,7 +3,8 @@ gradient accumulation, sharded state, non-finite skipping, batched log-probs and
 
 A *loss object* (:class:`tooln1.grpo.GRPOLoss`, :class:`tooln1.training.sft_loss.SFTLoss`) is a hashable callable
 ``loss(model, batch, totals) -> (loss, metrics)`` with ``totals(batch) -> dict`` (additive
-aggregation denominators, e.g. token and sequence counts) and ``required_keys``. The updater:
+aggregation denominators, e.g. token and sequence counts), ``required_keys`` and, optionally,
+``optional_keys`` (passed on when the batch has them). The updater:
 
 1. splits the rollout batch (leading axis N) into ``num_mini_batches`` contiguous mini-batches, one
    optimizer step each (paper: 4 per rollout step, so ratios move away from 1 after the first);
@@ -284,7 +285,8 @@ class Updater:
         loss_fn = loss_fn or self.loss_fn
         self.check_batch(batch, loss_fn)
         required = tuple(getattr(loss_fn, "required_keys", tuple(batch)))
-        batch = {k: batch[k] for k in required}
+        optional = tuple(k for k in getattr(loss_fn, "optional_keys", ()) if k in batch)
+        batch = {k: batch[k] for k in required + optional}
         return self._step(state, self.rest, batch, loss_fn)
 
     def compute_logprobs(self, params: Any, batch: Mapping[str, Any], micro_batch_size: int | None = None,
