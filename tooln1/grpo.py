@@ -450,8 +450,8 @@ class GRPOLoss:
 
     With ``sample_logprobs`` in the batch (the sampler's log-probs of the same tokens) the metrics add
     ``sampler_gap`` and ``sampler_gap_max``, the mean and largest ``|log p_old - log p_sampler|`` over the
-    trained tokens, the old policy being the weights the sampler was given: ~1e-6 when the engine
-    decodes them in float32; a stale engine or a lower-precision one shows as a larger gap.
+    trained tokens, the old policy being the weights the sampler was given: a few 1e-6 on average when
+    the engine decodes them in float32; a stale engine or a lower-precision one shows as a larger gap.
     """
 
     clip_eps: float = 0.2
