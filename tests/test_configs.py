@@ -175,6 +175,8 @@ def _cfg(tmp_path, **over):
     ({"model.lora.rank": 8, "model.lora.quantize": "nf4"}, "config.model.lora.quantize='nf4'"),
     ({"model.lora.quantize": "int8"}, "needs config.model.lora.rank > 0"),
     ({"model.lora.rank": 8, "model.frozen_layers": 1}, "two ways to train part of the model"),
+    ({"log.every": 0}, "config.log.every=0 must be >= 1"),
+    ({"log.rollouts": -1}, "config.log.rollouts=-1 must be >= 0"),
 ])
 def test_invalid_config_message(tmp_path, over, needle):
     from tooln1.config import ConfigError, validate_config

@@ -407,3 +407,24 @@ def test_a_relative_compile_cache_follows_the_final_workdir(tmp_path, tiny_check
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "runs" / "jax_cache")
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+@pytest.mark.parametrize("count, expected", [(0, []), (3, [(0, 0), (0, 1), (1, 0)]),
+                                             (99, [(0, 0), (0, 1), (1, 0), (1, 1)])])
+def test_rollout_log_takes_the_first_samples_in_group_order(count, expected):
+    """``log.rollouts`` samples from the front of the batch (row b*G+g = sample g of record b), each with its
+    record's id and its own reward; 0 writes nothing, and more than the batch writes the batch."""
+    import types
+
+    from tooln1.training.grpo_phase import GRPOPhase
+
+    written = []
+    owner = types.SimpleNamespace(group_size=2, ctx=types.SimpleNamespace(cfg=types.SimpleNamespace(
+        log=types.SimpleNamespace(rollouts=count))), phase=types.SimpleNamespace(
+        append_log=lambda name, rows: written.append((name, rows))))
+    rollout = types.SimpleNamespace(responses=["a0", "a1", "b0", "b1"], rewards=np.array([1.0, 0.0, 0.0, 1.0]))
+    GRPOPhase._log_rollouts(owner, [{"id": "a"}, {"id": "b"}], rollout)
+    (name, rows), = written
+    assert name == "rollouts.jsonl"
+    assert [(r["id"], r["sample"], r["reward"], r["response"]) for r in rows] == [
+        ("ab"[b], g, [1.0, 0.0, 0.0, 1.0][2 * b + g], "ab"[b] + str(g)) for b, g in expected]

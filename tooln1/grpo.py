@@ -419,7 +419,9 @@ GRPO_BATCH_KEYS = (
     "ref_logprobs",  # [N, R], from the frozen initial params (may be omitted when kl_coef == 0)
     "advantages",  # [N] or [N, R]
     "response_loss_mask",  # [N, R], only with GRPOLoss.loss_mask: 1 on the tokens the policy sampled
-    "sample_logprobs",  # [N, R], optional: the sampler's log-probs of the tokens, for the sampler_gap metrics
+)
+GRPO_OPTIONAL_KEYS = (
+    "sample_logprobs",  # [N, R], the sampler's log-probs of the tokens, for the sampler_gap metrics
 )
 
 
@@ -481,12 +483,12 @@ class GRPOLoss:
         return tuple(
             k for k in GRPO_BATCH_KEYS
             if not (k == "ref_logprobs" and self.kl_coef == 0) and not (k == "old_logprobs" and self.on_policy)
-            and not (k == "response_loss_mask" and not self.loss_mask) and k != "sample_logprobs"
+            and not (k == "response_loss_mask" and not self.loss_mask)
         )
 
     @property
     def optional_keys(self) -> tuple[str, ...]:
-        return ("sample_logprobs",)
+        return GRPO_OPTIONAL_KEYS
 
     @property
     def logprob_keys(self) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ from tooln1.config.schema import (
     DataSection,
     EvalSection,
     GRPOSection,
+    LogSection,
     MeshSection,
     ModelSection,
     SFTSection,
@@ -316,6 +317,16 @@ def checkpoint_problems(c: CheckpointSection) -> list[str]:
     return out
 
 
+def log_problems(c: LogSection) -> list[str]:
+    """``config.log``."""
+    out = []
+    if c.every < 1:
+        out.append(f"config.log.every={c.every} must be >= 1 (steps between metric writes)")
+    if c.rollouts < 0:
+        out.append(f"config.log.rollouts={c.rollouts} must be >= 0 (0 = no rollouts.jsonl)")
+    return out
+
+
 # =============================================================================================
 # across sections
 
@@ -367,7 +378,7 @@ def validate_config(cfg: Any, check_paths: bool = True) -> None:
     shards = 1 if any(p.startswith("config.mesh:") for p in mesh) else mesh_batch_shards(c)
     errors = (model_problems(c.model, check_paths) + mesh + data_problems(c.data, check_paths)
               + sft_problems(c.sft) + grpo_problems(c.grpo) + eval_problems(c.eval)
-              + checkpoint_problems(c.checkpoint) + cross_section_problems(c, shards, processes))
+              + checkpoint_problems(c.checkpoint) + log_problems(c.log) + cross_section_problems(c, shards, processes))
     if errors:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
 

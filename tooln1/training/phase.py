@@ -1,12 +1,11 @@
 """What every training phase (SFT, GRPO) does around its steps, so that a phase's loop holds only its steps.
 
 A :class:`Phase` owns the phase's checkpoints and its place in the data: it resumes from the newest
-readable checkpoint (refusing one written under another ``seed``) and forgets the metrics rows and
-data ids of the steps it will redo, hands out each step's records (their ids go to
-``data_ids.jsonl`` with ``log.data_ids``; GRPO's sampled texts go to ``rollouts.jsonl``), and after a
-step logs its scalars every ``log.every``
-steps and at the last, moves the progress bar, and checkpoints every ``checkpoint.every`` steps and
-at the end.
+readable checkpoint (refusing one written under another ``seed``) and forgets the metrics rows,
+data ids and rollout texts of the steps it will redo, hands out each step's records (their ids go to
+``data_ids.jsonl`` with ``log.data_ids``; GRPO writes its sampled texts to ``rollouts.jsonl``), and
+after a step logs its scalars every ``log.every`` steps and at the last, moves the progress bar, and
+checkpoints every ``checkpoint.every`` steps and at the end.
 """
 from __future__ import annotations
 
