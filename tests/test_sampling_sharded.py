@@ -39,14 +39,14 @@ def test_sharded_equals_single_device(tmp_path):
         np.testing.assert_array_equal(out.mask, single.mask, err_msg=name)
         np.testing.assert_allclose(out.logprobs, single.logprobs, atol=1e-4, rtol=0, err_msg=name)
     # the decoding copy split per layer (the CPU layout of large models) samples the same, and its
-    # [out, in] MLP kernels stay tensor-parallel
+    # MLP kernels stay tensor-parallel
     per_layer = dataclasses.replace(cfg, engine=EngineConfig(layer_layout="per_layer"))
     out = sample(model, prompt_ids, prompt_mask, per_layer, 3).local()
     np.testing.assert_array_equal(out.tokens, single.tokens)
     np.testing.assert_allclose(out.logprobs, single.logprobs, atol=1e-4, rtol=0)
     gate = Engine(model, per_layer.engine).weights["layers"][0]["mlp"]["gate_kernel"][...]
-    assert gate.shape == model.layers.mlp.gate_kernel[...].shape[:0:-1]
-    assert gate.sharding.spec[0] == "tensor", gate.sharding.spec
+    assert gate.shape == model.layers.mlp.gate_kernel[...].shape[1:]
+    assert gate.sharding.spec[1] == "tensor", gate.sharding.spec
 
 
 def test_each_batch_shard_decodes_its_own_slots_from_its_own_pages(tmp_path):

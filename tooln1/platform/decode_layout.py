@@ -4,10 +4,9 @@ Training keeps one layout everywhere (`tooln1.models.decoder`: the blocks stacke
 kernels stored [in, out], the head tied as the checkpoint has it). Decoding reads every weight once a step
 for a few rows, and each compiler has a faster layout for that:
 
-* **CPU, per layer**: one block per layer, run unrolled, its MLP kernels stored [out, in] (`split_layers`).
-  Under the layer scan XLA:CPU copies each layer's weights out of the stack before its matmuls (and widens
-  a 16-bit stack to float32 every round), and its few-row matmuls stream an [out, in] kernel faster than
-  an [in, out] one. It pays for MLP kernels of `PER_LAYER_MIN_KERNEL_BYTES` or more and for any 16-bit
+* **CPU, per layer**: one block per layer, run unrolled (`split_layers`). Under the layer scan XLA:CPU
+  copies each layer's weights out of the stack before its matmuls (and widens a 16-bit stack to float32
+  every round). It pays for MLP kernels of `PER_LAYER_MIN_KERNEL_BYTES` or more and for any 16-bit
   model, over a training run or a long evaluation: the unrolled programs compile several times longer.
 * **CPU, 16-bit**: embedding rows gathered from a float32 table, logits from a separate [D, V] head in the
   compute dtype (`float32_lookup`): XLA:CPU widens a 16-bit gather's whole table to float32 at every call
@@ -36,7 +35,7 @@ from jax.sharding import Mesh
 
 from tooln1.models import chunk_attention
 from tooln1.models.config import ModelConfig
-from tooln1.models.decoder import MLP, Attention, CausalLM
+from tooln1.models.decoder import Attention, CausalLM
 from tooln1.models.lora import merged
 from tooln1.platform.kv_storage import pool_dtype
 from tooln1.sharding import platform
@@ -123,14 +122,6 @@ def _as(cls: type[M], module: nnx.Module) -> M:
     return module
 
 
-class OutMajorMLP(MLP):
-    """`MLP` with its kernels stored [out, in]."""
-
-    def _matmul(self, rows: jax.Array, name: str) -> jax.Array:
-        # (w @ rows.T).T: XLA:CPU's rows @ w.T takes a slow path for one row
-        return self.einsum("oi,ri->or", getattr(self, f"{name}_kernel")[...].astype(self.dtype), rows).T
-
-
 class PerLayerLM(CausalLM):
     """`CausalLM` whose ``layers`` are an ``nnx.List`` of blocks, run unrolled (decoding: no backward)."""
 
@@ -150,7 +141,7 @@ class HeadsMajorAttention(Attention):
 
 
 def split_layers(model: CausalLM) -> PerLayerLM:
-    """``model`` (changed in place) with one block per layer and MLP kernels stored [out, in]."""
+    """``model`` (changed in place) with one block per layer."""
     graphdef, stacked = nnx.split(model.layers)
 
     def block(i: int) -> nnx.Module:
@@ -158,13 +149,7 @@ def split_layers(model: CausalLM) -> PerLayerLM:
             axes = v.get_metadata().get("logical_axes")
             return v.replace(value=v.get_value()[i], logical_axes=axes[1:] if axes else axes)
 
-        one = nnx.merge(graphdef, jax.tree.map(take, stacked, is_leaf=lambda v: isinstance(v, nnx.Variable)))
-        for name in ("gate_kernel", "up_kernel", "down_kernel"):
-            v = getattr(one.mlp, name)
-            axes = v.get_metadata()["logical_axes"]
-            setattr(one.mlp, name, v.replace(value=v.get_value().T, logical_axes=axes[::-1]))
-        _as(OutMajorMLP, one.mlp)
-        return one
+        return nnx.merge(graphdef, jax.tree.map(take, stacked, is_leaf=lambda v: isinstance(v, nnx.Variable)))
 
     model.layers = nnx.List([block(i) for i in range(model.config.num_layers)])
     return _as(PerLayerLM, model)
@@ -195,4 +180,4 @@ def float32_lookup(model: CausalLM, table: jax.Array) -> CausalLM:
 
 __all__ = ["DecodeLayout", "LAYER_LAYOUTS", "PER_LAYER_MIN_KERNEL_BYTES", "prefill_attention", "kv_writes",
            "decoding_copy",
-           "heads_major", "float32_lookup", "OutMajorMLP", "PerLayerLM", "HeadsMajorAttention"]
+           "heads_major", "float32_lookup", "PerLayerLM", "HeadsMajorAttention"]
