@@ -176,10 +176,15 @@ class Block(nnx.Module):
         """One pre-norm block. ``attend(q, k, v, state, layer) -> (attended, state)`` is the only thing
         that differs between the full forward and decoding over KV pages; ``state`` (the pages, or
         None) is threaded through every layer and updated in place at ``layer``."""
-        q, k, v = self.attention.qkv(self.input_norm(x), cos, sin, mesh)
-        attended, state = attend(q, k, v, state, layer)
-        x = constrain(x + self.attention.output(attended), ("batch", "length", None), mesh)
-        x = constrain(x + self.mlp(self.post_attention_norm(x), mesh), ("batch", "length", None), mesh)
+        # named scopes label each part's ops in compiled programs and profiles (tools/bench/op_profile.py)
+        with jax.named_scope("qkv"):
+            q, k, v = self.attention.qkv(self.input_norm(x), cos, sin, mesh)
+        with jax.named_scope("attend"):
+            attended, state = attend(q, k, v, state, layer)
+        with jax.named_scope("attention_out"):
+            x = constrain(x + self.attention.output(attended), ("batch", "length", None), mesh)
+        with jax.named_scope("mlp"):
+            x = constrain(x + self.mlp(self.post_attention_norm(x), mesh), ("batch", "length", None), mesh)
         return x, state
 
 

@@ -215,7 +215,8 @@ def _prefill(model, pools, c: Chunk, shape: Shape):
     def attend(q, k, v, state, layer):
         # Write first, then read the context: a read before the in-place write of the same pool made
         # XLA copy both pools at every layer. The chunk's own slots are masked out of the context.
-        kp, vp = _write(state, layer, k, v, c.pages, c.offsets, model.mesh, shape.kv_writes)
+        with jax.named_scope("kv_write"):
+            kp, vp = _write(state, layer, k, v, c.pages, c.offsets, model.mesh, shape.kv_writes)
         context = lambda pool: jnp.pad(gather(pool, c.ctx_table, layer).astype(dtype),  # noqa: E731
                                        ((0, 0), (0, ctx - written), (0, 0), (0, 0)))
         keys = jnp.concatenate([context(kp), k], axis=1)
@@ -264,7 +265,8 @@ def _decode(model, pools, slots: Slots, temperature, top_p, admit_after, narrow_
 
         def attend(q, k, v, state, layer):
             unflat = lambda a: a.reshape(x_shards, width, *a.shape[2:])  # noqa: E731  [X*W, 1, ...] -> [X, W, ...]
-            kp, vp = _write(state, layer, unflat(k), unflat(v), page, pos % ps, model.mesh, shape.kv_writes)
+            with jax.named_scope("kv_write"):
+                kp, vp = _write(state, layer, unflat(k), unflat(v), page, pos % ps, model.mesh, shape.kv_writes)
             out = sharded_paged_attention(unflat(q), kp, vp, lengths, slots.table, layer, model.mesh)
             return out.reshape(rows, 1, *out.shape[2:]), (kp, vp)
 
@@ -272,10 +274,13 @@ def _decode(model, pools, slots: Slots, temperature, top_p, admit_after, narrow_
                                     attend, pools)
         # vocab-sharded where the head is (tensor axis): left unconstrained, XLA gathered the whole head at
         # every step to compute replicated logits instead of gathering the logits
-        logits = constrain(model.logits_from_hidden(model.final_norm(x))[:, 0], ("batch", "vocab"), model.mesh)
+        with jax.named_scope("logits"):
+            logits = constrain(model.logits_from_hidden(model.final_norm(x))[:, 0], ("batch", "vocab"), model.mesh)
         # each shard's own rows: XLA gathered every shard's rows to run top_k on them
-        token, logp = per_batch_shard(functools.partial(select, shape=shape), model.mesh, logits, flat(slots.key),
-                                      flat(slots.step), jnp.full(rows, temperature), jnp.full(rows, top_p))
+        with jax.named_scope("sample"):
+            token, logp = per_batch_shard(functools.partial(select, shape=shape), model.mesh, logits,
+                                          flat(slots.key), flat(slots.step), jnp.full(rows, temperature),
+                                          jnp.full(rows, top_p))
         token, logp = token.reshape(x_shards, width), logp.reshape(x_shards, width)
         remaining = slots.remaining - 1
         done = live & (is_eos(token, shape.eos_ids) | (remaining <= 0))
