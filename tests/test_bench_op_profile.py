@@ -69,3 +69,21 @@ def test_table_gives_each_scope_its_share():
     assert cells[:3] == ["run_round", "2.00", "2.00"]
     assert cells[3 + op_profile.SCOPES.index("mlp")] == "1.50 (75%)"
     assert cells[3 + op_profile.SCOPES.index("attend")] == "0.50 (25%)"
+
+
+def test_the_engines_programs_carry_the_scopes(tiny_checkpoint, tmp_path):
+    """The model and the engine name their parts, and they reach the compiled ops the tool reads: without
+    the named scopes every op would count as "other"."""
+    import tooln1
+    from tooln1.rollout.engine import Engine, EngineConfig
+    from tooln1.rollout.sampling import SamplingConfig
+
+    engine = Engine(tooln1.load_model(tiny_checkpoint), EngineConfig(num_slots=2))
+    sampling = SamplingConfig(num_samples=2, max_new_tokens=8, eos_ids=(1,))
+    for program, module in (("round", "jit_run_round"), ("prefill", "jit_run_prefill")):
+        text = engine.lower(sampling, 2, 16, program=program).compile().as_text()
+        (tmp_path / f"module_0001.{module}.cpu_after_optimizations.txt").write_text(text)
+    scopes = op_profile.op_scopes(str(tmp_path))
+    found = {m: {s for (mod, _), s in scopes.items() if mod == m} for m in ("jit_run_round", "jit_run_prefill")}
+    assert {"qkv", "attend", "attention_out", "mlp", "logits", "sample"} <= found["jit_run_round"], found
+    assert {"qkv", "attend", "attention_out", "mlp"} <= found["jit_run_prefill"], found

@@ -25,6 +25,7 @@ import tempfile
 import time
 
 import common
+import rollout  # JAX-free at import: XLA_FLAGS is set before JAX loads
 
 SCOPES = ("qkv", "attend", "kv_write", "attention_out", "mlp", "logits", "sample")
 RUN_GAP = 2e-3  # seconds: the host's work between two runs of a program takes longer than a gap within one
@@ -126,7 +127,7 @@ def table(profile: dict[str, dict[str, float]]) -> str:
 
 def main() -> None:
     ap = common.parser(__doc__)
-    ap.add_argument("--workload", default="apibank")
+    ap.add_argument("--workload", default="apibank", choices=sorted(rollout.WORKLOADS))
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--smollm2", default=None, help="SmolLM2 HF checkpoint dir for the apibank workload")
     ap.add_argument("--engine", default="", help="EngineConfig fields, e.g. prefill_chunk=1024,prefill_block=128")
@@ -140,7 +141,6 @@ def main() -> None:
     os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"  # a cached program is not dumped
 
     import jax
-    import rollout
 
     from tooln1.checkpoints.hf_import import load_model
     from tooln1.rollout.engine import Engine, EngineConfig
