@@ -108,6 +108,23 @@ def test_continued_slot_equals_a_fresh_prefill_of_its_context(model, engine, pro
         assert c.stop in STOPS and len(seq) <= MAX_LENGTH
 
 
+def test_ragged_pool_continues_as_split_pools_do(model, prompts, three_tool_turns, monkeypatch):
+    """With the TPU's ragged pool (here its pure-JAX reference) a continued sample's appended ids attend over
+    its own pages in place: the same greedy trajectories as with split pools."""
+    import tooln1.platform.decode_layout
+
+    monkeypatch.setattr(tooln1.platform.decode_layout, "kv_pool", lambda config, target, cores: "ragged")
+    engine = Engine(model, CONFIG)
+    assert engine.layout.kv_pool == "ragged"
+    results, _ = engine.generate(prompts, greedy(), jax.random.key(0), continue_with=observation, max_turns=4,
+                                 max_length=MAX_LENGTH)
+    for group, want in zip(results, three_tool_turns):
+        for c, w in zip(group, want):
+            np.testing.assert_array_equal(c.tokens, w.tokens)
+            np.testing.assert_array_equal(c.sampled, w.sampled)
+            np.testing.assert_allclose(c.logprobs, w.logprobs, atol=1e-5, rtol=1e-5)
+
+
 def test_single_turn_unchanged_by_the_continuation_path(model, prompts):
     """A continue_with that ends every trajectory gives what no continue_with gives, bit for bit (with the
     same chunk programs: a narrower one changes the float rounding of the pages it writes)."""

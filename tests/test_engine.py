@@ -205,6 +205,24 @@ def test_tpu_row_kv_writes_sample_what_token_writes_sample(model, prompts, sampl
             np.testing.assert_allclose(results[i][g].logprobs, one_slot[i][g].logprobs, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("config", [ONE_SLOT, FIVE_SLOTS], ids=["one_slot", "five_slots"])
+def test_ragged_pool_samples_what_split_pools_sample(model, prompts, sampling, one_slot, monkeypatch, config):
+    """The TPU's ragged pool (keys and values in one pool, every prefill chunk's prompts and decode step's
+    slots attending each over its own pages, `tooln1.models.ragged_attention`; here its pure-JAX reference)
+    samples what the split pools sample: ONE_SLOT's chunks of 8 continue earlier chunks' pages and
+    FIVE_SLOTS' chunks pack several prompts, reusing cached prefix pages."""
+    import tooln1.platform.decode_layout
+
+    monkeypatch.setattr(tooln1.platform.decode_layout, "kv_pool", lambda config, target, cores: "ragged")
+    engine = Engine(model, config)
+    assert engine.layout.kv_pool == "ragged" and engine.layout.prefill_attention == "ragged"
+    results, _ = engine.generate(prompts, sampling, jax.random.key(5), max_prompt_len=max(LENGTHS))
+    for i in range(len(prompts)):
+        for g in range(G):
+            np.testing.assert_array_equal(results[i][g].tokens, one_slot[i][g].tokens, err_msg=f"prompt {i} sample {g}")
+            np.testing.assert_allclose(results[i][g].logprobs, one_slot[i][g].logprobs, atol=1e-4, rtol=0)
+
+
 def test_bf16_cpu_copy_samples_what_the_stacked_bf16_copy_samples(checkpoint, prompts, sampling):
     """16-bit decoding on a CPU: per-layer weights, embedding rows gathered from a float32 table, an
     untied [D, V] head, bf16 KV pages stored as uint16 bits and no one-row decode width; it samples what

@@ -14,7 +14,7 @@ from tooln1.sharding import make_mesh
 MESHES = {"fsdp2_tensor4": {"fsdp": 2, "tensor": 4}, "data2_fsdp2_tensor2": {"data": 2, "fsdp": 2, "tensor": 2}}
 
 
-def test_sharded_equals_single_device(tmp_path):
+def test_sharded_equals_single_device(tmp_path, monkeypatch):
     if jax.device_count() < 8:
         pytest.skip("needs 8 devices (tests/conftest.py sets 8 host CPU devices)")
     ids = special_token_ids()
@@ -47,6 +47,15 @@ def test_sharded_equals_single_device(tmp_path):
     gate = Engine(model, per_layer.engine).weights["layers"][0]["mlp"]["gate_kernel"][...]
     assert gate.shape == model.layers.mlp.gate_kernel[...].shape[1:]
     assert gate.sharding.spec[1] == "tensor", gate.sharding.spec
+    # the TPU's ragged pool (its pure-JAX attention here), each device writing its own kv heads' keys and
+    # values side by side, samples the same
+    import tooln1.platform.decode_layout
+
+    monkeypatch.setattr(tooln1.platform.decode_layout, "kv_pool", lambda config, target, cores: "ragged")
+    assert Engine(model, cfg.engine).layout.kv_pool == "ragged"
+    out = sample(model, prompt_ids, prompt_mask, cfg, 3).local()
+    np.testing.assert_array_equal(out.tokens, single.tokens)
+    np.testing.assert_allclose(out.logprobs, single.logprobs, atol=1e-4, rtol=0)
 
 
 def test_each_batch_shard_decodes_its_own_slots_from_its_own_pages(tmp_path):

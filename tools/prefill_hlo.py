@@ -7,8 +7,10 @@ and each way of writing KV, and what its optimized HLO runs.
     TPU_SKIP_MDS_QUERY=1 python tools/prefill_hlo.py --target tpu-v5e-4 --paths blockwise,splash  # in jax[tpu]
     TPU_SKIP_MDS_QUERY=1 python tools/prefill_hlo.py --target tpu-v5e-4 --paths splash --writes tokens,rows
     TPU_SKIP_MDS_QUERY=1 python tools/prefill_hlo.py --target tpu-v5e-4 --program round --writes tokens,rows
+    TPU_SKIP_MDS_QUERY=1 python tools/prefill_hlo.py --target tpu-v5e-4 --model qwen2.5-7b --paths splash,ragged
 
-For each path ("blockwise": the portable loop; "pallas_gpu", "splash": `tooln1.models.chunk_attention`) and
+For each path ("blockwise": the portable loop; "pallas_gpu", "splash": `tooln1.models.chunk_attention`;
+"ragged": the ragged pool and JAX's TPU kernel for prefill and decode, `tooln1.models.ragged_attention`) and
 KV writes ("tokens", "rows": `tooln1.platform.decode_layout.kv_writes`) it prints the while loops (nesting
 and trip count: XLA's ``known_trip_count``, else "dynamic"), the custom calls by target, and the kernels
 launched per layer (fusions and custom calls inside the layer loop's body, once per trip of each loop
@@ -148,7 +150,8 @@ def main() -> None:
     for path in args.paths.split(","):
         for writes in args.writes.split(",") if args.writes else [engine.layout.kv_writes]:
             name = f"{path} {writes}"
-            engine.layout = dataclasses.replace(engine.layout, prefill_attention=path, kv_writes=writes)
+            engine.layout = dataclasses.replace(engine.layout, prefill_attention=path, kv_writes=writes,
+                                                kv_pool="ragged" if path == "ragged" else "split")
             start = time.time()
             compiled = engine.lower(sampling, args.slots, args.prompt, program=args.program).compile()
             if args.hlo:
@@ -157,6 +160,7 @@ def main() -> None:
             shape = engine.shape(sampling, args.slots, args.prompt)
             results[name] = {"compile_s": round(time.time() - start, 1), "context_slots": shape.context_pages
                              * shape.page_size, "chunk": shape.chunk, "slots": shape.slots,
+                             "temp_mib": round(compiled.memory_analysis().temp_size_in_bytes / 2**20, 1),
                              **report(compiled.as_text(), engine.model_config.num_layers)}
             print(name, json.dumps(results[name], indent=1), flush=True)
     if args.json:

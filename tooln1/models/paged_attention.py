@@ -245,7 +245,7 @@ def megacore_mode(cores: int, kv_heads: int, sequences: int) -> str | None:
     return "kv_head" if kv_heads % 2 == 0 else "batch" if sequences % 2 == 0 else None
 
 
-def _cores(mesh: Mesh | None) -> int:
+def tensor_cores(mesh: Mesh | None) -> int:
     """TensorCores behind each device (2 on a megacore v4 / v5p chip, compile-only devices too)."""
     device = mesh.devices.flat[0] if mesh is not None else jax.devices()[0]
     return getattr(device, "num_cores", 1) if device.platform == "tpu" else 1
@@ -273,7 +273,7 @@ def _pallas_gpu(q, k_pages, v_pages, lengths, page_table, pages_per_block: int, 
 def _kernel(backend: str, mesh: Mesh | None):
     """The kernel of ``backend`` (the TPU one told its device's cores), None for the pure-JAX path."""
     if backend == "pallas":
-        return functools.partial(_pallas_tpu, cores=_cores(mesh))
+        return functools.partial(_pallas_tpu, cores=tensor_cores(mesh))
     return _pallas_gpu if backend == "pallas_gpu" else None
 
 
@@ -322,4 +322,4 @@ def sharded_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array
 
 
 __all__ = ["page_shape", "write_pages", "write_rows", "gather_pages", "ragged_paged_attention",
-           "sharded_paged_attention", "kernel_fits", "gpu_kernel_fits", "megacore_mode"]
+           "sharded_paged_attention", "kernel_fits", "gpu_kernel_fits", "megacore_mode", "tensor_cores"]

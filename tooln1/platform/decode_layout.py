@@ -20,6 +20,9 @@ for a few rows, and each compiler has a faster layout for that:
   (`tooln1.models.chunk_attention`: Pallas Triton on a GPU for 16-bit models with power-of-two heads,
   splash attention on a TPU), where the portable blockwise path is a sequential loop of one ``lax.cond``
   per pair of blocks (`prefill_attention`).
+* **KV pool, TPU**: one pool of keys and values interleaved by head, which JAX's ragged paged attention
+  kernel reads for prefill chunks and decode steps alike, each prompt over its own pages
+  (`tooln1.models.ragged_attention`, `kv_pool`), on a chip of one TensorCore where the head fits it.
 
 The engine asks `DecodeLayout.of` which layout a model gets on a mesh and `decoding_copy` for the copy.
 """
@@ -33,10 +36,11 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-from tooln1.models import chunk_attention
+from tooln1.models import chunk_attention, ragged_attention
 from tooln1.models.config import ModelConfig
 from tooln1.models.decoder import Attention, CausalLM
 from tooln1.models.lora import merged
+from tooln1.models.paged_attention import tensor_cores
 from tooln1.platform.kv_storage import pool_dtype
 from tooln1.sharding import platform
 
@@ -53,8 +57,9 @@ class DecodeLayout:
     heads_major: bool = False  # `heads_major`
     kv_dtype: Any = jnp.dtype(jnp.float32)  # what the KV pages hold (`tooln1.platform.kv_storage`)
     narrowest: int = 1  # the narrowest decode width worth compiling
-    prefill_attention: str = "blockwise"  # a prefill chunk's attention: "blockwise", "pallas_gpu" or "splash"
+    prefill_attention: str = "blockwise"  # a chunk's attention: "blockwise", "pallas_gpu", "splash" or "ragged"
     kv_writes: str = "tokens"  # how KV is written to the pages: "tokens" or "rows" (`kv_writes`)
+    kv_pool: str = "split"  # "split" (keys and values apart) or "ragged" (`kv_pool`)
 
     @classmethod
     def of(cls, config: ModelConfig, mesh: Mesh | None, layer_layout: str = "auto") -> DecodeLayout:
@@ -70,10 +75,12 @@ class DecodeLayout:
             per_layer = cpu and (kernel >= PER_LAYER_MIN_KERNEL_BYTES or half)
         else:
             per_layer = layer_layout == "per_layer"
+        pool = kv_pool(config, target, tensor_cores(mesh))
         return cls(per_layer=per_layer, float32_lookup=per_layer and half,
                    heads_major=not per_layer and target == "tpu", kv_dtype=pool_dtype(dtype, target),
-                   narrowest=2 if cpu and half else 1, prefill_attention=prefill_attention(config, target),
-                   kv_writes=kv_writes(target))
+                   narrowest=2 if cpu and half else 1,
+                   prefill_attention="ragged" if pool == "ragged" else prefill_attention(config, target),
+                   kv_writes=kv_writes(target), kv_pool=pool)
 
 
 def prefill_attention(config: ModelConfig, target: str) -> str:
@@ -91,6 +98,16 @@ def kv_writes(target: str) -> str:
     `tooln1.models.paged_attention.write_rows`: XLA:TPU expands a scatter into a row's lanes into a loop
     over the tokens), else "tokens" (`write_pages`, the portable path and the tests' reference)."""
     return "rows" if target == "tpu" else "tokens"
+
+
+def kv_pool(config: ModelConfig, target: str, cores: int) -> str:
+    """The KV pages' layout on ``target`` with ``cores`` TensorCores a device: "ragged" (one pool read by JAX's
+    TPU ragged paged attention for prefill and decode, `tooln1.models.ragged_attention`) on a TPU of one
+    core (v5e, v6e) where the kernel takes the model's heads; else "split" (`tooln1.models.paged_attention`:
+    a v4 or v5p device's paged-attention kernel splits decode over its two cores, which the ragged one
+    does not)."""
+    ragged = target == "tpu" and cores == 1 and ragged_attention.kernel_fits(config.head_dim)
+    return "ragged" if ragged else "split"
 
 
 def decoding_copy(graphdef: nnx.GraphDef, state: nnx.State, layout: DecodeLayout) -> tuple[nnx.GraphDef, nnx.State]:
@@ -179,5 +196,5 @@ def float32_lookup(model: CausalLM, table: jax.Array) -> CausalLM:
 
 
 __all__ = ["DecodeLayout", "LAYER_LAYOUTS", "PER_LAYER_MIN_KERNEL_BYTES", "prefill_attention", "kv_writes",
-           "decoding_copy",
+           "kv_pool", "decoding_copy",
            "heads_major", "float32_lookup", "PerLayerLM", "HeadsMajorAttention"]

@@ -64,6 +64,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from tooln1.models import ragged_attention
 from tooln1.models.paged_attention import page_shape
 from tooln1.platform.decode_layout import LAYER_LAYOUTS, DecodeLayout, decoding_copy
 from tooln1.rollout.programs import (
@@ -285,7 +286,9 @@ class Engine:
                      chunk_attention=self.layout.prefill_attention,
                      steps=cfg.steps_per_round,
                      greedy=sampling.greedy, top_k=sampling.top_k, use_top_p=sampling.top_p < 1.0, eos_ids=eos,
-                     kv_writes=self.layout.kv_writes)
+                     kv_writes=self.layout.kv_writes, kv_pool=self.layout.kv_pool,
+                     # a chunk feeds free slots: their samples' prompts, and a prompt begun or ended beside them
+                     chunk_sequences=min(cfg.prefill_chunk, int(slots) + 2))
 
     def _put(self, x, per_shard: bool = False):
         """A host array on the mesh: replicated, or with ``per_shard`` its leading [X] axis on the shards."""
@@ -301,7 +304,11 @@ class Engine:
         return np.asarray(x if x.is_fully_addressable else x.addressable_data(0))
 
     def _pool_shape(self, shape: Shape) -> tuple[int, ...]:
+        """Each of the ``shape.num_pools`` pools' shape."""
         c = self.model_config
+        if shape.kv_pool == "ragged":
+            return shape.shards, *ragged_attention.pool_shape(c.num_layers, shape.num_pages, shape.page_size,
+                                                               c.num_kv_heads, c.head_dim)
         return shape.shards, c.num_kv_heads, c.num_layers, shape.num_pages, *page_shape(shape.page_size, c.head_dim)
 
     def _init_state(self, shape: Shape, key_shape):
@@ -312,9 +319,10 @@ class Engine:
             # committed to the weights' device like the programs' outputs, or every program compiles twice:
             # once for the uncommitted first state and again for the committed state the next call passes
             device = next(iter(jax.tree.leaves(self.weights)[0].devices()))
-            return jax.device_put(((make_pool(), make_pool()), make_slots()), device)
-        zeros = jax.jit(make_pool, out_shardings=pool_sharding(self.mesh, pool))
-        return (zeros(), zeros()), jax.jit(make_slots, out_shardings=shard_sharding(self.mesh))()
+            return jax.device_put((tuple(make_pool() for _ in range(shape.num_pools)), make_slots()), device)
+        zeros = jax.jit(make_pool, out_shardings=pool_sharding(self.mesh, pool, shape.kv_pool))
+        return (tuple(zeros() for _ in range(shape.num_pools)),
+                jax.jit(make_slots, out_shardings=shard_sharding(self.mesh))())
 
     def widths(self, shape: Shape) -> list[int]:
         """The decode widths rounds compile for, widest first: all slots, then halving powers of two."""
@@ -342,7 +350,8 @@ class Engine:
         shards = shard_sharding(self.mesh)
         struct = lambda x, sharding: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=sharding)  # noqa: E731
         pool = self._pool_shape(shape)
-        pools = (jax.ShapeDtypeStruct(pool, self.layout.kv_dtype, sharding=pool_sharding(self.mesh, pool)),) * 2
+        pools = (jax.ShapeDtypeStruct(pool, self.layout.kv_dtype,
+                                      sharding=pool_sharding(self.mesh, pool, shape.kv_pool)),) * shape.num_pools
         if program == "prefill":
             chunk = _stack([_ChunkBuilder(shape)] * shape.shards, _ChunkBuilder.arrays)
             return run_prefill.lower(graphdef=self.graphdef, weights=self.weights, pools=pools,
@@ -798,15 +807,19 @@ class _PagePool:
 
 
 class _ChunkBuilder:
-    """Packs prompt tokens into one prefill chunk; a prompt that continues from pages written before
-    (an earlier chunk, or the prefix cache) brings those pages as its context, as many as the context
-    table (`Shape.context_pages`) holds."""
+    """Packs prompt tokens into one prefill chunk, at most ``Shape.chunk_sequences`` prompts; a prompt that
+    continues from pages written before (an earlier chunk, or the prefix cache) brings those pages as its
+    context, as many as the context table (`Shape.context_pages`) holds. Each prompt's page table and
+    extent are listed too (what a ragged pool's prefill reads)."""
 
     def __init__(self, shape: Shape):
         c, self.m, self.ps = shape.chunk, shape.context_pages, shape.page_size
         self.tokens, self.positions, self.pages, self.offsets = (np.zeros(c, np.int32) for _ in range(4))
         self.seg = np.full(c, -1, np.int32)
         self.ctx_table, self.ctx_seg = np.zeros(self.m, np.int32), np.zeros(self.m * self.ps, np.int32)
+        r = shape.chunk_sequences
+        self.seq_table = np.zeros((r, shape.pages_per_seq), np.int32)
+        self.seq_lens, self.seq_starts = np.zeros(r, np.int32), np.zeros(r + 1, np.int32)
         self.ctx_pages, self.tokens_added, self.segments = 0, 0, 0
 
     @property
@@ -814,10 +827,12 @@ class _ChunkBuilder:
         return len(self.tokens) - self.tokens_added
 
     def add(self, p: _Prompt) -> bool:
-        """Add as much of ``p`` as fits; False if its context does not fit (nothing added)."""
+        """Add as much of ``p`` as fits; False if its context or another prompt does not fit (nothing added)."""
         n = min(self.room, p.prefill_len - p.prefilled)
         if n == 0:
             return True
+        if self.segments == len(self.seq_lens):
+            return False
         if p.prefilled:
             need = -(-p.prefilled // self.ps)
             if self.ctx_pages + need > self.m:
@@ -832,6 +847,9 @@ class _ChunkBuilder:
         self.pages[sl], self.offsets[sl] = np.asarray(p.pages)[pos // self.ps], pos % self.ps
         p.prefilled += n
         self.tokens_added += n
+        self.seq_table[self.segments, :len(p.pages)] = p.pages
+        self.seq_lens[self.segments] = p.prefilled
+        self.seq_starts[self.segments + 1:] = self.tokens_added
         self.segments += 1
         return True
 
@@ -839,7 +857,7 @@ class _ChunkBuilder:
         """The chunk's arrays, its tokens cut to ``width`` (a narrower chunk program; they are packed in front)."""
         w = slice(width)
         return (self.tokens[w], self.positions[w], self.seg[w], self.pages[w], self.offsets[w], self.ctx_table,
-                self.ctx_seg)
+                self.ctx_seg, self.seq_table, self.seq_lens, self.seq_starts)
 
 
 class _Admissions:

@@ -13,8 +13,9 @@ width, never on how many prompts a rollout has: a few compiled programs serve an
 * **Prefill**: ``chunk`` prompt tokens per shard, packed from one or more prompts (segment ids). A
   prompt that continues pages written before (an earlier chunk, pages reused from the prefix
   cache, or a multi-turn trajectory's earlier turns) also attends to those, gathered through the
-  chunk's context table (two samples' worth of pages, shared by its segments). Their keys/values go
-  to the prompt's pages. A prompt's last token is not prefilled: each sample feeds it as its first
+  chunk's context table (two samples' worth of pages, shared by its segments); with a ragged pool
+  (`tooln1.models.ragged_attention`) each prompt reads them in place through its own page table.
+  Their keys/values go to the prompt's pages. A prompt's last token is not prefilled: each sample feeds it as its first
   decode step, so prompt pages stay read-only and shared. A program of its own: inside the round, a
   ``lax.cond`` around it made XLA:GPU copy both pools in each branch.
 * **Admission**: a slot takes a sample: its page table (the prompt's full pages shared, a private
@@ -41,12 +42,14 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from tooln1.models import ragged_attention
 from tooln1.models.attention import attention
 from tooln1.models.chunk_attention import chunk_attention, splash_chunk_attention
 from tooln1.models.paged_attention import gather_pages, sharded_paged_attention, write_pages, write_rows
 from tooln1.sharding import batch_axes, constrain, logical_to_spec, per_batch_shard
 
-POOL_AXES = ("batch", "kv_heads", "layers", None, None, None)  # [X, KV, L, N, rows, width] (`page_shape`)
+# Split pools (keys, values): [X, KV, L, N, rows, width] (`page_shape`); a ragged pool: `ragged_attention.POOL_AXES`
+POOL_AXES = ("batch", "kv_heads", "layers", None, None, None)
 
 
 class Shape(NamedTuple):
@@ -59,13 +62,20 @@ class Shape(NamedTuple):
     page_size: int
     chunk: int  # prompt tokens a shard prefills per program
     chunk_block: int  # query and key block of the chunk's attention (blockwise)
-    chunk_attention: str  # "blockwise", "pallas_gpu" or "splash" (`tooln1.platform.decode_layout.prefill_attention`)
+    chunk_attention: str  # "blockwise", "pallas_gpu", "splash" or "ragged" (`tooln1.platform.decode_layout`)
     steps: int
     greedy: bool
     top_k: int
     use_top_p: bool
     eos_ids: tuple[int, ...]
     kv_writes: str = "tokens"  # "tokens" or "rows" (`tooln1.platform.decode_layout.kv_writes`)
+    kv_pool: str = "split"  # "split" or "ragged" (`tooln1.platform.decode_layout.kv_pool`)
+    chunk_sequences: int = 1  # R, prompts a prefill chunk packs at most
+
+    @property
+    def num_pools(self) -> int:
+        """Keys and values in two pools, or in one ragged pool."""
+        return 1 if self.kv_pool == "ragged" else 2
 
     @property
     def context_pages(self) -> int:
@@ -96,6 +106,9 @@ class Chunk(NamedTuple):
     offsets: jax.Array
     ctx_table: jax.Array  # [X, 2M] the context pages of the chunk's prompts that continue earlier pages
     ctx_seg: jax.Array  # [X, 2M * page_size] segment + 1 of each context slot (0 = unused)
+    seq_table: jax.Array  # [X, R, M] each segment's prompt's page table (a ragged pool's prefill)
+    seq_lens: jax.Array  # [X, R] its tokens in the pages once the chunk is written (0 = no segment)
+    seq_starts: jax.Array  # [X, R + 1] where each segment's tokens start in the chunk, then where they end
 
 
 class Admit(NamedTuple):
@@ -120,9 +133,13 @@ def empty_slots(shape: Shape, key_data_shape: tuple[int, ...]) -> Slots:
                  jnp.zeros((*xs, *key_data_shape), jnp.uint32))
 
 
-def pool_sharding(mesh, pool_shape) -> NamedSharding | None:
+def pool_sharding(mesh, pool_shape, kv_pool: str = "split") -> NamedSharding | None:
     """Pools split over the batch axes (a shard's pages on its devices) and kv heads over ``tensor``."""
-    return None if mesh is None else NamedSharding(mesh, logical_to_spec(POOL_AXES, pool_shape, mesh))
+    if mesh is None:
+        return None
+    if kv_pool == "ragged":
+        return NamedSharding(mesh, ragged_attention.pool_spec(pool_shape, mesh))
+    return NamedSharding(mesh, logical_to_spec(POOL_AXES, pool_shape, mesh))
 
 
 def shard_sharding(mesh) -> NamedSharding | None:
@@ -171,15 +188,18 @@ def is_eos(token: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
     return jnp.any(token[..., None] == jnp.asarray(eos_ids, jnp.int32), axis=-1)
 
 
-def _write(pools, layer, k, v, pages, offsets, mesh, how: str):
+def _write(pools, layer, k, v, pages, offsets, mesh, shape: Shape):
     """Each shard's new keys/values [X, T, KV, D] to its (page, offset) slots [X, T] of ``layer``, written as
-    ``how`` says (`Shape.kv_writes`)."""
-    write = jax.vmap(write_rows if how == "rows" else write_pages, in_axes=(0, None, 0, 0, 0))
+    ``shape`` says (`Shape.kv_pool`, `Shape.kv_writes`)."""
+    if shape.kv_pool == "ragged":
+        pools = (ragged_attention.sharded_write(pools[0], layer, k, v, pages, offsets, mesh),)
+    else:
+        write = jax.vmap(write_rows if shape.kv_writes == "rows" else write_pages, in_axes=(0, None, 0, 0, 0))
+        pools = (write(pools[0], layer, k, pages, offsets), write(pools[1], layer, v, pages, offsets))
     # The pools keep their sharding through the layers: where the kv heads do not divide the tensor axis
     # (replicated pools), XLA split them over part of it, following the tensor-sharded query heads, and
     # all-gathered both whole pools at the end of every round and prefill.
-    return _keep_layout((write(pools[0], layer, k, pages, offsets), write(pools[1], layer, v, pages, offsets)),
-                        pool_sharding(mesh, pools[0].shape))
+    return _keep_layout(pools, pool_sharding(mesh, pools[0].shape, shape.kv_pool))
 
 
 def _keep_layout(tree, sharding):
@@ -216,23 +236,32 @@ def _prefill(model, pools, c: Chunk, shape: Shape):
         # Write first, then read the context: a read before the in-place write of the same pool made
         # XLA copy both pools at every layer. The chunk's own slots are masked out of the context.
         with jax.named_scope("kv_write"):
-            kp, vp = _write(state, layer, k, v, c.pages, c.offsets, model.mesh, shape.kv_writes)
+            kp, vp = _write(state, layer, k, v, c.pages, c.offsets, model.mesh, shape)
         context = lambda pool: jnp.pad(gather(pool, c.ctx_table, layer).astype(dtype),  # noqa: E731
                                        ((0, 0), (0, ctx - written), (0, 0), (0, 0)))
         keys = jnp.concatenate([context(kp), k], axis=1)
         values = jnp.concatenate([context(vp), v], axis=1)
         return attend_fn(q, keys, values, q_seg, kv_seg, q_pos, kv_pos), (kp, vp)
 
+    def attend_ragged(q, k, v, state, layer):  # each prompt over its own pages, the chunk's tokens written first
+        with jax.named_scope("kv_write"):
+            state = _write(state, layer, k, v, c.pages, c.offsets, model.mesh, shape)
+        out = ragged_attention.sharded_attention(q, state[0], c.seq_lens, c.seq_starts, c.seq_table, layer,
+                                                 model.mesh)
+        return out, state
+
     x = model.embed_tokens(c.tokens)
-    _, pools = model.run_layers(x, *model.rope(c.positions), attend, pools)
+    _, pools = model.run_layers(x, *model.rope(c.positions), attend_ragged if shape.kv_pool == "ragged" else attend,
+                                pools)
     return pools
 
 
-def _admit(pools, slots: Slots, a: Admit, seed):
+def _admit(pools, slots: Slots, a: Admit, seed, shape: Shape):
     def copy_page(pool, src, dst):  # one shard's pool [KV, L, N, rows, width]: each admitted sample's partial page
         return pool.at[:, :, dst].set(pool[:, :, src])
 
-    kp, vp = (jax.vmap(copy_page)(pool, a.copy_src, a.copy_dst) for pool in pools)
+    copy = ragged_attention.copy_pages if shape.kv_pool == "ragged" else copy_page
+    pools = tuple(jax.vmap(copy)(pool, a.copy_src, a.copy_dst) for pool in pools)
     prompt_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(seed, a.prompt_index.reshape(-1))
     keys = jax.vmap(jax.random.fold_in)(prompt_keys, a.sample_index.reshape(-1))
     keys = jax.random.key_data(keys).reshape(slots.key.shape)
@@ -240,7 +269,7 @@ def _admit(pools, slots: Slots, a: Admit, seed):
     slots = Slots(token=pick(a.token, slots.token), pos=pick(a.pos, slots.pos), step=pick(a.step, slots.step),
                   remaining=pick(a.budget, slots.remaining), active=a.admit | slots.active,
                   table=pick(a.table, slots.table), key=pick(keys, slots.key))
-    return (kp, vp), slots
+    return pools, slots
 
 
 def _decode(model, pools, slots: Slots, temperature, top_p, admit_after, narrow_after, max_steps, shape: Shape):
@@ -266,9 +295,14 @@ def _decode(model, pools, slots: Slots, temperature, top_p, admit_after, narrow_
         def attend(q, k, v, state, layer):
             unflat = lambda a: a.reshape(x_shards, width, *a.shape[2:])  # noqa: E731  [X*W, 1, ...] -> [X, W, ...]
             with jax.named_scope("kv_write"):
-                kp, vp = _write(state, layer, unflat(k), unflat(v), page, pos % ps, model.mesh, shape.kv_writes)
-            out = sharded_paged_attention(unflat(q), kp, vp, lengths, slots.table, layer, model.mesh)
-            return out.reshape(rows, 1, *out.shape[2:]), (kp, vp)
+                state = _write(state, layer, unflat(k), unflat(v), page, pos % ps, model.mesh, shape)
+            if shape.kv_pool == "ragged":  # one query a slot
+                starts = jnp.broadcast_to(jnp.arange(width + 1, dtype=jnp.int32), (x_shards, width + 1))
+                out = ragged_attention.sharded_attention(unflat(q), state[0], lengths, starts, slots.table, layer,
+                                                         model.mesh)
+            else:
+                out = sharded_paged_attention(unflat(q), *state, lengths, slots.table, layer, model.mesh)
+            return out.reshape(rows, 1, *out.shape[2:]), state
 
         x, pools = model.run_layers(model.embed_tokens(flat(slots.token)[:, None]), *model.rope(flat(pos)[:, None]),
                                     attend, pools)
@@ -299,7 +333,7 @@ def _decode(model, pools, slots: Slots, temperature, top_p, admit_after, narrow_
 def run_prefill(graphdef, weights, pools, chunk: Chunk, shape: Shape):
     """Each shard's chunk of prompt tokens into its pages; returns the pools."""
     model = nnx.merge(graphdef, weights)
-    return _keep_layout(_prefill(model, pools, chunk, shape), pool_sharding(model.mesh, pools[0].shape))
+    return _keep_layout(_prefill(model, pools, chunk, shape), pool_sharding(model.mesh, pools[0].shape, shape.kv_pool))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "shape", "width"), donate_argnames=("pools", "slots"))
@@ -312,12 +346,12 @@ def run_round(graphdef, weights, pools, slots: Slots, admit: Admit, perm, seed_d
     model = nnx.merge(graphdef, weights)
     slots = jax.tree.map(lambda x: jnp.take_along_axis(x, perm.reshape(perm.shape + (1,) * (x.ndim - 2)), axis=1),
                          slots)
-    pools, slots = _admit(pools, slots, admit, jax.random.wrap_key_data(seed_data))
+    pools, slots = _admit(pools, slots, admit, jax.random.wrap_key_data(seed_data), shape)
     head = jax.tree.map(lambda x: x[:, :width], slots)
     pools, head, *out = _decode(model, pools, head, temperature, top_p, admit_after, narrow_after, max_steps, shape)
     slots = jax.tree.map(lambda h, x: jnp.concatenate([h, x[:, width:]], axis=1), head, slots)
     mesh = model.mesh
-    pools = _keep_layout(pools, pool_sharding(mesh, pools[0].shape))
+    pools = _keep_layout(pools, pool_sharding(mesh, pools[0].shape, shape.kv_pool))
     slots = _keep_layout(slots, shard_sharding(mesh))
     if mesh is not None:  # every process reads the tokens whole (and schedules alike)
         out = jax.lax.with_sharding_constraint((*out, slots.active), NamedSharding(mesh, PartitionSpec()))
