@@ -20,6 +20,7 @@ turn's EOS) / wall seconds; the systems draw different samples, so the ratio is 
 
     nice python tools/bench/multi_turn.py --out docs/benchmarks.md
     nice python tools/bench/multi_turn.py --systems "tooln1 continuation" --latencies 0   # a quick check
+    nice python tools/bench/multi_turn.py --prompt-len 3600,8500 --out docs/benchmarks.md  # BFCL-sized prompts
 """
 from __future__ import annotations
 
@@ -36,11 +37,23 @@ import rollout
 
 SYSTEMS = ("tooln1 continuation", "tooln1 re-prefill loop", "HF generate loop")
 PROMPTS, G, PROMPT_LEN, MEAN, CAP, OBSERVATION, TURNS = 8, 4, (400, 1200), 48, 192, 48, 4
-MAX_LENGTH = PROMPT_LEN[1] + TURNS * CAP + (TURNS - 1) * OBSERVATION
-MARKERS = "<!-- multi-turn:begin -->", "<!-- multi-turn:end -->"
+# BFCL v3 multi-turn's prompts (base, miss_func, miss_param, long_context; function docs and first user
+# turn through SmolLM2's chat template): 3,611-8,521 tokens, median 6.4k (docs/benchmarks.md)
+BFCL_PROMPT_LEN = (3600, 8500)
 
 
-def _setup(ckpt: str | None) -> tuple[str, list[list[int]], list[int], int]:
+def max_length(prompt_len: tuple[int, int]) -> int:
+    """A trajectory's cap: the longest prompt, every turn at its cap, a tool answer between turns."""
+    return prompt_len[1] + TURNS * CAP + (TURNS - 1) * OBSERVATION
+
+
+def markers(prompt_len: tuple[int, int]) -> tuple[str, str]:
+    """The docs section of a prompt-length range (the default's keeps its historical name)."""
+    name = "multi-turn" if prompt_len == PROMPT_LEN else f"multi-turn {prompt_len[0]}-{prompt_len[1]}"
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def _setup(ckpt: str | None, prompt_len: tuple[int, int]) -> tuple[str, list[list[int]], list[int], int]:
     """(checkpoint, prompt token lists, EOS ids, vocabulary size)."""
     import json
 
@@ -52,7 +65,7 @@ def _setup(ckpt: str | None) -> tuple[str, list[list[int]], list[int], int]:
     with open(os.path.join(ckpt, "generation_config.json")) as f:
         eos = json.load(f)["eos_token_id"]
     rng = np.random.RandomState(0)
-    prompts = [rng.randint(0, vocab - 10, rng.randint(*PROMPT_LEN)).tolist() for _ in range(PROMPTS)]
+    prompts = [rng.randint(0, vocab - 10, rng.randint(*prompt_len)).tolist() for _ in range(PROMPTS)]
     return ckpt, prompts, [eos] if isinstance(eos, int) else list(eos), vocab
 
 
@@ -77,7 +90,7 @@ def _ends_turn(tokens, eos: set[int]) -> bool:
     return len(tokens) > 0 and int(tokens[-1]) in eos
 
 
-def run_continuation(engine, sampling, prompts, eos, tool: Tool, seed: int) -> tuple[int, dict]:
+def run_continuation(engine, sampling, prompts, eos, tool: Tool, seed: int, length: int) -> tuple[int, dict]:
     import jax
 
     turn = {}  # a trajectory's tool calls so far; each trajectory calls one at a time
@@ -87,7 +100,7 @@ def run_continuation(engine, sampling, prompts, eos, tool: Tool, seed: int) -> t
         return tool(i, g, turn[i, g])
 
     results, _ = engine.generate(prompts, sampling, jax.random.key(seed), continue_with=continue_with,
-                                 max_turns=TURNS, max_length=MAX_LENGTH)
+                                 max_turns=TURNS, max_length=length)
     sampled = sum(int(c.sampled.sum()) for group in results for c in group)
     return sampled, dict(engine.stats)
 
@@ -96,12 +109,14 @@ def run_loop(generate, prompts, eos, tool: Tool) -> tuple[int, dict]:
     """The turn loop of a plain generate: ``generate(contexts, g)`` -> a token list per sample, in order."""
     eos = set(eos)
     live = [(i, g, list(p)) for i, p in enumerate(prompts) for g in range(G)]  # (prompt, sample, context)
-    sampled, prefilled = 0, 0
+    sampled, prefilled, t0 = 0, 0, time.perf_counter()
     with ThreadPoolExecutor(len(live)) as pool:
         for turn in range(1, TURNS + 1):
             contexts = [c for _, _, c in live]
             prefilled += sum(map(len, contexts)) // (G if turn == 1 else 1)
             outs = generate(prompts, G) if turn == 1 else generate(contexts, 1)
+            if turn == 1:
+                first_turn = time.perf_counter() - t0
             outs = [_to_eos(o, eos) for o in outs]
             sampled += sum(map(len, outs))
             ended = [(i, g, c + o) for (i, g, c), o in zip(live, outs) if _ends_turn(o, eos)]
@@ -109,7 +124,7 @@ def run_loop(generate, prompts, eos, tool: Tool) -> tuple[int, dict]:
                 break
             answers = pool.map(tool, [i for i, _, _ in ended], [g for _, g, _ in ended], [turn] * len(ended))
             live = [(i, g, c + a) for (i, g, c), a in zip(ended, answers)]
-    return sampled, dict(prefill_tokens=prefilled)
+    return sampled, dict(prefill_tokens=prefilled, first_turn_s=first_turn)
 
 
 def _to_eos(tokens, eos: set[int]) -> list[int]:
@@ -121,7 +136,8 @@ def _to_eos(tokens, eos: set[int]) -> list[int]:
     return out
 
 
-def _runner(system: str, ckpt: str, prompts, eos, engine_flag: str) -> Callable[[Tool, int], tuple[int, dict]]:
+def _runner(system: str, ckpt: str, prompts, eos, engine_flag: str, length: int
+            ) -> Callable[[Tool, int], tuple[int, dict]]:
     """``run(tool, seed) -> (sampled tokens, stats)`` of one system, its model loaded."""
     if system == "HF generate loop":
         generate = _hf_generate(ckpt, eos)
@@ -140,14 +156,14 @@ def _runner(system: str, ckpt: str, prompts, eos, engine_flag: str) -> Callable[
     engine = Engine(load_model(ckpt, dtype="float32"), EngineConfig(**settings))
     config = lambda g: SamplingConfig(num_samples=g, max_new_tokens=CAP, temperature=1.0, eos_ids=tuple(eos))  # noqa: E731
     if system == "tooln1 continuation":
-        return lambda tool, seed: run_continuation(engine, config(G), prompts, eos, tool, seed)
+        return lambda tool, seed: run_continuation(engine, config(G), prompts, eos, tool, seed, length)
 
     def run(tool, seed):
         keys = itertools.count(1000 * seed)  # a fresh key per call, as a loop would draw
 
         def generate(contexts, g):
             results, _ = engine.generate(contexts, config(g), jax.random.key(next(keys)),
-                                         max_prompt_len=MAX_LENGTH - CAP)
+                                         max_prompt_len=length - CAP)
             return [c.tokens for group in results for c in group]
 
         return run_loop(generate, prompts, eos, tool)
@@ -155,9 +171,10 @@ def _runner(system: str, ckpt: str, prompts, eos, engine_flag: str) -> Callable[
     return run
 
 
-def child(system: str, ckpt: str | None, latencies: list[float], engine_flag: str, result_path: str) -> None:
-    ckpt, prompts, eos, vocab = _setup(ckpt)
-    run = _runner(system, ckpt, prompts, eos, engine_flag)
+def child(system: str, ckpt: str | None, latencies: list[float], engine_flag: str, result_path: str,
+          prompt_len: tuple[int, int]) -> None:
+    ckpt, prompts, eos, vocab = _setup(ckpt, prompt_len)
+    run = _runner(system, ckpt, prompts, eos, engine_flag, max_length(prompt_len))
     first = {}
     if system != "HF generate loop":
         t0 = time.perf_counter()
@@ -195,10 +212,11 @@ def _hf_generate(ckpt, eos):
     return generate
 
 
-def run_all(ckpt, systems, latencies, engine_flag: str) -> str:
-    ckpt, prompts, _, _ = _setup(ckpt)
+def run_all(ckpt, systems, latencies, engine_flag: str, prompt_len: tuple[int, int]) -> str:
+    ckpt, prompts, _, _ = _setup(ckpt, prompt_len)
     load = os.getloadavg()
-    flags = ["--latencies", ",".join(f"{x:g}" for x in latencies), "--engine", engine_flag]
+    flags = ["--latencies", ",".join(f"{x:g}" for x in latencies), "--engine", engine_flag,
+             "--prompt-len", f"{prompt_len[0]},{prompt_len[1]}"]
     results = {s: common.run_child([__file__, "--child", s, "--ckpt", ckpt, *flags]) for s in systems}
     for s, r in results.items():
         print(s, r, flush=True)
@@ -207,7 +225,9 @@ def run_all(ckpt, systems, latencies, engine_flag: str) -> str:
     flag = "" if tuple(systems) == SYSTEMS else f' --systems "{",".join(systems)}"'
     flag += "" if latencies == [0, 50] else f" --latencies {flags[1]}"
     flag += f" --engine {engine_flag}" if engine_flag else ""
-    lines = [MARKERS[0], "### Multi-turn rollouts (`tools/bench/multi_turn.py`)", "",
+    flag += "" if prompt_len == PROMPT_LEN else f" --prompt-len {prompt_len[0]},{prompt_len[1]}"
+    title = "" if prompt_len == PROMPT_LEN else ", BFCL-sized prompts" if prompt_len == BFCL_PROMPT_LEN else ""
+    lines = [markers(prompt_len)[0], f"### Multi-turn rollouts{title} (`tools/bench/multi_turn.py`)", "",
              f"`nice python tools/bench/multi_turn.py{flag} --out docs/benchmarks.md` — {PROMPTS} prompts × G {G} "
              f"of {min(lengths)}–{max(lengths)} tokens, up to {TURNS} turns each (geometric, mean ≈ {MEAN}, cap "
              f"{CAP}), a {OBSERVATION}-token tool answer between turns, random 6-layer 512-wide Qwen2 with "
@@ -241,8 +261,10 @@ def run_all(ckpt, systems, latencies, engine_flag: str) -> str:
                       f"{ours[-1]['stats']['tool_wait_s']:.2f} s with every slot waiting on a tool at "
                       f"{latencies[-1]:g} ms; first run, compile included: {s['first_run_s']:.1f} s."]
     if loop:
-        lines.append(f"The re-prefill loop prefilled {loop[0]['stats']['prefill_tokens']} context tokens.")
-    lines.append(MARKERS[1])
+        lines.append(f"The re-prefill loop prefilled {loop[0]['stats']['prefill_tokens']} context tokens; at "
+                     f"{latencies[0]:g} ms its first turn (the prompts' prefill and first replies, which the "
+                     f"continuation does too) took {loop[0]['stats']['first_turn_s']:.1f} s.")
+    lines.append(markers(prompt_len)[1])
     return "\n".join(lines)
 
 
@@ -253,15 +275,23 @@ def main():
     ap.add_argument("--ckpt", default=None, help="checkpoint (default: the random 6-layer model, cached)")
     ap.add_argument("--out", default=None, help="markdown file whose multi-turn section the table replaces")
     ap.add_argument("--engine", default="", help="EngineConfig settings of ours, NAME=VALUE,... (prefill_chunk=128)")
+    ap.add_argument("--prompt-len", default=f"{PROMPT_LEN[0]},{PROMPT_LEN[1]}",
+                    help="prompt lengths LO,HI in tokens (BFCL multi-turn's: {},{})".format(*BFCL_PROMPT_LEN))
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)  # the system a child process runs
     args = ap.parse_args()
     latencies = [float(x) for x in args.latencies.split(",")]
+    try:
+        lo, hi = (int(x) for x in args.prompt_len.split(","))
+    except ValueError:
+        ap.error(f"--prompt-len {args.prompt_len!r}: expected LO,HI token counts, e.g. 400,1200")
+    if not 1 < lo < hi:
+        ap.error(f"--prompt-len {args.prompt_len!r}: expected 1 < LO < HI")
     if args.child:
-        return child(args.child, args.ckpt, latencies, args.engine, args.result)
-    text = run_all(args.ckpt, [s.strip() for s in args.systems.split(",")], latencies, args.engine)
+        return child(args.child, args.ckpt, latencies, args.engine, args.result, (lo, hi))
+    text = run_all(args.ckpt, [s.strip() for s in args.systems.split(",")], latencies, args.engine, (lo, hi))
     print(text)
     if args.out:
-        rollout._write_section(args.out, text, *MARKERS)
+        rollout._write_section(args.out, text, *markers((lo, hi)))
 
 
 if __name__ == "__main__":
