@@ -21,9 +21,10 @@ VOCAB = 2990
 LENGTHS = [5, 13, 9]
 G, R, MAX_LENGTH = 2, 8, 72
 # Every test runs on this shape, so the greedy programs compile once and the sampled ones once (a round
-# and two prefill widths: multi-turn rounds with at most 8 tokens to prefill run the narrow chunk)
+# and two prefill widths: multi-turn rounds with at most 8 tokens to prefill run the narrow chunk); a
+# multi-turn chunk's segments start at multiples of 4 tokens, its blockwise query blocks 4 wide
 CONFIG = EngineConfig(num_slots=4, page_size=4, prefill_chunk=16, steps_per_round=3, decode_widths=1,
-                      narrow_chunk=8)
+                      narrow_chunk=8, segment_align=4)
 EOS = tuple(range(0, VOCAB, 4))  # a quarter of the vocabulary ends a turn: most turns end before R
 
 
@@ -128,7 +129,7 @@ def test_ragged_pool_continues_as_split_pools_do(model, prompts, three_tool_turn
 def test_single_turn_unchanged_by_the_continuation_path(model, prompts):
     """A continue_with that ends every trajectory gives what no continue_with gives, bit for bit (with the
     same chunk programs: a narrower one changes the float rounding of the pages it writes)."""
-    engine = Engine(model, dataclasses.replace(CONFIG, narrow_chunk=0))
+    engine = Engine(model, dataclasses.replace(CONFIG, narrow_chunk=0, segment_align=0))
     plain, _ = engine.generate(prompts, SAMPLED, jax.random.key(3), max_prompt_len=MAX_LENGTH - R)
     ended, _ = engine.generate(prompts, SAMPLED, jax.random.key(3), continue_with=lambda i, g, t: None,
                                max_turns=4, max_length=MAX_LENGTH)
@@ -139,18 +140,49 @@ def test_single_turn_unchanged_by_the_continuation_path(model, prompts):
     assert {c.stop for group in plain for c in group} == {"eos", "max_new_tokens"}
 
 
+def test_aligned_segments_sample_what_packed_segments_sample(model, prompts, three_tool_turns, monkeypatch):
+    """A multi-turn chunk's segments start at multiples of `EngineConfig.segment_align` (4 here), so a
+    4-wide query block holds one continuation; the trajectories are those of packed chunks."""
+    starts = []  # each segment's first index in its chunk
+
+    def spy(**kw):
+        for row in np.asarray(kw["chunk"].seg):
+            starts.extend(np.flatnonzero((row >= 0) & (row != np.concatenate([[-1], row[:-1]]))).tolist())
+        assert kw["shape"].segment_align == 4
+        return run_prefill(**kw)
+
+    monkeypatch.setattr(engine_module, "run_prefill", spy)
+    aligned_engine = Engine(model, CONFIG)
+    aligned, _ = aligned_engine.generate(prompts, greedy(), jax.random.key(0), continue_with=observation, max_turns=4,
+                                         max_length=MAX_LENGTH)
+    assert starts and all(i % 4 == 0 for i in starts) and any(i > 0 for i in starts), starts
+    monkeypatch.setattr(engine_module, "run_prefill", run_prefill)
+    packed_engine = Engine(model, dataclasses.replace(CONFIG, segment_align=0))
+    assert packed_engine.shape(greedy(), 6, 13, MAX_LENGTH).segment_align == 0
+    assert Engine(model, CONFIG).shape(greedy(), 6, 13).segment_align == 0  # single-turn chunks stay packed
+    packed, _ = packed_engine.generate(prompts, greedy(), jax.random.key(0), continue_with=observation, max_turns=4,
+                                       max_length=MAX_LENGTH)
+    # the gaps that align segments are not counted as prefilled tokens
+    assert aligned_engine.stats["prefill_tokens"] == packed_engine.stats["prefill_tokens"]
+    for i, (a_group, b_group) in enumerate(zip(aligned, packed)):
+        for g, (a, b) in enumerate(zip(a_group, b_group)):
+            np.testing.assert_array_equal(a.tokens, b.tokens, err_msg=f"prompt {i} sample {g}")
+            np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
+
+
 def test_a_chunk_runs_the_narrowest_width_that_holds_it(model, prompts, three_tool_turns, monkeypatch):
     """With chunk widths 4, 8 and 16, every prefill runs the narrowest program that holds its tokens, and the
     trajectories are those of widths 8 and 16 (greedy tokens equal, log-probs up to float rounding)."""
-    engine = Engine(model, dataclasses.replace(CONFIG, narrow_chunk=4))
+    engine = Engine(model, dataclasses.replace(CONFIG, narrow_chunk=4, segment_align=0))
     assert engine.chunk_widths(engine.shape(greedy(), 6, 13, MAX_LENGTH), multi_turn=True) == [4, 8, 16]
     assert Engine(model, dataclasses.replace(CONFIG, narrow_chunk=3)).chunk_widths(
         engine.shape(greedy(), 6, 13, MAX_LENGTH), multi_turn=True) == [3, 6, 12, 16]
     assert engine.chunk_widths(engine.shape(greedy(), 6, 13), multi_turn=False) == [16]
-    ran = []  # (program width, tokens of its fullest shard)
+    ran = []  # (program width, extent of its fullest shard: its last real token + 1)
 
     def spy(**kw):
-        ran.append((kw["shape"].chunk, int((np.asarray(kw["chunk"].seg) >= 0).sum(axis=1).max())))
+        seg = np.asarray(kw["chunk"].seg)
+        ran.append((kw["shape"].chunk, max(int(np.flatnonzero(row >= 0).max(initial=-1)) + 1 for row in seg)))
         return run_prefill(**kw)
 
     monkeypatch.setattr(engine_module, "run_prefill", spy)

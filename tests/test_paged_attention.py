@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from tooln1.models.attention import attention
-from tooln1.models.paged_attention import gather_pages, page_shape, ragged_paged_attention, write_pages, write_rows
+from tooln1.models.paged_attention import (
+    gather_pages,
+    page_shape,
+    prefix_groups,
+    ragged_paged_attention,
+    sharded_paged_attention,
+    write_pages,
+    write_rows,
+)
 from tooln1.platform.kv_storage import BFLOAT16_BITS, pool_dtype
 
 KV, GROUPS, D, PS, M, N = 2, 3, 8, 4, 5, 40
@@ -287,3 +295,59 @@ def test_backend_choice_by_platform_dtype_and_shape(monkeypatch):
         monkeypatch.setattr(pa, "platform", lambda mesh, t=target: t)
         assert pa._backend(None, head_dim, page_size, dtype, None) == want, (target, head_dim, page_size, dtype)
     assert pa._backend("jax", 128, 16, jnp.bfloat16, None) == "jax"
+
+
+def _shared_prefix_setup(dtype):
+    """Seven sequences: three samples of prompt A (5 shared pages), two of B (2), one prompt that shares A's
+    first 2 pages only (cached prefix, then its own), one sharing nothing; each with private pages after."""
+    rng = np.random.RandomState(3)
+    kv, layers, n, ps, d, heads = 2, 2, 64, 4, 8, 6
+    prefixes = [[1, 2, 3, 4, 5], [6, 7], [1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [6, 7], [1, 2, 8, 9], []]
+    table = np.zeros((len(prefixes), 12), np.int32)
+    lengths, shared = np.zeros(len(prefixes), np.int32), np.zeros(len(prefixes), np.int32)
+    free = iter(range(10, n))
+    for s, prefix in enumerate(prefixes):
+        own = [next(free) for _ in range(3)]
+        table[s, :len(prefix) + 3] = prefix + own
+        shared[s], lengths[s] = len(prefix), len(prefix) * ps + rng.randint(1, 3 * ps)
+    pools = [rng.randn(kv, layers, n, ps, d).astype(np.float32) for _ in range(2)]
+    if dtype == "bfloat16":
+        pools = [np.asarray(jnp.asarray(p, jnp.bfloat16).view(BFLOAT16_BITS)) for p in pools]
+    q = rng.randn(len(prefixes), heads, d).astype(np.float32)
+    return q, pools, lengths, table, shared, ps
+
+
+def test_prefix_groups_gather_the_samples_of_a_prompt():
+    _, _, _, table, shared, ps = _shared_prefix_setup("float32")
+    groups = prefix_groups(jnp.asarray(table), jnp.asarray(shared), ps, 2)
+    members = {tuple(sorted(int(m) for m in row if m < len(table))) for row in np.asarray(groups.members)}
+    # A's three samples in groups of at most 2, B's two together; the cached-prefix prompt and the one
+    # sharing nothing alone
+    assert members - {()} == {(0, 2), (3,), (1, 4), (5,), (6,)}
+    for s in range(len(table)):
+        assert groups.members[groups.group[s], groups.member[s]] == s
+        assert groups.start[s] == shared[s] * ps
+    assert sorted(np.asarray(groups.shared_len)[np.asarray(groups.shared_len) > 0]) == [8, 16, 20, 20]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("per_group", [1, 2, 4])
+def test_grouped_reads_equal_each_sequence_reading_its_own_pages(dtype, per_group):
+    """Decode attention with shared pages read once a group equals each sequence over all of its pages."""
+    q, (k_pool, v_pool), lengths, table, shared, ps = _shared_prefix_setup(dtype)
+    groups = prefix_groups(jnp.asarray(table), jnp.asarray(shared), ps, per_group)
+    for layer in (0, 1):
+        ref = ragged_paged_attention(q, k_pool, v_pool, lengths, table, pages_per_block=2, backend="jax", layer=layer)
+        got = sharded_paged_attention(q[None], k_pool[None], v_pool[None], lengths[None], table[None], layer,
+                                      pages_per_block=2, backend="jax",
+                                      groups=jax.tree.map(lambda x: x[None], groups))[0]
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=2e-6 if dtype == "float32" else 2e-2)
+        # a shared page poisoned changes every sequence that shares it, and only those
+        poisoned = [np.array(p) for p in (k_pool, v_pool)]
+        for p in poisoned:
+            p[:, layer, 3] = 7 if dtype == "float32" else np.asarray(jnp.asarray(7.0, jnp.bfloat16).view(BFLOAT16_BITS))
+        bad = sharded_paged_attention(q[None], *(p[None] for p in poisoned), lengths[None], table[None], layer,
+                                      pages_per_block=2, backend="jax",
+                                      groups=jax.tree.map(lambda x: x[None], groups))[0]
+        changed = np.abs(np.asarray(bad) - np.asarray(got)).max(axis=(1, 2)) > 1e-3
+        assert changed.tolist() == [True, False, True, True, False, False, False]

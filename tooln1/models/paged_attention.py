@@ -15,7 +15,9 @@ tokens with nothing to write write there, and a table padded with 0 is masked by
 * `ragged_paged_attention` is decode attention (one query per sequence): JAX's Pallas kernels on TPU and,
   for 16-bit KV, on GPU (Triton); elsewhere a pure-JAX split-K loop over (sequence, block of pages) items
   up to each sequence's own length, so the cost follows the real lengths, not the table width or the
-  longest sequence.
+  longest sequence. Given `prefix_groups`, it reads the leading pages that sequences share (the G samples
+  of a prompt) once a step for the whole group, its members' queries together, then each sequence's own
+  pages, and merges the two softmaxes.
 * `gather_pages` reads one sequence's pages back as a contiguous ``[M*page_size, kv_heads, D]``
   (the prior context of a prefill chunk).
 * `sharded_paged_attention` is decode attention for the engine's batch shards, each with its own pool
@@ -25,6 +27,7 @@ tokens with nothing to write write there, and a table padded with 0 is masked by
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -113,51 +116,51 @@ def gather_pages(pool: jax.Array, page_table: jax.Array, layer=None, head_dim: i
     return load(pages.reshape(kv, -1, d).transpose(1, 0, 2))
 
 
-def _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block: int, layer) -> jax.Array:
-    """Pure JAX split-K: every (sequence, block of ``pages_per_block`` pages) pair up to that sequence's
-    own length is one work item; each loop step reads a fixed number of items and merges their partial
-    softmaxes into their sequences'. A short sequence beside a long one costs its own blocks only, where
-    a loop over blocks up to the longest length would read every sequence's padding.
+def _partial_blocks(qg, k_pages, v_pages, starts, ends, page_table, pages_per_block: int, layer, score_scale: float):
+    """Pure JAX split-K: each sequence's query rows qg ``[S, KV, R, D]`` over its cached slots ``[starts,
+    ends)``, as the softmax's running (max, denominator, weighted values) ``[S, KV, R]``, ``[S, KV, R]``,
+    ``[S, KV, R, D]``, so passes over disjoint slots merge (`_merge`). Every (sequence, block of
+    ``pages_per_block`` pages) pair in its range is one work item; each loop step reads a fixed number of
+    items and merges their partial softmaxes into their sequences'. A short sequence beside a long one
+    costs its own blocks only, where a loop over blocks up to the longest length would read every
+    sequence's padding.
 
     With ``layer``, the pools are every layer's and each block gathers straight from them: slicing
     out the layer first would copy its whole pool at every decode step."""
-    s, h, d = q.shape
-    kv, ps = k_pages.shape[0], _tokens_per_page(k_pages, d)
+    s, kv, rows, d = qg.shape
+    ps = _tokens_per_page(k_pages, d)
     read = (lambda pool, pages: pool[:, pages]) if layer is None else (  # [KV, W, bp, rows, width]
         lambda pool, pages: pool[:, layer, pages])
-    g = h // kv
     m_pages = page_table.shape[1]
     bp = max(1, min(pages_per_block, m_pages))
     block = bp * ps
-    table = jnp.pad(page_table, ((0, 0), (0, -(-m_pages // bp) * bp - m_pages)))  # padding -> page 0, masked
-    # bf16 pages meet bf16 queries (a bf16 x bf16 -> f32 product, the CPU's fast path), scaled after
-    half = k_pages.dtype in (BFLOAT16_BITS, jnp.bfloat16)
-    qg = q.reshape(s, kv, g, d).astype(jnp.bfloat16) if half else q.reshape(s, kv, g, d).astype(jnp.float32) * d ** -0.5
-    score_scale = d ** -0.5 if half else 1.0
+    table = jnp.pad(page_table, ((0, 0), (0, bp)))  # a range's last block may run past the table: page 0, masked
     # Items per loop step: each step has a fixed cost, so take several blocks per sequence at once;
     # the last step's unused items cost a masked block each.
     width = max(16, 2 * s)
-    counts = (lengths + block - 1) // block  # blocks of each sequence
-    ends = jnp.cumsum(counts)
-    total = ends[-1]
+    first_page = starts // ps
+    counts = jnp.where(ends > starts, (ends - first_page * ps + block - 1) // block, 0)  # blocks of each sequence
+    last = jnp.cumsum(counts)
+    total = last[-1]
 
     def body(i, carry):
         m, denom, acc = carry
         item = i * width + jnp.arange(width)
         real = item < total
-        seq = jnp.minimum(jnp.searchsorted(ends, item, side="right"), s - 1)
-        first = (item - ends[seq] + counts[seq]) * bp  # the item's first page-table column
+        seq = jnp.minimum(jnp.searchsorted(last, item, side="right"), s - 1)
+        first = first_page[seq] + (item - last[seq] + counts[seq]) * bp  # the item's first page-table column
         pages = jnp.where(real[:, None], jnp.take_along_axis(table[seq], first[:, None] + jnp.arange(bp), axis=1), 0)
         k = load(read(k_pages, pages)).reshape(kv, width, block, d)
         v = load(read(v_pages, pages)).reshape(kv, width, block, d)
-        # Scores [KV, W, block, G], the gathered keys' own layout: as [.., G, block] XLA:CPU transposed
+        # Scores [KV, W, block, R], the gathered keys' own layout: as [.., R, block] XLA:CPU transposed
         # every key block first.
         scores = jnp.einsum("kwnd,wkgd->kwng", k, qg[seq], preferred_element_type=jnp.float32) * score_scale
-        valid = (first[:, None] * ps + jnp.arange(block) < lengths[seq][:, None]) & real[:, None]
+        slot = first[:, None] * ps + jnp.arange(block)
+        valid = (slot >= starts[seq][:, None]) & (slot < ends[seq][:, None]) & real[:, None]
         valid = valid[None, :, :, None]
-        m_item = jnp.where(valid, scores, MASKED).max(-2)  # [KV, W, G]
+        m_item = jnp.where(valid, scores, MASKED).max(-2)  # [KV, W, R]
         p = jnp.where(valid, jnp.exp(scores - m_item[:, :, None]), 0.0)
-        m_item = m_item.transpose(1, 0, 2)  # [W, KV, G]
+        m_item = m_item.transpose(1, 0, 2)  # [W, KV, R]
         owner = ((seq[:, None] == jnp.arange(s)) & real[:, None]).astype(jnp.float32)  # [W, S]
         m_new = jnp.maximum(m, jnp.where(owner[:, :, None, None] > 0, m_item[:, None], MASKED).max(0))
         weight = jnp.exp(m_item - m_new[seq]) * real[:, None, None]  # rescales each item to its sequence's max
@@ -167,9 +170,90 @@ def _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block:
         acc = acc * scale[..., None] + jnp.einsum("ws,wkgd->skgd", owner, pv * weight[..., None])
         return m_new, denom, acc
 
-    init = (jnp.full((s, kv, g), MASKED, jnp.float32), jnp.zeros((s, kv, g), jnp.float32),
-            jnp.zeros((s, kv, g, d), jnp.float32))
-    _, denom, acc = jax.lax.fori_loop(0, (total + width - 1) // width, body, init)
+    init = (jnp.full((s, kv, rows), MASKED, jnp.float32), jnp.zeros((s, kv, rows), jnp.float32),
+            jnp.zeros((s, kv, rows, d), jnp.float32))
+    return jax.lax.fori_loop(0, (total + width - 1) // width, body, init)
+
+
+def _reference_blocks(q, k_pages, v_pages, lengths, page_table, pages_per_block: int, layer) -> jax.Array:
+    """Decode attention in pure JAX: each sequence over its first ``lengths`` slots (`_partial_blocks`)."""
+    qg, score_scale = _grouped_queries(q, k_pages.shape[0], k_pages.dtype)
+    _, denom, acc = _partial_blocks(qg, k_pages, v_pages, jnp.zeros_like(lengths), lengths, page_table,
+                                    pages_per_block, layer, score_scale)
+    return (acc / denom[..., None]).reshape(q.shape).astype(q.dtype)
+
+
+def _grouped_queries(q, kv_heads: int, pool_dtype):
+    """q [S, heads, D] as [S, KV, G, D] in the product's dtype, and the scale its scores still need: bf16
+    pages meet bf16 queries (a bf16 x bf16 -> f32 product, the CPU's fast path), scaled after."""
+    s, h, d = q.shape
+    qg = q.reshape(s, kv_heads, h // kv_heads, d)
+    if pool_dtype in (BFLOAT16_BITS, jnp.bfloat16):
+        return qg.astype(jnp.bfloat16), d ** -0.5
+    return qg.astype(jnp.float32) * d ** -0.5, 1.0
+
+
+def _merge(a, b):
+    """Two running softmaxes (max, denominator, weighted values) over disjoint slots as one."""
+    m = jnp.maximum(a[0], b[0])
+    wa, wb = jnp.exp(a[0] - m), jnp.exp(b[0] - m)
+    return m, a[1] * wa + b[1] * wb, a[2] * wa[..., None] + b[2] * wb[..., None]
+
+
+class PrefixGroups(NamedTuple):
+    """Sequences that share their tables' leading pages, each group's shared pages read once for all its
+    members (`prefix_groups`). Groups are indexed like the sequences: group ``i`` is led by sequence ``i``
+    and reads its table; it is empty (``shared_len`` 0) when ``i`` leads none."""
+
+    members: jax.Array  # [S, per_group] int32: each group's sequences, S where none
+    shared_len: jax.Array  # [S] int32: slots of each group's shared pages (0: an empty group)
+    group: jax.Array  # [S] int32: each sequence's group
+    member: jax.Array  # [S] int32: its place in the group's members
+    start: jax.Array  # [S] int32: where its own slots begin (its shared slots, or 0)
+
+
+def prefix_groups(page_table: jax.Array, shared_pages: jax.Array, page_size: int, per_group: int) -> PrefixGroups:
+    """Groups of at most ``per_group`` sequences whose page tables [S, M] start with the same
+    ``shared_pages`` [S] pages (0: none shared). A page holds the keys of one prefix (the prefix cache keys it
+    by every token before it), so tables that hold the same last shared page at the same column share the
+    tokens before it, and the group reads its leader's pages for them; larger sets are cut into groups of
+    ``per_group``."""
+    s = page_table.shape[0]
+    index = jnp.arange(s, dtype=jnp.int32)
+    last = jnp.take_along_axis(page_table, jnp.maximum(shared_pages - 1, 0)[:, None], axis=1)[:, 0]
+    key = jnp.where(shared_pages > 0, last, -1 - index)  # a sequence that shares nothing is a group of its own
+    order = jnp.argsort(key, stable=True).astype(jnp.int32)
+    sorted_key = key[order]
+    run_start = jax.lax.cummax(jnp.where(jnp.concatenate([jnp.ones(1, bool), sorted_key[1:] != sorted_key[:-1]]),
+                                         index, 0))
+    rank = index - run_start
+    lead = order[run_start + rank // per_group * per_group]  # the sequence leading each sorted position's group
+    member = rank % per_group
+    inverse = jnp.zeros(s, jnp.int32).at[order].set(index)
+    return PrefixGroups(members=jnp.full((s, per_group), s, jnp.int32).at[lead, member].set(order),
+                        shared_len=jnp.zeros(s, jnp.int32).at[lead].set(shared_pages[order] * page_size),
+                        group=lead[inverse], member=member[inverse], start=shared_pages * page_size)
+
+
+def _grouped_blocks(q, k_pages, v_pages, lengths, page_table, groups: PrefixGroups, pages_per_block: int,
+                    layer) -> jax.Array:
+    """Decode attention that reads each group's shared pages once for all its sequences' queries (one pass
+    over groups, as wide as their members' queries together), then each sequence's own slots from
+    ``groups.start``, merged. G samples of one prompt decode over the prompt's pages: one read of them a
+    step instead of G."""
+    s, h, d = q.shape
+    kv = k_pages.shape[0]
+    qg, score_scale = _grouped_queries(q, kv, k_pages.dtype)
+    per_group = groups.members.shape[1]
+    padded = jnp.concatenate([qg, jnp.zeros_like(qg[:1])])  # row S: a missing member
+    group_q = padded[groups.members].transpose(0, 2, 1, 3, 4).reshape(s, kv, per_group * (h // kv), d)
+    shared = _partial_blocks(group_q, k_pages, v_pages, jnp.zeros_like(lengths), groups.shared_len, page_table,
+                             pages_per_block, layer, score_scale)
+    own = _partial_blocks(qg, k_pages, v_pages, groups.start, lengths, page_table, pages_per_block, layer,
+                          score_scale)
+    # each sequence's rows of its group's pass: [S, KV, per_group, G] at its member index
+    mine = tuple(x.reshape(s, kv, per_group, h // kv, *x.shape[3:])[groups.group, :, groups.member] for x in shared)
+    _, denom, acc = _merge(mine, own)
     return (acc / denom[..., None]).reshape(s, h, d).astype(q.dtype)
 
 
@@ -197,6 +281,11 @@ def _backend(backend: str | None, head_dim: int, page_size: int, dtype, mesh: Me
     if target in ("gpu", "cuda") and gpu_kernel_fits(head_dim, page_size, dtype):
         return "pallas_gpu"
     return "jax"
+
+
+def reads_in_groups(head_dim: int, page_size: int, dtype, mesh: Mesh | None) -> bool:
+    """Whether decode attention runs the pure-JAX path here, the one that takes `prefix_groups`."""
+    return _backend(None, head_dim, page_size, dtype, mesh) == "jax"
 
 
 def _tpu_kernel():
@@ -295,16 +384,22 @@ def ragged_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array,
 
 def sharded_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, lengths: jax.Array,
                             page_table: jax.Array, layer, mesh: Mesh | None = None, pages_per_block: int = 8,
-                            backend: str | None = None) -> jax.Array:
+                            backend: str | None = None, groups: PrefixGroups | None = None) -> jax.Array:
     """`ragged_paged_attention` for every batch shard: q ``[X, S, heads, D]``, all layers' pools ``[X,
     kv_heads, L, N, rows, width]`` (shard x's pages numbered within its pool), ``lengths`` [X, S] and
     ``page_table`` [X, S, M]; returns [X, S, heads, D]. ``mesh``: where the shards live (one per device
-    of its batch axes; see `tooln1.rollout.programs`), whose platform picks the backend (compile-only devices too)."""
-    kernel = _kernel(_backend(backend, q.shape[-1], _tokens_per_page(k_pages, q.shape[-1]), k_pages.dtype, mesh),
-                     mesh)
+    of its batch axes; see `tooln1.rollout.programs`), whose platform picks the backend (compile-only devices too).
+    ``groups`` (`prefix_groups` per shard, the pure-JAX path only): read shared leading pages once a group."""
+    backend = _backend(backend, q.shape[-1], _tokens_per_page(k_pages, q.shape[-1]), k_pages.dtype, mesh)
+    kernel = _kernel(backend, mesh)
     if kernel is None:
+        if groups is not None:
+            one = lambda *a: _grouped_blocks(*a, pages_per_block, layer)  # noqa: E731
+            return jax.vmap(one)(q, k_pages, v_pages, lengths, page_table, groups)
         one = lambda *a: _reference_blocks(*a, pages_per_block, layer)  # noqa: E731
         return jax.vmap(one)(q, k_pages, v_pages, lengths, page_table)
+    if groups is not None:
+        raise ValueError(f"paged attention: prefix groups run on the pure-JAX path only, not {backend!r}")
 
     def per_device(q, k_pages, v_pages, lengths, page_table):  # this device's shard: X = 1
         return kernel(q[0], k_pages[0], v_pages[0], lengths[0], page_table[0], pages_per_block, layer)[None]
@@ -321,5 +416,6 @@ def sharded_paged_attention(q: jax.Array, k_pages: jax.Array, v_pages: jax.Array
         q, k_pages, v_pages, lengths, page_table)
 
 
-__all__ = ["page_shape", "write_pages", "write_rows", "gather_pages", "ragged_paged_attention",
-           "sharded_paged_attention", "kernel_fits", "gpu_kernel_fits", "megacore_mode", "tensor_cores"]
+__all__ = ["page_shape", "PrefixGroups", "prefix_groups", "reads_in_groups", "write_pages", "write_rows",
+           "gather_pages", "ragged_paged_attention", "sharded_paged_attention", "kernel_fits", "gpu_kernel_fits",
+           "megacore_mode", "tensor_cores"]

@@ -65,7 +65,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from tooln1.models import ragged_attention
-from tooln1.models.paged_attention import page_shape
+from tooln1.models.paged_attention import page_shape, reads_in_groups
 from tooln1.platform.decode_layout import LAYER_LAYOUTS, DecodeLayout, decoding_copy
 from tooln1.rollout.programs import (
     Admit,
@@ -102,7 +102,13 @@ class EngineConfig:
     # its chunk in the narrowest that holds it, since observations arrive a few dozen tokens at a time and
     # a chunk's cost grows with its width (0: always prefill_chunk)
     narrow_chunk: int = 128
+    # With continue_with, a chunk's prompts start at multiples of this many tokens, its query blocks this
+    # wide: a block holds one continuation, which then scores its own context only (0: packed)
+    segment_align: int = 64
     prefix_cache: bool = True  # a prompt reuses the full pages of an earlier prompt with the same prefix
+    # Decode attention reads a prompt's pages once a step for all its samples decoding, not once a sample
+    # (the pure-JAX paged attention; `tooln1.models.paged_attention.prefix_groups`)
+    grouped_decode: bool = True
     # The decoding copy's layers: "stacked", "per_layer" or "auto" (`tooln1.platform.decode_layout`)
     layer_layout: str = "auto"
 
@@ -111,8 +117,9 @@ class EngineConfig:
                      "score_queue", "continue_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.narrow_chunk < 0:
-            raise ValueError(f"EngineConfig.narrow_chunk must be >= 0, got {self.narrow_chunk}")
+        for name in ("narrow_chunk", "segment_align"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"EngineConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.layer_layout not in LAYER_LAYOUTS:
             raise ValueError(f"EngineConfig.layer_layout {self.layer_layout!r}; expected one of {LAYER_LAYOUTS}")
 
@@ -288,7 +295,21 @@ class Engine:
                      greedy=sampling.greedy, top_k=sampling.top_k, use_top_p=sampling.top_p < 1.0, eos_ids=eos,
                      kv_writes=self.layout.kv_writes, kv_pool=self.layout.kv_pool,
                      # a chunk feeds free slots: their samples' prompts, and a prompt begun or ended beside them
-                     chunk_sequences=min(cfg.prefill_chunk, int(slots) + 2))
+                     chunk_sequences=min(cfg.prefill_chunk, int(slots) + 2),
+                     decode_group=sampling.num_samples if self._grouped_decode(sampling.num_samples) else 0,
+                     segment_align=self._segment_align(max_length is not None))
+
+    def _segment_align(self, multi_turn: bool) -> int:
+        """`Shape.segment_align`: for multi-turn chunks of the blockwise or GPU prefill (a ragged pool's prefill
+        reads a chunk's prompts as contiguous runs, and splash's blocks do not skip by segment)."""
+        aligned = multi_turn and self.layout.kv_pool == "split" and self.layout.prefill_attention in (
+            "blockwise", "pallas_gpu")
+        return self.config.segment_align if aligned else 0
+
+    def _grouped_decode(self, samples_per_prompt: int) -> bool:
+        c = self.model_config
+        return (self.config.grouped_decode and samples_per_prompt > 1 and self.layout.kv_pool == "split"
+                and reads_in_groups(c.head_dim, self.config.page_size, self.layout.kv_dtype, self.mesh))
 
     def _put(self, x, per_shard: bool = False):
         """A host array on the mesh: replicated, or with ``per_shard`` its leading [X] axis on the shards."""
@@ -438,7 +459,7 @@ class Engine:
                 perm = [shard.compact() for shard in shards]
                 chunks = [shard.fill(_ChunkBuilder(shape), queue) for shard in shards]
                 admits = [shard.admit(_Admissions(shape)) for shard in shards]
-                prefilled = sum(c.tokens_added for c in chunks)
+                prefilled = sum(c.filled for c in chunks)
                 occupied = [shard.occupied for shard in shards]
                 if not prefilled and not any(a.any for a in admits) and not any(occupied):
                     waiting = [run.future for shard in shards for run in shard.waiting]
@@ -625,7 +646,7 @@ class _Shard:
                 run = self.resuming.popleft()
                 a.set(s, token=run.ids[-1], pos=run.prefill_len, table=(run.pages + [0] * self.m)[:self.m],
                       copy=(0, 0), prompt=run.prompt.key_index, sample=run.sample, budget=run.budget,
-                      step=run.turn_from)
+                      step=run.turn_from, shared=run.prompt.prefill_len // self.ps)
                 run.ids = None
                 self.owners[s] = run
                 continue
@@ -642,7 +663,7 @@ class _Shard:
             partial = (p.pages[full], own[0]) if p.prefill_len % self.ps else (0, 0)
             budget = min(self.r, self.turns.max_length - len(p.ids)) if self.turns else self.r
             a.set(s, token=p.ids[-1], pos=p.prefill_len, table=(table + [0] * self.m)[:self.m], copy=partial,
-                  prompt=p.key_index, sample=p.started, budget=budget, step=0)
+                  prompt=p.key_index, sample=p.started, budget=budget, step=0, shared=full)
             self.owners[s] = _Running(p, p.started, own, table, budget)
             p.started += 1
         return a
@@ -813,14 +834,24 @@ class _ChunkBuilder:
     extent are listed too (what a ragged pool's prefill reads)."""
 
     def __init__(self, shape: Shape):
-        c, self.m, self.ps = shape.chunk, shape.context_pages, shape.page_size
+        c, self.m, self.ps, self.align = shape.chunk, shape.context_pages, shape.page_size, shape.segment_align
         self.tokens, self.positions, self.pages, self.offsets = (np.zeros(c, np.int32) for _ in range(4))
         self.seg = np.full(c, -1, np.int32)
         self.ctx_table, self.ctx_seg = np.zeros(self.m, np.int32), np.zeros(self.m * self.ps, np.int32)
         r = shape.chunk_sequences
         self.seq_table = np.zeros((r, shape.pages_per_seq), np.int32)
         self.seq_lens, self.seq_starts = np.zeros(r, np.int32), np.zeros(r + 1, np.int32)
-        self.ctx_pages, self.tokens_added, self.segments = 0, 0, 0
+        self.ctx_pages, self.tokens_added, self.segments = 0, 0, 0  # tokens_added: where the last segment ends
+        self.filled = 0  # the segments' tokens (without the gaps that align them)
+        self.last_had_context = False
+
+    def start(self, has_context: bool) -> int:
+        """Where the next segment starts: after the last, at a multiple of ``Shape.segment_align`` when it or the
+        last one attends to a context (a query block then scores one context: blocks of prompts that start
+        here see nothing before them, so they pack)."""
+        if self.align and (has_context or self.last_had_context):
+            return -(-self.tokens_added // self.align) * self.align
+        return self.tokens_added
 
     @property
     def room(self) -> int:
@@ -828,8 +859,11 @@ class _ChunkBuilder:
 
     def add(self, p: _Prompt) -> bool:
         """Add as much of ``p`` as fits; False if its context or another prompt does not fit (nothing added)."""
-        n = min(self.room, p.prefill_len - p.prefilled)
-        if n == 0:
+        start = self.start(p.prefilled > 0)
+        n = min(len(self.tokens) - start, p.prefill_len - p.prefilled)
+        if n <= 0 and p.prefill_len > p.prefilled:
+            return False  # no room left after the aligned start
+        if n <= 0:
             return True
         if self.segments == len(self.seq_lens):
             return False
@@ -838,15 +872,17 @@ class _ChunkBuilder:
             if self.ctx_pages + need > self.m:
                 return False
             self.ctx_table[self.ctx_pages:self.ctx_pages + need] = p.pages[:need]
-            start = self.ctx_pages * self.ps
-            self.ctx_seg[start:start + p.prefilled] = self.segments + 1
+            first = self.ctx_pages * self.ps
+            self.ctx_seg[first:first + p.prefilled] = self.segments + 1
             self.ctx_pages += need
-        sl = slice(self.tokens_added, self.tokens_added + n)
+        self.last_had_context = p.prefilled > 0
+        sl = slice(start, start + n)
         pos = np.arange(p.prefilled, p.prefilled + n)
         self.tokens[sl], self.positions[sl], self.seg[sl] = p.ids[pos], pos, self.segments
         self.pages[sl], self.offsets[sl] = np.asarray(p.pages)[pos // self.ps], pos % self.ps
         p.prefilled += n
-        self.tokens_added += n
+        self.tokens_added = sl.stop
+        self.filled += n
         self.seq_table[self.segments, :len(p.pages)] = p.pages
         self.seq_lens[self.segments] = p.prefilled
         self.seq_starts[self.segments + 1:] = self.tokens_added
@@ -866,22 +902,22 @@ class _Admissions:
     def __init__(self, shape: Shape):
         s, m = shape.slots, shape.pages_per_seq
         self.admit = np.zeros(s, bool)
-        self.token, self.pos, self.src, self.dst, self.prompt, self.sample, self.budget, self.step = (
-            np.zeros(s, np.int32) for _ in range(8))
+        (self.token, self.pos, self.src, self.dst, self.prompt, self.sample, self.budget, self.step,
+         self.shared) = (np.zeros(s, np.int32) for _ in range(9))
         self.table = np.zeros((s, m), np.int32)
 
     @property
     def any(self) -> bool:
         return bool(self.admit.any())
 
-    def set(self, s, *, token, pos, table, copy, prompt, sample, budget, step) -> None:
+    def set(self, s, *, token, pos, table, copy, prompt, sample, budget, step, shared) -> None:
         self.admit[s], self.token[s], self.pos[s], self.table[s] = True, token, pos, table
         (self.src[s], self.dst[s]), self.prompt[s], self.sample[s], self.budget[s] = copy, prompt, sample, budget
-        self.step[s] = step
+        self.step[s], self.shared[s] = step, shared
 
     def arrays(self):
         return (self.admit, self.token, self.pos, self.table, self.src, self.dst, self.prompt, self.sample,
-                self.budget, self.step)
+                self.budget, self.step, self.shared)
 
 
 class _Scorer:

@@ -45,7 +45,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tooln1.models import ragged_attention
 from tooln1.models.attention import attention
 from tooln1.models.chunk_attention import chunk_attention, splash_chunk_attention
-from tooln1.models.paged_attention import gather_pages, sharded_paged_attention, write_pages, write_rows
+from tooln1.models.paged_attention import gather_pages, prefix_groups, sharded_paged_attention, write_pages, write_rows
 from tooln1.sharding import batch_axes, constrain, logical_to_spec, per_batch_shard
 
 # Split pools (keys, values): [X, KV, L, N, rows, width] (`page_shape`); a ragged pool: `ragged_attention.POOL_AXES`
@@ -71,6 +71,14 @@ class Shape(NamedTuple):
     kv_writes: str = "tokens"  # "tokens" or "rows" (`tooln1.platform.decode_layout.kv_writes`)
     kv_pool: str = "split"  # "split" or "ragged" (`tooln1.platform.decode_layout.kv_pool`)
     chunk_sequences: int = 1  # R, prompts a prefill chunk packs at most
+    # Samples whose shared prompt pages decode attention reads once for all of them (0: each slot reads its
+    # own; the pure-JAX paged attention only, `tooln1.models.paged_attention.prefix_groups`)
+    decode_group: int = 0
+    # A chunk's segments that attend to a context start at multiples of this many tokens (0: packed one after
+    # another), and a chunk program no wider than chunk_block runs the blockwise prefill in query blocks this
+    # wide: a block then holds one continuation's tokens and scores its context only, where a block of
+    # several scored all their contexts (wider programs, mostly prompts, keep chunk_block's blocks)
+    segment_align: int = 0
 
     @property
     def num_pools(self) -> int:
@@ -94,6 +102,7 @@ class Slots(NamedTuple):
     active: jax.Array  # bool
     table: jax.Array  # [X, S, M] int32 page table
     key: jax.Array  # [X, S, *key_data] uint32 sample key data
+    shared: jax.Array  # int32, leading pages of its table the prompt's other samples hold too
 
 
 class Chunk(NamedTuple):
@@ -124,13 +133,14 @@ class Admit(NamedTuple):
     sample_index: jax.Array
     budget: jax.Array
     step: jax.Array  # index of the response token the slot produces first
+    shared: jax.Array  # leading pages of its table shared with its prompt's other samples
 
 
 def empty_slots(shape: Shape, key_data_shape: tuple[int, ...]) -> Slots:
     xs = (shape.shards, shape.slots)
     z = lambda: jnp.zeros(xs, jnp.int32)  # noqa: E731  (distinct buffers: the slots are donated)
     return Slots(z(), z(), z(), z(), jnp.zeros(xs, bool), jnp.zeros((*xs, shape.pages_per_seq), jnp.int32),
-                 jnp.zeros((*xs, *key_data_shape), jnp.uint32))
+                 jnp.zeros((*xs, *key_data_shape), jnp.uint32), z())
 
 
 def pool_sharding(mesh, pool_shape, kv_pool: str = "split") -> NamedSharding | None:
@@ -207,6 +217,11 @@ def _keep_layout(tree, sharding):
 
 
 # -- the programs ---------------------------------------------------------------------------
+def _query_block(shape: Shape) -> int | None:
+    """The blockwise prefill's query block (`Shape.segment_align`; None: the chunk block)."""
+    return shape.segment_align if shape.segment_align and shape.chunk <= shape.chunk_block else None
+
+
 def _prefill(model, pools, c: Chunk, shape: Shape):
     dtype = jnp.dtype(model.config.dtype)
     # The platform's chunk kernel, or blockwise (the square kernels do not take a context) in blocks of
@@ -218,7 +233,8 @@ def _prefill(model, pools, c: Chunk, shape: Shape):
         attend_fn = lambda q, k, v, q_seg, kv_seg, *_: splash_chunk_attention(  # noqa: E731
             q, k, v, q_seg, kv_seg, mesh=model.mesh)
     else:
-        attend_fn = functools.partial(attention, **dict(model.attention_options(), block_size=block))
+        attend_fn = functools.partial(attention, **dict(model.attention_options(), block_size=block,
+                                                        query_block=_query_block(shape)))
     # The context is padded to whole blocks, so the chunk's own keys start a block: a block that
     # straddles context and chunk is visible to every query (20% more blocks for a 512-token chunk).
     written = shape.context_pages * shape.page_size
@@ -268,7 +284,7 @@ def _admit(pools, slots: Slots, a: Admit, seed, shape: Shape):
     pick = lambda new, old: jnp.where(a.admit.reshape(a.admit.shape + (1,) * (old.ndim - 2)), new, old)  # noqa: E731
     slots = Slots(token=pick(a.token, slots.token), pos=pick(a.pos, slots.pos), step=pick(a.step, slots.step),
                   remaining=pick(a.budget, slots.remaining), active=a.admit | slots.active,
-                  table=pick(a.table, slots.table), key=pick(keys, slots.key))
+                  table=pick(a.table, slots.table), key=pick(keys, slots.key), shared=pick(a.shared, slots.shared))
     return pools, slots
 
 
@@ -280,6 +296,10 @@ def _decode(model, pools, slots: Slots, temperature, top_p, admit_after, narrow_
     out_tok = jnp.zeros((shape.steps, x_shards, width), jnp.int32)
     out_lp = jnp.zeros((shape.steps, x_shards, width), jnp.float32)
     out_live = jnp.zeros((shape.steps, x_shards, width), bool)
+    groups = None
+    if shape.decode_group and shape.kv_pool == "split":  # the tables hold still through the round
+        group = functools.partial(prefix_groups, page_size=ps, per_group=shape.decode_group)
+        groups = jax.vmap(group)(slots.table, jnp.where(slots.active, slots.shared, 0))
 
     def cond(carry):
         i, _, slots, _, _, _, finished = carry
@@ -301,7 +321,8 @@ def _decode(model, pools, slots: Slots, temperature, top_p, admit_after, narrow_
                 out = ragged_attention.sharded_attention(unflat(q), state[0], lengths, starts, slots.table, layer,
                                                          model.mesh)
             else:
-                out = sharded_paged_attention(unflat(q), *state, lengths, slots.table, layer, model.mesh)
+                out = sharded_paged_attention(unflat(q), *state, lengths, slots.table, layer, model.mesh,
+                                              groups=groups)
             return out.reshape(rows, 1, *out.shape[2:]), state
 
         x, pools = model.run_layers(model.embed_tokens(flat(slots.token)[:, None]), *model.rope(flat(pos)[:, None]),
