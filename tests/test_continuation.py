@@ -22,9 +22,10 @@ LENGTHS = [5, 13, 9]
 G, R, MAX_LENGTH = 2, 8, 72
 # Every test runs on this shape, so the greedy programs compile once and the sampled ones once (a round
 # and two prefill widths: multi-turn rounds with at most 8 tokens to prefill run the narrow chunk); a
-# multi-turn chunk's segments start at multiples of 4 tokens, its blockwise query blocks 4 wide
+# multi-turn chunk's segments start at multiples of 4 tokens, its blockwise query blocks 4 wide; decode
+# reads a prompt's pages once for its samples
 CONFIG = EngineConfig(num_slots=4, page_size=4, prefill_chunk=16, steps_per_round=3, decode_widths=1,
-                      narrow_chunk=8, segment_align=4)
+                      narrow_chunk=8, segment_align=4, grouped_decode_from=1)
 EOS = tuple(range(0, VOCAB, 4))  # a quarter of the vocabulary ends a turn: most turns end before R
 
 

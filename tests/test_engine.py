@@ -273,11 +273,11 @@ def shared_prompts():
 def test_prompts_with_a_common_prefix_share_its_pages(model, sampling, shared_prompts):
     lengths = max(map(len, shared_prompts))
     alone = EngineConfig(num_slots=8, page_size=4, prefill_chunk=8, steps_per_round=3, prefix_cache=False,
-                         grouped_decode=False)
+                         grouped_decode_from=0)
     reference, _ = Engine(model, alone).generate(shared_prompts, sampling, jax.random.key(2), max_prompt_len=lengths)
     # decode attention reads shared pages once a group: a prompt's samples, and prompts whose cached
     # prefixes end on the same page (`tooln1.models.paged_attention.prefix_groups`)
-    engine = Engine(model, dataclasses.replace(alone, prefix_cache=True, grouped_decode=True))
+    engine = Engine(model, dataclasses.replace(alone, prefix_cache=True, grouped_decode_from=1))
     assert engine.shape(sampling, 6 * G, lengths).decode_group == G
     assert Engine(model, alone).shape(sampling, 6 * G, lengths).decode_group == 0
     results, _ = engine.generate(shared_prompts, sampling, jax.random.key(2), max_prompt_len=lengths)

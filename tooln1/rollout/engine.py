@@ -106,9 +106,11 @@ class EngineConfig:
     # wide: a block holds one continuation, which then scores its own context only (0: packed)
     segment_align: int = 64
     prefix_cache: bool = True  # a prompt reuses the full pages of an earlier prompt with the same prefix
-    # Decode attention reads a prompt's pages once a step for all its samples decoding, not once a sample
-    # (the pure-JAX paged attention; `tooln1.models.paged_attention.prefix_groups`)
-    grouped_decode: bool = True
+    # From prompts this long (a rollout's longest), decode attention reads a prompt's pages once a step for all
+    # its samples decoding, not once a sample (the pure-JAX paged attention,
+    # `tooln1.models.paged_attention.prefix_groups`); below it, a second pass over the slots' own pages
+    # costs more than it saves (0: never)
+    grouped_decode_from: int = 2048
     # The decoding copy's layers: "stacked", "per_layer" or "auto" (`tooln1.platform.decode_layout`)
     layer_layout: str = "auto"
 
@@ -117,7 +119,7 @@ class EngineConfig:
                      "score_queue", "continue_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("narrow_chunk", "segment_align"):
+        for name in ("narrow_chunk", "segment_align", "grouped_decode_from"):
             if getattr(self, name) < 0:
                 raise ValueError(f"EngineConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.layer_layout not in LAYER_LAYOUTS:
@@ -296,7 +298,7 @@ class Engine:
                      kv_writes=self.layout.kv_writes, kv_pool=self.layout.kv_pool,
                      # a chunk feeds free slots: their samples' prompts, and a prompt begun or ended beside them
                      chunk_sequences=min(cfg.prefill_chunk, int(slots) + 2),
-                     decode_group=sampling.num_samples if self._grouped_decode(sampling.num_samples) else 0,
+                     decode_group=sampling.num_samples if self._grouped_decode(sampling, max_prompt_len) else 0,
                      segment_align=self._segment_align(max_length is not None))
 
     def _segment_align(self, multi_turn: bool) -> int:
@@ -306,9 +308,9 @@ class Engine:
             "blockwise", "pallas_gpu")
         return self.config.segment_align if aligned else 0
 
-    def _grouped_decode(self, samples_per_prompt: int) -> bool:
-        c = self.model_config
-        return (self.config.grouped_decode and samples_per_prompt > 1 and self.layout.kv_pool == "split"
+    def _grouped_decode(self, sampling, max_prompt_len: int) -> bool:
+        c, start = self.model_config, self.config.grouped_decode_from
+        return (0 < start <= max_prompt_len and sampling.num_samples > 1 and self.layout.kv_pool == "split"
                 and reads_in_groups(c.head_dim, self.config.page_size, self.layout.kv_dtype, self.mesh))
 
     def _put(self, x, per_shard: bool = False):

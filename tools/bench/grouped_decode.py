@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Decode steps with and without grouped prefix reads (`EngineConfig.grouped_decode`): G samples of a long
+"""Decode steps with and without grouped prefix reads (`EngineConfig.grouped_decode_from`): G samples of a long
 prompt decoding together, where the pure-JAX paged attention reads the prompt's pages once a step for the
 group or once a sample.
 
@@ -56,7 +56,8 @@ def main() -> None:
         return out
 
     engine_module.run_round = timed
-    engines = {grouped: Engine(model, EngineConfig(num_slots=PROMPTS * G, decode_widths=1, grouped_decode=grouped))
+    engines = {grouped: Engine(model, EngineConfig(num_slots=PROMPTS * G, decode_widths=1,
+                                                         grouped_decode_from=1 if grouped else 0))
                for grouped in (False, True)}
     for engine in engines.values():
         engine.generate(prompts, sampling, jax.random.key(1))
