@@ -165,6 +165,9 @@ def test_aligned_segments_sample_what_packed_segments_sample(model, prompts, thr
                                        max_length=MAX_LENGTH)
     # the gaps that align segments are not counted as prefilled tokens
     assert aligned_engine.stats["prefill_tokens"] == packed_engine.stats["prefill_tokens"]
+    for field in ("segment_align", "grouped_decode_from"):
+        with pytest.raises(ValueError, match=f"EngineConfig.{field} must be >= 0, got -1"):
+            EngineConfig(**{field: -1})
     for i, (a_group, b_group) in enumerate(zip(aligned, packed)):
         for g, (a, b) in enumerate(zip(a_group, b_group)):
             np.testing.assert_array_equal(a.tokens, b.tokens, err_msg=f"prompt {i} sample {g}")

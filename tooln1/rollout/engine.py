@@ -102,8 +102,9 @@ class EngineConfig:
     # its chunk in the narrowest that holds it, since observations arrive a few dozen tokens at a time and
     # a chunk's cost grows with its width (0: always prefill_chunk)
     narrow_chunk: int = 128
-    # With continue_with, a chunk's prompts start at multiples of this many tokens, its query blocks this
-    # wide: a block holds one continuation, which then scores its own context only (0: packed)
+    # With continue_with, a chunk's segments that attend to a context start at multiples of this many tokens,
+    # its narrow programs' query blocks this wide: a block holds one continuation, which then scores its own
+    # context only (0: packed)
     segment_align: int = 64
     prefix_cache: bool = True  # a prompt reuses the full pages of an earlier prompt with the same prefix
     # From prompts this long (a rollout's longest), decode attention reads a prompt's pages once a step for all
@@ -861,14 +862,12 @@ class _ChunkBuilder:
 
     def add(self, p: _Prompt) -> bool:
         """Add as much of ``p`` as fits; False if its context or another prompt does not fit (nothing added)."""
+        if p.prefilled == p.prefill_len:
+            return True
         start = self.start(p.prefilled > 0)
         n = min(len(self.tokens) - start, p.prefill_len - p.prefilled)
-        if n <= 0 and p.prefill_len > p.prefilled:
-            return False  # no room left after the aligned start
-        if n <= 0:
-            return True
-        if self.segments == len(self.seq_lens):
-            return False
+        if n <= 0 or self.segments == len(self.seq_lens):
+            return False  # no room from its (aligned) start, or no segment left
         if p.prefilled:
             need = -(-p.prefilled // self.ps)
             if self.ctx_pages + need > self.m:
