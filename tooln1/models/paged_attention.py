@@ -217,7 +217,7 @@ def prefix_groups(page_table: jax.Array, shared_pages: jax.Array, page_size: int
     ``shared_pages`` [S] pages (0: none shared). A page holds the keys of one prefix (the prefix cache keys it
     by every token before it), so tables that hold the same last shared page at the same column share the
     tokens before it, and the group reads its leader's pages for them; larger sets are cut into groups of
-    ``per_group``."""
+    ``per_group``. A sequence left alone (the others of its prompt not decoding) shares nothing."""
     s = page_table.shape[0]
     index = jnp.arange(s, dtype=jnp.int32)
     last = jnp.take_along_axis(page_table, jnp.maximum(shared_pages - 1, 0)[:, None], axis=1)[:, 0]
@@ -230,9 +230,14 @@ def prefix_groups(page_table: jax.Array, shared_pages: jax.Array, page_size: int
     lead = order[run_start + rank // per_group * per_group]  # the sequence leading each sorted position's group
     member = rank % per_group
     inverse = jnp.zeros(s, jnp.int32).at[order].set(index)
-    return PrefixGroups(members=jnp.full((s, per_group), s, jnp.int32).at[lead, member].set(order),
-                        shared_len=jnp.zeros(s, jnp.int32).at[lead].set(shared_pages[order] * page_size),
-                        group=lead[inverse], member=member[inverse], start=shared_pages * page_size)
+    members = jnp.full((s, per_group), s, jnp.int32).at[lead, member].set(order)
+    group = lead[inverse]
+    # A group of one shares with no one: it reads all its pages in its own pass, as wide as its own queries,
+    # where the shared pass would score them for per_group members' rows
+    together = jnp.sum(members < s, axis=1) > 1
+    shared_len = jnp.zeros(s, jnp.int32).at[lead].set(shared_pages[order] * page_size)
+    return PrefixGroups(members=members, shared_len=jnp.where(together, shared_len, 0), group=group,
+                        member=member[inverse], start=jnp.where(together[group], shared_pages * page_size, 0))
 
 
 def _grouped_blocks(q, k_pages, v_pages, lengths, page_table, groups: PrefixGroups, pages_per_block: int,
