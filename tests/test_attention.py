@@ -109,6 +109,22 @@ def test_cached_decode_layout():
     _check(q, k, v, ones, kv_seg, q_pos, kv_pos, real=ones != 0)
 
 
+@pytest.mark.parametrize("query_block,key_block", [(4, 16), (8, 4), (2, 64)])
+def test_query_and_key_blocks_of_their_own_sizes(query_block, key_block):
+    """A chunk's queries over [context; chunk] keys (the engine's prefill layout) in query and key blocks of
+    different sizes, including key blocks wider than ``block_size``."""
+    q, _, _ = _qkv(1, 20, 20, seed=6)
+    _, k, v = _qkv(1, 52, 52, seed=7)
+    q_seg = jnp.asarray([[1] * 9 + [2] * 11], jnp.int32)
+    kv_seg = jnp.concatenate([jnp.asarray([[1] * 14 + [2] * 10 + [0] * 8], jnp.int32), q_seg], axis=1)
+    q_pos = jnp.arange(20, dtype=jnp.int32)[None]
+    kv_pos = jnp.concatenate([jnp.full((1, 32), -1, jnp.int32), q_pos], axis=1)
+    dense = attention(q, k, v, q_seg, kv_seg, q_pos, kv_pos, implementation="dense")
+    block = attention(q, k, v, q_seg, kv_seg, q_pos, kv_pos, implementation="blockwise", block_size=8,
+                      query_block=query_block, key_block=key_block)
+    np.testing.assert_allclose(np.asarray(block), np.asarray(dense), atol=1e-5, rtol=1e-5)
+
+
 def test_fully_masked_query_gives_zeros_not_nan():
     q, k, v = _qkv(1, 9, 9)
     seg = _left_padded(1, 9, [4])

@@ -25,7 +25,7 @@ G, R, MAX_LENGTH = 2, 8, 72
 # multi-turn chunk's segments start at multiples of 4 tokens, its blockwise query blocks 4 wide; decode
 # reads a prompt's pages once for its samples
 CONFIG = EngineConfig(num_slots=4, page_size=4, prefill_chunk=16, steps_per_round=3, decode_widths=1,
-                      narrow_chunk=8, segment_align=4, grouped_decode_from=1)
+                      narrow_chunk=8, segment_align=4, grouped_decode_from=1, narrow_key_block=8)
 EOS = tuple(range(0, VOCAB, 4))  # a quarter of the vocabulary ends a turn: most turns end before R
 
 

@@ -48,6 +48,7 @@ def attention(
     implementation: str = "auto",
     block_size: int = 512,
     query_block: int | None = None,
+    key_block: int | None = None,
     return_lse: bool = False,
     mesh: Mesh | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
@@ -60,7 +61,9 @@ def attention(
     With a ``mesh``, "auto" picks by the mesh's devices (compile-only TPU devices included) and the
     kernels run per batch shard under ``shard_map``, since XLA cannot partition a custom call.
     On a CPU, blocks are at most ``CPU_BLOCK`` wide. ``query_block``: the blockwise path's query blocks
-    (default: ``block_size``'s), narrower where each holds one segment of a packed chunk.
+    (default: ``block_size``'s), narrower where each holds one segment of a packed chunk. ``key_block``: its
+    key blocks, not capped on a CPU (a forward pass over a long context: fewer, wider steps; the cap is
+    for the backward's blocks).
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"attention implementation {implementation!r}; expected one of {IMPLEMENTATIONS}")
@@ -90,7 +93,7 @@ def attention(
     if impl == "dense":
         out, lse = _dense(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, causal)
     elif impl == "blockwise":
-        bq, bk = min(query_block or block, block, t), min(block, s)
+        bq, bk = min(query_block or block, block, t), min(key_block or block, s)
         out, lse = _blockwise(q, k, v, q_segment_ids, kv_segment_ids, q_positions, kv_positions, causal, bq, bk)
     elif impl == "splash":
         return per_batch_shard(functools.partial(_splash, causal=causal, block_size=block_size), mesh,

@@ -94,6 +94,9 @@ class EngineConfig:
     # Query and key block of a chunk's attention: small blocks skip more of the mostly-masked context,
     # but each pair of blocks is a loop step, which a GPU may pay for more than it skips
     prefill_block: int = 256
+    # Key block of chunk programs no wider than prefill_block (multi-turn's narrow chunks): their few dozen
+    # queries a trajectory attend to long contexts, which fewer, larger key blocks run faster on a CPU
+    narrow_key_block: int = 512
     steps_per_round: int = 16  # decode steps between host scheduling decisions
     decode_widths: int = 4  # compiled decode widths: all slots, then halves (the long tail decodes narrower)
     score_queue: int = 64  # finished groups waiting for on_group before decoding waits
@@ -116,8 +119,8 @@ class EngineConfig:
     layer_layout: str = "auto"
 
     def __post_init__(self):
-        for name in ("max_slots", "page_size", "prefill_chunk", "prefill_block", "steps_per_round", "decode_widths",
-                     "score_queue", "continue_workers"):
+        for name in ("max_slots", "page_size", "prefill_chunk", "prefill_block", "narrow_key_block", "steps_per_round",
+                     "decode_widths", "score_queue", "continue_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("narrow_chunk", "segment_align", "grouped_decode_from"):
@@ -293,6 +296,7 @@ class Engine:
         eos = () if sampling.ignore_eos else tuple(sampling.eos_ids)
         return Shape(shards=shards, slots=int(slots), pages_per_seq=m, num_pages=1 + slots * (m + 1) + m,
                      page_size=cfg.page_size, chunk=cfg.prefill_chunk, chunk_block=cfg.prefill_block,
+                     narrow_key_block=cfg.narrow_key_block,
                      chunk_attention=self.layout.prefill_attention,
                      steps=cfg.steps_per_round,
                      greedy=sampling.greedy, top_k=sampling.top_k, use_top_p=sampling.top_p < 1.0, eos_ids=eos,

@@ -79,6 +79,7 @@ class Shape(NamedTuple):
     # wide: a block then holds one continuation's tokens and scores its context only, where a block of
     # several scored all their contexts (wider programs, mostly prompts, keep chunk_block's blocks)
     segment_align: int = 0
+    narrow_key_block: int = 512  # key block of a chunk program no wider than chunk_block (blockwise)
 
     @property
     def num_pools(self) -> int:
@@ -222,23 +223,30 @@ def _query_block(shape: Shape) -> int | None:
     return shape.segment_align if shape.segment_align and shape.chunk <= shape.chunk_block else None
 
 
+def _key_block(shape: Shape) -> int:
+    """The blockwise prefill's key block: `Shape.narrow_key_block` in a narrow program, whose queries are a few
+    continuations over long contexts; the chunk block in a wide one, whose packed prompts skip more of a
+    narrower block's masked pairs."""
+    return shape.narrow_key_block if shape.chunk <= shape.chunk_block else shape.chunk_block
+
+
 def _prefill(model, pools, c: Chunk, shape: Shape):
     dtype = jnp.dtype(model.config.dtype)
     # The platform's chunk kernel, or blockwise (the square kernels do not take a context) in blocks of
-    # EngineConfig.prefill_block
-    block = shape.chunk_block
+    # EngineConfig.prefill_block (`_query_block`, `_key_block`)
+    key_block = _key_block(shape)
     if shape.chunk_attention == "pallas_gpu":
         attend_fn = functools.partial(chunk_attention, mesh=model.mesh)
     elif shape.chunk_attention == "splash":  # its mask is this layout's: positions are implied
         attend_fn = lambda q, k, v, q_seg, kv_seg, *_: splash_chunk_attention(  # noqa: E731
             q, k, v, q_seg, kv_seg, mesh=model.mesh)
     else:
-        attend_fn = functools.partial(attention, **dict(model.attention_options(), block_size=block,
-                                                        query_block=_query_block(shape)))
+        attend_fn = functools.partial(attention, **dict(model.attention_options(), block_size=shape.chunk_block,
+                                                        query_block=_query_block(shape), key_block=key_block))
     # The context is padded to whole blocks, so the chunk's own keys start a block: a block that
     # straddles context and chunk is visible to every query (20% more blocks for a 512-token chunk).
     written = shape.context_pages * shape.page_size
-    ctx = -(-written // block) * block
+    ctx = -(-written // key_block) * key_block
     x_shards = shape.shards
     # Masks as data: the chunk's prompts are segments seg + 1 (padding -1 -> 0); a context slot carries
     # the segment of the prompt it continues and precedes every position.
