@@ -13,6 +13,9 @@ own process:
 * ``tooln1 re-prefill loop``: ``Engine.generate`` once per turn on every live trajectory's whole context
   (what a plain generate loop does): the first turn samples G per prompt, later turns one per context.
 * ``HF generate loop``: transformers ``generate`` once per turn on the left-padded whole contexts.
+* ``tooln1 loop without prefix cache`` (not run by default): the re-prefill loop with
+  ``prefix_cache=False``, so every context is prefilled whole, as HF's loop does; the re-prefill loop above
+  prefills each prompt once a turn for its G contexts.
 
 The loops run a turn's tools concurrently (a thread each), so they wait one latency per turn. Ours runs
 once to compile and is timed on another seed; HF gets a short warm-up. tok/s = sampled tokens (to each
@@ -36,6 +39,7 @@ import common
 import rollout
 
 SYSTEMS = ("tooln1 continuation", "tooln1 re-prefill loop", "HF generate loop")
+NO_CACHE_LOOP = "tooln1 loop without prefix cache"
 PROMPTS, G, PROMPT_LEN, MEAN, CAP, OBSERVATION, TURNS = 8, 4, (400, 1200), 48, 192, 48, 4
 # BFCL v3 multi-turn's prompts (base, miss_func, miss_param, long_context; function docs and first user
 # turn through SmolLM2's chat template): 3,611-8,521 tokens, median 6.4k (docs/benchmarks.md)
@@ -149,7 +153,7 @@ def _runner(system: str, ckpt: str, prompts, eos, engine_flag: str, length: int
     from tooln1.rollout.engine import Engine, EngineConfig
     from tooln1.rollout.sampling import SamplingConfig
 
-    settings = dict(num_slots=PROMPTS * G)
+    settings = dict(num_slots=PROMPTS * G, **({"prefix_cache": False} if system == NO_CACHE_LOOP else {}))
     for item in filter(None, engine_flag.split(",")):
         key, _, value = item.partition("=")
         settings[key.strip()] = rollout._literal(value.strip())
@@ -234,19 +238,21 @@ def run_all(ckpt, systems, latencies, engine_flag: str, prompt_len: tuple[int, i
              f"near-uniform next-token probabilities, temperature 1, float32, on {rollout._where([])}; load average "
              f"{load[0]:.1f} before / {load_after[0]:.1f} after.", "",
              "| tool latency | system | sampled tokens | tool calls | wall s | sampled tok/s | ÷ re-prefill loop |"
-             " ÷ HF loop |", "|---|---|---|---|---|---|---|---|"]
+             " ÷ HF loop |" + (" ÷ loop without prefix cache |" if NO_CACHE_LOOP in systems else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|" if NO_CACHE_LOOP in systems else "")]
+    baselines = ("tooln1 re-prefill loop", "HF generate loop") + ((NO_CACHE_LOOP,) if NO_CACHE_LOOP in systems else ())
     for k, latency in enumerate(latencies):
         rows = {s: r["rows"][k] for s, r in results.items() if "rows" in r}
-        base = {s: rows[s]["tok_s"] for s in ("tooln1 re-prefill loop", "HF generate loop") if s in rows}
+        base = {s: rows[s]["tok_s"] for s in baselines if s in rows}
         for s in systems:
             if s not in rows:
-                lines.append(f"| {latency:g} ms | {s} | failed: {results[s].get('error', '?')} | | | | | |")
+                lines.append(f"| {latency:g} ms | {s} | failed: {results[s].get('error', '?')} | | | | |"
+                             + " |" * len(baselines))
                 continue
             r = rows[s]
-            ratios = [f"{r['tok_s'] / base[b]:.2f}×" if b in base else "—" for b in
-                      ("tooln1 re-prefill loop", "HF generate loop")]
+            ratios = [f"{r['tok_s'] / base[b]:.2f}×" if b in base else "—" for b in baselines]
             lines.append(f"| {latency:g} ms | {s} | {r['tokens']} | {r['tool_calls']} | {r['wall_s']:.1f} | "
-                         f"{r['tok_s']:.0f} | {ratios[0]} | {ratios[1]} |")
+                         f"{r['tok_s']:.0f} | " + " | ".join(ratios) + " |")
     ours = results.get("tooln1 continuation", {}).get("rows")
     loop = results.get("tooln1 re-prefill loop", {}).get("rows")
     if ours:
@@ -260,6 +266,10 @@ def run_all(ckpt, systems, latencies, engine_flag: str, prompt_len: tuple[int, i
                       f"{s['prefill_rounds_s']:.1f} of {s['device_s']:.1f} s in rounds that prefill; "
                       f"{ours[-1]['stats']['tool_wait_s']:.2f} s with every slot waiting on a tool at "
                       f"{latencies[-1]:g} ms; first run, compile included: {s['first_run_s']:.1f} s."]
+    no_cache = results.get(NO_CACHE_LOOP, {}).get("rows")
+    if no_cache:
+        lines.append(f"The loop without prefix cache prefilled every later turn's contexts whole; at "
+                     f"{latencies[0]:g} ms its first turn took {no_cache[0]['stats']['first_turn_s']:.1f} s.")
     if loop:
         lines.append(f"The re-prefill loop prefilled {loop[0]['stats']['prefill_tokens']} context tokens; at "
                      f"{latencies[0]:g} ms its first turn (the prompts' prefill and first replies, which the "
@@ -270,7 +280,8 @@ def run_all(ckpt, systems, latencies, engine_flag: str, prompt_len: tuple[int, i
 
 def main():
     ap = common.parser(__doc__, child=True)
-    ap.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of: " + ", ".join(SYSTEMS))
+    ap.add_argument("--systems", default=",".join(SYSTEMS),
+                    help="comma-separated subset of: " + ", ".join(SYSTEMS + (NO_CACHE_LOOP,)))
     ap.add_argument("--latencies", default="0,50", help="tool latencies in ms, comma-separated")
     ap.add_argument("--ckpt", default=None, help="checkpoint (default: the random 6-layer model, cached)")
     ap.add_argument("--out", default=None, help="markdown file whose multi-turn section the table replaces")
