@@ -13,6 +13,7 @@ import pytest
 from tooln1.checkpoints.hf_import import load_model
 from tooln1.checkpoints.tiny import make_tiny_checkpoint
 from tooln1.rollout import engine as engine_module
+from tooln1.rollout import programs
 from tooln1.rollout.engine import STOPS, Engine, EngineConfig
 from tooln1.rollout.programs import run_prefill
 from tooln1.rollout.sampling import SamplingConfig
@@ -168,6 +169,12 @@ def test_aligned_segments_sample_what_packed_segments_sample(model, prompts, thr
     for field in ("segment_align", "grouped_decode_from"):
         with pytest.raises(ValueError, match=f"EngineConfig.{field} must be >= 0, got -1"):
             EngineConfig(**{field: -1})
+    with pytest.raises(ValueError, match="EngineConfig.narrow_key_block must be >= 1, got 0"):
+        EngineConfig(narrow_key_block=0)
+    # narrow programs (observations) take narrow_key_block's key blocks, full-width ones prefill_block's
+    shape = packed_engine.shape(greedy(), 6, 13, MAX_LENGTH)
+    assert programs._key_block(shape._replace(chunk=8)) == CONFIG.narrow_key_block
+    assert programs._key_block(shape._replace(chunk=512)) == CONFIG.prefill_block
     for i, (a_group, b_group) in enumerate(zip(aligned, packed)):
         for g, (a, b) in enumerate(zip(a_group, b_group)):
             np.testing.assert_array_equal(a.tokens, b.tokens, err_msg=f"prompt {i} sample {g}")
