@@ -52,3 +52,32 @@ json.dump(dict(system="vLLM", wall_s=2.0, tokens=100, tok_s=50.0, stats={{}}, pe
     assert (request["prompts"], request["eos"], request["group"], request["cap"]) == (prompts, eos, 5, 128)
     assert request["ignore_eos"] is True and request["dtype"] == "float32"
     assert "| vLLM | 100 | 2.0 | 50 | — | 1.00× |" in text
+
+
+def test_unknown_roofline_target_is_named_before_any_run():
+    run = _bench("--workload", "fixed-tiny", "--systems", "tooln1 engine", "--roofline-target", "h999")
+    assert run.returncode != 0 and "unknown target 'h999'" in run.stderr
+
+
+def test_engine_is_measured_against_its_targets_roofline(tiny_checkpoint):
+    """On a target's peaks, each part's bound is `rollout_work`'s and measured ÷ predicted its ratio."""
+    sys.path.insert(0, os.path.join(ROOT, "tools", "bench"))
+    import rollout
+
+    from tooln1.checkpoints.hf_import import load_model
+    from tooln1.preflight import roofline
+    from tooln1.preflight.targets import get_target
+
+    model = load_model(tiny_checkpoint, dtype="float32")
+    stats = dict(prefill_tokens=1000, prefill_chunks=2, prefill_context_tokens=400_000, decode_steps=300,
+                 slot_steps=2400, decode_context_tokens=3_000_000, device_s=2.0, prefill_rounds_s=0.5)
+    got = rollout._roofline(model, stats, "float32", "h100-80gb:1")
+    h100 = get_target("h100-80gb:1")
+    work = roofline.rollout_work(model.config, stats, roofline.Layout(), 4)
+    decode = roofline.bound(work["decode"], h100.peak_flops, h100.hbm_bandwidth)
+    assert got["parts"]["decode"]["seconds"] == decode["seconds"]
+    assert got["parts"]["decode"]["ratio"] == 1.5 / decode["seconds"]
+    assert got["parts"]["prefill"]["measured_seconds"] == 0.5
+    assert rollout._roofline(model, stats, "float32", None) is None  # a CPU has no peaks to measure against
+    sentence = rollout.roofline_sentence(got, 2.5)
+    assert f"**{2.5 / got['seconds']:.1f}×** the roofline" in sentence and "h100-80gb:1" in sentence

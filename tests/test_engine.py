@@ -111,6 +111,11 @@ def test_samples_do_not_depend_on_slots_pages_or_prompt_order(model, prompts, sa
     assert sorted(seen) == list(range(len(order)))
     assert scored == [[len(c.tokens) for c in group] for group in results]
     assert engine.stats["slots"] == 5 and engine.stats["prefill_tokens"] == sum(n - 1 for n in LENGTHS)
+    # keys attended, summed: a prompt's prefilled positions 0..n-2 attend to 1..n-1 keys; a response of r
+    # tokens decodes r steps over the prompt's n keys and then one more a step
+    assert engine.stats["prefill_context_tokens"] == sum((n - 1) * n // 2 for n in LENGTHS)
+    assert engine.stats["decode_context_tokens"] == sum(
+        r * LENGTHS[i] + r * (r - 1) // 2 for j, i in enumerate(order) for r in (len(c.tokens) for c in results[j]))
     assert 0 < engine.stats["prefill_rounds_s"] < engine.stats["device_s"]  # rounds that prefill are timed apart
     # the tail decoded narrower than all five slots (live slots compacted to the front), same samples
     assert engine.stats["width_steps"] < 5 * engine.stats["decode_steps"]

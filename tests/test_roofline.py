@@ -101,3 +101,62 @@ def test_compiled_report_carries_each_programs_roofline_and_the_step_estimate():
     assert entry["roofline"] == report["roofline"]["programs"]["logprobs"]
     assert entry["roofline"]["flops"] == pytest.approx(entry["flops"])  # one pass: the reference's
     assert report["roofline"]["step_seconds"] == entry["roofline"]["seconds"]
+
+
+def test_a_measured_rollouts_work_is_its_counts_by_hand():
+    # 2 prompts of 3 tokens prefilled in one chunk (positions 0, 1 attend to 1 + 2 keys each), then 4 decode
+    # steps of 2 live slots at contexts 3..6 (18 keys a slot)
+    stats = dict(prefill_tokens=4, prefill_chunks=1, prefill_context_tokens=6, decode_steps=4, slot_steps=8,
+                 decode_context_tokens=36)
+    work = roofline.rollout_work(TINY, stats, roofline.Layout(), itemsize=2)
+    attention = 4 * 2 * 2 * 4  # FLOPs per query per key: QK and AV, 2 layers, 2 heads, head_dim 4
+    assert work["prefill"].flops == 2 * (MATMUL_PARAMS - 80) * 4 + attention * 6
+    assert work["prefill"].bytes == 2 * MATMUL_PARAMS + 2 * 4 * KV_PER_TOKEN
+    assert work["decode"].flops == 2 * MATMUL_PARAMS * 8 + attention * 36
+    assert work["decode"].bytes == 4 * 2 * MATMUL_PARAMS + 36 * KV_PER_TOKEN
+    # over 4 devices, weights split 2 ways: weights / 2 and KV / 4 per device
+    split = roofline.rollout_work(TINY, stats, roofline.Layout(devices=4, tensor=2), itemsize=2)
+    assert split["decode"].bytes == 4 * MATMUL_PARAMS + 36 * KV_PER_TOKEN / 4
+    # measured against the bound: 1 s of decode on a device of 1e6 FLOP/s and 1e4 B/s
+    r = roofline.against_measured({"decode": 1.0}, work, 1e6, 1e4)["decode"]
+    assert r["bound"] == "memory" and r["seconds"] == work["decode"].bytes / 1e4
+    assert r["ratio"] == pytest.approx(1.0 / r["seconds"])
+
+
+def test_devices_of_a_known_kind_get_their_targets_peaks():
+    from tooln1.preflight.targets import target_of_devices
+
+    class Device:
+        def __init__(self, kind):
+            self.device_kind = kind
+
+    h200 = target_of_devices([Device("NVIDIA H200")] * 2)
+    assert (h200.num_devices, h200.peak_flops, h200.hbm_bandwidth) == (2, 989e12, 4.8e12)
+    assert target_of_devices([Device("TPU v5 lite")]).hbm_bandwidth == 0.82e12
+    assert target_of_devices([Device("cpu")]) is None
+
+
+def test_grpo_bench_measures_its_steady_iterations_against_the_update_roofline():
+    """tools/bench/grpo.py: the update's bound is `roofline.update` over the trained rows (G responses packed
+    behind one prompt), its measured seconds the steady iterations' median."""
+    import argparse
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "bench"))
+    import grpo
+
+    args = argparse.Namespace(roofline_target="h200:1", dtype="bfloat16", prompt_len=3, prompts=2, group=4)
+    sample_stats = dict(prefill_tokens=4, prefill_chunks=1, prefill_context_tokens=6, decode_steps=4, slot_steps=8,
+                        decode_context_tokens=36)
+    rows = [dict(sample=9.0, logprobs=9.0, step=9.0, packed_len=10, trained_len=4)] + [
+        dict(sample=1.0, logprobs=0.5, step=s, packed_len=10, trained_len=4) for s in (2.0, 4.0, 3.0)]
+    got = grpo._roofline(args, TINY, sample_stats, rows, rows_per_prompt=4)
+    h200 = get_target("h200:1")
+    want = roofline.bound(roofline.update(TINY, 2, 3 + 10, 1, 1, roofline.Layout(), 2), h200.peak_flops,
+                          h200.hbm_bandwidth)
+    step = got["parts"]["step"]
+    assert step["seconds"] == want["seconds"] and step["measured_seconds"] == 3.0
+    assert step["ratio"] == 3.0 / want["seconds"]
+    assert got["parts"]["sample"]["hbm_bytes"] == sum(
+        c.bytes for c in roofline.rollout_work(TINY, sample_stats, roofline.Layout(), 2).values())

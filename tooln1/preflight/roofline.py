@@ -117,6 +117,23 @@ def prefill(config: Any, prompts: int, prompt: int, chunk: int, layout: Layout, 
                 layout.devices)
 
 
+def rollout_work(config: Any, stats: dict[str, Any], layout: Layout, itemsize: int) -> dict[str, Cost]:
+    """What a rollout the engine ran did, from its counts (`tooln1.rollout.engine.Engine.stats`): the prefill
+    (its chunks each read the weights; each prompt token attends to the keys before it and writes its KV,
+    read back once) and the decode (each step reads the weights, each live slot its own context's KV), so a
+    measured time can be set against what it must have cost. Contexts are exact token counts, not pages."""
+    head = config.hidden_size * config.vocab_size
+    tokens, steps = stats["prefill_tokens"], stats["slot_steps"]
+    weights = weight_bytes(config, itemsize) / layout.tensor
+    kv = kv_bytes_per_token(config, itemsize) / layout.devices
+    attention = 4 * config.num_layers * config.num_heads * config.head_dim  # FLOPs per query per key
+    prefill_flops = 2 * (non_embedding_params(config) - head) * tokens + attention * stats["prefill_context_tokens"]
+    decode_flops = 2 * non_embedding_params(config) * steps + attention * stats["decode_context_tokens"]
+    return {"prefill": Cost(prefill_flops, stats["prefill_chunks"] * weights + 2 * tokens * kv, layout.devices),
+            "decode": Cost(decode_flops, stats["decode_steps"] * weights + stats["decode_context_tokens"] * kv,
+                           layout.devices)}
+
+
 def logprobs(config: Any, rows: int, seq: int, micro_batches: int, layout: Layout, itemsize: int) -> Cost:
     """One log-prob pass (a forward) over ``rows`` rows of ``seq`` tokens."""
     tokens = rows * seq
@@ -137,10 +154,20 @@ def update(config: Any, rows: int, seq: int, mini_batches: int, micro_batches: i
     return Cost(passes * forward_flops(config, tokens, seq), nbytes, layout.devices)
 
 
+def against_measured(measured: dict[str, float], costs: dict[str, Cost], peak_flops: float,
+                     bandwidth: float) -> dict[str, dict[str, Any]]:
+    """Each measured program's bound (`bound`) with its measured seconds and ``measured ÷ predicted``."""
+    out = {}
+    for name, seconds in measured.items():
+        b = bound(costs[name], peak_flops, bandwidth)
+        out[name] = dict(b, measured_seconds=seconds, ratio=seconds / b["seconds"] if b["seconds"] else math.inf)
+    return out
+
+
 def step_seconds(bounds: list[dict[str, Any]]) -> float:
     """A step's predicted time: its programs run one after another, each at its bound."""
     return sum(b["seconds"] for b in bounds)
 
 
-__all__ = ["Cost", "Layout", "activation_bytes", "bound", "decode", "decode_step", "kv_bytes_per_token", "logprobs",
-           "prefill", "step_seconds", "update", "weight_bytes"]
+__all__ = ["Cost", "Layout", "activation_bytes", "against_measured", "bound", "decode", "decode_step",
+           "kv_bytes_per_token", "logprobs", "prefill", "rollout_work", "step_seconds", "update", "weight_bytes"]

@@ -223,3 +223,13 @@ def target_devices(target: Target) -> list[Any]:
         raise TargetError(f"target {target.name}: topology {target.topology or target.gpu} has {len(devices)} "
                           f"devices, expected {target.num_devices}")
     return devices
+
+
+def target_of_devices(devices: list[Any]) -> Target | None:
+    """The target whose peaks a run on ``devices`` (a GPU or TPU kind this module knows) is measured
+    against, for that many devices; None on a CPU or an unknown kind."""
+    kind = devices[0].device_kind if devices else ""
+    known = next((t for t in TARGETS.values() if t.device_kind == kind and t.peak_flops), None)
+    if known is None:
+        return None
+    return dataclasses.replace(known, name=f"{kind} ×{len(devices)}", num_devices=len(devices))

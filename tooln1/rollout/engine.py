@@ -437,8 +437,11 @@ class Engine:
         shards = [_Shard(shape, g, r, self.config.prefix_cache, turns) for _ in range(shape.shards)]
         results: list[list[Completion]] = [[] for _ in queue]
         scorer = _Scorer(on_group, self.config.score_queue)
+        # *_context_tokens: the keys each prefilled token / live decode step attends to, summed (a roofline's
+        # attention FLOPs and KV reads, `tooln1.preflight.roofline.rollout_work`)
         stats = dict(rounds=0, device_s=0.0, prefill_rounds_s=0.0, prefill_chunks=0, prefill_tokens=0, cached_tokens=0,
-                     decode_steps=0, slot_steps=0, width_steps=0, tool_wait_s=0.0)
+                     decode_steps=0, slot_steps=0, width_steps=0, tool_wait_s=0.0, prefill_context_tokens=0,
+                     decode_context_tokens=0)
         chunk_widths = self.chunk_widths(shape, turns is not None)
         per_width = {w: [0, 0.0] for w in chunk_widths}  # chunks and seconds of the rounds that prefill them
         unfinished = len(queue)
@@ -508,6 +511,8 @@ class Engine:
                     per_width[tokens][0] += 1
                     per_width[tokens][1] += waited
                 steps = int(live.any((1, 2)).sum())
+                stats["prefill_context_tokens"] += sum(c.attended() for c in chunks)
+                stats["decode_context_tokens"] += sum(shard.attended(live[:, x]) for x, shard in enumerate(shards))
                 stats.update(rounds=stats["rounds"] + 1, prefill_tokens=stats["prefill_tokens"] + prefilled,
                              prefill_chunks=stats["prefill_chunks"] + bool(prefilled),
                              decode_steps=stats["decode_steps"] + steps,
@@ -674,6 +679,17 @@ class _Shard:
             self.owners[s] = _Running(p, p.started, own, table, budget)
             p.started += 1
         return a
+
+    def attended(self, live: np.ndarray) -> int:
+        """Keys its slots' live decode steps [steps, width] of a round attended to, summed: a slot holding
+        ``h`` tokens attends to ``h``, ``h + 1``, ... over its ``n`` steps."""
+        total = 0
+        for s, run in enumerate(self.owners):
+            n = int(live[:, s].sum()) if run is not None else 0
+            if n:
+                held = len(run.prompt.ids) + sum(len(t) for t in run.tokens)
+                total += n * held + n * (n - 1) // 2
+        return total
 
     def collect(self, tok: np.ndarray, lp: np.ndarray, live: np.ndarray, active: np.ndarray) -> None:
         """Take a round's tokens [steps, width]; a sample whose turn ended hands its slot back and goes on
@@ -863,6 +879,10 @@ class _ChunkBuilder:
     @property
     def room(self) -> int:
         return len(self.tokens) - self.tokens_added
+
+    def attended(self) -> int:
+        """Keys its tokens attend to, summed (a token at position ``p`` attends to ``p + 1``)."""
+        return int((self.positions[self.seg >= 0] + 1).sum())
 
     def add(self, p: _Prompt) -> bool:
         """Add as much of ``p`` as fits; False if its context or another prompt does not fit (nothing added)."""

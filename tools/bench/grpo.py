@@ -99,6 +99,7 @@ def run_ours(args) -> dict:
     from tooln1.grpo import GRPOLoss, compute_advantages
     from tooln1.models.flops import update_flops
     from tooln1.reward import score_batch
+    from tooln1.rollout.engine import Engine
     from tooln1.rollout.sampling import SamplingConfig, sample
     from tooln1.training.batch import update_batch
     from tooln1.training.updater import OptimizerConfig, ReferencePolicy, Updater
@@ -134,7 +135,9 @@ def run_ours(args) -> dict:
     for it in range(args.iters + 1):
         c0 = compiling[0]
         t0 = time.perf_counter()
-        out = sample(updater.model(state), prompt_ids, prompt_mask, sampling, jax.random.key(it))
+        current = updater.model(state)
+        engine = Engine(current, sampling.engine)  # what `sample` makes, kept for its counts (the roofline)
+        out = sample(current, prompt_ids, prompt_mask, sampling, jax.random.key(it), engine=engine)
         tokens = np.asarray(out.tokens)
         t1, c1 = time.perf_counter(), compiling[0]
         texts = tok.batch_decode(tokens, skip_special_tokens=False)
@@ -172,7 +175,33 @@ def run_ours(args) -> dict:
     model_flops = update_flops(model.config, args.prompts * args.group, args.prompt_len, rows[-1]["trained_len"],
                                old_logprobs=False, reference=False, rows_per_prompt=loss.rows_per_prompt,
                                packed_length=rows[-1]["packed_len"])
-    return dict(side="ours", rows=rows, flops_xla_step=flops_xla, model_flops_step=model_flops)
+    roofline = _roofline(args, model.config, engine.stats, rows, loss.rows_per_prompt)
+    return dict(side="ours", rows=rows, flops_xla_step=flops_xla, model_flops_step=model_flops, roofline=roofline)
+
+
+def _roofline(args, config, sample_stats: dict, rows: list[dict], rows_per_prompt: int) -> dict | None:
+    """The steady iterations' sample, log-prob and update seconds against their roofline (the last iteration's
+    work) on the GPU or TPU this runs on, or on ``--roofline-target``'s peaks; None on a CPU without one."""
+    import jax
+    import jax.numpy as jnp
+
+    from tooln1.preflight import roofline, targets
+
+    target = (targets.get_target(args.roofline_target) if args.roofline_target
+              else targets.target_of_devices(jax.devices()))
+    if target is None or not target.peak_flops:
+        return None
+    item, layout, g = jnp.dtype(args.dtype).itemsize, roofline.Layout(), rows_per_prompt
+    seq = args.prompt_len + ((rows[-1]["packed_len"] or g * rows[-1]["trained_len"]) if g > 1
+                             else rows[-1]["trained_len"])
+    n = args.prompts * args.group // g
+    work = roofline.rollout_work(config, sample_stats, layout, item)
+    costs = {"sample": work["prefill"] + work["decode"], "logprobs": roofline.logprobs(config, n, seq, 1, layout, item),
+             "step": roofline.update(config, n, seq, 1, 1, layout, item)}
+    steady = rows[1:] or rows
+    measured = {k: _median([x[k] for x in steady]) for k in costs}
+    return dict(target=target.name, parts=roofline.against_measured(measured, costs, target.peak_flops,
+                                                                    target.hbm_bandwidth))
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,6 +328,8 @@ def summarise(args, ourses: list[dict], trls: list[dict]) -> dict:
                      trained_len=[x["trained_len"] for x in o["rows"]])
             r["compile_s"] = sum(x["compile"] for x in o["rows"])
             r["malloc"], r["peak_rss_gb"] = o["malloc"], o["peak_rss_gb"]
+            if o.get("roofline"):
+                r["roofline"] = o["roofline"]
             r["step_flops_per_s"] = o["model_flops_step"] / r["split_s"]["step"]
             r["step_frac_of_matmul"] = r["step_flops_per_s"] / o["matmul_flops"]
             if o.get("flops_xla_step"):
@@ -362,6 +393,9 @@ def main(argv=None):
                         help=f"comma list of host allocator settings for {side}, one run each, the fastest counts: "
                              "keep (glibc keeps freed memory, tooln1.platform.host_memory) or default (glibc's own)")
     ap.add_argument("--_malloc", default="default", help=argparse.SUPPRESS)
+    ap.add_argument("--roofline-target", default=None,
+                    help="a tooln1-fit target (e.g. h100-80gb:1) whose peaks ours' sample, log-prob pass and update "
+                         "are measured against (default: the GPU or TPU it runs on; none on a CPU)")
     ap.add_argument("--json", default=None, help="write the summary here")
     args = ap.parse_args(argv)
 
@@ -380,6 +414,13 @@ def main(argv=None):
         common.write_result(args.result, res)
         return res
 
+    if args.roofline_target:
+        from tooln1.preflight.targets import TargetError, get_target
+
+        try:
+            get_target(args.roofline_target)
+        except TargetError as e:
+            ap.error(f"--roofline-target: {e}")
     args.loadavg_start = os.getloadavg()
     args.ckpt = args.ckpt or common.checkpoint(mean_response=args.mean_response, shape=args.shape, seed=0,
                                                **({"init_std": 0.002} if args.mean_response else {}))
@@ -398,6 +439,8 @@ def main(argv=None):
         for flag in ("shape", "prompts", "group", "prompt_len", "new_tokens", "iters", "mean_response", "beta",
                      "epsilon", "temperature", "matmul_n"):
             cmd += ["--" + flag.replace("_", "-"), str(getattr(args, flag))]
+        if args.roofline_target:
+            cmd += ["--roofline-target", args.roofline_target]
         env = dict(os.environ)
         if side == "ours" and threads == "1":
             env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()

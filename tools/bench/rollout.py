@@ -139,7 +139,26 @@ def _setup(name: str, ckpt: str | None) -> tuple[str, list[list[int]], list[int]
     return ckpt, prompts, [eos] if isinstance(eos, int) else list(eos)
 
 
-def run_ours(name, ckpt, prompts, eos, dtype):
+def _roofline(model, stats: dict, dtype: str, target_name: str | None) -> dict | None:
+    """The rollout's prefill and decode against their roofline on the devices it ran on (a GPU or TPU), or on
+    ``target_name``'s peaks (a `tooln1-fit` target: the figures of a run elsewhere, or a check on a CPU)."""
+    import jax
+    import jax.numpy as jnp
+
+    from tooln1.preflight import roofline, targets
+
+    target = targets.get_target(target_name) if target_name else targets.target_of_devices(jax.devices())
+    if target is None or not target.peak_flops:
+        return None
+    mesh = getattr(model, "mesh", None)
+    layout = roofline.Layout(mesh.size, mesh.shape.get("tensor", 1)) if mesh is not None else roofline.Layout()
+    costs = roofline.rollout_work(model.config, stats, layout, jnp.dtype(dtype).itemsize)
+    measured = {"prefill": stats["prefill_rounds_s"], "decode": stats["device_s"] - stats["prefill_rounds_s"]}
+    parts = roofline.against_measured(measured, costs, target.peak_flops, target.hbm_bandwidth)
+    return dict(target=target.name, parts=parts, seconds=roofline.step_seconds(list(parts.values())))
+
+
+def run_ours(name, ckpt, prompts, eos, dtype, roofline_target=None):
     import jax
 
     from tooln1.checkpoints.hf_import import load_model
@@ -160,6 +179,7 @@ def run_ours(name, ckpt, prompts, eos, dtype):
     wall = time.perf_counter() - t0
     memory = jax.devices()[0].memory_stats() or {}  # None on a CPU
     stats = dict(engine.stats, first_run_s=first, device=jax.devices()[0].device_kind)
+    stats["roofline"] = _roofline(model, engine.stats, dtype, roofline_target)
     if "peak_bytes_in_use" in memory:
         stats["peak_device_mb"] = memory["peak_bytes_in_use"] / 2**20
     return wall, sum(len(c.tokens) for group in results for c in group), stats
@@ -205,10 +225,10 @@ def run_hf(name, ckpt, prompts, eos, dtype, batch: bool):
                                          peak_device_mb=torch.cuda.max_memory_allocated() / 2**20)
 
 
-def child(name, system, ckpt, dtype, result_path):
+def child(name, system, ckpt, dtype, result_path, roofline_target=None):
     ckpt, prompts, eos = _setup(name, ckpt)
     if system == "tooln1 engine":
-        wall, tokens, stats = run_ours(name, ckpt, prompts, eos, dtype)
+        wall, tokens, stats = run_ours(name, ckpt, prompts, eos, dtype, roofline_target)
     else:
         wall, tokens, stats = run_hf(name, ckpt, prompts, eos, dtype, batch=system == "HF generate_batch")
     common.write_result(result_path, dict(system=system, wall_s=wall, tokens=tokens, tok_s=tokens / wall,
@@ -256,9 +276,10 @@ def _engine_flag(name) -> str:
     return ",".join(f"{k}={v}" for k, v in WORKLOADS[name].engine.items())
 
 
-def _run_child(name, system, ckpt, dtype) -> dict:
+def _run_child(name, system, ckpt, dtype, roofline_target=None) -> dict:
+    target = ["--roofline-target", roofline_target] if roofline_target else []
     res = common.run_child([__file__, "--child", system, "--workload", name, "--ckpt", ckpt, "--dtype", dtype,
-                            "--engine", _engine_flag(name)])
+                            "--engine", _engine_flag(name), *target])
     return dict(res, system=system)
 
 
@@ -295,7 +316,8 @@ def _median_run(runs: list[dict]) -> dict:
     return row
 
 
-def run_workload(name, ckpt, systems, dtype, repeats: int = 1, engine: str = "", vllm_python: str | None = None) -> str:
+def run_workload(name, ckpt, systems, dtype, repeats: int = 1, engine: str = "", vllm_python: str | None = None,
+                 roofline_target: str | None = None) -> str:
     """Every system ``repeats`` times in rotation, each run in a fresh process, so a slow spell of the
     machine hits both sides; each system's row is its median run."""
     ckpt, prompts, eos = _setup(name, ckpt)
@@ -304,7 +326,7 @@ def run_workload(name, ckpt, systems, dtype, repeats: int = 1, engine: str = "",
     for _ in range(repeats):
         for system in systems:
             runs[system].append(_run_vllm(name, ckpt, prompts, eos, dtype, vllm_python) if system == "vLLM"
-                                else _run_child(name, system, ckpt, dtype))
+                                else _run_child(name, system, ckpt, dtype, roofline_target))
             print(runs[system][-1], flush=True)
     load_after = os.getloadavg()
     rows = [_median_run(runs[system]) for system in systems]
@@ -355,8 +377,23 @@ def run_workload(name, ckpt, systems, dtype, repeats: int = 1, engine: str = "",
                       f"{s['slot_steps']} response tokens ({s['slot_steps'] / max(1, s['width_steps']):.0%} of the "
                       f"computed slots live); {s['prefill_rounds_s']:.1f} of {s['device_s']:.1f} s on the device in "
                       f"rounds that prefill a chunk; first run, compile included: {s['first_run_s']:.1f} s."]
+        if s.get("roofline"):
+            lines += ["", roofline_sentence(s["roofline"], ours["wall_s"])]
     lines.append(end)
     return "\n".join(lines)
+
+
+def _seconds(x: float) -> str:
+    return f"{x:.2f} s" if x >= 1 else f"{x * 1e3:.2f} ms" if x >= 1e-3 else f"{x * 1e6:.1f} µs"
+
+
+def roofline_sentence(r: dict, wall: float) -> str:
+    """The engine's measured seconds against its roofline (`_roofline`), in one sentence."""
+    parts = "; ".join(f"{name} {_seconds(p['measured_seconds'])} against {_seconds(p['seconds'])} {p['bound']}-bound "
+                      f"(**{p['ratio']:.1f}×**)" for name, p in r["parts"].items())
+    return (f"Roofline on {r['target']} (`tooln1.preflight.roofline.rollout_work`: the FLOPs and bytes this rollout's "
+            f"prefill and decode must spend): {parts}; the whole rollout {_seconds(wall)} against "
+            f"{_seconds(r['seconds'])}, **{wall / r['seconds']:.1f}×** the roofline.")
 
 
 def _set_engine(flag: str, names: list[str]) -> None:
@@ -400,13 +437,23 @@ def main():
                     help="runs of each system, in rotation; each row shows the median run")
     ap.add_argument("--engine", default="", help="EngineConfig settings of ours, e.g. prefill_chunk=8192,"
                     "prefill_block=1024,layer_layout=stacked (over the workload's)")
+    ap.add_argument("--roofline-target", default=None,
+                    help="a tooln1-fit target (e.g. h100-80gb:1) whose peaks ours is measured against (default: the "
+                         "GPU or TPU it runs on; none on a CPU)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)  # the system a child process runs
     args = ap.parse_args()
     names = [n for n in WORKLOADS if WORKLOADS[n].in_all] if args.workload == "all" else [args.workload]
     if args.engine:
         _set_engine(args.engine, names)
     if args.child:
-        return child(args.workload, args.child, args.ckpt, args.dtype, args.result)
+        return child(args.workload, args.child, args.ckpt, args.dtype, args.result, args.roofline_target)
+    if args.roofline_target:
+        from tooln1.preflight.targets import TargetError, get_target
+
+        try:
+            get_target(args.roofline_target)
+        except TargetError as e:
+            raise SystemExit(f"--roofline-target: {e}") from None
     systems = [s.strip() for s in args.systems.split(",")]
     if unknown := [s for s in systems if s not in SYSTEMS]:
         raise SystemExit(f"--systems: unknown {unknown}; expected a subset of {', '.join(SYSTEMS)}")
@@ -415,7 +462,8 @@ def main():
                          f"environment, got {args.vllm_python!r} (tools/bench/rollout.py --help says how to make one)")
     for name in names:
         ckpt = args.smollm2 if WORKLOADS[name].model is None else args.ckpt
-        text = run_workload(name, ckpt, systems, args.dtype, args.repeats, args.engine, args.vllm_python)
+        text = run_workload(name, ckpt, systems, args.dtype, args.repeats, args.engine, args.vllm_python,
+                            args.roofline_target)
         print(text)
         if args.out:
             _write_section(args.out, text, *_markers(name, args.dtype))
