@@ -41,6 +41,9 @@ Its threads are pinned to every core (``VLLM_CPU_OMP_THREADS_BIND``, unless set)
         --systems "tooln1 engine,HF generate,vLLM"
     nice python tools/bench/rollout.py --workload fixed-tiny --systems "tooln1 engine"    # a quick check
     python tools/bench/rollout.py --workload tool-0.5b --dtype bfloat16 --engine prefill_block=1024
+
+On a GPU or TPU (or with ``--roofline-target NAME``, a ``tooln1-fit`` target) the engine's row is followed by
+its prefill, decode and whole rollout as multiples of their roofline (`tooln1.preflight.roofline.rollout_work`).
 """
 from __future__ import annotations
 
@@ -141,7 +144,8 @@ def _setup(name: str, ckpt: str | None) -> tuple[str, list[list[int]], list[int]
 
 def _roofline(model, stats: dict, dtype: str, target_name: str | None) -> dict | None:
     """The rollout's prefill and decode against their roofline on the devices it ran on (a GPU or TPU), or on
-    ``target_name``'s peaks (a `tooln1-fit` target: the figures of a run elsewhere, or a check on a CPU)."""
+    ``target_name``'s peaks (a `tooln1-fit` target: the figures of a run elsewhere, or a check on a CPU). The
+    one decode step of a round that prefills is timed with the prefill and priced with the decode."""
     import jax
     import jax.numpy as jnp
 
