@@ -32,4 +32,14 @@ def test_engine_parts_at_the_tiny_shape(tmp_path):
     prefill = shape["prefill"]
     assert (prefill["chunks"], prefill["tokens"]) == (2, 128)  # two 65-token prompts, 64 prefilled each
     assert prefill["mfu"] == pytest.approx(prefill["flops"] / prefill["seconds"] / 989e12)
-    assert shape["memory"]["compiled_peak_bytes"] > 0 and shape["memory"]["measured_peak_bytes"] is None  # CPU
+    memory = shape["memory"]
+    assert memory["predicted_bytes"] == memory["compiled_peak_bytes"] + memory["resident_bytes"] > 0
+    assert memory["measured_peak_bytes"] is None  # a CPU has no allocator statistics
+
+
+def test_a_shape_cut_at_its_limit_is_reported_with_what_it_finished(tmp_path):
+    out = tmp_path / "speed.json"
+    subprocess.run([sys.executable, SCRIPT, "--cpu", "--parts", "decode", "--timeout", "1", "--out", str(out)],
+                   check=True, capture_output=True, timeout=120)
+    (shape,) = json.loads(out.read_text())["shapes"]
+    assert shape == {"shape": "tiny", "error": "timed out after 1 s"}  # killed before its first run ended
