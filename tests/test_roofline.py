@@ -160,3 +160,27 @@ def test_grpo_bench_measures_its_steady_iterations_against_the_update_roofline()
     assert step["ratio"] == 3.0 / want["seconds"]
     assert got["parts"]["sample"]["hbm_bytes"] == sum(
         c.bytes for c in roofline.rollout_work(TINY, sample_stats, roofline.Layout(), 2).values())
+
+
+def test_lora_update_moves_the_adapters_gradients_and_moments_only():
+    import jax
+    from flax import nnx
+
+    from tooln1.models import CausalLM
+    from tooln1.models.flops import trained_params
+    from tooln1.models.lora import LoRAParam
+
+    lora = dataclasses.replace(TINY, lora_rank=2, lora_targets=("q", "v", "down"))
+    model = nnx.eval_shape(lambda: CausalLM(lora, rngs=nnx.Rngs(0)))
+    held = sum(x.size for x in jax.tree.leaves(nnx.state(model, LoRAParam)))
+    # per layer, rank 2: q 8 -> 2·4, v 8 -> 1·4, down 16 -> 8
+    assert trained_params(lora) == held == 2 * 2 * ((8 + 8) + (8 + 4) + (16 + 8))
+    cost = roofline.update(lora, rows=4, seq=6, mini_batches=1, micro_batches=2, layout=roofline.Layout(), itemsize=2)
+    weights = 2 * (MATMUL_PARAMS * 2 * 2 + held * 8)  # every weight read forward and backward; adapters' grads
+    acts = 2 * roofline.activation_bytes(TINY, 24, 2)  # 2 passes: frozen kernels need no weight gradient
+    assert cost.bytes == pytest.approx(weights + 28 * held + acts)
+    # the lowest of 2 blocks frozen: the backward reads half the weights; every param keeps its moments
+    frozen = dataclasses.replace(TINY, frozen_layers=1)
+    cost = roofline.update(frozen, 4, 6, 1, 1, roofline.Layout(), 2)
+    assert cost.bytes == pytest.approx(MATMUL_PARAMS * 2 * 1.5 + 1304 * 8 + 28 * 1304
+                                       + 2 * roofline.activation_bytes(TINY, 24, 2))

@@ -31,6 +31,19 @@ def train_passes(config: Any) -> float:
     return 1 + 2 * (config.num_layers - frozen) / config.num_layers
 
 
+def trained_params(config: Any) -> int:
+    """The params an update computes gradients and AdamW moments for: the adapters with LoRA, else all
+    (`frozen_layers` zeroes updates after AdamW, which still keeps every param's moments)."""
+    if not getattr(config, "lora_rank", 0):
+        return count_params(config)
+    c = config
+    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    dims = {"q": (c.hidden_size, q), "k": (c.hidden_size, kv), "v": (c.hidden_size, kv), "o": (q, c.hidden_size),
+            "gate": (c.hidden_size, c.intermediate_size), "up": (c.hidden_size, c.intermediate_size),
+            "down": (c.intermediate_size, c.hidden_size)}
+    return c.num_layers * c.lora_rank * sum(sum(dims[t]) for t in c.lora_targets)
+
+
 def update_flops(config: Any, rows: int, prompt_len: int, response_len: int, *, old_logprobs: bool = True,
                  reference: bool = True, rows_per_prompt: int = 1, packed_length: int = 0) -> float:
     """One GRPO update over ``rows`` responses: the old (``old_logprobs``) and reference
@@ -59,4 +72,4 @@ def decode_flops(config: Any, batch: int, group: int, prompt: int, response: int
 
 
 __all__ = ["decode_flops", "forward_flops", "non_embedding_params", "prefill_flops", "sft_flops", "train_passes",
-           "update_flops"]
+           "trained_params", "update_flops"]

@@ -15,10 +15,12 @@ devices and ``T`` tensor:
 * prefill of ``n`` prompts of ``p`` tokens in chunks of ``chunk`` tokens per shard:
   ``chunks · W/T + 2 · n · p · k / D`` (weights once per chunk; the KV written, then read once);
 * log-prob pass over ``t`` tokens in ``m`` micro-batches: ``m · W/T + A(t)/D``;
-* update over ``t`` tokens, ``M`` mini-batches of ``m`` micro-batches:
-  ``M·m · W_params·(2·itemsize + 8)/T + M · 28 · P/(fsdp·T) + passes · A(t)/D`` (weights read in the
-  forward and the backward, fp32 gradients accumulated (read + written) per micro-batch; per optimizer
-  step fp32 params and two Adam moments read + written and the gradients read: 4 · 7 bytes);
+* update over ``t`` tokens, ``M`` mini-batches of ``m`` micro-batches, ``P'`` the trained params
+  (`tooln1.models.flops.trained_params`: all of them, or the adapters with LoRA):
+  ``M·m · (W_params·2·itemsize + 8·P')/T + M · 28 · P'/(fsdp·T) + passes · A(t)/D`` (weights read in the
+  forward and the backward (the backward less the frozen blocks), fp32 gradients accumulated (read +
+  written) per micro-batch; per optimizer step fp32 params and two Adam moments read + written and the
+  gradients read: 4 · 7 bytes);
 
 where ``A(t) = 2 · t · (layers · (4·d + 2·kv_heads·head_dim + 3·intermediate) · itemsize + 4 · vocab)``
 is a first-order activation traffic: each block's input, attention projections and MLP intermediates,
@@ -30,8 +32,14 @@ import dataclasses
 import math
 from typing import Any
 
-from tooln1.models.decoder import count_params
-from tooln1.models.flops import decode_flops, forward_flops, non_embedding_params, prefill_flops, train_passes
+from tooln1.models.flops import (
+    decode_flops,
+    forward_flops,
+    non_embedding_params,
+    prefill_flops,
+    train_passes,
+    trained_params,
+)
 
 ADAM_BYTES_PER_PARAM = 28  # fp32 param, m, v read + written, fp32 gradient read
 GRAD_ACCUM_BYTES_PER_PARAM = 8  # fp32 gradient accumulator read + written
@@ -148,8 +156,13 @@ def update(config: Any, rows: int, seq: int, mini_batches: int, micro_batches: i
     mini-batch, an AdamW step per mini-batch."""
     tokens = rows * seq
     passes = train_passes(config)
-    weights = mini_batches * micro_batches * non_embedding_params(config) * (2 * itemsize + GRAD_ACCUM_BYTES_PER_PARAM)
-    optimizer = mini_batches * ADAM_BYTES_PER_PARAM * count_params(config) / (layout.fsdp * layout.tensor)
+    trained = trained_params(config)
+    # the backward reads every weight above the frozen blocks (all of them with adapters)
+    backward = 1.0 if getattr(config, "lora_rank", 0) else 1 - getattr(config, "frozen_layers", 0) / config.num_layers
+    per_micro_batch = (non_embedding_params(config) * itemsize * (1 + backward)
+                       + trained * GRAD_ACCUM_BYTES_PER_PARAM)
+    weights = mini_batches * micro_batches * per_micro_batch
+    optimizer = mini_batches * ADAM_BYTES_PER_PARAM * trained / (layout.fsdp * layout.tensor)
     nbytes = weights / layout.tensor + optimizer + passes * activation_bytes(config, tokens, itemsize) / layout.devices
     return Cost(passes * forward_flops(config, tokens, seq), nbytes, layout.devices)
 
