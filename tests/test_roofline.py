@@ -184,3 +184,14 @@ def test_lora_update_moves_the_adapters_gradients_and_moments_only():
     cost = roofline.update(frozen, 4, 6, 1, 1, roofline.Layout(), 2)
     assert cost.bytes == pytest.approx(MATMUL_PARAMS * 2 * 1.5 + 1304 * 8 + 28 * 1304
                                        + 2 * roofline.activation_bytes(TINY, 24, 2))
+
+
+def test_a_quantized_base_is_read_at_its_stored_width_by_the_trained_passes_only():
+    qlora = dataclasses.replace(TINY, lora_rank=2, base_quantization="int4")
+    kernels = 2 * (8 * 4 * (2 * 2 + 2 * 1) + 3 * 8 * 16)  # q, k, v, o and the MLP of 2 blocks
+    held = 2 * MATMUL_PARAMS - kernels * 2 + kernels * 0.625
+    assert roofline.trained_model_weight_bytes(qlora, 2) == held
+    one = roofline.logprobs(qlora, 1, 1, 1, roofline.Layout(), 2)
+    assert one.bytes == pytest.approx(held + roofline.activation_bytes(TINY, 1, 2))
+    # the engine decodes a merged copy in the compute dtype: a decode step still reads every weight at 2 bytes
+    assert roofline.decode_step(qlora, 1, 4, 4, roofline.Layout(), 2).bytes == 2 * MATMUL_PARAMS + 4 * KV_PER_TOKEN

@@ -15,6 +15,7 @@ devices and ``T`` tensor:
 * prefill of ``n`` prompts of ``p`` tokens in chunks of ``chunk`` tokens per shard:
   ``chunks · W/T + 2 · n · p · k / D`` (weights once per chunk; the KV written, then read once);
 * log-prob pass over ``t`` tokens in ``m`` micro-batches: ``m · W/T + A(t)/D``;
+  (here and in the update, a quantized base's block kernels count at their stored width, `QUANTIZED_BYTES`)
 * update over ``t`` tokens, ``M`` mini-batches of ``m`` micro-batches, ``P'`` the trained params
   (`tooln1.models.flops.trained_params`: all of them, or the adapters with LoRA):
   ``M·m · (W_params·2·itemsize + 8·P')/T + M · 28 · P'/(fsdp·T) + passes · A(t)/D`` (weights read in the
@@ -88,6 +89,23 @@ def weight_bytes(config: Any, itemsize: int) -> float:
     return non_embedding_params(config) * itemsize
 
 
+# The bytes a quantized base kernel's weight is held in, its scales included (`tooln1.models.quantize`: int8's
+# one float32 scale per output channel is negligible; int4 has one per group of 32 inputs)
+QUANTIZED_BYTES = {"int8": 1.0, "int4": 0.5 + 4 / 32}
+
+
+def trained_model_weight_bytes(config: Any, itemsize: int) -> float:
+    """The matmul weights a forward or backward of the trained model reads: `weight_bytes`, with a quantized
+    base's block kernels at their stored width (QLoRA). The engine decodes a merged copy in the compute dtype."""
+    quantized = getattr(config, "base_quantization", "none")
+    if quantized == "none":
+        return weight_bytes(config, itemsize)
+    c = config
+    kernels = c.num_layers * (c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
+                              + 3 * c.hidden_size * c.intermediate_size)
+    return weight_bytes(config, itemsize) + kernels * (QUANTIZED_BYTES[quantized] - itemsize)
+
+
 def kv_bytes_per_token(config: Any, itemsize: int) -> float:
     return 2 * config.num_layers * config.num_kv_heads * config.head_dim * itemsize
 
@@ -145,7 +163,7 @@ def rollout_work(config: Any, stats: dict[str, Any], layout: Layout, itemsize: i
 def logprobs(config: Any, rows: int, seq: int, micro_batches: int, layout: Layout, itemsize: int) -> Cost:
     """One log-prob pass (a forward) over ``rows`` rows of ``seq`` tokens."""
     tokens = rows * seq
-    nbytes = (micro_batches * weight_bytes(config, itemsize) / layout.tensor
+    nbytes = (micro_batches * trained_model_weight_bytes(config, itemsize) / layout.tensor
               + activation_bytes(config, tokens, itemsize) / layout.devices)
     return Cost(forward_flops(config, tokens, seq), nbytes, layout.devices)
 
@@ -159,8 +177,8 @@ def update(config: Any, rows: int, seq: int, mini_batches: int, micro_batches: i
     trained = trained_params(config)
     # the backward reads every weight above the frozen blocks (all of them with adapters)
     backward = 1.0 if getattr(config, "lora_rank", 0) else 1 - getattr(config, "frozen_layers", 0) / config.num_layers
-    per_micro_batch = (non_embedding_params(config) * itemsize * (1 + backward)
-                       + trained * GRAD_ACCUM_BYTES_PER_PARAM)
+    reads = trained_model_weight_bytes(config, itemsize) * (1 + backward)
+    per_micro_batch = reads + trained * GRAD_ACCUM_BYTES_PER_PARAM
     weights = mini_batches * micro_batches * per_micro_batch
     optimizer = mini_batches * ADAM_BYTES_PER_PARAM * trained / (layout.fsdp * layout.tensor)
     nbytes = weights / layout.tensor + optimizer + passes * activation_bytes(config, tokens, itemsize) / layout.devices
@@ -183,4 +201,5 @@ def step_seconds(bounds: list[dict[str, Any]]) -> float:
 
 
 __all__ = ["Cost", "Layout", "activation_bytes", "against_measured", "bound", "decode", "decode_step",
-           "kv_bytes_per_token", "logprobs", "prefill", "rollout_work", "step_seconds", "update", "weight_bytes"]
+           "kv_bytes_per_token", "logprobs", "prefill", "rollout_work", "step_seconds",
+           "trained_model_weight_bytes", "update", "weight_bytes"]
