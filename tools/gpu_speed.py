@@ -7,7 +7,7 @@ Models are random (``tooln1.models.config.PRESETS`` shapes, bf16 weights and com
 without a checkpoint. Per shape, one process (the allocator's peak is per process, so the widest decode runs
 first and sets it):
 
-* **decode**: ``slots`` prompts of ``--prompt-len`` random tokens, ``--new-tokens`` each (EOS ignored), all in
+* **decode**: ``--slots`` prompts of ``--prompt-len`` random tokens, ``--new-tokens`` each (EOS ignored), all in
   flight at once; a pure decode step's time (rounds that prefill excluded) against
   `tooln1.preflight.roofline.decode_step` at the mean context: ``roofline ÷ measured`` is the fraction of
   the HBM roofline reached (the issue's target: >= 0.5 at >= 128 slots);
@@ -106,7 +106,9 @@ def one_shape(shape: str, parts: list[str], slot_counts: list[int], prompt_len: 
     if "decode" in parts or "memory" in parts:
         out["decode"] = []
         for i, slots in enumerate(sorted(slot_counts, reverse=True)):
-            engine = Engine(model, EngineConfig(num_slots=slots, max_slots=slots, prefill_chunk=chunk))
+            # one decode width (every slot stays live to the end) and long rounds: fewer compiles, fewer host trips
+            engine = Engine(model, EngineConfig(num_slots=slots, max_slots=slots, prefill_chunk=chunk, decode_widths=1,
+                                                steps_per_round=64))
             sampling = SamplingConfig(num_samples=1, max_new_tokens=new_tokens, temperature=1.0, ignore_eos=True)
             prompts = [rng.randint(10, config.vocab_size - 10, prompt_len).tolist() for _ in range(slots)]
             wall, stats = _run(engine, prompts, sampling)
@@ -171,7 +173,8 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", default="qwen2.5-0.5b,qwen2.5-7b")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {', '.join(PARTS)}")
-    ap.add_argument("--slots", default="512,256,128,64")
+    ap.add_argument("--slots", default=None, help="decode slot counts, e.g. 512,128 (default: 512,256,128,64 at "
+                                                       "0.5B, 512,128 at 7B, whose compiles take longer)")
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--chunk", type=int, default=8192, help="prefill chunk (the prefill part's prompts are this long)")
@@ -196,7 +199,6 @@ def main(argv=None) -> dict:
 
     if unknown := sorted(set(shapes) - set(PRESETS) - {"tiny"}):
         ap.error(f"--shapes: unknown {unknown}; expected some of {', '.join(PRESETS)}")
-    slots = [int(s) for s in args.slots.split(",")]
     if args.roofline_target:
         from tooln1.preflight.targets import TargetError, get_target
 
@@ -206,14 +208,15 @@ def main(argv=None) -> dict:
             ap.error(f"--roofline-target: {e}")
     if args.cpu:
         args.roofline_target = args.roofline_target or "h100-80gb:1"
-        slots, args.prompt_len, args.new_tokens, args.chunk, args.prefill_prompts = [8, 4], 32, 8, 64, 2
+        args.slots, args.prompt_len, args.new_tokens, args.chunk, args.prefill_prompts = "8,4", 32, 8, 64, 2
     results: dict = {"shapes": [], "argv": sys.argv[1:]}
     engine_parts = [p for p in parts if p != "grpo"]
     for shape in shapes if engine_parts else []:
         with tempfile.NamedTemporaryFile(suffix=".json") as partial:
-            one = dict(shape=shape, parts=engine_parts, slot_counts=slots, prompt_len=args.prompt_len,
-                       new_tokens=args.new_tokens, prefill_prompts=args.prefill_prompts, chunk=args.chunk,
-                       target_name=args.roofline_target, partial=partial.name)
+            slots = args.slots or ("512,128" if shape == "qwen2.5-7b" else "512,256,128,64")
+            one = dict(shape=shape, parts=engine_parts, slot_counts=[int(n) for n in slots.split(",")],
+                       prompt_len=args.prompt_len, new_tokens=args.new_tokens, prefill_prompts=args.prefill_prompts,
+                       chunk=args.chunk, target_name=args.roofline_target, partial=partial.name)
             try:
                 run = subprocess.run([sys.executable, __file__, "--one", json.dumps(one)], capture_output=True,
                                      text=True, timeout=args.timeout)
