@@ -31,17 +31,22 @@ def train_passes(config: Any) -> float:
     return 1 + 2 * (config.num_layers - frozen) / config.num_layers
 
 
+def projection_dims(config: Any) -> dict[str, tuple[int, int]]:
+    """(inputs, outputs) of each of a block's projections (LoRA's targets, a quantized base's kernels)."""
+    c = config
+    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    return {"q": (c.hidden_size, q), "k": (c.hidden_size, kv), "v": (c.hidden_size, kv), "o": (q, c.hidden_size),
+            "gate": (c.hidden_size, c.intermediate_size), "up": (c.hidden_size, c.intermediate_size),
+            "down": (c.intermediate_size, c.hidden_size)}
+
+
 def trained_params(config: Any) -> int:
     """The params an update computes gradients and AdamW moments for: the adapters with LoRA, else all
     (`frozen_layers` zeroes updates after AdamW, which still keeps every param's moments)."""
     if not getattr(config, "lora_rank", 0):
         return count_params(config)
-    c = config
-    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    dims = {"q": (c.hidden_size, q), "k": (c.hidden_size, kv), "v": (c.hidden_size, kv), "o": (q, c.hidden_size),
-            "gate": (c.hidden_size, c.intermediate_size), "up": (c.hidden_size, c.intermediate_size),
-            "down": (c.intermediate_size, c.hidden_size)}
-    return c.num_layers * c.lora_rank * sum(sum(dims[t]) for t in c.lora_targets)
+    dims = projection_dims(config)
+    return config.num_layers * config.lora_rank * sum(sum(dims[t]) for t in config.lora_targets)
 
 
 def update_flops(config: Any, rows: int, prompt_len: int, response_len: int, *, old_logprobs: bool = True,
@@ -71,5 +76,5 @@ def decode_flops(config: Any, batch: int, group: int, prompt: int, response: int
     return forward_flops(config, batch * group * response, prompt + response / 2)
 
 
-__all__ = ["decode_flops", "forward_flops", "non_embedding_params", "prefill_flops", "sft_flops", "train_passes",
-           "trained_params", "update_flops"]
+__all__ = ["decode_flops", "forward_flops", "non_embedding_params", "prefill_flops", "projection_dims", "sft_flops",
+           "train_passes", "trained_params", "update_flops"]

@@ -38,6 +38,7 @@ from tooln1.models.flops import (
     forward_flops,
     non_embedding_params,
     prefill_flops,
+    projection_dims,
     train_passes,
     trained_params,
 )
@@ -100,9 +101,7 @@ def trained_model_weight_bytes(config: Any, itemsize: int) -> float:
     quantized = getattr(config, "base_quantization", "none")
     if quantized == "none":
         return weight_bytes(config, itemsize)
-    c = config
-    kernels = c.num_layers * (c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
-                              + 3 * c.hidden_size * c.intermediate_size)
+    kernels = config.num_layers * sum(i * o for i, o in projection_dims(config).values())
     return weight_bytes(config, itemsize) + kernels * (QUANTIZED_BYTES[quantized] - itemsize)
 
 

@@ -246,7 +246,8 @@ def _prefill(model, pools, c: Chunk, shape: Shape):
     # The context is padded to whole blocks, so the chunk's own keys start a block: a block that
     # straddles context and chunk is visible to every query (20% more blocks for a 512-token chunk).
     written = shape.context_pages * shape.page_size
-    ctx = -(-written // key_block) * key_block
+    pad_to = key_block if shape.chunk_attention == "blockwise" else shape.chunk_block
+    ctx = -(-written // pad_to) * pad_to
     x_shards = shape.shards
     # Masks as data: the chunk's prompts are segments seg + 1 (padding -1 -> 0); a context slot carries
     # the segment of the prompt it continues and precedes every position.
