@@ -42,7 +42,8 @@ import json, shutil, sys
 args = sys.argv[1:]
 request, result = args[args.index("--request") + 1], args[args.index("--result") + 1]
 shutil.copy(request, {str(seen)!r})
-json.dump(dict(system="vLLM", wall_s=2.0, tokens=100, tok_s=50.0, stats={{}}, peak_rss_mb=1.0), open(result, "w"))
+stats = dict(prefill_s=0.5, longest=31, cached_tokens=64)
+json.dump(dict(system="vLLM", wall_s=2.0, tokens=100, tok_s=50.0, stats=stats, peak_rss_mb=1.0), open(result, "w"))
 """)
     fake.chmod(0o755)
     monkeypatch.setattr(rollout.common, "CACHE", str(tmp_path / "cache"))
@@ -52,6 +53,21 @@ json.dump(dict(system="vLLM", wall_s=2.0, tokens=100, tok_s=50.0, stats={{}}, pe
     assert (request["prompts"], request["eos"], request["group"], request["cap"]) == (prompts, eos, 5, 128)
     assert request["ignore_eos"] is True and request["dtype"] == "float32"
     assert "| vLLM | 100 | 2.0 | 50 | — | 1.00× |" in text
+    assert ("vLLM: 0.5 s prefilling (the same prompts, stopped at each sample's first token; 64 prompt tokens "
+            "from its prefix cache)") in text
+    assert "the other 1.5 s of 2.0 s decoding to the longest response's 31 tokens (~50 ms a step)." in text
+
+
+def test_phases_set_ours_beside_vllms():
+    """Ours' prefill rounds over vLLM's prefill-only pass, and the rest of each side's time as decode."""
+    sys.path.insert(0, os.path.join(ROOT, "tools", "bench"))
+    import rollout
+
+    vllm = dict(wall_s=8.0, stats=dict(prefill_s=5.0, longest=61))
+    ours = dict(stats=dict(device_s=12.0, prefill_rounds_s=8.0, decode_steps=68, prefill_chunks=7))
+    text = rollout.phase_sentence(vllm, ours)
+    assert "the other 3.0 s of 8.0 s decoding" in text and "(~50 ms a step)" in text
+    assert "ours 8.0 s in prefill rounds (**1.60×** vLLM's) and 4.0 s decoding (**1.33×**, ~66 ms a step)." in text
 
 
 def test_unknown_roofline_target_is_named_before_any_run():

@@ -383,8 +383,30 @@ def run_workload(name, ckpt, systems, dtype, repeats: int = 1, engine: str = "",
                       f"rounds that prefill a chunk; first run, compile included: {s['first_run_s']:.1f} s."]
         if s.get("roofline"):
             lines += ["", roofline_sentence(s["roofline"], ours["wall_s"])]
+    theirs = next((r for r in rows if r["system"] == "vLLM" and "prefill_s" in r.get("stats", {})), None)
+    if theirs:
+        lines += ["", phase_sentence(theirs, ours)]
     lines.append(end)
     return "\n".join(lines)
+
+
+def phase_sentence(vllm: dict, ours: dict | None) -> str:
+    """vLLM's prefill (its pass that stops at each sample's first token) and decode (the rest of its timed
+    run), beside the engine's rounds that prefill a chunk and the rest of its device time when ours ran."""
+    pre, wall, longest = vllm["stats"]["prefill_s"], vllm["wall_s"], vllm["stats"]["longest"]
+    steps = max(1, longest - 1)
+    cached = vllm["stats"].get("cached_tokens")
+    reused = f"; {cached} prompt tokens from its prefix cache" if cached is not None else ""
+    text = (f"vLLM: {pre:.1f} s prefilling (the same prompts, stopped at each sample's first token{reused}), the other "
+            f"{wall - pre:.1f} s of {wall:.1f} s decoding to the longest response's {longest} tokens "
+            f"(~{(wall - pre) / steps * 1e3:.0f} ms a step)")
+    if ours is None:
+        return text + "."
+    s = ours["stats"]
+    prefill, rest = s["prefill_rounds_s"], s["device_s"] - s["prefill_rounds_s"]
+    step = rest / max(1, s["decode_steps"] - s["prefill_chunks"])  # a prefill round's one step is in its time
+    return (text + f"; ours {prefill:.1f} s in prefill rounds (**{prefill / pre:.2f}×** vLLM's) and {rest:.1f} s "
+            f"decoding (**{rest / max(wall - pre, 1e-9):.2f}×**, ~{step * 1e3:.0f} ms a step).")
 
 
 def _seconds(x: float) -> str:

@@ -5,7 +5,9 @@ vLLM pins torch and much else that tooln1 does not share, so it lives in a virtu
 (``rollout.py``'s docstring has the commands) and this script imports nothing from tooln1: the parent
 passes the workload as token ids in a JSON request, and this side answers through ``common.write_result``
 like every other side. One warm-up request compiles and fills vLLM's caches; the timed call is one
-``LLM.generate`` over every prompt with ``n`` = G, as an RL framework's rollout calls it.
+``LLM.generate`` over every prompt with ``n`` = G, as an RL framework's rollout calls it. A second call
+over the same prompts stops after each sample's first token: its wall, ``prefill_s``, is vLLM's prefill,
+set beside the engine's prefill rounds (the rest of the timed call is its decode).
 
     $VLLM_PYTHON tools/bench/vllm_side.py --request REQUEST.json --result RESULT.json
 """
@@ -47,9 +49,18 @@ def main() -> None:
     t0 = time.perf_counter()
     outputs = llm.generate(prompts, params(req["cap"]), use_tqdm=False)
     wall = time.perf_counter() - t0
-    tokens = common.response_tokens([list(c.token_ids) for o in outputs for c in o.outputs], req["eos"])
+    rows = [list(c.token_ids) for o in outputs for c in o.outputs]
+    tokens = common.response_tokens(rows, req["eos"])
+    llm.reset_prefix_cache()
+    t0 = time.perf_counter()
+    first_tokens = llm.generate(prompts, params(1), use_tqdm=False)
+    prefill = time.perf_counter() - t0
+    cached = sum(o.num_cached_tokens or 0 for o in first_tokens)
+    longest_response = max(common.response_tokens([row], req["eos"]) for row in rows)
     common.write_result(args.result, dict(system="vLLM", wall_s=wall, tokens=tokens, tok_s=tokens / wall,
-                                          stats=dict(device="cpu", vllm=vllm.__version__, first_run_s=first)))
+                                          stats=dict(device="cpu", vllm=vllm.__version__, first_run_s=first,
+                                                     prefill_s=prefill, cached_tokens=cached,
+                                                     longest=longest_response)))
 
 
 if __name__ == "__main__":
