@@ -192,3 +192,28 @@ def test_splash_kernel_in_interpret_mode_matches_dense():
     dense = attention(q, k, v, seg, seg, implementation="dense")
     real = np.asarray(seg != 0)
     np.testing.assert_allclose(np.asarray(out)[real], np.asarray(dense)[real], atol=2e-5)
+
+
+def test_a_shared_key_is_seen_by_the_segments_its_bits_name():
+    """Context keys listed once with a negative id (the set of segments 1-31 that see them) give what listing
+    them once per segment gives; segment 32 and later are named by no bit."""
+    q, _, _ = _qkv(1, 12, 12, seed=10)
+    _, k, v = _qkv(1, 8, 8, seed=11)  # the shared context
+    _, kc, vc = _qkv(1, 12, 12, seed=12)  # the chunk's own keys
+    q_seg = jnp.asarray([[1] * 4 + [3] * 5 + [32] * 3], jnp.int32)
+    q_pos = jnp.arange(12, dtype=jnp.int32)[None]
+    shared = jnp.asarray([[-(1 | 4)] * 6 + [-1] * 2], jnp.int32)  # 6 keys seen by segments 1 and 3, 2 by 1 only
+    once = attention(q, jnp.concatenate([k, kc], 1), jnp.concatenate([v, vc], 1), q_seg,
+                     jnp.concatenate([shared, q_seg], 1), q_pos,
+                     jnp.concatenate([jnp.full((1, 8), -1, jnp.int32), q_pos], 1), implementation="blockwise",
+                     block_size=4)
+    listed = jnp.asarray([[1] * 8 + [3] * 6 + [0] * 2], jnp.int32)  # each segment's context listed for it
+    keys, values = (jnp.concatenate([x, x[:, :6], x[:, :2], xc], 1) for x, xc in ((k, kc), (v, vc)))
+    kv_pos = jnp.concatenate([jnp.full((1, 16), -1, jnp.int32), q_pos], 1)
+    apart = attention(q, keys, values, q_seg, jnp.concatenate([listed, q_seg], 1), q_pos, kv_pos,
+                      implementation="dense")
+    np.testing.assert_allclose(np.asarray(once), np.asarray(apart), atol=1e-5, rtol=1e-5)
+    dense = attention(q, jnp.concatenate([k, kc], 1), jnp.concatenate([v, vc], 1), q_seg,
+                      jnp.concatenate([shared, q_seg], 1), q_pos,
+                      jnp.concatenate([jnp.full((1, 8), -1, jnp.int32), q_pos], 1), implementation="dense")
+    np.testing.assert_allclose(np.asarray(dense), np.asarray(apart), atol=1e-5, rtol=1e-5)

@@ -275,8 +275,16 @@ def shared_prompts():
             head[:9], first.copy()]
 
 
-def test_prompts_with_a_common_prefix_share_its_pages(model, sampling, shared_prompts):
+def test_prompts_with_a_common_prefix_share_its_pages(model, sampling, shared_prompts, monkeypatch):
     lengths = max(map(len, shared_prompts))
+    listed_once = []  # chunks whose prompts continue one cached page: listed once in their context table
+    add_context = tooln1.rollout.engine._ChunkBuilder._add_context
+
+    def spy(self, pages, seen):
+        listed_once.extend(p for p in pages if self.columns and p in self.columns)
+        return add_context(self, pages, seen)
+
+    monkeypatch.setattr(tooln1.rollout.engine._ChunkBuilder, "_add_context", spy)
     alone = EngineConfig(num_slots=8, page_size=4, prefill_chunk=8, steps_per_round=3, prefix_cache=False,
                          grouped_decode_from=0)
     reference, _ = Engine(model, alone).generate(shared_prompts, sampling, jax.random.key(2), max_prompt_len=lengths)
@@ -292,6 +300,7 @@ def test_prompts_with_a_common_prefix_share_its_pages(model, sampling, shared_pr
     assert engine.stats["prefill_tokens"] == sum(len(p) - 1 for p in shared_prompts) - 40
     # prompts that continue cached pages pack into one chunk (8 tokens): every chunk but the last is full
     assert engine.stats["prefill_chunks"] == -(-engine.stats["prefill_tokens"] // 8)
+    assert listed_once, "two prompts must continue one page in a chunk for the test to mean anything"
     for i in range(len(shared_prompts)):
         for g in range(G):
             np.testing.assert_array_equal(results[i][g].tokens, reference[i][g].tokens,
@@ -366,3 +375,27 @@ def test_program_does_not_depend_on_the_number_of_prompts(model, prompts, sampli
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     assert compiles.count("jit(run_prefill)") == 1 and 1 <= compiles.count("jit(run_round)") <= len(widths), compiles
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_a_chunk_lists_a_page_its_prompts_continue_once(shared):
+    """Two prompts continuing one cached prefix in a chunk: with `Shape.shared_context` its pages are listed
+    once, their slots' id the set of both segments (negative, bits 0 and 1), a page of the second's own
+    listed for it alone; without, each prompt lists its context (ids 1 and 2)."""
+    from tooln1.rollout.engine import _ChunkBuilder, _Prompt
+    from tooln1.rollout.programs import Shape
+
+    shape = Shape(shards=1, slots=2, pages_per_seq=4, num_pages=16, page_size=4, chunk=8, chunk_block=8,
+                  chunk_attention="blockwise", steps=1, greedy=True, top_k=0, use_top_p=False, eos_ids=(),
+                  chunk_sequences=3, shared_context=shared)
+    chunk = _ChunkBuilder(shape)
+    first = _Prompt(0, 0, np.arange(12), pages=[5, 6, 7], prefilled=8)  # pages 5, 6 cached
+    second = _Prompt(1, 1, np.arange(15), pages=[5, 6, 9, 10], prefilled=10)  # 5, 6 shared; 9 half written
+    assert chunk.add(first) and chunk.add(second)
+    if shared:
+        assert chunk.ctx_table[:chunk.ctx_pages].tolist() == [5, 6, 9]
+        assert chunk.ctx_seg[:12].tolist() == [-3] * 8 + [-2, -2, 0, 0]
+    else:
+        assert chunk.ctx_table[:chunk.ctx_pages].tolist() == [5, 6, 5, 6, 9]
+        assert chunk.ctx_seg[:20].tolist() == [1] * 8 + [2] * 10 + [0, 0]
+    assert chunk.seg.tolist() == [0, 0, 0, 1, 1, 1, 1, -1]

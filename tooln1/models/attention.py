@@ -1,7 +1,10 @@
 """Attention with its mask given as data, one function for every path, memory linear in length.
 
 A query sees a key when both carry the same non-zero segment id (0 marks padding) and, if causal,
-the key's order position is at or before the query's. Positions here order tokens for causality
+the key's order position is at or before the query's. A key may also be shared by several segments: a
+negative id is the negated set of the segments 1-31 that see it, bit ``i`` for segment ``i + 1`` (the
+engine's prefill lists a prefix-cache page once for all the prompts in a chunk that continue it; the
+dense and blockwise paths only). Positions here order tokens for causality
 (default: the index in the row); they are not the RoPE positions, which the caller has already
 applied. Nothing ever builds a ``[B, T, S]`` mask or ``[B, heads, T, S]`` scores except the dense
 reference, so the blockwise, splash and cuDNN paths hold a sequence of 12k tokens.
@@ -29,6 +32,7 @@ from jax.sharding import Mesh
 from tooln1.models.config import ATTENTION_IMPLEMENTATIONS as IMPLEMENTATIONS
 from tooln1.sharding import batch_shards, per_batch_shard, platform
 
+SHARED_SEGMENTS = 31  # segments a shared key's negative id can name: the bits of a positive int32
 _NEG = -1e30  # finite "minus infinity": exp() underflows to 0 without inf - inf = nan
 # The widest block on a CPU (and the longest sequence "auto" runs dense there): narrower blocks skip
 # more of a packed group's fully masked blocks and avoid a dense 512 x 512 backward.
@@ -120,7 +124,9 @@ def _default_positions(positions, b: int, n: int) -> jax.Array:
 
 def _visible(q_seg, kv_seg, q_pos, kv_pos, causal: bool) -> jax.Array:
     """[B, T, S] visibility; only ever built for one block (or by the dense reference)."""
-    vis = (q_seg[:, :, None] == kv_seg[:, None, :]) & (q_seg[:, :, None] != 0)
+    q, k = q_seg[:, :, None], kv_seg[:, None, :]
+    shared = (k < 0) & ((jnp.right_shift(-k, jnp.clip(q - 1, 0, SHARED_SEGMENTS)) & 1) == 1)
+    vis = ((q == k) | shared) & (q != 0)
     if causal:
         vis &= kv_pos[:, None, :] <= q_pos[:, :, None]
     return vis

@@ -65,6 +65,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from tooln1.models import ragged_attention
+from tooln1.models.attention import SHARED_SEGMENTS
 from tooln1.models.paged_attention import page_shape, reads_in_groups
 from tooln1.platform.decode_layout import LAYER_LAYOUTS, DecodeLayout, decoding_copy
 from tooln1.rollout.programs import (
@@ -304,7 +305,8 @@ class Engine:
                      # a chunk feeds free slots: their samples' prompts, and a prompt begun or ended beside them
                      chunk_sequences=min(cfg.prefill_chunk, int(slots) + 2),
                      decode_group=sampling.num_samples if self._grouped_decode(sampling, max_prompt_len) else 0,
-                     segment_align=self._segment_align(max_length is not None))
+                     segment_align=self._segment_align(max_length is not None),
+                     shared_context=self.layout.kv_pool == "split" and self.layout.prefill_attention == "blockwise")
 
     def _segment_align(self, multi_turn: bool) -> int:
         """`Shape.segment_align`: for multi-turn chunks of the blockwise or GPU prefill (a ragged pool's prefill
@@ -853,11 +855,15 @@ class _PagePool:
 class _ChunkBuilder:
     """Packs prompt tokens into one prefill chunk, at most ``Shape.chunk_sequences`` prompts; a prompt that
     continues from pages written before (an earlier chunk, or the prefix cache) brings those pages as its
-    context, as many as the context table (`Shape.context_pages`) holds. Each prompt's page table and
-    extent are listed too (what a ragged pool's prefill reads)."""
+    context, as many as the context table (`Shape.context_pages`) holds. With `Shape.shared_context` a page
+    already in the table is not listed again: its slots' segment id becomes the set of the segments that
+    continue it (`tooln1.models.attention`'s negative ids), so a query block holding two prompts that
+    continue one cached prefix scores its keys once. Each prompt's page table and extent are listed too
+    (what a ragged pool's prefill reads)."""
 
     def __init__(self, shape: Shape):
         c, self.m, self.ps, self.align = shape.chunk, shape.context_pages, shape.page_size, shape.segment_align
+        self.columns: dict[int, int] | None = {} if shape.shared_context else None  # a listed page's column
         self.tokens, self.positions, self.pages, self.offsets = (np.zeros(c, np.int32) for _ in range(4))
         self.seg = np.full(c, -1, np.int32)
         self.ctx_table, self.ctx_seg = np.zeros(self.m, np.int32), np.zeros(self.m * self.ps, np.int32)
@@ -892,14 +898,8 @@ class _ChunkBuilder:
         n = min(len(self.tokens) - start, p.prefill_len - p.prefilled)
         if n <= 0 or self.segments == len(self.seq_lens):
             return False  # no room from its (aligned) start, or no segment left
-        if p.prefilled:
-            need = -(-p.prefilled // self.ps)
-            if self.ctx_pages + need > self.m:
-                return False
-            self.ctx_table[self.ctx_pages:self.ctx_pages + need] = p.pages[:need]
-            first = self.ctx_pages * self.ps
-            self.ctx_seg[first:first + p.prefilled] = self.segments + 1
-            self.ctx_pages += need
+        if p.prefilled and not self._add_context(p.pages[:-(-p.prefilled // self.ps)], p.prefilled):
+            return False
         self.last_had_context = p.prefilled > 0
         sl = slice(start, start + n)
         pos = np.arange(p.prefilled, p.prefilled + n)
@@ -912,6 +912,25 @@ class _ChunkBuilder:
         self.seq_lens[self.segments] = p.prefilled
         self.seq_starts[self.segments + 1:] = self.tokens_added
         self.segments += 1
+        return True
+
+    def _add_context(self, pages, seen: int) -> bool:
+        """List the next segment's context ``pages`` (its first ``seen`` slots), or False if they do not fit."""
+        bit = self.segments < SHARED_SEGMENTS and self.columns is not None  # named by a bit of a shared id
+        new = [page for page in pages if not (bit and page in self.columns)]
+        if self.ctx_pages + len(new) > self.m:
+            return False
+        for j, page in enumerate(pages):
+            if bit and page in self.columns:
+                column = self.columns[page]
+            else:
+                column, self.ctx_pages = self.ctx_pages, self.ctx_pages + 1
+                self.ctx_table[column] = page
+                if bit:
+                    self.columns[page] = column
+            slots = slice(column * self.ps, column * self.ps + min(self.ps, seen - j * self.ps))
+            # a negative id: the negated set of the chunk's segments that see the slot, bit r for segment r
+            self.ctx_seg[slots] = -(-self.ctx_seg[slots] | 1 << self.segments) if bit else self.segments + 1
         return True
 
     def arrays(self, width: int | None = None):

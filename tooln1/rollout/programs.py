@@ -13,7 +13,8 @@ width, never on how many prompts a rollout has: a few compiled programs serve an
 * **Prefill**: ``chunk`` prompt tokens per shard, packed from one or more prompts (segment ids). A
   prompt that continues pages written before (an earlier chunk, pages reused from the prefix
   cache, or a multi-turn trajectory's earlier turns) also attends to those, gathered through the
-  chunk's context table (two samples' worth of pages, shared by its segments); with a ragged pool
+  chunk's context table (two samples' worth of pages, shared by its segments, a page that several
+  continue listed once on the blockwise path); with a ragged pool
   (`tooln1.models.ragged_attention`) each prompt reads them in place through its own page table.
   Their keys/values go to the prompt's pages. A prompt's last token is not prefilled: each sample feeds it as its first
   decode step, so prompt pages stay read-only and shared. A program of its own: inside the round, a
@@ -80,6 +81,9 @@ class Shape(NamedTuple):
     # several scored all their contexts (wider programs, mostly prompts, keep chunk_block's blocks)
     segment_align: int = 0
     narrow_key_block: int = 512  # key block of a chunk program no wider than chunk_block (blockwise)
+    # A chunk's context table lists a page once for every segment that continues it, its slots' segment id
+    # the set of those segments (`tooln1.models.attention`: the blockwise path reads such ids, the kernels not)
+    shared_context: bool = False
 
     @property
     def num_pools(self) -> int:
@@ -115,7 +119,7 @@ class Chunk(NamedTuple):
     pages: jax.Array  # destination page per token (0 for padding)
     offsets: jax.Array
     ctx_table: jax.Array  # [X, 2M] the context pages of the chunk's prompts that continue earlier pages
-    ctx_seg: jax.Array  # [X, 2M * page_size] segment + 1 of each context slot (0 = unused)
+    ctx_seg: jax.Array  # [X, 2M * page_size] segment + 1 of each context slot (0 = unused; < 0: Shape.shared_context)
     seq_table: jax.Array  # [X, R, M] each segment's prompt's page table (a ragged pool's prefill)
     seq_lens: jax.Array  # [X, R] its tokens in the pages once the chunk is written (0 = no segment)
     seq_starts: jax.Array  # [X, R + 1] where each segment's tokens start in the chunk, then where they end
