@@ -60,6 +60,14 @@ def test_ops_are_attributed_to_their_scopes_and_runs(tmp_path):
     assert abs(got["other"] - 20e-6) < 1e-9
     assert abs(got["wall"] - 520e-6) < 1e-9  # 400 us + 120 us, not the second between the runs
 
+    # op by op: mlp_fusion's two runs are one kind, and the while op is not counted
+    tails = op_profile.op_scopes(str(dump), op_profile.tail)
+    assert tails[("jit_run_round", "exp_fusion")] == "attend/exp"
+    top = op_profile.busiest(str(tmp_path / "trace"), scopes, tails, 2)["jit_run_round"]
+    assert [(scope, op, runs) for scope, op, runs, _ in top] == [("attend", "dot attend/exp", 1),
+                                                                  ("mlp", "mlp_fusion mlp/mul", 2)]
+    assert abs(top[0][3] - 250e-6) < 1e-9 and abs(top[1][3] - 200e-6) < 1e-9
+
 
 def test_table_gives_each_scope_its_share():
     rows = op_profile.table({"jit_run_round": {"wall": 2.0, "mlp": 1.5, "attend": 0.5},

@@ -11,6 +11,7 @@ sum beside the program's wall seconds: on a CPU, busy thread-seconds / wall is h
 program kept busy. ``attend`` is the attention itself, without its ``kv_write``. Rounds compile one
 decode width (``decode_widths=1``), so every round is the same program; ``--engine`` sets other
 EngineConfig fields. The XLA dump and the trace go to a temporary folder (``--keep DIR`` keeps them).
+``--top N`` also lists each program's N costliest kinds of op, with their scope.
 """
 from __future__ import annotations
 
@@ -74,33 +75,60 @@ def _op_names(path: str) -> dict[str, str]:
     return {op: name_of(op) for op in operands}
 
 
-def op_scopes(dump_dir: str) -> dict[tuple[str, str], str]:
-    """{(module, op): scope} from XLA's optimized HLO dumps in ``dump_dir``; an op name two dumps of one
-    module attribute to different scopes maps to "?"."""
+def op_scopes(dump_dir: str, label=scope_of) -> dict[tuple[str, str], str]:
+    """{(module, op): scope} from XLA's optimized HLO dumps in ``dump_dir`` (or another ``label`` of each op's
+    name, e.g. `tail`); an op name two dumps of one module label differently maps to "?"."""
     out: dict[tuple[str, str], str] = {}
     for path in glob.glob(os.path.join(dump_dir, "*after_optimizations.txt")):
         module = re.search(r"module_\d+\.(.+?)\.\w+_after_optimizations\.txt$", os.path.basename(path))
         for op, name in (_op_names(path).items() if module else ()):
-            key, scope = (module.group(1), op), scope_of(name)
-            out[key] = scope if out.get(key, scope) == scope else "?"
+            key, value = (module.group(1), op), label(name)
+            out[key] = value if out.get(key, value) == value else "?"
     return out
+
+
+def tail(op_name: str) -> str:
+    """The last two parts of an op's name path: what it computes, inside what."""
+    return "/".join(op_name.split("/")[-2:])
+
+
+def _leaf_events(trace_dir: str):
+    """(module, op, start s, seconds) of every op the trace holds, containers included."""
+    trace = glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "*.trace.json.gz"))[0]
+    for e in json.load(gzip.open(trace))["traceEvents"]:
+        args = e.get("args", {})
+        module, op = args.get("hlo_module"), args.get("hlo_op")
+        if e.get("ph") == "X" and module and op:
+            yield module, op, e["ts"] / 1e6, e["dur"] / 1e6
+
+
+def busiest(trace_dir: str, scopes: dict[tuple[str, str], str], tails: dict[tuple[str, str], str],
+            n: int) -> dict[str, list[tuple[str, str, int, float]]]:
+    """{program: its ``n`` costliest kinds of op}: (scope, kind and `tail`, runs, thread-seconds), a kind being
+    an op's HLO name without its number, told apart by its `tail` (every layer's copy of an op is one
+    kind). Where a scope's time goes, op by op."""
+    seconds: dict[str, dict[tuple[str, str], float]] = collections.defaultdict(lambda: collections.defaultdict(float))
+    runs: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for module, op, _, dur in _leaf_events(trace_dir):
+        if CONTAINERS.match(op):
+            continue
+        kind = re.sub(r"\.\d+$", "", op)
+        key = (scopes.get((module, op), "other"), f"{kind} {tails.get((module, op), '')}")
+        seconds[module][key] += dur
+        runs[module][key] += 1
+    return {module: [(*key, runs[module][key], sec) for key, sec in sorted(per.items(), key=lambda kv: -kv[1])[:n]]
+            for module, per in seconds.items()}
 
 
 def attribute(trace_dir: str, scopes: dict[tuple[str, str], str]) -> dict[str, dict[str, float]]:
     """{program: {scope: thread-seconds}} of every leaf op the trace holds, plus each program's "wall": the
     span of each of its runs, a run being ops with no gap over `RUN_GAP` seconds between them."""
-    trace = glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "*.trace.json.gz"))[0]
-    events = json.load(gzip.open(trace))["traceEvents"]
     out: dict[str, dict[str, float]] = collections.defaultdict(lambda: collections.defaultdict(float))
     spans: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
-    for e in events:
-        args = e.get("args", {})
-        module, op = args.get("hlo_module"), args.get("hlo_op")
-        if e.get("ph") != "X" or not module or not op:
-            continue
-        spans[module].append((e["ts"] / 1e6, (e["ts"] + e["dur"]) / 1e6))
+    for module, op, start, dur in _leaf_events(trace_dir):
+        spans[module].append((start, start + dur))
         if not CONTAINERS.match(op):
-            out[module][scopes.get((module, op), "other")] += e["dur"] / 1e6
+            out[module][scopes.get((module, op), "other")] += dur
     for module, intervals in spans.items():
         intervals.sort()
         lo, hi = intervals[0]
@@ -132,6 +160,7 @@ def main() -> None:
     ap.add_argument("--smollm2", default=None, help="SmolLM2 HF checkpoint dir for the apibank workload")
     ap.add_argument("--engine", default="", help="EngineConfig fields, e.g. prefill_chunk=1024,prefill_block=128")
     ap.add_argument("--keep", default=None, help="keep the XLA dump and the trace in this folder")
+    ap.add_argument("--top", type=int, default=0, help="also list each program's N costliest kinds of op")
     args = ap.parse_args()
     work = args.keep or tempfile.mkdtemp(prefix="tooln1_profile_")
     dump = os.path.join(work, "xla")
@@ -163,12 +192,19 @@ def main() -> None:
         t0 = time.perf_counter()
         engine.generate(prompts, cfg, jax.random.key(0), max_prompt_len=width)
         wall = time.perf_counter() - t0
-    profile = attribute(trace, op_scopes(dump))
+    scopes = op_scopes(dump)
+    profile = attribute(trace, scopes)
     print(f"`python tools/bench/op_profile.py --workload {args.workload} --dtype {args.dtype}"
           + (f" --engine {args.engine}" if args.engine else "") + f"`: {wall:.1f} s under the profiler "
           f"({engine.stats['decode_steps']} decode steps, {engine.stats['prefill_chunks']} prefill chunks); "
           "seconds by scope, summed over threads\n", file=sys.stderr)
     print(table(profile))
+    if args.top:
+        for module, ops in sorted(busiest(trace, scopes, op_scopes(dump, tail), args.top).items()):
+            if module in profile and profile[module]["wall"] >= 0.5:
+                print(f"\n| {module.removeprefix('jit_')}: scope | op (kind, name) | runs | thread-s |")
+                print("|---|---|---|---|")
+                print("\n".join(f"| {scope} | `{op}` | {runs} | {sec:.2f} |" for scope, op, runs, sec in ops))
     if not args.keep:
         import shutil
 
