@@ -92,8 +92,8 @@ def tail(op_name: str) -> str:
     return "/".join(op_name.split("/")[-2:])
 
 
-def _leaf_events(trace_dir: str):
-    """(module, op, start s, seconds) of every op the trace holds, containers included."""
+def _op_events(trace_dir: str):
+    """(module, op, start s, seconds) of every op the trace holds, containers (`CONTAINERS`) included."""
     trace = glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "*.trace.json.gz"))[0]
     for e in json.load(gzip.open(trace))["traceEvents"]:
         args = e.get("args", {})
@@ -107,17 +107,15 @@ def busiest(trace_dir: str, scopes: dict[tuple[str, str], str], tails: dict[tupl
     """{program: its ``n`` costliest kinds of op}: (scope, kind and `tail`, runs, thread-seconds), a kind being
     an op's HLO name without its number, told apart by its `tail` (every layer's copy of an op is one
     kind). Where a scope's time goes, op by op."""
-    seconds: dict[str, dict[tuple[str, str], float]] = collections.defaultdict(lambda: collections.defaultdict(float))
-    runs: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for module, op, _, dur in _leaf_events(trace_dir):
-        if CONTAINERS.match(op):
-            continue
-        kind = re.sub(r"\.\d+$", "", op)
-        key = (scopes.get((module, op), "other"), f"{kind} {tails.get((module, op), '')}")
-        seconds[module][key] += dur
-        runs[module][key] += 1
-    return {module: [(*key, runs[module][key], sec) for key, sec in sorted(per.items(), key=lambda kv: -kv[1])[:n]]
-            for module, per in seconds.items()}
+    kinds: dict[str, dict[tuple[str, str], list]] = collections.defaultdict(lambda: collections.defaultdict(
+        lambda: [0, 0.0]))  # {program: {(scope, kind): [runs, seconds]}}
+    for module, op, _, dur in _op_events(trace_dir):
+        if not CONTAINERS.match(op):
+            kind = re.sub(r"\.\d+$", "", op)
+            total = kinds[module][(scopes.get((module, op), "other"), f"{kind} {tails.get((module, op), '')}")]
+            total[0], total[1] = total[0] + 1, total[1] + dur
+    return {module: [(*key, runs, sec) for key, (runs, sec) in sorted(per.items(), key=lambda kv: -kv[1][1])[:n]]
+            for module, per in kinds.items()}
 
 
 def attribute(trace_dir: str, scopes: dict[tuple[str, str], str]) -> dict[str, dict[str, float]]:
@@ -125,7 +123,7 @@ def attribute(trace_dir: str, scopes: dict[tuple[str, str], str]) -> dict[str, d
     span of each of its runs, a run being ops with no gap over `RUN_GAP` seconds between them."""
     out: dict[str, dict[str, float]] = collections.defaultdict(lambda: collections.defaultdict(float))
     spans: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
-    for module, op, start, dur in _leaf_events(trace_dir):
+    for module, op, start, dur in _op_events(trace_dir):
         spans[module].append((start, start + dur))
         if not CONTAINERS.match(op):
             out[module][scopes.get((module, op), "other")] += dur
